@@ -1,0 +1,367 @@
+package format
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+// Record data sections are split into frames of at most ChunkSize data bytes,
+// each preceded by its length and CRC-32C, so any chunk can be fetched with
+// one ranged GET at a position computed from its index and verified alone.
+const (
+	ChunkSize   = 64 << 10       // data bytes per full frame
+	FrameHeader = 8              // u32 length, u32 crc32c
+	FrameSize   = ChunkSize + FrameHeader
+	footerSize  = 8 // u32 trailer length, u32 footer magic
+
+	recordMagic       = 0x31524455 // "UDR1"
+	recordFooterMagic = 0x45524455 // "UDRE"
+
+	// MaxTrailer bounds a record trailer so a decoder never allocates
+	// unboundedly on hostile input.
+	MaxTrailer = 64 << 20
+	maxMeta    = 64 << 10
+	maxIDLen   = 128
+)
+
+// RecordType says what a log record does to the volume when replayed.
+type RecordType uint8
+
+const (
+	// RecordData carries extents (data or zero) to apply to the map.
+	RecordData RecordType = 1
+	// RecordFence claims a new epoch for a writer.
+	RecordFence RecordType = 2
+	// RecordRestore resets the map to a snapshot of RestoreVol at RestoreSeq.
+	RecordRestore RecordType = 3
+)
+
+func (t RecordType) String() string {
+	switch t {
+	case RecordData:
+		return "data"
+	case RecordFence:
+		return "fence"
+	case RecordRestore:
+		return "restore"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// WriterID identifies one read-write attach; random per attach.
+type WriterID [16]byte
+
+// String returns the ID in hex.
+func (w WriterID) String() string { return fmt.Sprintf("%x", w[:]) }
+
+// Extent is one write inside a data record: Len bytes at volume offset Off,
+// either zeros (no bytes stored) or the data-section bytes at DataOff.
+type Extent struct {
+	Off     uint64
+	Len     uint64
+	Zero    bool
+	DataOff uint64
+}
+
+// Record is the decoded trailer of a log record.
+type Record struct {
+	Type    RecordType
+	Seq     uint64
+	Epoch   uint64
+	Writer  WriterID
+	Time    int64  // writer's clock, unix nanoseconds
+	Volume  string // id of the volume whose log holds the record
+	DataLen uint64 // logical bytes in the data section
+	Extents []Extent
+	// RestoreVol and RestoreSeq name the snapshot a restore record resets to.
+	RestoreVol string
+	RestoreSeq uint64
+	// Meta is opaque JSON (fence: who attached; restore: the label).
+	Meta []byte
+}
+
+// DataSectionSize returns the encoded size of n logical data bytes.
+func DataSectionSize(n uint64) uint64 {
+	return n + (n+ChunkSize-1)/ChunkSize*FrameHeader
+}
+
+// FramePos returns the byte position of chunk i's frame in a record object.
+func FramePos(chunk uint64) int64 { return int64(chunk) * FrameSize }
+
+// DecodeFrame verifies one frame (as fetched from FramePos) and returns its
+// data. frame may extend beyond the frame's end (the trailer follows the
+// last frame); want is the expected data length if known, or -1.
+func DecodeFrame(frame []byte, want int) ([]byte, error) {
+	if len(frame) < FrameHeader {
+		return nil, corruptf("chunk frame truncated: %d bytes", len(frame))
+	}
+	n := binary.LittleEndian.Uint32(frame)
+	sum := binary.LittleEndian.Uint32(frame[4:])
+	if n == 0 || n > ChunkSize || int(n) > len(frame)-FrameHeader {
+		return nil, corruptf("chunk frame length %d invalid (have %d bytes)", n, len(frame)-FrameHeader)
+	}
+	if want >= 0 && int(n) != want {
+		return nil, corruptf("chunk frame length %d, expected %d", n, want)
+	}
+	data := frame[FrameHeader : FrameHeader+int(n)]
+	if Checksum(data) != sum {
+		return nil, corruptf("chunk checksum mismatch")
+	}
+	return data, nil
+}
+
+// ChunkLen returns the data length of chunk i of a data section holding
+// dataLen logical bytes.
+func ChunkLen(dataLen, chunk uint64) int {
+	start := chunk * ChunkSize
+	if start >= dataLen {
+		return 0
+	}
+	return int(min(ChunkSize, dataLen-start))
+}
+
+// Builder accumulates the data section of a record in its framed layout, so
+// sealing needs no copy. It is not safe for concurrent use.
+type Builder struct {
+	buf     []byte // framed data section; frame headers filled by Seal
+	dataLen uint64
+}
+
+// NewBuilder returns a builder with room for capHint data bytes.
+func NewBuilder(capHint int) *Builder {
+	return &Builder{buf: make([]byte, 0, DataSectionSize(uint64(capHint))+4096)}
+}
+
+// DataLen returns the logical bytes appended so far.
+func (b *Builder) DataLen() uint64 { return b.dataLen }
+
+// Append adds p to the data section and returns its logical offset.
+func (b *Builder) Append(p []byte) uint64 {
+	off := b.dataLen
+	for len(p) > 0 {
+		within := b.dataLen % ChunkSize
+		if within == 0 {
+			b.buf = append(b.buf, make([]byte, FrameHeader)...)
+		}
+		n := min(uint64(len(p)), ChunkSize-within)
+		b.buf = append(b.buf, p[:n]...)
+		b.dataLen += n
+		p = p[n:]
+	}
+	return off
+}
+
+// ReadData copies logical bytes [off, off+len(p)) of the data section into p.
+func (b *Builder) ReadData(p []byte, off uint64) {
+	for len(p) > 0 {
+		chunk, within := off/ChunkSize, off%ChunkSize
+		pos := FramePos(chunk) + FrameHeader + int64(within)
+		n := copy(p, b.buf[pos:pos+int64(min(uint64(len(p)), ChunkSize-within))])
+		p = p[n:]
+		off += uint64(n)
+	}
+}
+
+// Chunk returns the data of chunk i (valid until the builder is reused).
+func (b *Builder) Chunk(i uint64) []byte {
+	n := ChunkLen(b.dataLen, i)
+	pos := FramePos(i) + FrameHeader
+	return b.buf[pos : pos+int64(n)]
+}
+
+// Seal fills in the frame headers and returns the complete record object:
+// the data section followed by r's trailer. r.DataLen is set. The returned
+// slice shares the builder's buffer; call Seal again (with a new r.Seq) only
+// on a fresh copy (see Reseal).
+func (b *Builder) Seal(r *Record) ([]byte, error) {
+	for i := uint64(0); i*ChunkSize < b.dataLen; i++ {
+		n := ChunkLen(b.dataLen, i)
+		pos := FramePos(i)
+		binary.LittleEndian.PutUint32(b.buf[pos:], uint32(n))
+		binary.LittleEndian.PutUint32(b.buf[pos+4:], Checksum(b.buf[pos+FrameHeader:pos+FrameHeader+int64(n)]))
+	}
+	r.DataLen = b.dataLen
+	body := b.buf[:len(b.buf):len(b.buf)]
+	return AppendTrailer(body, r)
+}
+
+// Reseal returns a new object holding obj's data section (of dataLen logical
+// bytes) with r's trailer; obj is not modified (an upload may still read it).
+func Reseal(obj []byte, dataLen uint64, r *Record) ([]byte, error) {
+	n := DataSectionSize(dataLen)
+	if uint64(len(obj)) < n {
+		return nil, fmt.Errorf("reseal: object shorter than its data section")
+	}
+	body := make([]byte, n, n+1024)
+	copy(body, obj)
+	r.DataLen = dataLen
+	return AppendTrailer(body, r)
+}
+
+// AppendTrailer encodes r's trailer and footer after dst.
+func AppendTrailer(dst []byte, r *Record) ([]byte, error) {
+	if err := r.validate(); err != nil {
+		return nil, fmt.Errorf("encode record %d: %w", r.Seq, err)
+	}
+	start := len(dst)
+	e := encoder{b: dst}
+	e.u32(recordMagic)
+	e.u16(Version)
+	e.u8(uint8(r.Type))
+	e.u8(0)
+	e.u64(r.Seq)
+	e.u64(r.Epoch)
+	e.b = append(e.b, r.Writer[:]...)
+	e.u64(uint64(r.Time))
+	e.u64(r.DataLen)
+	e.str(r.Volume)
+	e.uvarint(uint64(len(r.Extents)))
+	for _, x := range r.Extents {
+		e.uvarint(x.Off)
+		e.uvarint(x.Len)
+		if x.Zero {
+			e.u8(1)
+		} else {
+			e.u8(0)
+			e.uvarint(x.DataOff)
+		}
+	}
+	e.str(r.RestoreVol)
+	e.uvarint(r.RestoreSeq)
+	e.uvarint(uint64(len(r.Meta)))
+	e.b = append(e.b, r.Meta...)
+	e.u32(Checksum(e.b[start:]))
+	trailerLen := len(e.b) - start
+	e.u32(uint32(trailerLen))
+	e.u32(recordFooterMagic)
+	return e.b, nil
+}
+
+func (r *Record) validate() error {
+	switch r.Type {
+	case RecordData, RecordFence, RecordRestore:
+	default:
+		return corruptf("unknown record type %d", r.Type)
+	}
+	if r.Type != RecordData && (len(r.Extents) > 0 || r.DataLen > 0) {
+		return corruptf("%s record with data", r.Type)
+	}
+	if r.Epoch == 0 {
+		return corruptf("record epoch 0")
+	}
+	if len(r.Volume) == 0 || len(r.Volume) > maxIDLen || len(r.RestoreVol) > maxIDLen {
+		return corruptf("bad volume id length")
+	}
+	if len(r.Meta) > maxMeta {
+		return corruptf("meta too large: %d bytes", len(r.Meta))
+	}
+	for i, x := range r.Extents {
+		if x.Len == 0 || x.Off+x.Len < x.Off {
+			return corruptf("extent %d: bad range off=%d len=%d", i, x.Off, x.Len)
+		}
+		if !x.Zero && (x.DataOff+x.Len < x.DataOff || x.DataOff+x.Len > r.DataLen) {
+			return corruptf("extent %d: data [%d,+%d) outside data section of %d bytes", i, x.DataOff, x.Len, r.DataLen)
+		}
+	}
+	return nil
+}
+
+// TrailerLen parses the footer at the end of tail (the last bytes of a
+// record object) and returns how many bytes before the footer the trailer
+// occupies, so the caller can fetch exactly TrailerLen+8 bytes from the end.
+func TrailerLen(tail []byte) (int, error) {
+	if len(tail) < footerSize {
+		return 0, corruptf("record shorter than its footer")
+	}
+	f := tail[len(tail)-footerSize:]
+	if binary.LittleEndian.Uint32(f[4:]) != recordFooterMagic {
+		return 0, corruptf("record footer magic mismatch")
+	}
+	n := binary.LittleEndian.Uint32(f)
+	if n < 4 || n > MaxTrailer {
+		return 0, corruptf("record trailer length %d out of range", n)
+	}
+	return int(n), nil
+}
+
+// DecodeRecord decodes the trailer from tail, which must hold the last
+// bytes of the record object (at least the trailer and footer). objSize is
+// the whole object's size, checked against the data section length, or -1
+// if unknown.
+func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
+	n, err := TrailerLen(tail)
+	if err != nil {
+		return nil, err
+	}
+	if len(tail) < n+footerSize {
+		return nil, corruptf("record trailer truncated: need %d bytes, have %d", n+footerSize, len(tail))
+	}
+	t := tail[len(tail)-footerSize-n : len(tail)-footerSize]
+	if Checksum(t[:n-4]) != binary.LittleEndian.Uint32(t[n-4:]) {
+		return nil, corruptf("record trailer checksum mismatch")
+	}
+	d := decoder{b: t[:n-4]}
+	if d.u32("magic") != recordMagic {
+		return nil, corruptf("record magic mismatch")
+	}
+	if v := d.u16("version"); v != Version && d.err == nil {
+		return nil, corruptf("record format version %d not supported", v)
+	}
+	r := &Record{Type: RecordType(d.u8("type"))}
+	d.u8("flags")
+	r.Seq = d.u64("seq")
+	r.Epoch = d.u64("epoch")
+	copy(r.Writer[:], d.bytes(16, "writer"))
+	r.Time = int64(d.u64("time"))
+	r.DataLen = d.u64("data length")
+	r.Volume = d.str(maxIDLen, "volume id")
+	cnt := d.uvarint("extent count")
+	if cnt > uint64(len(d.b))/3 {
+		d.fail("extent count")
+	}
+	if d.err == nil && cnt > 0 {
+		r.Extents = make([]Extent, cnt)
+		for i := range r.Extents {
+			x := &r.Extents[i]
+			x.Off = d.uvarint("extent offset")
+			x.Len = d.uvarint("extent length")
+			switch d.u8("extent kind") {
+			case 0:
+				x.DataOff = d.uvarint("extent data offset")
+			case 1:
+				x.Zero = true
+			default:
+				d.fail("extent kind")
+			}
+		}
+	}
+	r.RestoreVol = d.str(maxIDLen, "restore volume")
+	r.RestoreSeq = d.uvarint("restore seq")
+	if m := d.uvarint("meta length"); m > maxMeta {
+		d.fail("meta length")
+	} else if m > 0 {
+		r.Meta = append([]byte(nil), d.bytes(m, "meta")...)
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	if len(d.b) != 0 {
+		return nil, corruptf("record trailer has %d trailing bytes", len(d.b))
+	}
+	if err := r.validate(); err != nil {
+		return nil, err
+	}
+	if objSize >= 0 && uint64(objSize) != DataSectionSize(r.DataLen)+uint64(n)+footerSize {
+		return nil, corruptf("record size %d does not match data length %d", objSize, r.DataLen)
+	}
+	return r, nil
+}
+
+// EncodeRecord returns a whole record object without data (fence, restore)
+// or with a data section taken from b (nil for none).
+func EncodeRecord(r *Record, b *Builder) ([]byte, error) {
+	if b == nil {
+		return AppendTrailer(nil, r)
+	}
+	return b.Seal(r)
+}
