@@ -1,0 +1,224 @@
+package objstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync/atomic"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+)
+
+// bucketStore adapts a gocloud.dev blob.Bucket (memblob, s3blob) to Store.
+// It prefixes keys itself rather than with blob.PrefixedBucket, so that one
+// shared mem bucket can back many stores without being closed by them.
+type bucketStore struct {
+	b      *blob.Bucket
+	prefix string // "" or ends with "/"; prepended to every key
+	kind   string // "mem" or "s3", for error messages
+	// ownsBucket: Close closes b. False for shared mem buckets.
+	ownsBucket bool
+	// retryPut decides whether a failed conditional or plain upload is
+	// retried (S3's 409 ConditionalRequestConflict); nil means never.
+	retryPut func(error) bool
+	// partSize is the upload buffer and part size. Objects smaller than the
+	// transfer manager's multipart threshold (16 MiB) are sent as one
+	// PutObject, which is what makes If-None-Match apply to them.
+	partSize int
+
+	closed atomic.Bool
+}
+
+var _ Store = (*bucketStore)(nil)
+
+// uploadPartSize is the S3 part size. Together with the transfer manager's
+// default 16 MiB multipart threshold it keeps every object below 16 MiB a
+// single PutObject.
+const uploadPartSize = 16 << 20
+
+func newBucketStore(b *blob.Bucket, prefix, kind string, owns bool) *bucketStore {
+	return &bucketStore{b: b, prefix: prefix, kind: kind, ownsBucket: owns, partSize: uploadPartSize}
+}
+
+// translate maps a gocloud error to our sentinels. Backend error types do not
+// escape: anything other than not-found, exists or a context error is
+// flattened into text.
+func (s *bucketStore) translate(op, key string, err error, ifNotExist bool) error {
+	switch {
+	case err == nil:
+		return nil
+	case gcerrors.Code(err) == gcerrors.NotFound:
+		return fmt.Errorf("%s %s: %w", op, key, ErrNotFound)
+	case ifNotExist && gcerrors.Code(err) == gcerrors.FailedPrecondition:
+		return fmt.Errorf("%s %s: %w", op, key, ErrExists)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s %s: %w", op, key, context.Canceled)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s %s: %w", op, key, context.DeadlineExceeded)
+	default:
+		return fmt.Errorf("%s %s: %s: %v", op, key, s.kind, err)
+	}
+}
+
+// check refuses operations on a closed store, with a done context (memblob
+// would not notice) or on an invalid key.
+func (s *bucketStore) check(ctx context.Context, op, key string) error {
+	if s.closed.Load() {
+		return fmt.Errorf("%s %s: store is closed", op, key)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%s %s: %w", op, key, err)
+	}
+	if err := ValidateKey(key); err != nil {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	return nil
+}
+
+func (s *bucketStore) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := s.check(ctx, "get", key); err != nil {
+		return nil, err
+	}
+	r, err := s.b.NewReader(ctx, s.prefix+key, nil)
+	if err != nil {
+		return nil, s.translate("get", key, err, false)
+	}
+	defer r.Close()
+	data := make([]byte, r.Size())
+	if n, err := io.ReadFull(r, data); err != nil {
+		return nil, fmt.Errorf("get %s: read %d of %d bytes: %w", key, n, len(data), s.translate("read", key, err, false))
+	}
+	return data, nil
+}
+
+func (s *bucketStore) GetRange(ctx context.Context, key string, off int64, p []byte) (int, error) {
+	if err := s.check(ctx, "get range", key); err != nil {
+		return 0, err
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("get range %s: negative offset %d", key, off)
+	}
+	if len(p) == 0 {
+		_, err := s.Stat(ctx, key)
+		return 0, err
+	}
+	r, err := s.b.NewRangeReader(ctx, s.prefix+key, off, int64(len(p)), nil)
+	if err != nil {
+		if gcerrors.Code(err) != gcerrors.NotFound {
+			// S3 answers a range that starts at or past the end with 416
+			// InvalidRange: that is an empty read, not an error.
+			info, serr := s.Stat(ctx, key)
+			if serr == nil && off >= info.Size {
+				return 0, nil
+			}
+			if errors.Is(serr, ErrNotFound) {
+				return 0, serr
+			}
+		}
+		return 0, s.translate("get range", key, err, false)
+	}
+	defer r.Close()
+	// Read exactly what the object holds in the range: a body cut short by
+	// the network must be an error, not a short read.
+	want := int64(len(p))
+	if rest := r.Size() - off; rest < want {
+		want = max(rest, 0)
+	}
+	n, err := io.ReadFull(r, p[:want])
+	if err != nil {
+		return n, fmt.Errorf("get range %s [%d, +%d): read %d of %d bytes: %w", key, off, len(p), n, want, s.translate("read", key, err, false))
+	}
+	return n, nil
+}
+
+func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, ifNotExist bool) error {
+	if err := s.check(ctx, op, key); err != nil {
+		return err
+	}
+	for attempt := 1; ; attempt++ {
+		err := s.b.Upload(ctx, s.prefix+key, bytes.NewReader(data), &blob.WriterOptions{
+			ContentType: "application/octet-stream",
+			BufferSize:  s.partSize,
+			IfNotExist:  ifNotExist,
+		})
+		if err != nil && s.retryPut != nil && attempt < maxPutAttempts && ctx.Err() == nil && s.retryPut(err) {
+			continue
+		}
+		return s.translate(op, key, err, ifNotExist)
+	}
+}
+
+// maxPutAttempts bounds retries of uploads the backend asks to retry.
+const maxPutAttempts = 5
+
+func (s *bucketStore) Put(ctx context.Context, key string, data []byte) error {
+	return s.upload(ctx, "put", key, data, false)
+}
+
+func (s *bucketStore) PutIfAbsent(ctx context.Context, key string, data []byte) error {
+	return s.upload(ctx, "put if absent", key, data, true)
+}
+
+func (s *bucketStore) Delete(ctx context.Context, key string) error {
+	if err := s.check(ctx, "delete", key); err != nil {
+		return err
+	}
+	err := s.b.Delete(ctx, s.prefix+key)
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return nil
+	}
+	return s.translate("delete", key, err, false)
+}
+
+func (s *bucketStore) Stat(ctx context.Context, key string) (ObjectInfo, error) {
+	if err := s.check(ctx, "stat", key); err != nil {
+		return ObjectInfo{}, err
+	}
+	a, err := s.b.Attributes(ctx, s.prefix+key)
+	if err != nil {
+		return ObjectInfo{}, s.translate("stat", key, err, false)
+	}
+	return ObjectInfo{Key: key, Size: a.Size, ModTime: a.ModTime}, nil
+}
+
+func (s *bucketStore) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	if s.closed.Load() {
+		return fmt.Errorf("list %q: store is closed", prefix)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("list %q: %w", prefix, err)
+	}
+	if err := validatePrefix(prefix); err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	it := s.b.List(&blob.ListOptions{Prefix: s.prefix + prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return s.translate("list", prefix, err, false)
+		}
+		if obj.IsDir {
+			continue
+		}
+		key := obj.Key[len(s.prefix):]
+		if err := fn(ObjectInfo{Key: key, Size: obj.Size, ModTime: obj.ModTime}); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *bucketStore) Close() error {
+	if s.closed.Swap(true) || !s.ownsBucket {
+		return nil
+	}
+	if err := s.b.Close(); err != nil {
+		return fmt.Errorf("close %s store: %v", s.kind, err)
+	}
+	return nil
+}

@@ -1,0 +1,158 @@
+// Package faultstore wraps an objstore.Store with fault-injection hooks, for
+// tests of the packages above objstore: fail an operation before it reaches
+// the store, or let it happen and lose its response.
+package faultstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// Op names a Store method.
+type Op string
+
+// The operations a hook sees.
+const (
+	OpGet         Op = "get"
+	OpGetRange    Op = "get-range"
+	OpPut         Op = "put"
+	OpPutIfAbsent Op = "put-if-absent"
+	OpDelete      Op = "delete"
+	OpStat        Op = "stat"
+	OpList        Op = "list" // key is the list prefix
+)
+
+// ErrInjected is a ready-made error for hooks to return; tests can tell
+// injected failures from real ones with errors.Is.
+var ErrInjected = errors.New("injected fault")
+
+// Hooks are called around every operation. Either may be nil. Hooks run on
+// the caller's goroutine and must be safe for concurrent use.
+type Hooks struct {
+	// Before is called before the operation. A non-nil error is returned to
+	// the caller and the operation does not happen.
+	Before func(op Op, key string) error
+	// After is called once the operation has happened, with its own error
+	// (nil on success). A non-nil return value replaces the result: the
+	// caller gets that error and no data, as if the response was lost
+	// (a PutIfAbsent that created the object but reports failure). A nil
+	// return keeps the operation's own result.
+	After func(op Op, key string, err error) error
+}
+
+// Store is an objstore.Store with hooks. Create it with New.
+type Store struct {
+	inner objstore.Store
+	hooks Hooks // immutable after New
+}
+
+var _ objstore.Store = (*Store)(nil)
+
+// New wraps inner. Close closes inner.
+func New(inner objstore.Store, hooks Hooks) *Store {
+	return &Store{inner: inner, hooks: hooks}
+}
+
+func (s *Store) before(op Op, key string) error {
+	if s.hooks.Before == nil {
+		return nil
+	}
+	if err := s.hooks.Before(op, key); err != nil {
+		return fmt.Errorf("%s %s: %w", op, key, err)
+	}
+	return nil
+}
+
+// after returns true and the hook's replacement for err, or false and err.
+func (s *Store) after(op Op, key string, err error) (lost bool, _ error) {
+	if s.hooks.After == nil {
+		return false, err
+	}
+	if herr := s.hooks.After(op, key, err); herr != nil {
+		return true, fmt.Errorf("%s %s (response lost): %w", op, key, herr)
+	}
+	return false, err
+}
+
+// afterErr is after for operations that return only an error.
+func (s *Store) afterErr(op Op, key string, err error) error {
+	_, err = s.after(op, key, err)
+	return err
+}
+
+// Get implements objstore.Store.
+func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := s.before(OpGet, key); err != nil {
+		return nil, err
+	}
+	data, err := s.inner.Get(ctx, key)
+	if lost, aerr := s.after(OpGet, key, err); lost {
+		return nil, aerr
+	}
+	return data, err
+}
+
+// GetRange implements objstore.Store.
+func (s *Store) GetRange(ctx context.Context, key string, off int64, p []byte) (int, error) {
+	if err := s.before(OpGetRange, key); err != nil {
+		return 0, err
+	}
+	n, err := s.inner.GetRange(ctx, key, off, p)
+	if lost, aerr := s.after(OpGetRange, key, err); lost {
+		return 0, aerr
+	}
+	return n, err
+}
+
+// Put implements objstore.Store.
+func (s *Store) Put(ctx context.Context, key string, data []byte) error {
+	if err := s.before(OpPut, key); err != nil {
+		return err
+	}
+	return s.afterErr(OpPut, key, s.inner.Put(ctx, key, data))
+}
+
+// PutIfAbsent implements objstore.Store.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) error {
+	if err := s.before(OpPutIfAbsent, key); err != nil {
+		return err
+	}
+	return s.afterErr(OpPutIfAbsent, key, s.inner.PutIfAbsent(ctx, key, data))
+}
+
+// Delete implements objstore.Store.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if err := s.before(OpDelete, key); err != nil {
+		return err
+	}
+	return s.afterErr(OpDelete, key, s.inner.Delete(ctx, key))
+}
+
+// Stat implements objstore.Store.
+func (s *Store) Stat(ctx context.Context, key string) (objstore.ObjectInfo, error) {
+	if err := s.before(OpStat, key); err != nil {
+		return objstore.ObjectInfo{}, err
+	}
+	info, err := s.inner.Stat(ctx, key)
+	if lost, aerr := s.after(OpStat, key, err); lost {
+		return objstore.ObjectInfo{}, aerr
+	}
+	return info, err
+}
+
+// List implements objstore.Store. The After hook runs once the listing is
+// complete; the callback has by then seen every object.
+func (s *Store) List(ctx context.Context, prefix string, fn func(objstore.ObjectInfo) error) error {
+	if err := s.before(OpList, prefix); err != nil {
+		return err
+	}
+	return s.afterErr(OpList, prefix, s.inner.List(ctx, prefix, fn))
+}
+
+// Close implements objstore.Store; it closes the wrapped store without hooks.
+func (s *Store) Close() error {
+	return s.inner.Close()
+}

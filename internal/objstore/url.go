@@ -1,0 +1,357 @@
+package objstore
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/memblob"
+)
+
+// HTTPClient sends HTTP requests for the s3:// backend. *http.Client
+// implements it.
+type HTTPClient interface {
+	Do(*http.Request) (*http.Response, error)
+}
+
+// Opener opens pool root URLs. The zero value is ready to use and safe for
+// concurrent use.
+//
+// An Opener owns the registry of in-memory buckets: every Open of
+// mem://NAME[/prefix] on the same Opener shares one bucket per NAME (the
+// empty name included), for as long as the Opener lives. Closing a Store does
+// not discard its mem bucket. Two Openers never share mem buckets.
+type Opener struct {
+	// HTTPClient, if non-nil, sends the s3:// backend's requests instead of
+	// the AWS SDK's default client (tests use it to observe or fail requests).
+	HTTPClient HTTPClient
+
+	mu  sync.Mutex
+	mem map[string]*blob.Bucket // mem bucket name → bucket; guarded by mu
+}
+
+// Open opens a pool root URL with a fresh Opener. A mem:// URL opened this
+// way gets a private, empty bucket that nothing else shares; use an Opener to
+// share mem buckets.
+func Open(ctx context.Context, rawURL string) (Store, error) {
+	var o Opener
+	return o.Open(ctx, rawURL)
+}
+
+// Open opens the pool root rawURL. Keys of the returned Store are relative to
+// the URL's path. Supported forms:
+//
+//	mem://[NAME][/prefix]                in-memory, shared per NAME in this Opener
+//	file:///abs/dir                      a directory, created if missing
+//	s3://BUCKET[/prefix][?endpoint=URL&region=R&use_path_style=BOOL]
+//
+// Credentials are never taken from the URL: user info or credential-like
+// query options are refused. S3 credentials come from the AWS SDK's standard
+// chain (environment, shared files, instance roles); the region comes from
+// ?region= or the standard configuration and must be set. Every URL problem
+// is reported as an error wrapping ErrBadURL that names what is wrong and
+// never echoes a secret.
+func (o *Opener) Open(ctx context.Context, rawURL string) (Store, error) {
+	u, q, err := parseURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	switch u.Scheme {
+	case "mem":
+		if err := checkOptions(u, q, nil); err != nil {
+			return nil, err
+		}
+		prefix, err := urlPrefix(u)
+		if err != nil {
+			return nil, err
+		}
+		return newBucketStore(o.memBucket(u.Host), prefix, "mem", false), nil
+	case "file":
+		dir, err := filePath(u, q)
+		if err != nil {
+			return nil, err
+		}
+		return openFileStore(dir)
+	case "s3":
+		return o.openS3(ctx, u, q)
+	default:
+		return nil, fmt.Errorf("%w: %s: unknown scheme %q (want mem, file or s3)", ErrBadURL, Redact(rawURL), u.Scheme)
+	}
+}
+
+// memBucket returns the shared in-memory bucket called name.
+func (o *Opener) memBucket(name string) *blob.Bucket {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.mem == nil {
+		o.mem = make(map[string]*blob.Bucket)
+	}
+	b, ok := o.mem[name]
+	if !ok {
+		b = memblob.OpenBucket(nil)
+		o.mem[name] = b
+	}
+	return b
+}
+
+// parseURL parses raw and applies the checks shared by every scheme. Its
+// errors never contain the raw URL, only its redacted form.
+func parseURL(raw string) (*url.URL, url.Values, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Error texts can quote pieces of the user info: leave them out.
+		return nil, nil, fmt.Errorf("%w: %s: cannot parse URL", ErrBadURL, Redact(raw))
+	}
+	if u.Scheme == "" {
+		return nil, nil, fmt.Errorf("%w: %s: no scheme (want mem://, file:/// or s3://)", ErrBadURL, Redact(raw))
+	}
+	if u.User != nil || (u.Opaque != "" && strings.Contains(u.Opaque, "@")) {
+		return nil, nil, fmt.Errorf("%w: %s: credentials must not be in the URL; use the environment or the standard credential chain", ErrBadURL, Redact(raw))
+	}
+	if u.Opaque != "" {
+		return nil, nil, fmt.Errorf("%w: %s: not an absolute URL (want %s://...)", ErrBadURL, Redact(raw), u.Scheme)
+	}
+	if u.Fragment != "" || strings.HasSuffix(raw, "#") {
+		return nil, nil, fmt.Errorf("%w: %s: fragments (#...) are not allowed", ErrBadURL, Redact(raw))
+	}
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %s: malformed query string", ErrBadURL, Redact(raw))
+	}
+	for k, vs := range q {
+		if isCredentialOption(k) {
+			return nil, nil, fmt.Errorf("%w: %s: query option %q looks like a credential; credentials must come from the environment or the standard credential chain, never the URL", ErrBadURL, Redact(raw), k)
+		}
+		if len(vs) > 1 {
+			return nil, nil, fmt.Errorf("%w: %s: query option %q given %d times", ErrBadURL, Redact(raw), k, len(vs))
+		}
+	}
+	return u, q, nil
+}
+
+// checkOptions refuses query options outside allowed.
+func checkOptions(u *url.URL, q url.Values, allowed []string) error {
+	for k := range q {
+		if !slices.Contains(allowed, k) {
+			want := "none"
+			if len(allowed) > 0 {
+				want = strings.Join(allowed, ", ")
+			}
+			return fmt.Errorf("%w: %s: unknown query option %q for %s:// (allowed: %s)", ErrBadURL, redactURL(u), k, u.Scheme, want)
+		}
+	}
+	return nil
+}
+
+// urlPrefix turns the URL path into a key prefix: "" or "a/b/".
+func urlPrefix(u *url.URL) (string, error) {
+	p := strings.Trim(u.Path, "/")
+	if p == "" {
+		return "", nil
+	}
+	if err := ValidateKey(p); err != nil {
+		return "", fmt.Errorf("%w: %s: bad path: %v", ErrBadURL, redactURL(u), err)
+	}
+	return p + "/", nil
+}
+
+// filePath validates a file:// URL and returns its directory.
+func filePath(u *url.URL, q url.Values) (string, error) {
+	if err := checkOptions(u, q, nil); err != nil {
+		return "", err
+	}
+	if u.Host != "" && u.Host != "localhost" {
+		return "", fmt.Errorf("%w: %s: file URLs take an absolute path (file:///abs/dir), not a host or relative path %q", ErrBadURL, redactURL(u), u.Host)
+	}
+	if u.Path == "" || !filepath.IsAbs(u.Path) {
+		return "", fmt.Errorf("%w: %s: file URLs need an absolute path (file:///abs/dir)", ErrBadURL, redactURL(u))
+	}
+	for c := range strings.SplitSeq(u.Path, "/") {
+		if c == "." || c == ".." {
+			return "", fmt.Errorf("%w: %s: '.' and '..' are not allowed in file paths", ErrBadURL, redactURL(u))
+		}
+	}
+	return filepath.Clean(u.Path), nil
+}
+
+// s3Options are the query options of s3:// URLs.
+var s3Options = []string{"endpoint", "region", "use_path_style"}
+
+// s3Config is a parsed s3:// URL.
+type s3Config struct {
+	bucket       string
+	prefix       string // "" or ends in "/"
+	endpoint     string // "" = AWS default
+	region       string // "" = from the standard configuration
+	usePathStyle bool
+}
+
+func parseS3(u *url.URL, q url.Values) (s3Config, error) {
+	var c s3Config
+	if err := checkOptions(u, q, s3Options); err != nil {
+		return c, err
+	}
+	if u.Host == "" {
+		return c, fmt.Errorf("%w: %s: empty bucket name (want s3://BUCKET/prefix)", ErrBadURL, redactURL(u))
+	}
+	if u.Port() != "" || !validBucket.MatchString(u.Host) {
+		return c, fmt.Errorf("%w: %s: invalid bucket name %q (3-63 of a-z, 0-9, '.', '-')", ErrBadURL, redactURL(u), u.Host)
+	}
+	c.bucket = u.Host
+	prefix, err := urlPrefix(u)
+	if err != nil {
+		return c, err
+	}
+	c.prefix = prefix
+	if ep := q.Get("endpoint"); ep != "" {
+		e, err := url.Parse(ep)
+		switch {
+		case err != nil:
+			return c, fmt.Errorf("%w: %s: endpoint is not a URL", ErrBadURL, redactURL(u))
+		case e.User != nil:
+			return c, fmt.Errorf("%w: %s: credentials must not be in the endpoint URL", ErrBadURL, redactURL(u))
+		case e.Scheme != "http" && e.Scheme != "https":
+			return c, fmt.Errorf("%w: %s: endpoint must be http:// or https://", ErrBadURL, redactURL(u))
+		case e.Host == "":
+			return c, fmt.Errorf("%w: %s: endpoint has no host", ErrBadURL, redactURL(u))
+		case strings.Trim(e.Path, "/") != "" || e.RawQuery != "" || e.Fragment != "":
+			return c, fmt.Errorf("%w: %s: endpoint must be scheme://host[:port] only", ErrBadURL, redactURL(u))
+		}
+		c.endpoint = e.Scheme + "://" + e.Host
+	}
+	c.region = q.Get("region")
+	if q.Has("region") && !validRegion.MatchString(c.region) {
+		return c, fmt.Errorf("%w: %s: invalid region %q", ErrBadURL, redactURL(u), c.region)
+	}
+	if v := q.Get("use_path_style"); q.Has("use_path_style") {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return c, fmt.Errorf("%w: %s: use_path_style must be true or false, not %q", ErrBadURL, redactURL(u), v)
+		}
+		c.usePathStyle = b
+	}
+	return c, nil
+}
+
+var (
+	validBucket = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
+	validRegion = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
+	validName   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
+)
+
+// isCredentialOption reports whether a query option name looks like it
+// carries a secret.
+func isCredentialOption(k string) bool {
+	k = strings.ToLower(k)
+	for _, s := range []string{"secret", "password", "passwd", "token", "credential", "signature", "access_key", "accesskey", "key_id", "keyid", "session", "auth"} {
+		if strings.Contains(k, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidateVolumeName reports whether name is a valid volume name: 1 to 128
+// characters of [a-zA-Z0-9._-], starting with a letter or digit.
+func ValidateVolumeName(name string) error {
+	if !validName.MatchString(name) {
+		return fmt.Errorf("%w: invalid volume name %q (want [a-zA-Z0-9][a-zA-Z0-9._-]{0,127})", ErrBadURL, name)
+	}
+	return nil
+}
+
+// SplitVolumeURL splits a volume URL "<pool>/<name>[?query]" into the pool
+// URL (with the query kept) and the volume name, the last path element:
+//
+//	s3://b/pool/web-1?region=us-east-1  →  s3://b/pool?region=us-east-1, web-1
+//	mem:///web-1                        →  mem://, web-1
+//
+// The name must satisfy ValidateVolumeName. Errors wrap ErrBadURL and never
+// echo credentials. SplitVolumeURL does not check the pool URL's scheme or
+// options; Open does.
+func SplitVolumeURL(raw string) (poolURL, name string, err error) {
+	u, _, err := parseURL(raw)
+	if err != nil {
+		return "", "", err
+	}
+	before, query, hasQuery := strings.Cut(raw, "?")
+	authStart := strings.Index(before, "://")
+	if authStart < 0 {
+		return "", "", fmt.Errorf("%w: %s: not a scheme://... URL", ErrBadURL, Redact(raw))
+	}
+	authStart += len("://")
+	pathStart := strings.IndexByte(before[authStart:], '/')
+	if pathStart < 0 || u.Path == "" || strings.HasSuffix(u.Path, "/") {
+		return "", "", fmt.Errorf("%w: %s: no volume name (want <pool>/<name>)", ErrBadURL, Redact(raw))
+	}
+	i := strings.LastIndexByte(before, '/')
+	name = before[i+1:]
+	if err := ValidateVolumeName(name); err != nil {
+		return "", "", fmt.Errorf("split %s: %w", Redact(raw), err)
+	}
+	poolURL = before[:i]
+	if hasQuery {
+		poolURL += "?" + query
+	}
+	return poolURL, name, nil
+}
+
+// safeOptions are query options whose values may appear in logs.
+var safeOptions = []string{"endpoint", "region", "use_path_style"}
+
+// Redact returns rawURL fit for logs and error messages: user info and the
+// values of all query options except endpoint, region and use_path_style are
+// replaced by "REDACTED"; a fragment is dropped. An unparsable URL is reduced
+// to its scheme.
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		scheme, _, ok := strings.Cut(rawURL, ":")
+		if !ok || scheme == "" || strings.ContainsAny(scheme, "/@?#") {
+			return "<unparsable URL>"
+		}
+		return scheme + ":<unparsable URL>"
+	}
+	return redactURL(u)
+}
+
+func redactURL(u *url.URL) string {
+	r := *u
+	if r.User != nil {
+		r.User = url.User("REDACTED")
+	}
+	if r.Opaque != "" {
+		if _, after, ok := strings.Cut(r.Opaque, "@"); ok {
+			r.Opaque = "REDACTED@" + after
+		}
+	}
+	r.Fragment, r.RawFragment = "", ""
+	if r.RawQuery != "" {
+		q, err := url.ParseQuery(r.RawQuery)
+		if err != nil {
+			r.RawQuery = "REDACTED"
+		} else {
+			for k, vs := range q {
+				for i, v := range vs {
+					switch {
+					case k == "endpoint":
+						vs[i] = Redact(v)
+					case slices.Contains(safeOptions, k):
+					default:
+						vs[i] = "REDACTED"
+					}
+				}
+			}
+			r.RawQuery = q.Encode()
+		}
+	}
+	return r.String()
+}

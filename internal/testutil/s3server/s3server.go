@@ -1,0 +1,270 @@
+// Package s3server runs a real S3 server (versitygw with its posix backend)
+// for tests. Start it once per test (or per TestMain-created testing.TB) and
+// create a fresh bucket per store with NewBucket.
+//
+// versitygw must be installed:
+//
+//	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+//
+// A missing binary fails the test: tests that need S3 never skip.
+package s3server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+)
+
+// Credentials and region of every server started here. They are test-only
+// values; Start puts them in the environment, where the AWS SDK's standard
+// chain finds them.
+const (
+	AccessKey = "k"
+	SecretKey = "s"
+	Region    = "us-east-1"
+)
+
+// Server is a running versitygw. Its fields are read-only.
+type Server struct {
+	// Endpoint is the server's base URL, "http://127.0.0.1:PORT".
+	Endpoint string
+	// URL is the pool URL of an empty bucket created by Start:
+	// "s3://BUCKET?endpoint=...&region=us-east-1&use_path_style=true".
+	URL string
+	// Dir is the server's posix backend directory (one subdirectory per bucket).
+	Dir string
+
+	client *s3.Client
+
+	mu      sync.Mutex
+	buckets int // buckets created; guarded by mu
+}
+
+// Binary returns the path of the versitygw binary: from PATH, else
+// $GOBIN, $GOPATH/bin or ~/go/bin. It fails t with an install hint if none
+// is found.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p, err := exec.LookPath("versitygw"); err == nil {
+		return p
+	}
+	var dirs []string
+	if d := os.Getenv("GOBIN"); d != "" {
+		dirs = append(dirs, d)
+	}
+	if d := os.Getenv("GOPATH"); d != "" {
+		dirs = append(dirs, filepath.Join(filepath.SplitList(d)[0], "bin"))
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		dirs = append(dirs, filepath.Join(home, "go", "bin"))
+	}
+	for _, d := range dirs {
+		p := filepath.Join(d, "versitygw")
+		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
+			return p
+		}
+	}
+	t.Fatalf("versitygw not found in PATH or %v; S3 tests need a real S3 server. Install it with:\n\tgo install github.com/versity/versitygw/cmd/versitygw@v1.8.0", dirs)
+	return ""
+}
+
+// Start starts versitygw on a free 127.0.0.1 port with a fresh posix
+// directory, waits until it answers, creates one bucket (Server.URL) and
+// stops the server when t ends.
+//
+// Start sets AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION for the
+// SDK's standard chain and clears AWS_CA_BUNDLE, AWS_PROFILE and
+// AWS_ENDPOINT_URL*, with t.Setenv: the calling test must not be parallel.
+// Child processes inherit that environment (see also Env).
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin := Binary(t)
+	for _, kv := range Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
+	t.Setenv("AWS_PROFILE", "")
+	t.Setenv("AWS_ENDPOINT_URL", "")
+	t.Setenv("AWS_ENDPOINT_URL_S3", "")
+	t.Setenv("AWS_SESSION_TOKEN", "")
+
+	dir := t.TempDir()
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ {
+		s, err := start(t, bin, dir)
+		if err == nil {
+			s.URL = s.NewBucket(t)
+			return s
+		}
+		lastErr = err
+		t.Logf("s3server: attempt %d: %v", attempt+1, err)
+	}
+	t.Fatalf("s3server: could not start versitygw: %v", lastErr)
+	return nil
+}
+
+// Env returns the environment (KEY=value) an S3 client process needs to
+// talk to servers started here.
+func Env() []string {
+	return []string{
+		"AWS_ACCESS_KEY_ID=" + AccessKey,
+		"AWS_SECRET_ACCESS_KEY=" + SecretKey,
+		"AWS_REGION=" + Region,
+		// The environment's CA bundle breaks SDK clients; the server is http.
+		"AWS_CA_BUNDLE=",
+	}
+}
+
+// syncBuffer collects the server's output.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// start runs one versitygw and waits for it; on failure it is stopped.
+func start(t testing.TB, bin, dir string) (*Server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	var out syncBuffer
+	cmd := exec.Command(bin, "--port", addr, "posix", dir)
+	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	// Kill the server if the test binary dies without cleaning up.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	stop := func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}
+
+	endpoint := "http://" + addr
+	if err := waitReady(endpoint, exited); err != nil {
+		stop()
+		return nil, fmt.Errorf("%w; server output:\n%s", err, out.String())
+	}
+	t.Cleanup(func() {
+		stop()
+		if t.Failed() {
+			t.Logf("versitygw output:\n%s", out.String())
+		}
+	})
+
+	cfg, err := config.LoadDefaultConfig(context.Background(),
+		config.WithRegion(Region),
+		config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider(AccessKey, SecretKey, "")),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("AWS config: %w", err)
+	}
+	client := s3.NewFromConfig(cfg, func(o *s3.Options) {
+		o.BaseEndpoint = aws.String(endpoint)
+		o.UsePathStyle = true
+	})
+	return &Server{Endpoint: endpoint, Dir: dir, client: client}, nil
+}
+
+// waitReady polls endpoint until it answers HTTP (any status), the server
+// exits, or 30 s pass.
+func waitReady(endpoint string, exited <-chan error) error {
+	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
+	defer hc.CloseIdleConnections()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := hc.Get(endpoint + "/")
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		select {
+		case werr := <-exited:
+			return fmt.Errorf("versitygw exited before answering: %v", werr)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("versitygw did not answer on %s within 30s: %v", endpoint, err)
+		}
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// NewBucket creates an empty bucket and returns its pool URL (see PoolURL).
+func (s *Server) NewBucket(t testing.TB) string {
+	t.Helper()
+	s.mu.Lock()
+	s.buckets++
+	name := fmt.Sprintf("urldisk-test-%d", s.buckets)
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := s.client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
+		t.Fatalf("s3server: create bucket %s: %v", name, err)
+	}
+	return s.PoolURL(name, "")
+}
+
+// PoolURL returns the pool URL of prefix (may be "") in bucket on this
+// server, with the endpoint, region and path-style options.
+func (s *Server) PoolURL(bucket, prefix string) string {
+	q := url.Values{}
+	q.Set("endpoint", s.Endpoint)
+	q.Set("region", Region)
+	q.Set("use_path_style", "true")
+	u := url.URL{Scheme: "s3", Host: bucket, Path: "/" + prefix, RawQuery: q.Encode()}
+	if prefix == "" {
+		u.Path = ""
+	}
+	return u.String()
+}
+
+// Client returns an S3 client for this server with the root credentials,
+// for tests that need to look underneath a Store.
+func (s *Server) Client() *s3.Client { return s.client }
