@@ -1,0 +1,391 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/semaphore"
+
+	"github.com/urldisk/urldisk/internal/blockdev"
+)
+
+// session is the transmission phase of one connection.
+//
+// One reader goroutine (run) parses requests, validates them with
+// checkRequest, reads WRITE payloads into pooled buffers and hands each
+// request to a worker. Workers (at most MaxInFlight, started on demand) call
+// the device and send the reply; replies go out in completion order,
+// serialized by the replyWriter.
+//
+// Memory per connection is bounded by MaxInFlight request slots and by the
+// MaxBufferBytes budget charged for every payload buffer before it is taken
+// from the pool.
+type session struct {
+	c     *conn
+	ctx   context.Context
+	dev   blockdev.Device
+	lim   limits
+	pool  *bufPool
+	r     *bufio.Reader
+	w     *replyWriter
+	stats *errorStats
+
+	// Reader-owned:
+	hdr      [requestHeaderLen]byte
+	seq      uint64 // sequence number of the last request read
+	nworkers int
+
+	slots   chan int // free request slots; a request holds one until replied
+	budget  *semaphore.Weighted
+	work    chan job // unbuffered: a send means a worker took the job
+	workers sync.WaitGroup
+	pending sync.WaitGroup // requests dispatched and not yet replied
+	writes  writeTracker
+}
+
+// errConnClosed stops the reader when the connection was closed hard.
+var errConnClosed = errors.New("connection closed")
+
+// job is one request handed to a worker.
+type job struct {
+	req    request
+	slot   int
+	seq    uint64
+	buf    *[]byte // READ destination or WRITE payload; nil when Length == 0
+	charge int64   // bytes of budget held for buf
+}
+
+func newSession(c *conn, e *exportEntry, nc net.Conn, r *bufio.Reader) *session {
+	opts := &c.srv.opts
+	s := &session{
+		c:    c,
+		ctx:  c.ctx,
+		dev:  e.Device,
+		pool: c.srv.pool,
+		lim: limits{
+			Size:       e.Device.Size(),
+			MaxPayload: uint32(opts.MaxPayload),
+			ReadOnly:   e.Device.ReadOnly(),
+		},
+		r:      r,
+		stats:  &errorStats{log: c.log},
+		slots:  make(chan int, opts.MaxInFlight),
+		budget: semaphore.NewWeighted(opts.MaxBufferBytes),
+		work:   make(chan job),
+	}
+	s.w = newReplyWriter(nc, func() { c.raw.Close() })
+	for i := range opts.MaxInFlight {
+		s.slots <- i
+	}
+	s.writes.init(opts.MaxInFlight)
+	return s
+}
+
+// run serves requests until the client disconnects, the connection is
+// drained or closed, or the client breaks the protocol. It waits for all
+// dispatched requests to be answered before returning.
+func (s *session) run() error {
+	err := s.readLoop()
+	if err != nil {
+		// The client may have stopped reading; do not let replies to the
+		// requests still in flight block forever.
+		s.c.raw.SetWriteDeadline(time.Now().Add(s.c.srv.opts.HandshakeTimeout))
+	}
+	s.pending.Wait()
+	close(s.work)
+	s.workers.Wait()
+	if ferr := s.w.flush(); ferr != nil && err == nil && s.ctx.Err() == nil {
+		err = fmt.Errorf("flush replies: %w", ferr)
+	}
+	s.stats.summary()
+	return err
+}
+
+// readLoop reads and dispatches requests. A nil result is a clean end.
+func (s *session) readLoop() error {
+	for {
+		if _, err := io.ReadFull(s.r, s.hdr[:]); err != nil {
+			return s.readError(err, false)
+		}
+		req, err := parseRequest(s.hdr[:])
+		if err != nil {
+			s.c.log.Warn("nbd: protocol violation; closing", "err", err)
+			return err
+		}
+		v := checkRequest(req, s.lim)
+		if v.Disconnect {
+			s.c.log.Debug("nbd: client disconnected")
+			return nil
+		}
+		if v.Errno != 0 {
+			if v.Payload > 0 {
+				if _, err := s.r.Discard(int(v.Payload)); err != nil {
+					return s.readError(err, true)
+				}
+			}
+			s.stats.rejected(req, v.Errno)
+			s.w.reply(req.Handle, v.Errno, nil)
+			if v.Hangup {
+				return fmt.Errorf("unrecoverable request (type %d, length %d)", req.Type, req.Length)
+			}
+			continue
+		}
+		if err := s.dispatch(req); err != nil {
+			if errors.Is(err, errConnClosed) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// dispatch acquires a slot and buffer for a valid request, reads its payload
+// and hands it to a worker.
+func (s *session) dispatch(req request) error {
+	var j job
+	select {
+	case j.slot = <-s.slots:
+	case <-s.ctx.Done():
+		return errConnClosed
+	}
+	j.req = req
+	if (req.Type == cmdRead || req.Type == cmdWrite) && req.Length > 0 {
+		n := int(req.Length)
+		j.charge = int64(classSize(n))
+		if err := s.budget.Acquire(s.ctx, j.charge); err != nil {
+			s.slots <- j.slot
+			return errConnClosed
+		}
+		j.buf = s.pool.get(n)
+		if req.Type == cmdWrite {
+			if _, err := io.ReadFull(s.r, *j.buf); err != nil {
+				s.release(j)
+				return s.readError(err, true)
+			}
+		}
+	}
+	s.seq++
+	j.seq = s.seq
+	if isWriteCmd(req.Type) {
+		s.writes.start(j.slot, j.seq)
+	}
+	s.pending.Add(1)
+	select {
+	case s.work <- j:
+		return nil
+	default:
+	}
+	if s.nworkers < cap(s.slots) {
+		s.nworkers++
+		s.workers.Add(1)
+		go s.worker(j)
+		return nil
+	}
+	// Every worker is busy or about to receive: one holding a slot's worth
+	// of work finishes soon, since a worker only waits for earlier writes,
+	// which all have their own worker.
+	s.work <- j
+	return nil
+}
+
+// readError classifies a read failure: EOF between requests, a drain, or a
+// cancelled connection are clean ends; anything else is an error.
+func (s *session) readError(err error, midRequest bool) error {
+	switch {
+	case s.ctx.Err() != nil:
+		return nil
+	case s.c.draining() && errors.Is(err, os.ErrDeadlineExceeded):
+		s.c.log.Debug("nbd: connection drained")
+		return nil
+	case !midRequest && errors.Is(err, io.EOF):
+		s.c.log.Debug("nbd: client closed the connection without NBD_CMD_DISC")
+		return nil
+	case midRequest && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)):
+		return fmt.Errorf("client disconnected mid-request: %w", io.ErrUnexpectedEOF)
+	}
+	return fmt.Errorf("read request: %w", err)
+}
+
+func (s *session) worker(first job) {
+	defer s.workers.Done()
+	s.handle(first)
+	for j := range s.work {
+		s.handle(j)
+	}
+}
+
+// handle executes one request on the device and replies.
+func (s *session) handle(j job) {
+	req := j.req
+	off := int64(req.Offset) // checkRequest ensured Offset <= Size
+	n := int64(req.Length)
+	fua := req.Flags&cmdFlagFUA != 0
+	var err error
+	var data []byte
+	switch req.Type {
+	case cmdRead:
+		if n > 0 {
+			data = *j.buf
+			err = s.dev.ReadAt(s.ctx, data, off)
+		}
+	case cmdWrite:
+		if n > 0 {
+			err = s.dev.WriteAt(s.ctx, *j.buf, off)
+		}
+		err = s.fua(err, fua)
+		s.writes.finish(j.slot)
+	case cmdTrim:
+		if n > 0 {
+			err = s.dev.Trim(s.ctx, off, n)
+		}
+		err = s.fua(err, fua)
+		s.writes.finish(j.slot)
+	case cmdWriteZeroes:
+		if n > 0 {
+			err = s.dev.WriteZeroes(s.ctx, off, n)
+		}
+		err = s.fua(err, fua)
+		s.writes.finish(j.slot)
+	case cmdFlush:
+		// Writes received before this FLUSH must have completed first.
+		s.writes.waitBefore(j.seq)
+		err = s.dev.Flush(s.ctx)
+	}
+	var errno uint32
+	if err != nil {
+		errno = s.stats.failed(req, err)
+		data = nil
+	}
+	s.w.reply(req.Handle, errno, data)
+	s.release(j)
+	s.pending.Done()
+}
+
+// fua flushes after a successful write when the client asked for FUA.
+func (s *session) fua(err error, fua bool) error {
+	if err != nil || !fua {
+		return err
+	}
+	return s.dev.Flush(s.ctx)
+}
+
+// release returns a job's buffer, budget and slot.
+func (s *session) release(j job) {
+	if j.buf != nil {
+		s.pool.put(j.buf)
+		s.budget.Release(j.charge)
+	}
+	s.slots <- j.slot
+}
+
+// replyWriter serializes replies. Concurrent repliers coalesce: a reply is
+// flushed to the socket only when no other reply is waiting for the lock,
+// the last one in line flushes for all.
+type replyWriter struct {
+	waiting atomic.Int32 // repliers blocked on mu
+	onErr   func()       // closes the connection after a write error
+
+	mu sync.Mutex
+	// Guarded by mu:
+	bw  *bufio.Writer
+	hdr [simpleReplyLen]byte
+	err error // sticky write error
+}
+
+func newReplyWriter(w io.Writer, onErr func()) *replyWriter {
+	return &replyWriter{bw: bufio.NewWriterSize(w, replyBufSize), onErr: onErr}
+}
+
+// reply sends a simple reply with optional data (a successful READ).
+func (w *replyWriter) reply(handle uint64, errno uint32, data []byte) {
+	w.waiting.Add(1)
+	w.mu.Lock()
+	w.waiting.Add(-1)
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return
+	}
+	putSimpleReply(w.hdr[:], errno, handle)
+	_, err := w.bw.Write(w.hdr[:])
+	if err == nil && len(data) > 0 {
+		_, err = w.bw.Write(data)
+	}
+	if err == nil && w.waiting.Load() == 0 {
+		err = w.bw.Flush()
+	}
+	if err != nil {
+		w.err = err
+		w.onErr()
+	}
+}
+
+// flush writes out anything buffered.
+func (w *replyWriter) flush() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.err != nil {
+		return w.err
+	}
+	w.err = w.bw.Flush()
+	return w.err
+}
+
+// writeTracker lets a FLUSH wait for the writes received before it.
+// Each in-flight write records its request sequence number in its slot.
+type writeTracker struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	// Guarded by mu:
+	seqs    []uint64 // by slot: sequence of the write in flight there, 0 if none
+	waiters int      // FLUSHes waiting in waitBefore
+}
+
+func (t *writeTracker) init(slots int) {
+	t.seqs = make([]uint64, slots)
+	t.cond.L = &t.mu
+}
+
+// start records that the write with sequence seq occupies slot.
+func (t *writeTracker) start(slot int, seq uint64) {
+	t.mu.Lock()
+	t.seqs[slot] = seq
+	t.mu.Unlock()
+}
+
+// finish records that the write in slot has completed.
+func (t *writeTracker) finish(slot int) {
+	t.mu.Lock()
+	t.seqs[slot] = 0
+	if t.waiters > 0 {
+		t.cond.Broadcast()
+	}
+	t.mu.Unlock()
+}
+
+// waitBefore blocks until no write with a sequence below seq is in flight.
+func (t *writeTracker) waitBefore(seq uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.waiters++
+	for t.anyBefore(seq) {
+		t.cond.Wait()
+	}
+	t.waiters--
+}
+
+func (t *writeTracker) anyBefore(seq uint64) bool {
+	for _, s := range t.seqs {
+		if s != 0 && s < seq {
+			return true
+		}
+	}
+	return false
+}
