@@ -134,7 +134,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	h := &SnapshotHeader{Volume: "a", Seq: 9, Epoch: 2, Writer: WriterID{9}, Time: 1, Size: 2 << 30, Vols: []string{"a", "parent"}}
 	b := AppendSnapshot(nil, h, slices.Values(exts))
 	var got []SnapExtent
-	gh, err := DecodeSnapshot(b, func(x SnapExtent) error { got = append(got, x); return nil })
+	gh, err := DecodeSnapshot(b, func(x SnapExtent) error { got = append(got, x); return nil }, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,14 +144,14 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	for i := range b {
 		c := bytes.Clone(b)
 		c[i] ^= 0x40
-		if _, err := DecodeSnapshot(c, func(SnapExtent) error { return nil }); !errors.Is(err, ErrCorrupt) {
+		if _, err := DecodeSnapshot(c, func(SnapExtent) error { return nil }, nil); !errors.Is(err, ErrCorrupt) {
 			t.Fatalf("flip at %d: %v", i, err)
 		}
 	}
 	// Extent beyond the volume size is rejected even with a valid checksum.
 	h.Size = 4096
 	b = AppendSnapshot(nil, h, slices.Values(exts))
-	if _, err := DecodeSnapshot(b, func(SnapExtent) error { return nil }); !errors.Is(err, ErrCorrupt) {
+	if _, err := DecodeSnapshot(b, func(SnapExtent) error { return nil }, nil); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("out-of-range extent accepted: %v", err)
 	}
 }

@@ -43,7 +43,7 @@ func FuzzDecodeSnapshot(f *testing.F) {
 			}
 			prev = x.Start + x.Len
 			return nil
-		})
+		}, nil)
 	})
 }
 

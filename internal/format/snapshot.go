@@ -66,8 +66,9 @@ func AppendSnapshot(dst []byte, h *SnapshotHeader, extents iter.Seq[SnapExtent])
 	return e.b
 }
 
-// DecodeSnapshot verifies b and calls fn for every extent in order.
-func DecodeSnapshot(b []byte, fn func(SnapExtent) error) (*SnapshotHeader, error) {
+// DecodeSnapshot verifies b, calls onHeader (if not nil) with the header and
+// then fn for every extent in order.
+func DecodeSnapshot(b []byte, fn func(SnapExtent) error, onHeader func(*SnapshotHeader)) (*SnapshotHeader, error) {
 	if len(b) < 4 {
 		return nil, corruptf("snapshot truncated")
 	}
@@ -105,6 +106,9 @@ func DecodeSnapshot(b []byte, fn func(SnapExtent) error) (*SnapshotHeader, error
 	}
 	if n > uint64(len(d.b))/5 {
 		return nil, corruptf("snapshot extent count %d too large", n)
+	}
+	if onHeader != nil {
+		onHeader(h)
 	}
 	var prevEnd uint64
 	for i := uint64(0); i < n; i++ {

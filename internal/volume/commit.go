@@ -1,0 +1,202 @@
+package volume
+
+import (
+	"errors"
+	"fmt"
+	"iter"
+	"math/rand/v2"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/journal"
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// startUpload creates record seq (if absent) in the background, retrying
+// transient errors until the slot is resolved or the volume is abandoned.
+func (v *Volume) startUpload(seq uint64, obj []byte) {
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		select {
+		case v.upSem <- struct{}{}:
+		case <-v.ctx.Done():
+			return
+		}
+		defer func() { <-v.upSem }()
+		v.upload(seq, obj)
+	}()
+}
+
+func (v *Volume) upload(seq uint64, obj []byte) {
+	key := format.LogKey(v.desc.ID, seq)
+	backoff := 25 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := v.pool.store.PutIfAbsent(v.ctx, key, obj)
+		if err == nil {
+			v.cacheRecord(seq, obj)
+			v.landed(seq)
+			return
+		}
+		if errors.Is(err, objstore.ErrExists) {
+			var r *format.Record
+			r, err = v.pool.readRecordAt(v.ctx, v.desc.ID, seq)
+			if err == nil {
+				v.taken(seq, r, obj)
+				return
+			}
+			if errors.Is(err, format.ErrCorrupt) {
+				v.mu.Lock()
+				v.failLocked(fmt.Errorf("record %d in our slot is corrupt: %w", seq, err))
+				v.mu.Unlock()
+				return
+			}
+		}
+		if v.ctx.Err() != nil {
+			return
+		}
+		if attempt == 1 || attempt%10 == 0 {
+			v.log.Warn("record upload failed; retrying", "seq", seq, "attempt", attempt, "err", err)
+		}
+		jitter := time.Duration(rand.Int64N(int64(backoff)/2 + 1))
+		if !sleepCtx(v.ctx, backoff+jitter) {
+			return
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+// cacheRecord puts a landed record's chunks into the host cache, so the
+// writer reads its own data warm.
+func (v *Volume) cacheRecord(seq uint64, obj []byte) {
+	if v.cache == nil {
+		return
+	}
+	for i := uint64(0); format.FramePos(i)+format.FrameHeader < int64(len(obj)); i++ {
+		pos := format.FramePos(i)
+		data, err := format.DecodeFrame(obj[pos:min(int64(len(obj)), pos+format.FrameSize)], -1)
+		if err != nil {
+			return // reached the trailer
+		}
+		if err := v.cache.Put(cache.Key{Vol: v.desc.ID, Seq: seq, Chunk: uint32(i)}, data); err != nil {
+			v.log.Debug("cache put failed", "err", err)
+			return
+		}
+	}
+}
+
+func (v *Volume) landed(seq uint64) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.w.Landed(seq)
+	v.progressLocked()
+}
+
+// taken handles a slot found occupied by r.
+func (v *Volume) taken(seq uint64, r *format.Record, obj []byte) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	moves, j := v.w.Taken(seq, r)
+	switch j {
+	case journal.Fenced:
+		v.fenceLocked(seq, r)
+		return
+	case journal.Mine:
+		v.mu.Unlock()
+		v.cacheRecord(seq, obj)
+		v.mu.Lock()
+	case journal.Skip:
+		v.log.Warn("slot held a fenced writer's leftover; moving pending records", "slot", seq, "moves", len(moves))
+		v.applyMovesLocked(moves)
+	}
+	v.progressLocked()
+}
+
+// applyMovesLocked rewrites segments at their new slots.
+func (v *Volume) applyMovesLocked(moves []journal.Move) {
+	if len(moves) == 0 {
+		return
+	}
+	v.moves++
+	v.snapCand = nil
+	for _, mv := range moves {
+		seg := v.segs[mv.Seg]
+		if seg == nil {
+			continue
+		}
+		if v.pending[mv.From] == seg {
+			delete(v.pending, mv.From)
+		}
+		seg.seq = mv.To
+		v.pending[mv.To] = seg
+		for _, x := range seg.exts {
+			if !x.Zero {
+				v.m.Relocate(x.Off, x.Len, 0, mv.From, mv.To)
+			}
+		}
+		if seg.obj == nil {
+			continue // still open; it will be sealed at its new slot
+		}
+		rec := *seg.rec
+		rec.Seq = mv.To
+		obj, err := format.Reseal(seg.obj, seg.rec.DataLen, &rec)
+		if err != nil {
+			v.failLocked(err)
+			return
+		}
+		seg.rec, seg.obj = &rec, obj
+		v.startUpload(mv.To, obj)
+	}
+}
+
+// progressLocked retires durable segments and wakes waiters.
+func (v *Volume) progressLocked() {
+	d := v.w.DurableSeg()
+	for id := v.durableDone + 1; id <= d; id++ {
+		if seg := v.segs[id]; seg != nil {
+			delete(v.segs, id)
+			if v.pending[seg.seq] == seg {
+				delete(v.pending, seg.seq)
+			}
+			v.buffered -= seg.bytes
+		}
+	}
+	if d > v.durableDone {
+		v.durableDone = d
+	}
+	if c := v.snapCand; c != nil && d >= c.seg && !v.fenced {
+		v.snapCand = nil
+		if c.moves == v.moves {
+			v.startSnapshot(c)
+		}
+	}
+	v.broadcastLocked()
+}
+
+// startSnapshot writes candidate c as snap/<c.seq> in the background.
+func (v *Volume) startSnapshot(c *snapCandidate) {
+	v.sinceSnap = 0
+	h := &format.SnapshotHeader{Volume: v.desc.ID, Seq: c.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), Time: c.time, Size: v.desc.Size, Vols: c.vols}
+	v.wg.Add(1)
+	go func() {
+		defer v.wg.Done()
+		b := format.AppendSnapshot(nil, h, snapExtents(c.m.All()))
+		err := v.pool.store.PutIfAbsent(v.ctx, format.SnapKey(v.desc.ID, c.seq), b)
+		if err != nil && !errors.Is(err, objstore.ErrExists) {
+			v.log.Warn("snapshot write failed", "seq", c.seq, "err", err)
+			return
+		}
+		v.log.Debug("snapshot written", "seq", c.seq, "bytes", len(b))
+	}()
+}
+
+func snapExtents(all iter.Seq[extmapExtent]) iter.Seq[format.SnapExtent] {
+	return func(yield func(format.SnapExtent) bool) {
+		for e := range all {
+			if !yield(format.SnapExtent{Start: e.Start, Len: e.Len, Vol: e.Loc.Vol, Seq: e.Loc.Seq, Off: e.Loc.Off}) {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,255 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// Clock tells the time; injected so tests control it.
+type Clock interface{ Now() time.Time }
+
+type wallClock struct{}
+
+func (wallClock) Now() time.Time { return time.Now() }
+
+// Pool is an object-store prefix holding volumes. Safe for concurrent use.
+type Pool struct {
+	store  objstore.Store
+	marker format.PoolMarker
+	clock  Clock
+	log    *slog.Logger
+}
+
+// PoolOptions configures a Pool. The zero value uses the wall clock and
+// slog.Default().
+type PoolOptions struct {
+	Clock  Clock
+	Logger *slog.Logger
+}
+
+func (o PoolOptions) withDefaults() PoolOptions {
+	if o.Clock == nil {
+		o.Clock = wallClock{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o
+}
+
+// InitPool makes store a pool: it probes whether the store honours
+// create-if-absent and writes the pool marker. Initialising an existing pool
+// returns it unchanged.
+func InitPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Pool, error) {
+	opts = opts.withDefaults()
+	if p, err := OpenPool(ctx, store, opts); err == nil {
+		return p, nil
+	} else if !errors.Is(err, ErrNoPool) {
+		return nil, err
+	}
+	cond, err := objstore.Probe(ctx, store)
+	if err != nil {
+		return nil, fmt.Errorf("init pool: probe store: %w", err)
+	}
+	m := format.PoolMarker{Created: opts.Clock.Now().UTC(), ConditionalCreate: cond}
+	b, err := format.EncodeDoc(format.KindPool, &m)
+	if err != nil {
+		return nil, err
+	}
+	if err := store.PutIfAbsent(ctx, format.PoolMarkerKey, b); err != nil && !errors.Is(err, objstore.ErrExists) {
+		return nil, fmt.Errorf("init pool: write marker: %w", err)
+	}
+	if !cond {
+		opts.Logger.Warn("object store does not honour conditional create: volumes in this pool can only be opened read-only")
+	}
+	return OpenPool(ctx, store, opts)
+}
+
+// OpenPool opens an initialised pool; ErrNoPool if the marker is missing.
+func OpenPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Pool, error) {
+	opts = opts.withDefaults()
+	b, err := store.Get(ctx, format.PoolMarkerKey)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, ErrNoPool
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pool: read marker: %w", err)
+	}
+	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger}
+	if err := format.DecodeDoc(format.KindPool, b, &p.marker); err != nil {
+		return nil, fmt.Errorf("open pool: %w", err)
+	}
+	return p, nil
+}
+
+// Store returns the pool's object store.
+func (p *Pool) Store() objstore.Store { return p.store }
+
+// Marker returns the pool marker.
+func (p *Pool) Marker() format.PoolMarker { return p.marker }
+
+func newID() (string, error) {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}
+
+// CreateOptions describe a new volume.
+type CreateOptions struct {
+	Size      uint64 // bytes; must be a positive multiple of BlockSize
+	BlockSize uint32 // bytes; 0 means 4096
+}
+
+// Create makes a new empty volume called name.
+func (p *Pool) Create(ctx context.Context, name string, o CreateOptions) (*format.VolumeDesc, error) {
+	if err := objstore.ValidateVolumeName(name); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	if o.BlockSize == 0 {
+		o.BlockSize = 4096
+	}
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	d := &format.VolumeDesc{ID: id, Name: name, Size: o.Size, BlockSize: o.BlockSize, Created: p.clock.Now().UTC()}
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: size %d with block size %d: size must be a positive multiple of the block size", ErrInvalid, o.Size, o.BlockSize)
+	}
+	return d, p.bind(ctx, d, nil)
+}
+
+// bind writes a descriptor (and an initial snapshot, for clones) and then
+// claims the name; the name is the commit point.
+func (p *Pool) bind(ctx context.Context, d *format.VolumeDesc, initialSnap []byte) error {
+	if _, err := p.store.Stat(ctx, format.NameKey(d.Name)); err == nil {
+		return fmt.Errorf("create %q: %w", d.Name, ErrExists)
+	}
+	b, err := format.EncodeDoc(format.KindVolume, d)
+	if err != nil {
+		return err
+	}
+	if err := p.store.PutIfAbsent(ctx, format.VolumeKey(d.ID), b); err != nil {
+		return fmt.Errorf("create %q: write descriptor: %w", d.Name, err)
+	}
+	if initialSnap != nil {
+		if err := p.store.PutIfAbsent(ctx, format.SnapKey(d.ID, 0), initialSnap); err != nil {
+			return fmt.Errorf("create %q: write initial snapshot: %w", d.Name, err)
+		}
+	}
+	nb, err := format.EncodeDoc(format.KindName, &format.NameBinding{ID: d.ID})
+	if err != nil {
+		return err
+	}
+	if err := p.store.PutIfAbsent(ctx, format.NameKey(d.Name), nb); err != nil {
+		// Lost the race for the name: the descriptor is garbage now.
+		_ = p.deleteVolumeObjects(ctx, d.ID)
+		if errors.Is(err, objstore.ErrExists) {
+			return fmt.Errorf("create %q: %w", d.Name, ErrExists)
+		}
+		return fmt.Errorf("create %q: bind name: %w", d.Name, err)
+	}
+	return nil
+}
+
+// Resolve returns the descriptor of the volume called name.
+func (p *Pool) Resolve(ctx context.Context, name string) (*format.VolumeDesc, error) {
+	if err := objstore.ValidateVolumeName(name); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	b, err := p.store.Get(ctx, format.NameKey(name))
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("resolve %q: %w", name, err)
+	}
+	var nb format.NameBinding
+	if err := format.DecodeDoc(format.KindName, b, &nb); err != nil {
+		return nil, fmt.Errorf("resolve %q: %w", name, err)
+	}
+	return p.descriptor(ctx, nb.ID)
+}
+
+func (p *Pool) descriptor(ctx context.Context, id string) (*format.VolumeDesc, error) {
+	b, err := p.store.Get(ctx, format.VolumeKey(id))
+	if err != nil {
+		return nil, fmt.Errorf("read descriptor of volume %s: %w", id, err)
+	}
+	var d format.VolumeDesc
+	if err := format.DecodeDoc(format.KindVolume, b, &d); err != nil {
+		return nil, fmt.Errorf("read descriptor of volume %s: %w", id, err)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, fmt.Errorf("read descriptor of volume %s: %w", id, err)
+	}
+	return &d, nil
+}
+
+// List returns the descriptors of every named volume, sorted by name.
+func (p *Pool) List(ctx context.Context) ([]*format.VolumeDesc, error) {
+	var names []string
+	err := p.store.List(ctx, format.NamesPrefix, func(oi objstore.ObjectInfo) error {
+		names = append(names, oi.Key[len(format.NamesPrefix):])
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list volumes: %w", err)
+	}
+	sort.Strings(names)
+	var out []*format.VolumeDesc
+	for _, n := range names {
+		d, err := p.Resolve(ctx, n)
+		if errors.Is(err, ErrNotFound) {
+			continue // removed while listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// Remove deletes the volume called name: first the name (so nobody opens it
+// again), then its objects. A writer still attached elsewhere is not stopped
+// by this; its next flush fails because its records' volume is gone.
+func (p *Pool) Remove(ctx context.Context, name string) error {
+	d, err := p.Resolve(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := p.store.Delete(ctx, format.NameKey(name)); err != nil {
+		return fmt.Errorf("remove %q: unbind name: %w", name, err)
+	}
+	return p.deleteVolumeObjects(ctx, d.ID)
+}
+
+func (p *Pool) deleteVolumeObjects(ctx context.Context, id string) error {
+	var keys []string
+	if err := p.store.List(ctx, format.VolsPrefix+id+"/", func(oi objstore.ObjectInfo) error {
+		keys = append(keys, oi.Key)
+		return nil
+	}); err != nil {
+		return fmt.Errorf("remove volume %s: list: %w", id, err)
+	}
+	// Descriptor last, so a half-removed volume is still recognisable.
+	sort.Slice(keys, func(i, j int) bool { return keys[j] == format.VolumeKey(id) })
+	for _, k := range keys {
+		if err := p.store.Delete(ctx, k); err != nil {
+			return fmt.Errorf("remove volume %s: delete %s: %w", id, k, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,268 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/urldisk/urldisk/internal/extmap"
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/journal"
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// image is a volume's state as replayed from its log: the extent map and
+// the journal state after record st.Seq.
+type image struct {
+	desc *format.VolumeDesc
+	st   journal.State
+	m    *extmap.Map
+	// vols is the volume table extent locations index into; vols[0] is desc.ID.
+	vols   []string
+	volIdx map[string]uint32
+
+	lastTime     int64  // time of the last replayed record
+	snapSeq      uint64 // seq of the snapshot replay started from (0: none)
+	sinceSnap    int    // records replayed after snapSeq
+	fenceMeta    []byte // meta of the fence that owns the current epoch
+	records      int    // records seen in the log listing
+	recordBytes  int64  // their total size
+	snapshots    int
+	firstLogSeq  uint64
+}
+
+func newImage(desc *format.VolumeDesc) *image {
+	return &image{desc: desc, m: extmap.New(), vols: []string{desc.ID}, volIdx: map[string]uint32{desc.ID: 0}}
+}
+
+func (img *image) volIndex(id string) uint32 {
+	if i, ok := img.volIdx[id]; ok {
+		return i
+	}
+	i := uint32(len(img.vols))
+	img.vols = append(img.vols, id)
+	img.volIdx[id] = i
+	return i
+}
+
+// listSeqs returns the sequence numbers (and sizes) under prefix, ascending.
+func (p *Pool) listSeqs(ctx context.Context, prefix string) ([]uint64, map[uint64]int64, error) {
+	var seqs []uint64
+	sizes := map[uint64]int64{}
+	err := p.store.List(ctx, prefix, func(oi objstore.ObjectInfo) error {
+		s, err := format.ParseSeqKey(oi.Key)
+		if err != nil {
+			return nil // not ours; ignore
+		}
+		seqs = append(seqs, s)
+		sizes[s] = oi.Size
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list %s: %w", prefix, err)
+	}
+	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+	return seqs, sizes, nil
+}
+
+// loadImage replays volume desc up to (and including) record limit.
+func (p *Pool) loadImage(ctx context.Context, desc *format.VolumeDesc, limit uint64) (*image, error) {
+	img := newImage(desc)
+	snaps, _, err := p.listSeqs(ctx, format.SnapPrefix(desc.ID))
+	if err != nil {
+		return nil, err
+	}
+	img.snapshots = len(snaps)
+	loaded := false
+	for i := len(snaps) - 1; i >= 0; i-- {
+		if snaps[i] > limit {
+			continue
+		}
+		err := p.loadSnapshot(ctx, img, desc.ID, snaps[i], true)
+		if err == nil {
+			loaded = true
+			break
+		}
+		if !errors.Is(err, format.ErrCorrupt) {
+			return nil, err
+		}
+		p.log.Error("snapshot is corrupt; falling back to an older one", "volume", desc.Name, "seq", snaps[i], "err", err)
+		img = newImage(desc)
+		img.snapshots = len(snaps)
+	}
+	if !loaded && desc.Parent != nil {
+		return nil, fmt.Errorf("volume %s: clone has no usable initial snapshot", desc.Name)
+	}
+	if err := p.replayFrom(ctx, img, limit); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// loadSnapshot replaces img's map with snapshot seq of volume id. With
+// setState the journal state comes from the snapshot too (attach); without
+// it only the map is replaced (a restore record).
+func (p *Pool) loadSnapshot(ctx context.Context, img *image, id string, seq uint64, setState bool) error {
+	b, err := p.store.Get(ctx, format.SnapKey(id, seq))
+	if err != nil {
+		return fmt.Errorf("read snapshot %d of volume %s: %w", seq, id, err)
+	}
+	m := extmap.New()
+	var vols []string
+	idx := map[uint32]uint32{}
+	h, err := format.DecodeSnapshot(b, func(x format.SnapExtent) error {
+		i, ok := idx[x.Vol]
+		if !ok {
+			i = img.volIndex(vols[x.Vol])
+			idx[x.Vol] = i
+		}
+		m.Set(x.Start, x.Len, extmap.Loc{Vol: i, Seq: x.Seq, Off: x.Off})
+		return nil
+	}, func(h *format.SnapshotHeader) { vols = h.Vols })
+	if err != nil {
+		return fmt.Errorf("snapshot %d of volume %s: %w", seq, id, err)
+	}
+	if h.Seq != seq || h.Volume != id {
+		return fmt.Errorf("snapshot %d of volume %s: %w: header names seq %d of %s", seq, id, format.ErrCorrupt, h.Seq, h.Volume)
+	}
+	if h.Size != img.desc.Size {
+		return fmt.Errorf("snapshot %d of volume %s: %w: size %d, volume is %d", seq, id, format.ErrCorrupt, h.Size, img.desc.Size)
+	}
+	img.m = m
+	if setState {
+		img.st = journal.State{Seq: h.Seq, Epoch: h.Epoch, Writer: h.Writer}
+		img.lastTime = h.Time
+		img.snapSeq = h.Seq
+		img.sinceSnap = 0
+	}
+	return nil
+}
+
+// readRecord fetches and decodes the trailer of record key of the given size.
+func (p *Pool) readRecord(ctx context.Context, key string, size int64) (*format.Record, error) {
+	tail := min(size, 64<<10)
+	buf := make([]byte, tail)
+	n, err := p.store.GetRange(ctx, key, size-tail, buf)
+	if err != nil {
+		return nil, err
+	}
+	buf = buf[:n]
+	tl, err := format.TrailerLen(buf)
+	if err != nil {
+		return nil, fmt.Errorf("record %s: %w", key, err)
+	}
+	if need := int64(tl) + 8; need > int64(len(buf)) && need <= size {
+		buf = make([]byte, need)
+		if n, err = p.store.GetRange(ctx, key, size-need, buf); err != nil {
+			return nil, err
+		}
+		buf = buf[:n]
+	}
+	r, err := format.DecodeRecord(buf, size)
+	if err != nil {
+		return nil, fmt.Errorf("record %s: %w", key, err)
+	}
+	return r, nil
+}
+
+// readRecordAt reads record seq of volume id whose size is unknown.
+func (p *Pool) readRecordAt(ctx context.Context, id string, seq uint64) (*format.Record, error) {
+	key := format.LogKey(id, seq)
+	oi, err := p.store.Stat(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	return p.readRecord(ctx, key, oi.Size)
+}
+
+// replayFrom applies the records after img.st.Seq, in order, up to the
+// first gap or limit.
+func (p *Pool) replayFrom(ctx context.Context, img *image, limit uint64) error {
+	id := img.desc.ID
+	seqs, sizes, err := p.listSeqs(ctx, format.LogPrefix(id))
+	if err != nil {
+		return err
+	}
+	img.records = len(seqs)
+	img.recordBytes = 0
+	for _, s := range seqs {
+		img.recordBytes += sizes[s]
+	}
+	if len(seqs) > 0 {
+		img.firstLogSeq = seqs[0]
+	}
+	var todo []uint64
+	for _, s := range seqs {
+		if s <= img.st.Seq {
+			continue
+		}
+		if s != img.st.Seq+uint64(len(todo))+1 || s > limit {
+			break // first gap: prefix consistency
+		}
+		todo = append(todo, s)
+	}
+	recs := make([]*format.Record, len(todo))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i, s := range todo {
+		g.Go(func() error {
+			r, err := p.readRecord(gctx, format.LogKey(id, s), sizes[s])
+			if err != nil {
+				return fmt.Errorf("replay volume %s: %w", img.desc.Name, err)
+			}
+			recs[i] = r
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if err := p.apply(ctx, img, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// apply replays one record onto img.
+func (p *Pool) apply(ctx context.Context, img *image, r *format.Record) error {
+	if r.Volume != img.desc.ID {
+		return fmt.Errorf("replay volume %s: record %d: %w: belongs to volume %s", img.desc.Name, r.Seq, format.ErrCorrupt, r.Volume)
+	}
+	st, v, err := journal.Replay(img.st, r)
+	if err != nil {
+		return fmt.Errorf("replay volume %s: %w", img.desc.Name, err)
+	}
+	img.st = st
+	img.lastTime = r.Time
+	img.sinceSnap++
+	switch v {
+	case journal.Fence:
+		img.fenceMeta = r.Meta
+	case journal.Apply:
+		if r.Type == format.RecordRestore {
+			return p.loadSnapshot(ctx, img, r.RestoreVol, r.RestoreSeq, false)
+		}
+		applyExtents(img.m, 0, r.Seq, r.Extents, img.desc.Size)
+	}
+	return nil
+}
+
+// applyExtents applies a data record's extents (in order) to m.
+func applyExtents(m *extmap.Map, vol uint32, seq uint64, exts []format.Extent, size uint64) {
+	for _, x := range exts {
+		if x.Off >= size {
+			continue
+		}
+		n := min(x.Len, size-x.Off)
+		if x.Zero {
+			m.Clear(x.Off, n)
+		} else {
+			m.Set(x.Off, n, extmap.Loc{Vol: vol, Seq: seq, Off: x.DataOff})
+		}
+	}
+}

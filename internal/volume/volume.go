@@ -1,0 +1,397 @@
+package volume
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/blockdev"
+	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/extmap"
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/journal"
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// Cache is the host read cache as the volume uses it (cache.Cache).
+// Implementations verify what they return and are safe for concurrent use.
+type Cache interface {
+	// ReadAt copies len(p) bytes at off of the chunk; false on a miss.
+	ReadAt(key cache.Key, p []byte, off int) (bool, error)
+	// Put stores a chunk's bytes (copied).
+	Put(key cache.Key, data []byte) error
+}
+
+var _ Cache = (*cache.Cache)(nil)
+
+// Options configure an attached volume. Zero values pick the defaults.
+type Options struct {
+	// ReadOnly attaches without fencing; writes fail with ErrReadOnly.
+	ReadOnly bool
+	// Cache is the host read cache; nil means every read miss is a GET.
+	Cache Cache
+	// SegmentBytes: a segment is sealed into a record at this many data
+	// bytes. Default 4 MiB.
+	SegmentBytes int
+	// BufferBytes bounds written bytes not yet durable; writes wait beyond
+	// it (backpressure). Default 64 MiB.
+	BufferBytes int64
+	// Uploads is the number of record uploads in flight. Default 8.
+	Uploads int
+	// IdleFlush seals the open segment after this long without writes.
+	// Default 1s; negative disables.
+	IdleFlush time.Duration
+	// SnapshotEvery writes a snapshot after this many records. Default 256.
+	SnapshotEvery int
+	// Readahead is how many 64 KiB chunks a sequential read miss fetches
+	// in one GET. Default 16 (1 MiB).
+	Readahead int
+	// Clock and Logger; defaults: wall clock, the pool's logger.
+	Clock  Clock
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults(p *Pool) Options {
+	if o.SegmentBytes <= 0 {
+		o.SegmentBytes = 4 << 20
+	}
+	if o.BufferBytes <= 0 {
+		o.BufferBytes = 64 << 20
+	}
+	if o.Uploads <= 0 {
+		o.Uploads = 8
+	}
+	if o.IdleFlush == 0 {
+		o.IdleFlush = time.Second
+	}
+	if o.SnapshotEvery <= 0 {
+		o.SnapshotEvery = 256
+	}
+	if o.Readahead <= 0 {
+		o.Readahead = 16
+	}
+	if o.Clock == nil {
+		o.Clock = p.clock
+	}
+	if o.Logger == nil {
+		o.Logger = p.log
+	}
+	return o
+}
+
+// maxSegmentExtents seals a segment with this many extents, bounding trailers.
+const maxSegmentExtents = 64 << 10
+
+// segment is a group of writes that becomes one data record.
+type segment struct {
+	id   journal.SegID
+	seq  uint64 // current slot; changes if the journal moves the segment
+	b    *format.Builder
+	exts []format.Extent
+	// rec and obj are set when sealed; obj is the encoded record.
+	rec   *format.Record
+	obj   []byte
+	bytes int64 // accounted in Volume.buffered
+}
+
+// snapCandidate is a map clone taken when segment seg (slot seq) was sealed;
+// it becomes a snapshot once seg is durable, unless a move intervened.
+type snapCandidate struct {
+	seg   journal.SegID
+	seq   uint64
+	m     *extmap.Map
+	vols  []string
+	time  int64
+	moves uint64
+}
+
+// Volume is an attached volume; it implements blockdev.Device.
+type Volume struct {
+	pool  *Pool
+	desc  *format.VolumeDesc
+	opts  Options
+	log   *slog.Logger
+	cache Cache
+
+	ctx    context.Context // cancelled by Close after the last flush
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // uploads, snapshot writes, idle loop
+	upSem  chan struct{}
+	stop   chan struct{} // stops the idle loop
+
+	lastReadEnd atomic.Int64 // for sequential-read detection
+
+	fmu      sync.Mutex
+	inflight map[cache.Key]*fetchCall // guarded by fmu
+
+	mu sync.Mutex // guards everything below
+	// m is the live map: durable records plus pending segments.
+	m    *extmap.Map
+	vols []string
+	// w is the journal writer; nil when read-only.
+	w *journal.Writer
+	// open is the segment receiving writes, or nil.
+	open *segment
+	// segs holds every not-yet-durable segment; pending indexes them by slot.
+	segs        map[journal.SegID]*segment
+	pending     map[uint64]*segment
+	nextSeg     journal.SegID
+	lastSealed  journal.SegID
+	durableDone journal.SegID
+	buffered    int64
+	lastWrite   time.Time
+	progress    chan struct{} // closed and replaced whenever durability, fencing or closing changes
+	fenced      bool
+	closed      bool
+	fatal       error
+	moves       uint64
+	sinceSnap   int
+	snapCand    *snapCandidate
+	st          journal.State // replay state at attach
+}
+
+var _ blockdev.Device = (*Volume)(nil)
+
+type fenceMeta struct {
+	Host string    `json:"host"`
+	PID  int       `json:"pid"`
+	Time time.Time `json:"time"`
+}
+
+// Open attaches the volume called name.
+func (p *Pool) Open(ctx context.Context, name string, o Options) (*Volume, error) {
+	desc, err := p.Resolve(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return p.open(ctx, desc, o, ^uint64(0))
+}
+
+func (p *Pool) open(ctx context.Context, desc *format.VolumeDesc, o Options, limit uint64) (*Volume, error) {
+	o = o.withDefaults(p)
+	if !o.ReadOnly && !p.marker.ConditionalCreate {
+		return nil, fmt.Errorf("open %s read-write: %w", desc.Name, ErrNoConditionalCreate)
+	}
+	img, err := p.loadImage(ctx, desc, limit)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", desc.Name, err)
+	}
+	vctx, cancel := context.WithCancel(context.Background())
+	v := &Volume{
+		pool: p, desc: desc, opts: o, log: o.Logger.With("volume", desc.Name), cache: o.Cache,
+		ctx: vctx, cancel: cancel, upSem: make(chan struct{}, o.Uploads), stop: make(chan struct{}),
+		inflight: map[cache.Key]*fetchCall{},
+		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
+		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap,
+	}
+	v.lastReadEnd.Store(-1)
+	if !o.ReadOnly {
+		if err := v.attachWriter(ctx, img); err != nil {
+			cancel()
+			return nil, fmt.Errorf("open %s: %w", desc.Name, err)
+		}
+		if o.IdleFlush > 0 {
+			v.wg.Add(1)
+			go v.idleLoop()
+		}
+	}
+	return v, nil
+}
+
+// attachWriter fences the volume: creates record t+1 as a fence of epoch
+// E+1, replaying further whenever the slot is taken.
+func (v *Volume) attachWriter(ctx context.Context, img *image) error {
+	var id format.WriterID
+	if _, err := rand.Read(id[:]); err != nil {
+		return err
+	}
+	host, _ := os.Hostname()
+	meta, _ := json.Marshal(fenceMeta{Host: host, PID: os.Getpid(), Time: v.opts.Clock.Now().UTC()})
+	store := v.pool.store
+	backoff := 20 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		rec := &format.Record{Type: format.RecordFence, Seq: img.st.Seq + 1, Epoch: img.st.Epoch + 1, Writer: id,
+			Time: v.opts.Clock.Now().UnixNano(), Volume: v.desc.ID, Meta: meta}
+		obj, err := format.EncodeRecord(rec, nil)
+		if err != nil {
+			return err
+		}
+		err = store.PutIfAbsent(ctx, format.LogKey(v.desc.ID, rec.Seq), obj)
+		if errors.Is(err, objstore.ErrExists) {
+			r, rerr := v.pool.readRecordAt(ctx, v.desc.ID, rec.Seq)
+			if rerr == nil && r.Type == format.RecordFence && r.Writer == id && r.Epoch == rec.Epoch {
+				err = nil // our own fence; the first response was lost
+			} else if rerr == nil {
+				// Another writer got there first: learn its records, try again.
+				if err := v.pool.replayFrom(ctx, img, ^uint64(0)); err != nil {
+					return err
+				}
+				continue
+			} else {
+				err = rerr
+			}
+		}
+		if err == nil {
+			st, _, rerr := journal.Replay(img.st, rec)
+			if rerr != nil {
+				return rerr
+			}
+			img.st = st
+			v.st = st
+			v.m = img.m
+			v.vols = img.vols
+			v.w = journal.NewWriter(rec.Epoch, id, rec.Seq)
+			v.log.Info("attached read-write", "epoch", rec.Epoch, "fence_seq", rec.Seq, "writer", id.String())
+			if img.sinceSnap >= v.opts.SnapshotEvery {
+				v.mu.Lock()
+				v.startSnapshot(&snapCandidate{seq: rec.Seq, m: img.m.Clone(), vols: append([]string(nil), img.vols...), time: rec.Time})
+				v.mu.Unlock()
+			}
+			return nil
+		}
+		if attempt >= 8 || ctx.Err() != nil {
+			return fmt.Errorf("create fence record %d: %w", rec.Seq, err)
+		}
+		v.log.Warn("fence create failed; retrying", "seq", rec.Seq, "err", err)
+		if !sleepCtx(ctx, backoff) {
+			return ctx.Err()
+		}
+		backoff *= 2
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Desc returns the volume's descriptor.
+func (v *Volume) Desc() *format.VolumeDesc { return v.desc }
+
+// Size implements blockdev.Device.
+func (v *Volume) Size() int64 { return int64(v.desc.Size) }
+
+// BlockSize implements blockdev.Device.
+func (v *Volume) BlockSize() int { return int(v.desc.BlockSize) }
+
+// ReadOnly implements blockdev.Device.
+func (v *Volume) ReadOnly() bool { return v.opts.ReadOnly }
+
+// Epoch returns the writer's epoch (0 when read-only).
+func (v *Volume) Epoch() uint64 {
+	if v.w == nil {
+		return v.st.Epoch
+	}
+	return v.w.Epoch()
+}
+
+// Fenced reports whether another writer took over.
+func (v *Volume) Fenced() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.fenced
+}
+
+func (v *Volume) checkRange(off int64, n int) error {
+	if off < 0 || n < 0 || off+int64(n) > v.Size() || off+int64(n) < off {
+		return fmt.Errorf("%w: [%d, +%d) on a volume of %d bytes", blockdev.ErrOutOfRange, off, n, v.Size())
+	}
+	return nil
+}
+
+// usableLocked returns the error every call fails with, if any.
+func (v *Volume) usableLocked() error {
+	switch {
+	case v.fenced:
+		return blockdev.ErrFenced
+	case v.fatal != nil:
+		return v.fatal
+	case v.closed:
+		return blockdev.ErrClosed
+	}
+	return nil
+}
+
+// broadcastLocked wakes everyone waiting for progress.
+func (v *Volume) broadcastLocked() {
+	close(v.progress)
+	v.progress = make(chan struct{})
+}
+
+// waitLocked releases mu until progress or ctx is done.
+func (v *Volume) waitLocked(ctx context.Context) error {
+	ch := v.progress
+	v.mu.Unlock()
+	defer v.mu.Lock()
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// fenceLocked stops the writer for good.
+func (v *Volume) fenceLocked(seq uint64, r *format.Record) {
+	if !v.fenced {
+		v.fenced = true
+		v.log.Error("FENCED: another writer took over this volume; failing all further I/O, unflushed writes are lost",
+			"slot", seq, "found_type", r.Type.String(), "found_epoch", r.Epoch, "our_epoch", v.w.Epoch())
+	}
+	v.broadcastLocked()
+}
+
+// failLocked records a fatal error (corruption in our own log).
+func (v *Volume) failLocked(err error) {
+	if v.fatal == nil {
+		v.fatal = err
+		v.log.Error("volume failed", "err", err)
+	}
+	v.broadcastLocked()
+}
+
+// Close flushes, writes a snapshot, and releases the volume. The Volume
+// must not be used afterwards.
+func (v *Volume) Close(ctx context.Context) error {
+	var err error
+	if v.w != nil {
+		err = v.Flush(ctx)
+	}
+	v.mu.Lock()
+	alreadyClosed := v.closed
+	v.closed = true
+	if err == nil && v.w != nil && !v.fenced && v.fatal == nil && v.sinceSnap > 0 && v.open == nil && len(v.segs) == 0 {
+		v.startSnapshot(&snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.opts.Clock.Now().UnixNano()})
+	}
+	v.broadcastLocked()
+	v.mu.Unlock()
+	if alreadyClosed {
+		return blockdev.ErrClosed
+	}
+	close(v.stop)
+	if err != nil && !errors.Is(err, blockdev.ErrFenced) {
+		v.cancel() // abandon uploads that cannot finish
+	}
+	v.wg.Wait()
+	v.cancel()
+	if errors.Is(err, blockdev.ErrFenced) {
+		return err
+	}
+	if err != nil {
+		return fmt.Errorf("close %s: %w", v.desc.Name, err)
+	}
+	return nil
+}

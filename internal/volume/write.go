@@ -1,0 +1,213 @@
+package volume
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/blockdev"
+	"github.com/urldisk/urldisk/internal/extmap"
+	"github.com/urldisk/urldisk/internal/format"
+)
+
+func isZero(p []byte) bool {
+	for len(p) >= 8 {
+		if p[0]|p[1]|p[2]|p[3]|p[4]|p[5]|p[6]|p[7] != 0 {
+			return false
+		}
+		p = p[8:]
+	}
+	for _, b := range p {
+		if b != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteAt implements blockdev.Device. All-zero data is stored as a zero
+// extent (no bytes). Writes larger than a segment are split across records.
+func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
+	if v.w == nil {
+		return blockdev.ErrReadOnly
+	}
+	if err := v.checkRange(off, len(p)); err != nil {
+		return err
+	}
+	if isZero(p) {
+		return v.writeZero(ctx, off, int64(len(p)))
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for len(p) > 0 {
+		n := min(len(p), v.opts.SegmentBytes)
+		if err := v.reserveLocked(ctx, int64(n)); err != nil {
+			return err
+		}
+		seg, err := v.openLocked()
+		if err != nil {
+			return err
+		}
+		n = min(n, max(v.opts.SegmentBytes-int(seg.b.DataLen()), 1))
+		d := seg.b.Append(p[:n])
+		seg.exts = append(seg.exts, format.Extent{Off: uint64(off), Len: uint64(n), DataOff: d})
+		seg.bytes += int64(n)
+		v.buffered += int64(n)
+		v.m.Set(uint64(off), uint64(n), extmap.Loc{Vol: 0, Seq: seg.seq, Off: d})
+		v.afterWriteLocked(seg)
+		p = p[n:]
+		off += int64(n)
+	}
+	return nil
+}
+
+// WriteZeroes implements blockdev.Device.
+func (v *Volume) WriteZeroes(ctx context.Context, off, length int64) error {
+	if v.w == nil {
+		return blockdev.ErrReadOnly
+	}
+	if length < 0 || length > v.Size() {
+		return fmt.Errorf("%w: length %d", blockdev.ErrOutOfRange, length)
+	}
+	if err := v.checkRange(off, int(length)); err != nil {
+		return err
+	}
+	return v.writeZero(ctx, off, length)
+}
+
+// Trim implements blockdev.Device; trimmed ranges read as zeros.
+func (v *Volume) Trim(ctx context.Context, off, length int64) error {
+	return v.WriteZeroes(ctx, off, length)
+}
+
+func (v *Volume) writeZero(ctx context.Context, off, length int64) error {
+	if length == 0 {
+		return nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.reserveLocked(ctx, 0); err != nil {
+		return err
+	}
+	seg, err := v.openLocked()
+	if err != nil {
+		return err
+	}
+	seg.exts = append(seg.exts, format.Extent{Off: uint64(off), Len: uint64(length), Zero: true})
+	v.m.Clear(uint64(off), uint64(length))
+	v.afterWriteLocked(seg)
+	return nil
+}
+
+// reserveLocked waits until n more bytes fit in the write buffer.
+func (v *Volume) reserveLocked(ctx context.Context, n int64) error {
+	for {
+		if err := v.usableLocked(); err != nil {
+			return err
+		}
+		if v.buffered == 0 || v.buffered+n <= v.opts.BufferBytes {
+			return nil
+		}
+		if v.open != nil {
+			v.sealLocked() // let the buffered bytes drain
+		}
+		if err := v.waitLocked(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// openLocked returns the open segment, starting one (and its slot) if needed.
+func (v *Volume) openLocked() (*segment, error) {
+	if v.open != nil {
+		return v.open, nil
+	}
+	v.nextSeg++
+	seq, err := v.w.Assign(v.nextSeg)
+	if err != nil {
+		return nil, blockdev.ErrFenced
+	}
+	seg := &segment{id: v.nextSeg, seq: seq, b: format.NewBuilder(256 << 10)}
+	v.open = seg
+	v.segs[seg.id] = seg
+	v.pending[seq] = seg
+	return seg, nil
+}
+
+func (v *Volume) afterWriteLocked(seg *segment) {
+	v.lastWrite = v.opts.Clock.Now()
+	if seg.b.DataLen() >= uint64(v.opts.SegmentBytes) || len(seg.exts) >= maxSegmentExtents {
+		v.sealLocked()
+	}
+}
+
+// sealLocked turns the open segment into a record and starts its upload.
+func (v *Volume) sealLocked() {
+	seg := v.open
+	v.open = nil
+	if seg == nil {
+		return
+	}
+	rec := &format.Record{Type: format.RecordData, Seq: seg.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(),
+		Time: v.opts.Clock.Now().UnixNano(), Volume: v.desc.ID, Extents: seg.exts}
+	obj, err := seg.b.Seal(rec)
+	if err != nil {
+		v.failLocked(fmt.Errorf("seal record %d: %w", seg.seq, err))
+		return
+	}
+	seg.rec, seg.obj = rec, obj
+	v.lastSealed = seg.id
+	v.sinceSnap++
+	if v.sinceSnap >= v.opts.SnapshotEvery && v.snapCand == nil {
+		v.snapCand = &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: rec.Time, moves: v.moves}
+	}
+	v.startUpload(seg.seq, obj)
+}
+
+// Flush implements blockdev.Device: it returns once every write completed
+// before the call is inside records that exist in the object store.
+func (v *Volume) Flush(ctx context.Context) error {
+	if v.w == nil {
+		return nil
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.usableLocked(); err != nil {
+		return err
+	}
+	if v.open != nil {
+		v.sealLocked()
+	}
+	target := v.lastSealed
+	for v.durableDone < target {
+		if v.fenced {
+			return blockdev.ErrFenced
+		}
+		if v.fatal != nil {
+			return v.fatal
+		}
+		if err := v.waitLocked(ctx); err != nil {
+			return fmt.Errorf("flush %s: %w", v.desc.Name, err)
+		}
+	}
+	return nil
+}
+
+// idleLoop seals the open segment once writes pause for IdleFlush.
+func (v *Volume) idleLoop() {
+	defer v.wg.Done()
+	t := time.NewTicker(max(v.opts.IdleFlush/4, time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+		}
+		v.mu.Lock()
+		if v.open != nil && v.opts.Clock.Now().Sub(v.lastWrite) >= v.opts.IdleFlush {
+			v.sealLocked()
+		}
+		v.mu.Unlock()
+	}
+}
