@@ -9,8 +9,8 @@ import (
 // each preceded by its length and CRC-32C, so any chunk can be fetched with
 // one ranged GET at a position computed from its index and verified alone.
 const (
-	ChunkSize   = 64 << 10       // data bytes per full frame
-	FrameHeader = 8              // u32 length, u32 crc32c
+	ChunkSize   = 64 << 10 // data bytes per full frame
+	FrameHeader = 8        // u32 length, u32 crc32c
 	FrameSize   = ChunkSize + FrameHeader
 	footerSize  = 8 // u32 trailer length, u32 footer magic
 

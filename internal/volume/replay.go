@@ -24,14 +24,14 @@ type image struct {
 	vols   []string
 	volIdx map[string]uint32
 
-	lastTime     int64  // time of the last replayed record
-	snapSeq      uint64 // seq of the snapshot replay started from (0: none)
-	sinceSnap    int    // records replayed after snapSeq
-	fenceMeta    []byte // meta of the fence that owns the current epoch
-	records      int    // records seen in the log listing
-	recordBytes  int64  // their total size
-	snapshots    int
-	firstLogSeq  uint64
+	lastTime    int64  // time of the last replayed record
+	snapSeq     uint64 // seq of the snapshot replay started from (0: none)
+	sinceSnap   int    // records replayed after snapSeq
+	fenceMeta   []byte // meta of the fence that owns the current epoch
+	records     int    // records seen in the log listing
+	recordBytes int64  // their total size
+	snapshots   int
+	firstLogSeq uint64
 }
 
 func newImage(desc *format.VolumeDesc) *image {
