@@ -1,0 +1,80 @@
+package cache
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// dirLock is an exclusive flock(2) on the lock file of a cache directory. The
+// kernel drops it when the process dies, so a crash never leaves it stale.
+// The lock file is never deleted: unlinking a flocked file lets a second
+// process lock a fresh inode under the same name.
+type dirLock struct {
+	f *os.File
+}
+
+// lockDir takes the exclusive lock on dir's lock file without blocking. If
+// another process (or another Cache in this process) holds it, the error
+// wraps ErrLocked and names the holder's pid when known.
+func lockDir(dir string) (*dirLock, error) {
+	path := filepath.Join(dir, lockFileName)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			holder := "unknown pid"
+			if b, rerr := os.ReadFile(path); rerr == nil && len(strings.TrimSpace(string(b))) > 0 {
+				holder = "pid " + strings.TrimSpace(string(b))
+			}
+			return nil, fmt.Errorf("%w: %s is held by %s", ErrLocked, path, holder)
+		}
+		return nil, fmt.Errorf("flock %s: %w", path, err)
+	}
+	// Record our pid for the error message of the next would-be owner. Best
+	// effort: the lock, not the content, is what excludes.
+	if err := f.Truncate(0); err == nil {
+		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return &dirLock{f: f}, nil
+}
+
+// release drops the lock and closes the lock file.
+func (l *dirLock) release() error {
+	err := flock(l.f, unix.LOCK_UN)
+	if cerr := l.f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("release cache lock: %w", err)
+	}
+	return nil
+}
+
+// flock applies how to f's descriptor.
+func flock(f *os.File, how int) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ferr error
+	if err := rc.Control(func(fd uintptr) {
+		for {
+			ferr = unix.Flock(int(fd), how)
+			if ferr != unix.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		return err
+	}
+	return ferr
+}
