@@ -27,9 +27,11 @@ type SnapshotHeader struct {
 	Seq    uint64
 	Epoch  uint64   // current epoch after Seq
 	Writer WriterID // writer that owns Epoch
-	Time   int64    // time of record Seq, unix nanoseconds
-	Size   uint64   // volume size, for sanity checks
-	Vols   []string // volume ids referenced by extents; Vols[0] is Volume
+	// FenceSeq is the seq of the fence record that started Epoch (0: none).
+	FenceSeq uint64
+	Time     int64    // time of record Seq, unix nanoseconds
+	Size     uint64   // volume size, for sanity checks
+	Vols     []string // volume ids referenced by extents; Vols[0] is Volume
 }
 
 // AppendSnapshot encodes a snapshot; extents must come in ascending,
@@ -42,6 +44,7 @@ func AppendSnapshot(dst []byte, h *SnapshotHeader, extents iter.Seq[SnapExtent])
 	e.u64(h.Seq)
 	e.u64(h.Epoch)
 	e.b = append(e.b, h.Writer[:]...)
+	e.u64(h.FenceSeq)
 	e.u64(uint64(h.Time))
 	e.u64(h.Size)
 	e.str(h.Volume)
@@ -87,6 +90,7 @@ func DecodeSnapshot(b []byte, fn func(SnapExtent) error, onHeader func(*Snapshot
 	h.Seq = d.u64("seq")
 	h.Epoch = d.u64("epoch")
 	copy(h.Writer[:], d.bytes(16, "writer"))
+	h.FenceSeq = d.u64("fence seq")
 	h.Time = int64(d.u64("time"))
 	h.Size = d.u64("size")
 	h.Volume = d.str(maxIDLen, "volume id")

@@ -177,7 +177,7 @@ func (v *Volume) progressLocked() {
 // startSnapshot writes candidate c as snap/<c.seq> in the background.
 func (v *Volume) startSnapshot(c *snapCandidate) {
 	v.sinceSnap = 0
-	h := &format.SnapshotHeader{Volume: v.desc.ID, Seq: c.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), Time: c.time, Size: v.desc.Size, Vols: c.vols}
+	h := &format.SnapshotHeader{Volume: v.desc.ID, Seq: c.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), FenceSeq: v.st.Seq, Time: c.time, Size: v.desc.Size, Vols: c.vols}
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()

@@ -28,6 +28,7 @@ type image struct {
 	snapSeq     uint64 // seq of the snapshot replay started from (0: none)
 	sinceSnap   int    // records replayed after snapSeq
 	fenceMeta   []byte // meta of the fence that owns the current epoch
+	fenceSeq    uint64 // seq of that fence
 	records     int    // records seen in the log listing
 	recordBytes int64  // their total size
 	snapshots   int
@@ -136,6 +137,7 @@ func (p *Pool) loadSnapshot(ctx context.Context, img *image, id string, seq uint
 		img.st = journal.State{Seq: h.Seq, Epoch: h.Epoch, Writer: h.Writer}
 		img.lastTime = h.Time
 		img.snapSeq = h.Seq
+		img.fenceSeq, img.fenceMeta = h.FenceSeq, nil
 		img.sinceSnap = 0
 	}
 	return nil
@@ -242,7 +244,7 @@ func (p *Pool) apply(ctx context.Context, img *image, r *format.Record) error {
 	img.sinceSnap++
 	switch v {
 	case journal.Fence:
-		img.fenceMeta = r.Meta
+		img.fenceMeta, img.fenceSeq = r.Meta, r.Seq
 	case journal.Apply:
 		if r.Type == format.RecordRestore {
 			return p.loadSnapshot(ctx, img, r.RestoreVol, r.RestoreSeq, false)

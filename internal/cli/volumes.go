@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/units"
+	"github.com/urldisk/urldisk/internal/volume"
+)
+
+type createOptions struct {
+	size      string
+	blockSize uint32
+}
+
+func newCreateCommand(g *globals) *cobra.Command {
+	o := &createOptions{}
+	cmd := &cobra.Command{
+		Use:   "create URL --size SIZE",
+		Short: "Create an empty volume (the pool is initialised if needed)",
+		Args:  exactArgs(1, "a volume URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.size == "" {
+				return fmt.Errorf("create: --size is required (e.g. --size 10G)")
+			}
+			size, err := units.ParseSize(o.size)
+			if err != nil {
+				return fmt.Errorf("--size: %w", err)
+			}
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], true)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			d, err := p.Create(ctx, name, volume.CreateOptions{Size: size, BlockSize: o.blockSize})
+			if err != nil {
+				return err
+			}
+			printf(cmd.OutOrStdout(), "created %s: %s (%d bytes), id %s\n", d.Name, units.FormatSize(d.Size), d.Size, d.ID)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&o.size, "size", "", "volume size, e.g. 10G, 512M (a multiple of the block size)")
+	cmd.Flags().Uint32Var(&o.blockSize, "block-size", 4096, "block size in bytes (power of two, 512 to 1M)")
+	return cmd
+}
+
+func newLsCommand(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ls POOL",
+		Short: "List the volumes in a pool",
+		Args:  exactArgs(1, "a pool URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, err := openPool(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			vols, err := p.List(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(vols)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSIZE\tID\tCREATED\tPARENT")
+			for _, d := range vols {
+				parent := "-"
+				if d.Parent != nil {
+					parent = fmt.Sprintf("%s@%d", d.Parent.ID, d.Parent.Seq)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, units.FormatSize(d.Size), d.ID, d.Created.Format(time.RFC3339), parent)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newInfoCommand(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "info URL",
+		Short: "Describe a volume: size, used bytes, records, epoch, writer, snapshots",
+		Args:  exactArgs(1, "a volume URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			in, err := p.Info(ctx, name)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				return enc.Encode(in)
+			}
+			w := cmd.OutOrStdout()
+			printf(w, "volume:      %s\n", objstore.Redact(args[0]))
+			printf(w, "id:          %s\n", in.ID)
+			printf(w, "size:        %s (%d bytes)\n", units.FormatSize(in.Size), in.Size)
+			printf(w, "block size:  %d\n", in.BlockSize)
+			printf(w, "created:     %s\n", in.Created.Format(time.RFC3339))
+			if in.Parent != nil {
+				printf(w, "parent:      %s at seq %d\n", in.Parent.ID, in.Parent.Seq)
+			}
+			printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
+			printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)
+			printf(w, "epoch:       %d\n", in.Epoch)
+			if in.Writer != nil {
+				if in.Writer.Host != "" {
+					printf(w, "writer:      %s (host %s, pid %d, attached %s)\n", in.Writer.ID, in.Writer.Host, in.Writer.PID, in.Writer.Attached.Format(time.RFC3339))
+				} else {
+					printf(w, "writer:      %s\n", in.Writer.ID)
+				}
+			} else {
+				printf(w, "writer:      none yet\n")
+			}
+			printf(w, "snapshots:   %d (newest at seq %d)\n", in.Snapshots, in.SnapSeq)
+			if !in.LastWrite.IsZero() {
+				printf(w, "last record: %s\n", in.LastWrite.Format(time.RFC3339Nano))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newRmCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "rm URL",
+		Short: "Delete a volume and its objects",
+		Args:  exactArgs(1, "a volume URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			if err := p.Remove(ctx, name); err != nil {
+				return err
+			}
+			printf(cmd.OutOrStdout(), "removed %s\n", name)
+			return nil
+		},
+	}
+}

@@ -1,0 +1,78 @@
+package volume
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/format"
+)
+
+// Info describes a volume as `urldisk info` shows it.
+type Info struct {
+	Name      string            `json:"name"`
+	ID        string            `json:"id"`
+	Size      uint64            `json:"size"`
+	BlockSize uint32            `json:"block_size"`
+	Created   time.Time         `json:"created"`
+	Parent    *format.ParentRef `json:"parent,omitempty"`
+	// UsedBytes is the bytes mapped by the head extent map (what reads
+	// would return as non-zero-holes).
+	UsedBytes uint64 `json:"used_bytes"`
+	Extents   int    `json:"extents"`
+	// Records and StoredBytes count the log objects present.
+	Records     int    `json:"records"`
+	StoredBytes int64  `json:"stored_bytes"`
+	FirstSeq    uint64 `json:"first_seq"`
+	HeadSeq     uint64 `json:"head_seq"`
+	Epoch       uint64 `json:"epoch"`
+	// Writer is the holder of the current epoch, from its fence record.
+	Writer      *WriterInfo `json:"writer,omitempty"`
+	Snapshots   int         `json:"snapshots"`
+	SnapSeq     uint64      `json:"snapshot_seq"`
+	LastWrite   time.Time   `json:"last_write"`
+	Conditional bool        `json:"conditional_create"`
+}
+
+// WriterInfo says who attached read-write last.
+type WriterInfo struct {
+	ID       string    `json:"id"`
+	Host     string    `json:"host"`
+	PID      int       `json:"pid"`
+	Attached time.Time `json:"attached"`
+}
+
+// Info replays the named volume (without attaching) and describes it.
+func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
+	d, err := p.Resolve(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	img, err := p.loadImage(ctx, d, ^uint64(0))
+	if err != nil {
+		return nil, err
+	}
+	in := &Info{
+		Name: d.Name, ID: d.ID, Size: d.Size, BlockSize: d.BlockSize, Created: d.Created, Parent: d.Parent,
+		UsedBytes: img.m.MappedBytes(), Extents: img.m.Len(), Records: img.records, StoredBytes: img.recordBytes,
+		FirstSeq: img.firstLogSeq, HeadSeq: img.st.Seq, Epoch: img.st.Epoch, Snapshots: img.snapshots, SnapSeq: img.snapSeq,
+		Conditional: p.marker.ConditionalCreate,
+	}
+	if img.lastTime != 0 {
+		in.LastWrite = time.Unix(0, img.lastTime).UTC()
+	}
+	if img.st.Epoch > 0 {
+		wi := &WriterInfo{ID: img.st.Writer.String()}
+		if img.fenceMeta == nil && img.fenceSeq > 0 {
+			if r, err := p.readRecordAt(ctx, d.ID, img.fenceSeq); err == nil {
+				img.fenceMeta = r.Meta
+			}
+		}
+		var fm fenceMeta
+		if json.Unmarshal(img.fenceMeta, &fm) == nil {
+			wi.Host, wi.PID, wi.Attached = fm.Host, fm.PID, fm.Time
+		}
+		in.Writer = wi
+	}
+	return in, nil
+}
