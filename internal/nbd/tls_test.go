@@ -1,0 +1,255 @@
+package nbd
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testPKI is a throwaway CA and a server certificate it signed, valid for
+// 127.0.0.1 and localhost.
+type testPKI struct {
+	caPEM    []byte
+	pool     *x509.CertPool
+	server   tls.Certificate
+	certsDir string // libnbd tls-certificates directory (ca-cert.pem)
+}
+
+func newTestPKI(t testing.TB) *testPKI {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "urldisk test CA"},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &testPKI{
+		caPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pool:   x509.NewCertPool(),
+		server: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
+	}
+	p.pool.AddCert(caCert)
+	p.certsDir = t.TempDir()
+	if err := os.WriteFile(filepath.Join(p.certsDir, "ca-cert.pem"), p.caPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (p *testPKI) serverConfig() *tls.Config {
+	return &tls.Config{Certificates: []tls.Certificate{p.server}}
+}
+
+// serveTCP starts srv on 127.0.0.1 and returns the listener address.
+func serveTCP(t *testing.T, srv *Server) net.Addr {
+	t.Helper()
+	ln, err := Listen("tcp:127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveOn(t, srv, ln)
+	return ln.Addr()
+}
+
+func TestTLSNbdinfo(t *testing.T) {
+	pki := newTestPKI(t)
+	opts, d := ramExport(8<<20, false)
+	opts.TLSConfig = pki.serverConfig()
+	opts.RequireTLS = true
+	srv := newTestServer(t, opts)
+	addr := serveTCP(t, srv)
+	uri, err := URI(addr, "disk", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(uri, "nbds://127.0.0.1:") {
+		t.Fatalf("URI %q", uri)
+	}
+	out := run(t, "nbdinfo", "--json", uri+"?tls-certificates="+pki.certsDir)
+	var info struct {
+		TLS     bool `json:"TLS"`
+		Exports []map[string]any
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		t.Fatalf("parse nbdinfo --json: %v\n%s", err, out)
+	}
+	if !info.TLS || len(info.Exports) != 1 || info.Exports[0]["export-size"] != float64(8<<20) {
+		t.Errorf("nbdinfo over TLS: %s", out)
+	}
+
+	// Data over TLS with qemu-io is covered by nbdcopy (libnbd) here.
+	src, data := randomFile(t, t.TempDir(), 8<<20)
+	run(t, "nbdcopy", src, uri+"?tls-certificates="+pki.certsDir)
+	if string(d.Bytes()) != string(data) {
+		t.Error("nbdcopy over TLS: device differs from source")
+	}
+
+	// Without TLS the server refuses: plain nbd:// is rejected.
+	plain, _ := URI(addr, "disk", false)
+	if out, err := runErr(t, "nbdinfo", plain); err == nil {
+		t.Errorf("nbdinfo without TLS succeeded against a RequireTLS server:\n%s", out)
+	}
+	// A client that trusts another CA fails the TLS handshake.
+	other := newTestPKI(t)
+	if out, err := runErr(t, "nbdinfo", uri+"?tls-certificates="+other.certsDir); err == nil {
+		t.Errorf("nbdinfo trusting another CA succeeded:\n%s", out)
+	}
+}
+
+// startTLS sends NBD_OPT_STARTTLS and upgrades the client connection.
+func (c *testClient) startTLS(pki *testPKI) {
+	c.t.Helper()
+	c.sendOption(optStartTLS, nil)
+	if r := c.readOptReply(); r.typ != repAck {
+		c.t.Fatalf("NBD_OPT_STARTTLS: reply %#x", r.typ)
+	}
+	tc := tls.Client(c.nc, &tls.Config{RootCAs: pki.pool, ServerName: "localhost"})
+	if err := tc.Handshake(); err != nil {
+		c.t.Fatalf("TLS handshake: %v", err)
+	}
+	c.nc = tc
+}
+
+func TestTLSRequiredGoClient(t *testing.T) {
+	pki := newTestPKI(t)
+	opts, _ := ramExport(1<<20, false)
+	opts.TLSConfig = pki.serverConfig()
+	opts.RequireTLS = true
+	srv := newTestServer(t, opts)
+	c, done := pipeConn(t, srv)
+	c.greet(flagCFixedNewstyle | flagCNoZeroes)
+	for _, opt := range []uint32{optList, optStructuredReply, 99} {
+		c.sendOption(opt, nil)
+		if r := c.readOptReply(); r.typ != repErrTLSReqd {
+			t.Errorf("option %d before TLS: %#x, want NBD_REP_ERR_TLS_REQD", opt, r.typ)
+		}
+	}
+	if _, typ := c.info(optGo, "disk"); typ != repErrTLSReqd {
+		t.Errorf("GO before TLS: %#x", typ)
+	}
+	c.sendOption(optStartTLS, []byte("x"))
+	if r := c.readOptReply(); r.typ != repErrInvalid {
+		t.Errorf("STARTTLS with data: %#x", r.typ)
+	}
+	c.startTLS(pki)
+	c.sendOption(optStartTLS, nil)
+	if r := c.readOptReply(); r.typ != repErrInvalid {
+		t.Errorf("second STARTTLS: %#x, want NBD_REP_ERR_INVALID", r.typ)
+	}
+	if ei, typ := c.info(optGo, "disk"); typ != repAck || ei.size != 1<<20 {
+		t.Fatalf("GO over TLS: %#x %+v", typ, ei)
+	}
+	if errno := c.do(0, cmdWrite, 100, 5, []byte("hello")); errno != 0 {
+		t.Fatalf("write over TLS: errno %d", errno)
+	}
+	if data, errno := c.pread(100, 5); errno != 0 || string(data) != "hello" {
+		t.Fatalf("read over TLS: %q errno %d", data, errno)
+	}
+	c.disconnect()
+	c.expectClosed() // reads the TLS close_notify
+	if err := waitDone(t, done); err != nil {
+		t.Errorf("ServeConn: %v", err)
+	}
+}
+
+func TestTLSRequiredExportNameWithoutTLS(t *testing.T) {
+	pki := newTestPKI(t)
+	opts, _ := ramExport(1<<20, false)
+	opts.TLSConfig = pki.serverConfig()
+	opts.RequireTLS = true
+	srv := newTestServer(t, opts)
+	c, done := pipeConn(t, srv)
+	c.greet(flagCFixedNewstyle)
+	c.sendOption(optExportName, []byte("disk"))
+	c.expectClosed()
+	if err := waitDone(t, done); err == nil {
+		t.Error("ServeConn: nil error after EXPORT_NAME without the required TLS")
+	}
+}
+
+func TestTLSOptional(t *testing.T) {
+	pki := newTestPKI(t)
+	opts, _ := ramExport(1<<20, false)
+	opts.TLSConfig = pki.serverConfig()
+	srv := newTestServer(t, opts)
+	// Plain client.
+	c, _ := pipeConn(t, srv)
+	c.connect("disk")
+	if _, errno := c.pread(0, 10); errno != 0 {
+		t.Errorf("plain read: errno %d", errno)
+	}
+	// TLS client.
+	c2, _ := pipeConn(t, srv)
+	c2.greet(flagCFixedNewstyle)
+	c2.startTLS(pki)
+	if _, typ := c2.info(optGo, "disk"); typ != repAck {
+		t.Fatalf("GO over TLS: %#x", typ)
+	}
+	if _, errno := c2.pread(0, 10); errno != 0 {
+		t.Errorf("TLS read: errno %d", errno)
+	}
+}
+
+func TestTLSBadHandshake(t *testing.T) {
+	pki := newTestPKI(t)
+	opts, _ := ramExport(1<<20, false)
+	opts.TLSConfig = pki.serverConfig()
+	srv := newTestServer(t, opts)
+	c, done := pipeConn(t, srv)
+	c.greet(flagCFixedNewstyle)
+	c.sendOption(optStartTLS, nil)
+	if r := c.readOptReply(); r.typ != repAck {
+		t.Fatalf("STARTTLS: %#x", r.typ)
+	}
+	c.write([]byte("this is not a TLS client hello at all......"))
+	c.expectClosed()
+	if err := waitDone(t, done); err == nil || !strings.Contains(err.Error(), "TLS") {
+		t.Errorf("ServeConn: %v, want TLS handshake error", err)
+	}
+}
