@@ -1,6 +1,21 @@
 // Package objstore is the object-store layer under urldisk: a small Store
-// interface with one adapter over gocloud.dev/blob (mem://, file://, s3://)
-// plus an atomic create-if-absent for local files.
+// interface with one adapter over gocloud.dev/blob (mem://, s3://) and a
+// small file:// backend of its own with an atomic create-if-absent (link(2)).
+//
+// Open (or Opener.Open, which shares mem:// buckets) turns a pool root URL
+// into a Store; SplitVolumeURL splits a volume URL into pool and name;
+// Redact makes any URL safe to log. Probe tells whether a store's
+// PutIfAbsent is really conditional: callers must refuse read-write use of a
+// pool where it is not.
+//
+// Caller duties: keys must satisfy ValidateKey; a PutIfAbsent error (even
+// ErrExists, after an SDK retry of a lost response) may hide a successful
+// create, so writers re-read the object to learn who owns it. Errors are
+// wrapped with the operation and key; match them with errors.Is against
+// ErrNotFound, ErrExists, ErrBadURL and ErrBadKey, never by text.
+//
+// The contract every backend meets is tested by objstoretest.RunContractTests;
+// faultstore wraps a Store with injected failures and lost responses.
 package objstore
 
 import (

@@ -108,7 +108,11 @@ func parseURL(raw string) (*url.URL, url.Values, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		// url.Error texts can quote pieces of the user info: leave them out.
-		return nil, nil, fmt.Errorf("%w: %s: cannot parse URL", ErrBadURL, Redact(raw))
+		hint := ""
+		if strings.Contains(raw, "@") {
+			hint = " (note: credentials must not be in the URL; use the environment or the standard credential chain)"
+		}
+		return nil, nil, fmt.Errorf("%w: %s: cannot parse URL%s", ErrBadURL, Redact(raw), hint)
 	}
 	if u.Scheme == "" {
 		return nil, nil, fmt.Errorf("%w: %s: no scheme (want mem://, file:/// or s3://)", ErrBadURL, Redact(raw))
@@ -352,6 +356,14 @@ func redactURL(u *url.URL) string {
 			}
 			r.RawQuery = q.Encode()
 		}
+	}
+	if r.Host == "" && r.Path == "" && r.User == nil && r.Opaque == "" {
+		// url.URL.String drops the "//" of "mem://".
+		s := r.Scheme + "://"
+		if r.RawQuery != "" || r.ForceQuery {
+			s += "?" + r.RawQuery
+		}
+		return s
 	}
 	return r.String()
 }

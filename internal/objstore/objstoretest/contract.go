@@ -29,6 +29,7 @@ func RunContractTests(t *testing.T, newStore func(t *testing.T) objstore.Store) 
 		{"NotFound", testNotFound},
 		{"PutGet", testPutGet},
 		{"Overwrite", testOverwrite},
+		{"PutAtomicForReaders", testPutAtomicForReaders},
 		{"GetRange", testGetRange},
 		{"GetRangeEmptyObject", testGetRangeEmptyObject},
 		{"PutIfAbsent", testPutIfAbsent},
@@ -172,6 +173,45 @@ func testOverwrite(t *testing.T, s objstore.Store) {
 	if err != nil || info.Size != 6 {
 		t.Fatalf("Stat after overwrite = %+v, %v; want size 6", info, err)
 	}
+}
+
+// testPutAtomicForReaders overwrites one key with two different versions
+// while readers check they always see one whole version.
+func testPutAtomicForReaders(t *testing.T, s objstore.Store) {
+	versions := [][]byte{bytes.Repeat([]byte{'a'}, 256<<10), bytes.Repeat([]byte{'b'}, 512<<10)}
+	mustPut(t, s, "atomic", versions[0])
+	var (
+		wg   sync.WaitGroup
+		done = make(chan struct{})
+	)
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				got, err := s.Get(t.Context(), "atomic")
+				if err != nil {
+					t.Errorf("Get during overwrites: %v", err)
+					return
+				}
+				if !bytes.Equal(got, versions[0]) && !bytes.Equal(got, versions[1]) {
+					t.Errorf("Get during overwrites: %d bytes that are neither version", len(got))
+					return
+				}
+			}
+		})
+	}
+	for i := range 20 {
+		if err := s.Put(t.Context(), "atomic", versions[i%2]); err != nil {
+			t.Errorf("Put: %v", err)
+			break
+		}
+	}
+	close(done)
+	wg.Wait()
 }
 
 func testGetRange(t *testing.T, s objstore.Store) {

@@ -1,0 +1,96 @@
+package faultstore_test
+
+import (
+	"errors"
+	"sync"
+	"testing"
+
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/objstore/faultstore"
+	"github.com/urldisk/urldisk/internal/objstore/objstoretest"
+)
+
+func newMem(t *testing.T) objstore.Store {
+	s, err := objstore.Open(t.Context(), "mem://")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// With hooks that inject nothing, the wrapper is a conforming Store.
+func TestContractPassThrough(t *testing.T) {
+	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
+		return faultstore.New(newMem(t), faultstore.Hooks{
+			Before: func(faultstore.Op, string) error { return nil },
+			After:  func(faultstore.Op, string, error) error { return nil },
+		})
+	})
+}
+
+func TestBeforeFailsWithoutEffect(t *testing.T) {
+	inner := newMem(t)
+	s := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if op == faultstore.OpPut && key == "bad" {
+			return faultstore.ErrInjected
+		}
+		return nil
+	}})
+	ctx := t.Context()
+	if err := s.Put(ctx, "bad", []byte("x")); !errors.Is(err, faultstore.ErrInjected) {
+		t.Fatalf("Put: err = %v, want ErrInjected", err)
+	}
+	if _, err := inner.Get(ctx, "bad"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("failed-before Put reached the store: %v", err)
+	}
+	if err := s.Put(ctx, "good", []byte("x")); err != nil {
+		t.Fatalf("Put of another key: %v", err)
+	}
+}
+
+func TestAfterLosesResponse(t *testing.T) {
+	inner := newMem(t)
+	var (
+		mu  sync.Mutex
+		ops []faultstore.Op
+	)
+	s := faultstore.New(inner, faultstore.Hooks{After: func(op faultstore.Op, key string, err error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		ops = append(ops, op)
+		if op == faultstore.OpPutIfAbsent || op == faultstore.OpGet {
+			return faultstore.ErrInjected
+		}
+		return nil
+	}})
+	ctx := t.Context()
+	// The create happens, but its caller hears of a failure.
+	if err := s.PutIfAbsent(ctx, "log/1", []byte("mine")); !errors.Is(err, faultstore.ErrInjected) {
+		t.Fatalf("PutIfAbsent: err = %v, want ErrInjected", err)
+	}
+	if got, err := inner.Get(ctx, "log/1"); err != nil || string(got) != "mine" {
+		t.Fatalf("lost-response PutIfAbsent did not happen: %q, %v", got, err)
+	}
+	// A retry then finds the key taken.
+	if err := inner.PutIfAbsent(ctx, "log/1", []byte("mine")); !errors.Is(err, objstore.ErrExists) {
+		t.Fatalf("retry: err = %v, want ErrExists", err)
+	}
+	if got, err := s.Get(ctx, "log/1"); got != nil || !errors.Is(err, faultstore.ErrInjected) {
+		t.Fatalf("Get with lost response = %q, %v; want nil data and ErrInjected", got, err)
+	}
+	// Operations' own errors pass through when the hook returns nil.
+	if _, err := s.Stat(ctx, "missing"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("Stat missing: err = %v, want ErrNotFound", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []faultstore.Op{faultstore.OpPutIfAbsent, faultstore.OpGet, faultstore.OpStat}
+	if len(ops) != len(want) {
+		t.Fatalf("After saw %v, want %v", ops, want)
+	}
+	for i := range want {
+		if ops[i] != want[i] {
+			t.Fatalf("After saw %v, want %v", ops, want)
+		}
+	}
+}

@@ -1,0 +1,193 @@
+package objstore_test
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/testutil/s3server"
+)
+
+// recordingClient records every request it sends and can answer some
+// itself instead of the server.
+type recordingClient struct {
+	next http.Client
+
+	mu       sync.Mutex
+	requests []string // "METHOD path?query If-None-Match=..."; guarded by mu
+	// fake, if set, may answer a request instead of the server.
+	fake func(r *http.Request) *http.Response
+}
+
+func (c *recordingClient) Do(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	c.requests = append(c.requests, fmt.Sprintf("%s %s?%s If-None-Match=%s", r.Method, r.URL.Path, r.URL.RawQuery, r.Header.Get("If-None-Match")))
+	fake := c.fake
+	c.mu.Unlock()
+	if fake != nil {
+		if resp := fake(r); resp != nil {
+			if r.Body != nil {
+				_, _ = io.Copy(io.Discard, r.Body)
+				r.Body.Close()
+			}
+			resp.Request = r
+			return resp, nil
+		}
+	}
+	return c.next.Do(r)
+}
+
+func (c *recordingClient) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.requests
+	c.requests = nil
+	return r
+}
+
+// TestS3SmallObjectsAreOnePut checks that objects up to 8 MiB go as a single
+// PutObject, carrying If-None-Match: * for PutIfAbsent, so the condition
+// covers the whole object, and that versitygw honours it.
+func TestS3SmallObjectsAreOnePut(t *testing.T) {
+	srv := s3server.Start(t)
+	rc := &recordingClient{}
+	s := open(t, &objstore.Opener{HTTPClient: rc}, srv.URL)
+	defer s.Close()
+	ctx := t.Context()
+
+	for _, size := range []int{0, 1, 8 << 20} {
+		key := fmt.Sprintf("one-put/%d", size)
+		data := bytes.Repeat([]byte{'x'}, size)
+		rc.take()
+		if err := s.PutIfAbsent(ctx, key, data); err != nil {
+			t.Fatalf("PutIfAbsent %d bytes: %v", size, err)
+		}
+		reqs := rc.take()
+		if len(reqs) != 1 || !strings.HasPrefix(reqs[0], "PUT ") || !strings.HasSuffix(reqs[0], "?x-id=PutObject If-None-Match=*") {
+			t.Fatalf("PutIfAbsent of %d bytes sent %q, want one PutObject with If-None-Match: *", size, reqs)
+		}
+		if err := s.PutIfAbsent(ctx, key, []byte("other")); !errors.Is(err, objstore.ErrExists) {
+			t.Fatalf("second PutIfAbsent of %d-byte object: err = %v, want ErrExists", size, err)
+		}
+		got, err := s.Get(ctx, key)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("Get %d-byte object: %v (equal %v)", size, err, bytes.Equal(got, data))
+		}
+		rc.take()
+		if err := s.Put(ctx, key, data); err != nil {
+			t.Fatalf("Put %d bytes: %v", size, err)
+		}
+		if reqs := rc.take(); len(reqs) != 1 || !strings.HasSuffix(reqs[0], "?x-id=PutObject If-None-Match=") {
+			t.Fatalf("Put of %d bytes sent %q, want one unconditional PutObject", size, reqs)
+		}
+	}
+}
+
+// TestS3LargePutIfAbsent covers objects past the multipart threshold.
+func TestS3LargePutIfAbsent(t *testing.T) {
+	srv := s3server.Start(t)
+	rc := &recordingClient{}
+	s := open(t, &objstore.Opener{HTTPClient: rc}, srv.URL)
+	defer s.Close()
+	ctx := t.Context()
+	data := bytes.Repeat([]byte{'y'}, 20<<20)
+	if err := s.PutIfAbsent(ctx, "big", data); err != nil {
+		t.Fatalf("PutIfAbsent 20 MiB: %v", err)
+	}
+	t.Logf("first: %q", rc.take())
+	err := s.PutIfAbsent(ctx, "big", data[:17<<20])
+	t.Logf("second: %q", rc.take())
+	if !errors.Is(err, objstore.ErrExists) {
+		t.Fatalf("second PutIfAbsent 17 MiB: err = %v, want ErrExists", err)
+	}
+	if info, err := s.Stat(ctx, "big"); err != nil || info.Size != 20<<20 {
+		t.Fatalf("Stat: %+v, %v", info, err)
+	}
+}
+
+func fakeResponse(status int, header http.Header, body string) *http.Response {
+	if header == nil {
+		header = http.Header{}
+	}
+	return &http.Response{
+		Status:        fmt.Sprintf("%d %s", status, http.StatusText(status)),
+		StatusCode:    status,
+		Proto:         "HTTP/1.1",
+		ProtoMajor:    1,
+		ProtoMinor:    1,
+		Header:        header,
+		Body:          io.NopCloser(strings.NewReader(body)),
+		ContentLength: int64(len(body)),
+	}
+}
+
+// TestS3ConditionalConflictRetried: S3 answers 409 ConditionalRequestConflict
+// while another conditional write is in flight; PutIfAbsent retries.
+func TestS3ConditionalConflictRetried(t *testing.T) {
+	srv := s3server.Start(t)
+	var conflicts int
+	rc := &recordingClient{fake: func(r *http.Request) *http.Response {
+		if r.Method != http.MethodPut || conflicts >= 2 {
+			return nil
+		}
+		conflicts++
+		return fakeResponse(http.StatusConflict, http.Header{"Content-Type": {"application/xml"}},
+			`<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code><Message>conflict</Message></Error>`)
+	}}
+	s := open(t, &objstore.Opener{HTTPClient: rc}, srv.URL)
+	defer s.Close()
+	if err := s.PutIfAbsent(t.Context(), "k", []byte("v")); err != nil {
+		t.Fatalf("PutIfAbsent after two conflicts: %v", err)
+	}
+	var puts int
+	for _, r := range rc.take() {
+		if strings.HasPrefix(r, "PUT ") {
+			puts++
+		}
+	}
+	if puts != 3 {
+		t.Fatalf("%d PUTs sent, want 3 (two conflicts, one success)", puts)
+	}
+	if err := s.PutIfAbsent(t.Context(), "k", []byte("w")); !errors.Is(err, objstore.ErrExists) {
+		t.Fatalf("PutIfAbsent on taken key: err = %v, want ErrExists", err)
+	}
+}
+
+// TestS3TruncatedBodyIsAnError: a ranged GET whose body ends early must fail,
+// not look like a short read at the end of the object.
+func TestS3TruncatedBodyIsAnError(t *testing.T) {
+	srv := s3server.Start(t)
+	var truncate bool
+	var mu sync.Mutex
+	rc := &recordingClient{fake: func(r *http.Request) *http.Response {
+		mu.Lock()
+		defer mu.Unlock()
+		if r.Method != http.MethodGet || !truncate {
+			return nil
+		}
+		return fakeResponse(http.StatusPartialContent, http.Header{
+			"Content-Range": {"bytes 0-99/1000"},
+		}, strings.Repeat("z", 50))
+	}}
+	s := open(t, &objstore.Opener{HTTPClient: rc}, srv.URL)
+	defer s.Close()
+	if err := s.Put(t.Context(), "k", bytes.Repeat([]byte{'z'}, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	truncate = true
+	mu.Unlock()
+	n, err := s.GetRange(t.Context(), "k", 0, make([]byte, 100))
+	if err == nil {
+		t.Fatalf("GetRange of a truncated body = %d, nil; want an error", n)
+	}
+	if _, err := s.Get(t.Context(), "k"); err == nil {
+		t.Fatalf("Get of a truncated body succeeded")
+	}
+}

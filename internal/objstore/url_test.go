@@ -1,0 +1,242 @@
+package objstore_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+const secret = "s3cr3tV4lue"
+
+func TestOpenRejectsBadURLs(t *testing.T) {
+	t.Setenv("AWS_REGION", "us-east-1")
+	for _, tc := range []struct {
+		url  string
+		want string // in the error text
+	}{
+		{"s3://AKIAKEY:" + secret + "@bucket/pool", "credentials must not be in the URL"},
+		{"s3://" + secret + "@bucket/pool", "credentials must not be in the URL"},
+		{"s3://key:" + secret + "@bucket:notaport/x", "credentials"},
+		{"s3://key:s3c/r3tV4lue@bucket/x", "credentials"},
+		{"s3:key:" + secret + "@bucket", "credentials"},
+		{"s3://bucket/pool?access_key=AKIA&secret=" + secret, "looks like a credential"},
+		{"s3://bucket/pool?aws_secret_access_key=" + secret, "looks like a credential"},
+		{"s3://bucket/pool?X-Amz-Signature=" + secret, "looks like a credential"},
+		{"s3://bucket/pool?session_token=" + secret, "looks like a credential"},
+		{"s3://bucket/pool?endpoint=http://u:" + secret + "@127.0.0.1:1", "credentials must not be in the endpoint"},
+		{"s3://bucket/pool?profile=" + secret, `unknown query option "profile"`},
+		{"s3://bucket/pool?region=us-east-1&region=eu-west-1", "given 2 times"},
+		{"s3:///pool", "empty bucket name"},
+		{"s3://", "empty bucket name"},
+		{"s3://Bad_Bucket/x", "invalid bucket name"},
+		{"s3://bucket:123/x", "invalid bucket name"},
+		{"s3://bucket/a//b", "bad path"},
+		{"s3://bucket/x?endpoint=ftp://host", "http:// or https://"},
+		{"s3://bucket/x?endpoint=http://", "no host"},
+		{"s3://bucket/x?endpoint=http://h/path", "scheme://host[:port] only"},
+		{"s3://bucket/x?use_path_style=maybe", "use_path_style must be true or false"},
+		{"s3://bucket/x?region=US%20EAST", "invalid region"},
+		{"gs://bucket/x", `unknown scheme "gs"`},
+		{"/abs/path", "no scheme"},
+		{"relative/path", "no scheme"},
+		{"file://relative/path", "absolute path"},
+		{"file:relative", "not an absolute URL"},
+		{"file:///a/../b", "'..'"},
+		{"file:///tmp/x?mode=0755", `unknown query option "mode"`},
+		{"mem://n?x=1", `unknown query option "x"`},
+		{"mem://n/p#frag", "fragments"},
+		{"s3://bucket/%zz", "cannot parse"},
+		{"s3://k:" + secret + "@b/%zz", "cannot parse"},
+		{"::::", "cannot parse"},
+	} {
+		s, err := objstore.Open(t.Context(), tc.url)
+		if err == nil {
+			s.Close()
+			t.Errorf("Open(%q) succeeded, want error", tc.url)
+			continue
+		}
+		if !errors.Is(err, objstore.ErrBadURL) {
+			t.Errorf("Open(%q): err = %v, want ErrBadURL", tc.url, err)
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Open(%q): err = %q, want it to mention %q", tc.url, err, tc.want)
+		}
+		if strings.Contains(err.Error(), secret) || strings.Contains(err.Error(), "r3tV4lue") {
+			t.Errorf("Open(%q): error echoes the secret: %q", tc.url, err)
+		}
+	}
+}
+
+func TestOpenS3NeedsRegion(t *testing.T) {
+	t.Setenv("AWS_REGION", "")
+	t.Setenv("AWS_DEFAULT_REGION", "")
+	t.Setenv("AWS_CONFIG_FILE", filepath.Join(t.TempDir(), "none"))
+	t.Setenv("AWS_CA_BUNDLE", "")
+	_, err := objstore.Open(t.Context(), "s3://bucket/pool?endpoint=http://127.0.0.1:1")
+	if !errors.Is(err, objstore.ErrBadURL) || !strings.Contains(err.Error(), "no region") {
+		t.Fatalf("Open without region: err = %v, want ErrBadURL naming the region", err)
+	}
+}
+
+func TestOpenFileCreatesDir(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "a", "b", "pool")
+	s := open(t, &objstore.Opener{}, "file://"+dir+"/")
+	defer s.Close()
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		t.Fatalf("pool directory not created: %v", err)
+	}
+	if err := s.Put(t.Context(), "vols/x/volume.json", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "vols", "x", "volume.json")); err != nil {
+		t.Fatalf("object not at its path: %v", err)
+	}
+	// Reopen (also via file://localhost/) sees the same objects.
+	s2 := open(t, &objstore.Opener{}, "file://localhost"+dir)
+	defer s2.Close()
+	if got, err := s2.Get(t.Context(), "vols/x/volume.json"); err != nil || string(got) != "{}" {
+		t.Fatalf("reopened Get = %q, %v", got, err)
+	}
+	// A file where the pool directory should be is an error.
+	f := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(f, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := objstore.Open(t.Context(), "file://"+f); err == nil {
+		t.Fatal("Open of a regular file as pool succeeded")
+	}
+}
+
+func TestMemSharing(t *testing.T) {
+	ctx := t.Context()
+	var o objstore.Opener
+	a := open(t, &o, "mem://n")
+	if err := a.Put(ctx, "pool/k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	// Same Opener, same name: shared, also after the first store is closed.
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b := open(t, &o, "mem://n")
+	if got, err := b.Get(ctx, "pool/k"); err != nil || string(got) != "v" {
+		t.Fatalf("same name, same Opener: Get = %q, %v; want shared bucket", got, err)
+	}
+	// A prefix is a view into the same bucket.
+	p := open(t, &o, "mem://n/pool")
+	if got, err := p.Get(ctx, "k"); err != nil || string(got) != "v" {
+		t.Fatalf("prefixed view: Get = %q, %v", got, err)
+	}
+	var keys []string
+	if err := p.List(ctx, "", func(oi objstore.ObjectInfo) error { keys = append(keys, oi.Key); return nil }); err != nil || len(keys) != 1 || keys[0] != "k" {
+		t.Fatalf("prefixed List = %v, %v; want [k]", keys, err)
+	}
+	// Other name, other Opener, or the package-level Open: not shared.
+	for _, s := range []objstore.Store{open(t, &o, "mem://other"), open(t, &objstore.Opener{}, "mem://n"), must(objstore.Open(ctx, "mem://n"))} {
+		if _, err := s.Get(ctx, "pool/k"); !errors.Is(err, objstore.ErrNotFound) {
+			t.Errorf("unshared mem bucket sees the object: err = %v", err)
+		}
+		s.Close()
+	}
+	// The empty name is shared too.
+	e1, e2 := open(t, &o, "mem://"), open(t, &o, "mem:///")
+	if err := e1.Put(ctx, "x", nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e2.Stat(ctx, "x"); err != nil {
+		t.Fatalf("mem:// and mem:/// not shared: %v", err)
+	}
+}
+
+func must(s objstore.Store, err error) objstore.Store {
+	if err != nil {
+		panic(err)
+	}
+	return s
+}
+
+func TestClosedStore(t *testing.T) {
+	for _, u := range []string{"mem://", "file://" + t.TempDir()} {
+		s := open(t, &objstore.Opener{}, u)
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Put(t.Context(), "k", nil); err == nil {
+			t.Errorf("%s: Put after Close succeeded", u)
+		}
+		if err := s.Close(); err != nil {
+			t.Errorf("%s: second Close: %v", u, err)
+		}
+	}
+}
+
+func TestSplitVolumeURL(t *testing.T) {
+	for _, tc := range []struct{ in, pool, name string }{
+		{"s3://b/pool/web-1?endpoint=http://127.0.0.1:7070&region=us-east-1&use_path_style=true",
+			"s3://b/pool?endpoint=http://127.0.0.1:7070&region=us-east-1&use_path_style=true", "web-1"},
+		{"s3://b/web-1", "s3://b", "web-1"},
+		{"s3://b/a/b/c/vol.2_x", "s3://b/a/b/c", "vol.2_x"},
+		{"file:///var/lib/urldisk/pool/db", "file:///var/lib/urldisk/pool", "db"},
+		{"file:///db", "file://", "db"},
+		{"mem://test/pool/v", "mem://test/pool", "v"},
+		{"mem:///v", "mem://", "v"},
+		{"mem://t/v?", "mem://t?", "v"},
+		{"s3://b/p/" + strings.Repeat("a", 128), "s3://b/p", strings.Repeat("a", 128)},
+	} {
+		pool, name, err := objstore.SplitVolumeURL(tc.in)
+		if err != nil || pool != tc.pool || name != tc.name {
+			t.Errorf("SplitVolumeURL(%q) = %q, %q, %v; want %q, %q", tc.in, pool, name, err, tc.pool, tc.name)
+		}
+	}
+	for _, in := range []string{
+		"s3://b", "s3://b/", "s3://b/pool/", "mem://", "mem://x",
+		"s3://b/pool/-leading-dash", "s3://b/pool/.hidden", "s3://b/pool/a%20b",
+		"s3://b/pool/" + strings.Repeat("a", 129), "s3://b/pool/ü",
+		"s3://k:" + secret + "@b/pool/v", "s3://b/pool/v?secret=" + secret,
+		"pool/v", "",
+	} {
+		_, _, err := objstore.SplitVolumeURL(in)
+		if !errors.Is(err, objstore.ErrBadURL) {
+			t.Errorf("SplitVolumeURL(%q): err = %v, want ErrBadURL", in, err)
+		}
+		if err != nil && strings.Contains(err.Error(), secret) {
+			t.Errorf("SplitVolumeURL(%q): error echoes the secret: %v", in, err)
+		}
+	}
+}
+
+func TestRedact(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"s3://b/p?endpoint=http://127.0.0.1:7070&region=us-east-1&use_path_style=true",
+			"s3://b/p?endpoint=http%3A%2F%2F127.0.0.1%3A7070&region=us-east-1&use_path_style=true"},
+		{"s3://key:" + secret + "@b/p", "s3://REDACTED@b/p"},
+		{"s3://b/p?secret=" + secret + "&region=r", "s3://b/p?region=r&secret=REDACTED"},
+		{"s3://b/p?endpoint=http://u:" + secret + "@h:1", "s3://b/p?endpoint=http%3A%2F%2FREDACTED%40h%3A1"},
+		{"s3:k:" + secret + "@b", "s3:REDACTED@b"},
+		{"file:///x#" + secret, "file:///x"},
+		{"s3://k:" + secret + "@b/%zz", "s3:<unparsable URL>"},
+		{"%%" + secret, "<unparsable URL>"},
+		{"mem://", "mem://"},
+	} {
+		if got := objstore.Redact(tc.in); got != tc.want {
+			t.Errorf("Redact(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestValidateKey(t *testing.T) {
+	for _, k := range []string{"a", "a/b", "vols/0123/log/00000000000000ff", "x.y-z_1", ".a", "a..b"} {
+		if err := objstore.ValidateKey(k); err != nil {
+			t.Errorf("ValidateKey(%q) = %v, want nil", k, err)
+		}
+	}
+	for _, k := range []string{"", "/a", "a/", "a//b", ".", "..", "a/./b", "a\\b", "a\x00b", "\xff", strings.Repeat("a", objstore.MaxKeyLen+1), ".urldisk-tmp.1"} {
+		if err := objstore.ValidateKey(k); !errors.Is(err, objstore.ErrBadKey) {
+			t.Errorf("ValidateKey(%q) = %v, want ErrBadKey", k, err)
+		}
+	}
+}
