@@ -1,12 +1,10 @@
 package cache
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
 )
 
 // openSlab opens (creating if needed) the slab file in dir and makes it
@@ -40,27 +38,9 @@ func openSlab(dir string, size int64) (f *os.File, fresh bool, err error) {
 	return f, true, nil
 }
 
-// preallocate reserves size bytes for f with fallocate(2), so a full disk is
-// discovered at Open rather than at some Put. On filesystems without
-// fallocate it falls back to a sparse ftruncate.
+// preallocate sizes the slab sparsely: disk space is used only as chunks
+// are cached, so a generous --cache-size costs nothing up front. A full disk
+// later only makes Put fail, which callers treat as "not cached".
 func preallocate(f *os.File, size int64) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var ferr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			ferr = unix.Fallocate(int(fd), 0, 0, size)
-			if ferr != unix.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	if errors.Is(ferr, unix.EOPNOTSUPP) || errors.Is(ferr, unix.ENOSYS) {
-		return f.Truncate(size)
-	}
-	return ferr
+	return f.Truncate(size)
 }

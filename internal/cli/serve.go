@@ -1,17 +1,257 @@
 package cli
 
 import (
+	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/nbd"
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/units"
+	"github.com/urldisk/urldisk/internal/volume"
 )
 
-func newServeCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "serve URL [URL...]",
-		Short: "Export volumes over NBD",
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return fmt.Errorf("serve: not implemented yet")
-		},
+type serveOptions struct {
+	listen      string
+	readOnly    bool
+	cacheDir    string
+	cacheSize   string
+	noCache     bool
+	create      bool
+	size        string
+	tlsCert     string
+	tlsKey      string
+	allow       []string
+	stopTimeout time.Duration
+}
+
+// defaultCacheDir is the per-host cache: $XDG_CACHE_HOME/urldisk or
+// ~/.cache/urldisk.
+func defaultCacheDir() string {
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "urldisk")
 	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".cache", "urldisk")
+	}
+	return filepath.Join(os.TempDir(), "urldisk-cache")
+}
+
+// defaultSocket is where serve listens when --listen is not given.
+func defaultSocket(name string) string {
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	if dir == "" {
+		dir = filepath.Join(os.TempDir(), fmt.Sprintf("urldisk-%d", os.Getuid()))
+	} else {
+		dir = filepath.Join(dir, "urldisk")
+	}
+	return "unix:" + filepath.Join(dir, name+".sock")
+}
+
+func newServeCommand(g *globals) *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve URL [URL...]",
+		Short: "Export volumes as block devices over NBD (export name = volume name)",
+		Long: `Export one or more volumes over NBD until SIGTERM or SIGINT, then finish
+in-flight requests, flush every volume to the object store and exit 0.
+
+By default serve listens on a unix socket and prints the NBD URI to use:
+  qemu-system-x86_64 -drive file=nbd+unix:///NAME?socket=PATH,format=raw,...
+  qemu-img info nbd+unix:///NAME?socket=PATH
+  nbdfuse DIR nbd+unix:///NAME?socket=PATH   (then losetup DIR/nbd)`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return fmt.Errorf("serve: expected at least one volume URL\nusage: %s", cmd.UseLine())
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd, g, o, args) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.listen, "listen", "", "unix:/path/to.sock or tcp:HOST:PORT (default: a unix socket under $XDG_RUNTIME_DIR or /tmp)")
+	f.BoolVar(&o.readOnly, "read-only", false, "export read-only (no fencing; any number of hosts may do this)")
+	f.StringVar(&o.cacheDir, "cache", defaultCacheDir(), "host read-cache directory")
+	f.StringVar(&o.cacheSize, "cache-size", "10G", "read-cache size bound")
+	f.BoolVar(&o.noCache, "no-cache", false, "run without a local cache")
+	f.BoolVar(&o.create, "create", false, "create the pool and the volume if missing (needs --size)")
+	f.StringVar(&o.size, "size", "", "size of a volume created by --create, e.g. 10G")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM) for TCP listeners")
+	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	f.StringSliceVar(&o.allow, "allow", nil, "allow-list of export names (default: all served volumes)")
+	f.DurationVar(&o.stopTimeout, "stop-timeout", time.Minute, "how long shutdown waits for in-flight requests and the final flush")
+	return cmd
+}
+
+// served is one attached volume and its export name.
+type served struct {
+	name string
+	v    *volume.Volume
+}
+
+func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) error {
+	ctx := cmd.Context()
+	log := g.log
+	var createSize uint64
+	if o.create {
+		if o.size == "" {
+			return fmt.Errorf("serve: --create needs --size (e.g. --size 10G)")
+		}
+		var err error
+		if createSize, err = units.ParseSize(o.size); err != nil {
+			return fmt.Errorf("--size: %w", err)
+		}
+	}
+	if (o.tlsCert == "") != (o.tlsKey == "") {
+		return fmt.Errorf("serve: --tls-cert and --tls-key go together")
+	}
+	var tlsConf *tls.Config
+	if o.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return fmt.Errorf("serve: load TLS key pair: %w", err)
+		}
+		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+
+	var c *cache.Cache
+	if !o.noCache {
+		size, err := units.ParseSize(o.cacheSize)
+		if err != nil {
+			return fmt.Errorf("--cache-size: %w", err)
+		}
+		if c, err = cache.Open(o.cacheDir, int64(size), cache.Options{Logger: log}); err != nil {
+			if errors.Is(err, cache.ErrLocked) {
+				return fmt.Errorf("serve: %w (another urldisk process uses it: give this one its own --cache DIR, or --no-cache)", err)
+			}
+			return fmt.Errorf("serve: %w", err)
+		}
+		defer c.Close()
+	}
+
+	var vols []served
+	closeAll := func() error {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.stopTimeout)
+		defer cancel()
+		var errs []error
+		for _, s := range vols {
+			if err := s.v.Close(sctx); err != nil {
+				errs = append(errs, fmt.Errorf("close %s: %w", s.name, err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	exports := map[string]nbd.Export{}
+	for _, raw := range args {
+		v, name, err := attachForServe(ctx, g, o, raw, createSize, c)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		if _, dup := exports[name]; dup {
+			v.Close(ctx)
+			closeAll()
+			return fmt.Errorf("serve: two volumes named %q; export names must be unique", name)
+		}
+		vols = append(vols, served{name, v})
+		mode := "read-write"
+		if v.ReadOnly() {
+			mode = "read-only"
+		}
+		exports[name] = nbd.Export{Device: v, Description: fmt.Sprintf("urldisk %s (%s, %s)", objstore.Redact(raw), units.FormatSize(uint64(v.Size())), mode)}
+	}
+
+	srv, err := nbd.NewServer(nbd.Options{Exports: exports, Allow: o.allow, TLSConfig: tlsConf, Logger: log})
+	if err != nil {
+		closeAll()
+		return err
+	}
+	spec := o.listen
+	if spec == "" {
+		spec = defaultSocket(vols[0].name)
+		if dir := filepath.Dir(strings.TrimPrefix(spec, "unix:")); dir != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				closeAll()
+				return fmt.Errorf("serve: %w", err)
+			}
+		}
+	}
+	ln, err := nbd.Listen(spec)
+	if err != nil {
+		closeAll()
+		return fmt.Errorf("serve: listen %s: %w", spec, err)
+	}
+	out := cmd.OutOrStdout()
+	for _, s := range vols {
+		uri, err := nbd.URI(ln.Addr(), s.name, tlsConf != nil)
+		if err != nil {
+			closeAll()
+			return err
+		}
+		printf(out, "serving %s at %s\n", s.name, uri)
+	}
+	printf(out, "ready\n")
+
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(context.WithoutCancel(ctx), ln) }()
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: finishing in-flight requests, then flushing")
+	case err := <-serveErr:
+		closeAll()
+		return fmt.Errorf("serve: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.stopTimeout)
+	defer cancel()
+	var errs []error
+	if err := srv.Shutdown(sctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, nbd.ErrServerClosed) {
+		errs = append(errs, err)
+	}
+	if err := closeAll(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	log.Info("stopped cleanly: every volume flushed")
+	return nil
+}
+
+// attachForServe opens one volume URL for serving.
+func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string, createSize uint64, c *cache.Cache) (*volume.Volume, string, error) {
+	p, name, err := openVolumeURL(ctx, g.log, raw, o.create)
+	if err != nil {
+		return nil, "", err
+	}
+	if o.create {
+		if _, err := p.Resolve(ctx, name); errors.Is(err, volume.ErrNotFound) {
+			d, err := p.Create(ctx, name, volume.CreateOptions{Size: createSize})
+			if err != nil && !errors.Is(err, volume.ErrExists) {
+				return nil, "", err
+			}
+			if err == nil {
+				g.log.Info("created volume", "name", d.Name, "size", units.FormatSize(d.Size))
+			}
+		}
+	}
+	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log}
+	if c != nil {
+		opts.Cache = c
+	}
+	v, err := p.Open(ctx, name, opts)
+	if err != nil {
+		return nil, "", err
+	}
+	return v, name, nil
 }
