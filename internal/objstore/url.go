@@ -264,7 +264,8 @@ func isCredentialOption(k string) bool {
 }
 
 // ValidateVolumeName reports whether name is a valid volume name: 1 to 128
-// characters of [a-zA-Z0-9._-], starting with a letter or digit.
+// characters of [a-zA-Z0-9._-], starting with a letter or digit. The error
+// wraps ErrBadURL, since a name is the last element of a volume URL.
 func ValidateVolumeName(name string) error {
 	if !validName.MatchString(name) {
 		return fmt.Errorf("%w: invalid volume name %q (want [a-zA-Z0-9][a-zA-Z0-9._-]{0,127})", ErrBadURL, name)
