@@ -382,8 +382,8 @@ func (v *Volume) Close(ctx context.Context) error {
 		return blockdev.ErrClosed
 	}
 	close(v.stop)
-	if err != nil && !errors.Is(err, blockdev.ErrFenced) {
-		v.cancel() // abandon uploads that cannot finish
+	if err != nil {
+		v.cancel() // fenced or failed: abandon uploads that can no longer matter
 	}
 	v.wg.Wait()
 	v.cancel()
