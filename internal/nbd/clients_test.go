@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,11 +23,13 @@ import (
 
 // clientPackages maps each client binary to its Debian package.
 var clientPackages = map[string]string{
-	"nbdinfo":  "libnbd-bin",
-	"nbdcopy":  "libnbd-bin",
-	"qemu-io":  "qemu-utils",
-	"qemu-img": "qemu-utils",
-	"fio":      "fio",
+	"nbdinfo":     "libnbd-bin",
+	"nbdcopy":     "libnbd-bin",
+	"qemu-io":     "qemu-utils",
+	"qemu-img":    "qemu-utils",
+	"fio":         "fio",
+	"nbdfuse":     "nbdfuse",
+	"fusermount3": "fuse3",
 }
 
 // run executes a client command with a timeout and returns its stdout,
@@ -322,4 +325,106 @@ func TestClientFioVerify(t *testing.T) {
 	if j.Write.IOBytes != 64<<20 || j.Read.IOBytes != 64<<20 {
 		t.Errorf("fio wrote %d and verified %d bytes, want %d each", j.Write.IOBytes, j.Read.IOBytes, 64<<20)
 	}
+}
+
+// nbdfuse presents the export as a file through FUSE; ordinary file I/O
+// then reaches the device.
+func TestClientNbdfuse(t *testing.T) {
+	f := newClientFixture(t)
+	nbdfuse, err := exec.LookPath("nbdfuse")
+	if err != nil {
+		t.Fatalf("nbdfuse not found: install it with apt-get install -y %s", clientPackages["nbdfuse"])
+	}
+	if _, err := exec.LookPath("fusermount3"); err != nil {
+		t.Fatalf("fusermount3 not found: install it with apt-get install -y %s", clientPackages["fusermount3"])
+	}
+	mnt := t.TempDir()
+	file := filepath.Join(mnt, "disk")
+	log := new(lockedBuffer)
+	cmd := exec.Command(nbdfuse, file, f.uri("disk")) // stays in the foreground until unmounted
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	unmounted := false
+	unmount := func() {
+		if unmounted {
+			return
+		}
+		unmounted = true
+		if out, err := runErr(t, "fusermount3", "-u", mnt); err != nil {
+			t.Errorf("fusermount3 -u: %v\n%s", err, out)
+			cmd.Process.Kill()
+		}
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("nbdfuse: %v\n%s", err, log.String())
+			}
+		case <-time.After(testTimeout):
+			cmd.Process.Kill()
+			t.Errorf("nbdfuse did not exit after unmount")
+		}
+	}
+	t.Cleanup(unmount)
+
+	deadline := time.Now().Add(testTimeout)
+	for {
+		if fi, err := os.Stat(file); err == nil && fi.Size() == 64<<20 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nbdfuse did not present %s:\n%s", file, log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	fh, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, 3<<20)
+	rand.Read(p)
+	if _, err := fh.WriteAt(p, 12345); err != nil {
+		t.Fatal(err)
+	}
+	if err := fh.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(p))
+	if _, err := fh.ReadAt(got, 12345); err != nil {
+		t.Fatal(err)
+	}
+	if err := fh.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, p) {
+		t.Error("read back through nbdfuse differs")
+	}
+	if !bytes.Equal(f.disk.Bytes()[12345:12345+len(p)], p) {
+		t.Error("device differs from what was written through nbdfuse")
+	}
+	if f.disk.Flushes() == 0 {
+		t.Error("fsync through nbdfuse made no device flush")
+	}
+	unmount()
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
