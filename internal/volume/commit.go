@@ -1,6 +1,7 @@
 package volume
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"iter"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/extmap"
 	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/journal"
 	"github.com/urldisk/urldisk/internal/objstore"
@@ -177,18 +179,29 @@ func (v *Volume) progressLocked() {
 // startSnapshot writes candidate c as snap/<c.seq> in the background.
 func (v *Volume) startSnapshot(c *snapCandidate) {
 	v.sinceSnap = 0
-	h := &format.SnapshotHeader{Volume: v.desc.ID, Seq: c.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), FenceSeq: v.st.Seq, Time: c.time, Size: v.desc.Size, Vols: c.vols}
+	h := v.snapHeader(c)
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()
-		b := format.AppendSnapshot(nil, h, snapExtents(c.m.All()))
-		err := v.pool.store.PutIfAbsent(v.ctx, format.SnapKey(v.desc.ID, c.seq), b)
-		if err != nil && !errors.Is(err, objstore.ErrExists) {
+		if err := v.pool.writeSnapshot(v.ctx, h, c.m); err != nil {
 			v.log.Warn("snapshot write failed", "seq", c.seq, "err", err)
-			return
 		}
-		v.log.Debug("snapshot written", "seq", c.seq, "bytes", len(b))
 	}()
+}
+
+func (v *Volume) snapHeader(c *snapCandidate) *format.SnapshotHeader {
+	return &format.SnapshotHeader{Volume: v.desc.ID, Seq: c.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), FenceSeq: v.st.Seq, Time: c.time, Size: v.desc.Size, Vols: c.vols}
+}
+
+// writeSnapshot stores map m as the snapshot h describes. Snapshots are a
+// function of the log prefix, so an existing one at the same seq is equal.
+func (p *Pool) writeSnapshot(ctx context.Context, h *format.SnapshotHeader, m *extmap.Map) error {
+	b := format.AppendSnapshot(nil, h, snapExtents(m.All()))
+	err := p.store.PutIfAbsent(ctx, format.SnapKey(h.Volume, h.Seq), b)
+	if err != nil && !errors.Is(err, objstore.ErrExists) {
+		return fmt.Errorf("write snapshot %d of volume %s: %w", h.Seq, h.Volume, err)
+	}
+	return nil
 }
 
 func snapExtents(all iter.Seq[extmapExtent]) iter.Seq[format.SnapExtent] {

@@ -183,10 +183,26 @@ func (p *Pool) readRecordAt(ctx context.Context, id string, seq uint64) (*format
 // replayFrom applies the records after img.st.Seq, in order, up to the
 // first gap or limit.
 func (p *Pool) replayFrom(ctx context.Context, img *image, limit uint64) error {
+	recs, err := p.fetchRecords(ctx, img, limit)
+	if err != nil {
+		return err
+	}
+	for _, r := range recs {
+		if err := p.apply(ctx, img, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fetchRecords lists img's log and reads, in parallel, the trailers of the
+// consecutive records after img.st.Seq (up to limit). It updates img's log
+// statistics but not its state.
+func (p *Pool) fetchRecords(ctx context.Context, img *image, limit uint64) ([]*format.Record, error) {
 	id := img.desc.ID
 	seqs, sizes, err := p.listSeqs(ctx, format.LogPrefix(id))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	img.records = len(seqs)
 	img.recordBytes = 0
@@ -220,14 +236,9 @@ func (p *Pool) replayFrom(ctx context.Context, img *image, limit uint64) error {
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return err
+		return nil, err
 	}
-	for _, r := range recs {
-		if err := p.apply(ctx, img, r); err != nil {
-			return err
-		}
-	}
-	return nil
+	return recs, nil
 }
 
 // apply replays one record onto img.

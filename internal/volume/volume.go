@@ -53,6 +53,9 @@ type Options struct {
 	// Readahead is how many 64 KiB chunks a sequential read miss fetches
 	// in one GET. Default 16 (1 MiB).
 	Readahead int
+	// Follow, for read-only volumes, polls the log this often and applies
+	// new records (a read replica). Zero: no following.
+	Follow time.Duration
 	// Clock and Logger; defaults: wall clock, the pool's logger.
 	Clock  Clock
 	Logger *slog.Logger
@@ -95,6 +98,8 @@ type segment struct {
 	seq  uint64 // current slot; changes if the journal moves the segment
 	b    *format.Builder
 	exts []format.Extent
+	// restore, if set, makes this segment a restore record (no data).
+	restore *format.Record
 	// rec and obj are set when sealed; obj is the encoded record.
 	rec   *format.Record
 	obj   []byte
@@ -201,6 +206,9 @@ func (p *Pool) open(ctx context.Context, desc *format.VolumeDesc, o Options, lim
 			v.wg.Add(1)
 			go v.idleLoop()
 		}
+	} else if o.Follow > 0 {
+		v.wg.Add(1)
+		go v.follow(img, o.Follow)
 	}
 	return v, nil
 }
@@ -382,8 +390,8 @@ func (v *Volume) Close(ctx context.Context) error {
 		return blockdev.ErrClosed
 	}
 	close(v.stop)
-	if err != nil {
-		v.cancel() // fenced or failed: abandon uploads that can no longer matter
+	if err != nil || v.w == nil {
+		v.cancel() // fenced, failed or read-only: nothing left worth waiting for
 	}
 	v.wg.Wait()
 	v.cancel()

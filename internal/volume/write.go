@@ -150,7 +150,12 @@ func (v *Volume) sealLocked() {
 	}
 	rec := &format.Record{Type: format.RecordData, Seq: seg.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(),
 		Time: v.opts.Clock.Now().UnixNano(), Volume: v.desc.ID, Extents: seg.exts}
-	obj, err := seg.b.Seal(rec)
+	b := seg.b
+	if seg.restore != nil {
+		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = format.RecordRestore, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
+		b = nil
+	}
+	obj, err := format.EncodeRecord(rec, b)
 	if err != nil {
 		v.failLocked(fmt.Errorf("seal record %d: %w", seg.seq, err))
 		return

@@ -1,0 +1,126 @@
+package volume
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/blockdev"
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// Clone creates volume dst in the same pool whose initial state is src at
+// point pt (head, checkpoint, seq or time). The clone shares src's records:
+// only an extent-map snapshot and a descriptor are written, O(map) and
+// independent of the disk size.
+func (p *Pool) Clone(ctx context.Context, src string, pt Point, dst string) (*format.VolumeDesc, error) {
+	if err := objstore.ValidateVolumeName(dst); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+	}
+	sd, err := p.Resolve(ctx, src)
+	if err != nil {
+		return nil, err
+	}
+	img, err := p.loadPoint(ctx, sd, pt)
+	if err != nil {
+		return nil, err
+	}
+	id, err := newID()
+	if err != nil {
+		return nil, err
+	}
+	dd := &format.VolumeDesc{ID: id, Name: dst, Size: sd.Size, BlockSize: sd.BlockSize, Created: p.clock.Now().UTC(),
+		Parent: &format.ParentRef{ID: sd.ID, Seq: img.st.Seq}}
+	// The clone's volume table is [clone, source's table...]: shift indices.
+	h := &format.SnapshotHeader{Volume: id, Seq: 0, Size: sd.Size, Time: p.clock.Now().UnixNano(), Vols: append([]string{id}, img.vols...)}
+	b := format.AppendSnapshot(nil, h, func(yield func(format.SnapExtent) bool) {
+		for e := range img.m.All() {
+			if !yield(format.SnapExtent{Start: e.Start, Len: e.Len, Vol: e.Loc.Vol + 1, Seq: e.Loc.Seq, Off: e.Loc.Off}) {
+				return
+			}
+		}
+	})
+	if err := p.bind(ctx, dd, b); err != nil {
+		return nil, err
+	}
+	return dd, nil
+}
+
+// OpenAt attaches the named volume read-only at point pt. Any number of
+// hosts may do this while a writer is active; it never fences anyone.
+func (p *Pool) OpenAt(ctx context.Context, name string, pt Point, o Options) (*Volume, error) {
+	d, err := p.Resolve(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if pt.IsHead() {
+		return p.open(ctx, d, o, ^uint64(0))
+	}
+	if !o.ReadOnly {
+		return nil, fmt.Errorf("open %s@%s: %w: a point in history can only be opened read-only", name, pt, ErrInvalid)
+	}
+	if o.Follow > 0 {
+		return nil, fmt.Errorf("open %s@%s: %w: --follow tails the head, not a point", name, pt, ErrInvalid)
+	}
+	seq, err := p.resolvePoint(ctx, d, pt)
+	if err != nil {
+		return nil, err
+	}
+	v, err := p.open(ctx, d, o, seq)
+	if err != nil {
+		return nil, err
+	}
+	if v.st.Seq != seq {
+		v.Close(ctx)
+		return nil, fmt.Errorf("%w: point %s (seq %d) of %s is not available: history ends at seq %d or was collected", ErrInvalid, pt, seq, name, v.st.Seq)
+	}
+	return v, nil
+}
+
+// follow tails the log of a read-only volume: every interval it applies the
+// records written since, so readers see a writer's flushed data.
+func (v *Volume) follow(img *image, every time.Duration) {
+	defer v.wg.Done()
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-v.stop:
+			return
+		case <-t.C:
+		}
+		recs, err := v.pool.fetchRecords(v.ctx, img, ^uint64(0))
+		if err != nil {
+			if v.ctx.Err() == nil {
+				v.log.Warn("follow: reading new records failed", "err", err)
+			}
+			continue
+		}
+		if len(recs) == 0 {
+			continue
+		}
+		v.mu.Lock()
+		for _, r := range recs {
+			if err := v.pool.apply(v.ctx, img, r); err != nil {
+				v.failLocked(fmt.Errorf("follow: %w", err))
+				break
+			}
+		}
+		v.m, v.vols, v.st = img.m, img.vols, img.st
+		v.broadcastLocked()
+		v.mu.Unlock()
+	}
+}
+
+// Head returns the last log sequence number the volume reflects.
+func (v *Volume) Head() uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.w != nil {
+		return v.w.Prefix()
+	}
+	return v.st.Seq
+}
+
+var _ blockdev.Device = (*Volume)(nil)

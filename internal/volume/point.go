@@ -1,0 +1,175 @@
+package volume
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// Point names a point in a volume's history: a checkpoint label, a log
+// sequence number, or a time. The zero Point is the head.
+type Point struct {
+	Label string
+	Seq   uint64 // valid when HasSeq
+	// HasSeq distinguishes seq 0 from "no seq".
+	HasSeq bool
+	Time   time.Time
+}
+
+// IsHead reports whether p names the head (no point given).
+func (p Point) IsHead() bool { return p.Label == "" && !p.HasSeq && p.Time.IsZero() }
+
+func (p Point) String() string {
+	switch {
+	case p.Label != "":
+		return p.Label
+	case p.HasSeq:
+		return strconv.FormatUint(p.Seq, 10)
+	case !p.Time.IsZero():
+		return p.Time.UTC().Format(time.RFC3339Nano)
+	}
+	return "head"
+}
+
+var labelRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
+
+// ValidateLabel checks a checkpoint label: 1 to 128 of [a-zA-Z0-9._-],
+// starting with a letter or digit, and not all digits (that would be a seq).
+func ValidateLabel(label string) error {
+	if !labelRE.MatchString(label) {
+		return fmt.Errorf("%w: checkpoint label %q: want 1-128 characters of [a-zA-Z0-9._-] starting with a letter or digit", ErrInvalid, label)
+	}
+	if _, err := strconv.ParseUint(label, 10, 64); err == nil {
+		return fmt.Errorf("%w: checkpoint label %q: all digits would read as a sequence number", ErrInvalid, label)
+	}
+	return nil
+}
+
+// ParsePoint parses what follows '@' in NAME@POINT: digits are a sequence
+// number, an RFC 3339 time is a time, anything else a checkpoint label.
+func ParsePoint(s string) (Point, error) {
+	if s == "" {
+		return Point{}, fmt.Errorf("%w: empty point after '@'", ErrInvalid)
+	}
+	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
+		return Point{Seq: n, HasSeq: true}, nil
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return Point{Time: t}, nil
+	}
+	if strings.ContainsAny(s, ":") {
+		return Point{}, fmt.Errorf("%w: point %q is neither a sequence number, an RFC 3339 time (2026-11-28T10:00:00Z) nor a label", ErrInvalid, s)
+	}
+	if err := ValidateLabel(s); err != nil {
+		return Point{}, err
+	}
+	return Point{Label: s}, nil
+}
+
+// SplitPoint splits "URL@POINT" (the point follows the last path element,
+// before any query) into the plain volume URL and the point.
+func SplitPoint(raw string) (string, Point, error) {
+	base, query, hasQuery := strings.Cut(raw, "?")
+	slash := strings.LastIndexByte(base, '/')
+	at := strings.LastIndexByte(base, '@')
+	if at < 0 || at < slash {
+		return raw, Point{}, nil
+	}
+	pt, err := ParsePoint(base[at+1:])
+	if err != nil {
+		return "", Point{}, err
+	}
+	out := base[:at]
+	if hasQuery {
+		out += "?" + query
+	}
+	return out, pt, nil
+}
+
+// readCheckpoint returns checkpoint label of volume id.
+func (p *Pool) readCheckpoint(ctx context.Context, id, label string) (*format.CheckpointDoc, error) {
+	b, err := p.store.Get(ctx, format.CheckpointPrefix(id)+label)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, fmt.Errorf("checkpoint %q: %w", label, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint %q: %w", label, err)
+	}
+	var c format.CheckpointDoc
+	if err := format.DecodeDoc(format.KindCheckpoint, b, &c); err != nil {
+		return nil, fmt.Errorf("read checkpoint %q: %w", label, err)
+	}
+	return &c, nil
+}
+
+// resolvePoint turns a point into a log sequence number of volume d.
+func (p *Pool) resolvePoint(ctx context.Context, d *format.VolumeDesc, pt Point) (uint64, error) {
+	switch {
+	case pt.Label != "":
+		c, err := p.readCheckpoint(ctx, d.ID, pt.Label)
+		if err != nil {
+			return 0, err
+		}
+		return c.Seq, nil
+	case pt.HasSeq:
+		return pt.Seq, nil
+	case !pt.Time.IsZero():
+		return p.seqAtTime(ctx, d, pt.Time)
+	}
+	return ^uint64(0), nil
+}
+
+// seqAtTime finds the last record written at or before t (binary search
+// over record trailers; writers' clocks are assumed roughly monotonic).
+func (p *Pool) seqAtTime(ctx context.Context, d *format.VolumeDesc, t time.Time) (uint64, error) {
+	seqs, sizes, err := p.listSeqs(ctx, format.LogPrefix(d.ID))
+	if err != nil {
+		return 0, err
+	}
+	target := t.UnixNano()
+	var ferr error
+	timeOf := func(i int) int64 {
+		r, err := p.readRecord(ctx, format.LogKey(d.ID, seqs[i]), sizes[seqs[i]])
+		if err != nil {
+			ferr = err
+			return 0
+		}
+		return r.Time
+	}
+	i := sort.Search(len(seqs), func(i int) bool { return ferr == nil && timeOf(i) > target })
+	if ferr != nil {
+		return 0, fmt.Errorf("find the record at %s: %w", t.Format(time.RFC3339), ferr)
+	}
+	if i == 0 {
+		if d.Parent != nil && len(seqs) > 0 {
+			return 0, nil // the clone's initial state
+		}
+		return 0, fmt.Errorf("%w: %s is before the oldest retained record of %s", ErrInvalid, t.Format(time.RFC3339), d.Name)
+	}
+	return seqs[i-1], nil
+}
+
+// loadPoint replays volume d up to point pt and checks that the whole
+// prefix up to it is still available.
+func (p *Pool) loadPoint(ctx context.Context, d *format.VolumeDesc, pt Point) (*image, error) {
+	seq, err := p.resolvePoint(ctx, d, pt)
+	if err != nil {
+		return nil, err
+	}
+	img, err := p.loadImage(ctx, d, seq)
+	if err != nil {
+		return nil, err
+	}
+	if !pt.IsHead() && img.st.Seq != seq {
+		return nil, fmt.Errorf("%w: point %s (seq %d) of %s is not available: history ends at seq %d or was collected", ErrInvalid, pt, seq, d.Name, img.st.Seq)
+	}
+	return img, nil
+}
