@@ -203,7 +203,9 @@ func (p *Pool) listCheckpoints(ctx context.Context, id string) ([]*format.Checkp
 		}
 		docs = append(docs, c)
 	}
-	sort.Slice(docs, func(i, j int) bool { return docs[i].Seq < docs[j].Seq || docs[i].Seq == docs[j].Seq && docs[i].Label < docs[j].Label })
+	sort.Slice(docs, func(i, j int) bool {
+		return docs[i].Seq < docs[j].Seq || docs[i].Seq == docs[j].Seq && docs[i].Label < docs[j].Label
+	})
 	return docs, nil
 }
 
