@@ -153,10 +153,15 @@ func newRmCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer p.Store().Close()
-			if err := p.Remove(ctx, name); err != nil {
+			kept, err := p.Remove(ctx, name)
+			if err != nil {
 				return err
 			}
-			printf(cmd.OutOrStdout(), "removed %s\n", name)
+			if kept {
+				printf(cmd.OutOrStdout(), "removed %s; its records stay while clones need them (`urldisk gc` frees the rest)\n", name)
+			} else {
+				printf(cmd.OutOrStdout(), "removed %s and its objects\n", name)
+			}
 			return nil
 		},
 	}

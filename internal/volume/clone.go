@@ -63,19 +63,11 @@ func (p *Pool) OpenAt(ctx context.Context, name string, pt Point, o Options) (*V
 	if o.Follow > 0 {
 		return nil, fmt.Errorf("open %s@%s: %w: --follow tails the head, not a point", name, pt, ErrInvalid)
 	}
-	seq, err := p.resolvePoint(ctx, d, pt)
+	img, err := p.loadPoint(ctx, d, pt)
 	if err != nil {
 		return nil, err
 	}
-	v, err := p.open(ctx, d, o, seq)
-	if err != nil {
-		return nil, err
-	}
-	if v.st.Seq != seq {
-		v.Close(ctx)
-		return nil, fmt.Errorf("%w: point %s (seq %d) of %s is not available: history ends at seq %d or was collected", ErrInvalid, pt, seq, name, v.st.Seq)
-	}
-	return v, nil
+	return p.openImage(ctx, img, o)
 }
 
 // follow tails the log of a read-only volume: every interval it applies the

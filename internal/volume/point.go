@@ -157,6 +157,19 @@ func (p *Pool) seqAtTime(ctx context.Context, d *format.VolumeDesc, t time.Time)
 	return seqs[i-1], nil
 }
 
+// checkRetained refuses seq and time points too close to the edge of the
+// retention window, where a concurrent GC may be deleting their records.
+func (p *Pool) checkRetained(d *format.VolumeDesc, pt Point, img *image) error {
+	if pt.IsHead() || pt.Label != "" || img.lastTime == 0 {
+		return nil
+	}
+	edge := p.clock.Now().Add(-p.retention + time.Hour)
+	if t := time.Unix(0, img.lastTime); t.Before(edge) {
+		return fmt.Errorf("%w: point %s of %s (written %s) is outside the retention window of %s; use a checkpoint", ErrInvalid, pt, d.Name, t.UTC().Format(time.RFC3339), p.retention)
+	}
+	return nil
+}
+
 // loadPoint replays volume d up to point pt and checks that the whole
 // prefix up to it is still available.
 func (p *Pool) loadPoint(ctx context.Context, d *format.VolumeDesc, pt Point) (*image, error) {
@@ -170,6 +183,9 @@ func (p *Pool) loadPoint(ctx context.Context, d *format.VolumeDesc, pt Point) (*
 	}
 	if !pt.IsHead() && img.st.Seq != seq {
 		return nil, fmt.Errorf("%w: point %s (seq %d) of %s is not available: history ends at seq %d or was collected", ErrInvalid, pt, seq, d.Name, img.st.Seq)
+	}
+	if err := p.checkRetained(d, pt, img); err != nil {
+		return nil, err
 	}
 	return img, nil
 }

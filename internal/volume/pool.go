@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
@@ -25,15 +26,24 @@ func (wallClock) Now() time.Time { return time.Now() }
 type Pool struct {
 	store  objstore.Store
 	marker format.PoolMarker
-	clock  Clock
-	log    *slog.Logger
+	clock     Clock
+	log       *slog.Logger
+	retention time.Duration
 }
+
+// DefaultRetention is the default point-in-time window.
+const DefaultRetention = 24 * time.Hour
 
 // PoolOptions configures a Pool. The zero value uses the wall clock and
 // slog.Default().
 type PoolOptions struct {
 	Clock  Clock
 	Logger *slog.Logger
+	// Retention is the point-in-time window: points (seq or time) older
+	// than Retention minus one hour cannot be opened, cloned or restored,
+	// so a concurrent GC with the same retention never races them.
+	// Default 24h. Checkpoints are always available.
+	Retention time.Duration
 }
 
 func (o PoolOptions) withDefaults() PoolOptions {
@@ -42,6 +52,9 @@ func (o PoolOptions) withDefaults() PoolOptions {
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
+	}
+	if o.Retention <= 0 {
+		o.Retention = DefaultRetention
 	}
 	return o
 }
@@ -84,7 +97,7 @@ func OpenPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Poo
 	if err != nil {
 		return nil, fmt.Errorf("open pool: read marker: %w", err)
 	}
-	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger}
+	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention}
 	if err := format.DecodeDoc(format.KindPool, b, &p.marker); err != nil {
 		return nil, fmt.Errorf("open pool: %w", err)
 	}
@@ -222,18 +235,72 @@ func (p *Pool) List(ctx context.Context) ([]*format.VolumeDesc, error) {
 	return out, nil
 }
 
-// Remove deletes the volume called name: first the name (so nobody opens it
-// again), then its objects. A writer still attached elsewhere is not stopped
-// by this; its next flush fails because its records' volume is gone.
-func (p *Pool) Remove(ctx context.Context, name string) error {
+// Remove deletes the volume called name: it writes a tombstone and unbinds
+// the name (so nobody opens it again). If no other volume descends from it,
+// its objects are deleted at once and Remove returns (false, nil); if clones
+// may still need its records, they stay for `urldisk gc` to sort out and
+// Remove returns (true, nil). A writer still attached elsewhere is not
+// stopped by this.
+func (p *Pool) Remove(ctx context.Context, name string) (keptForClones bool, err error) {
 	d, err := p.Resolve(ctx, name)
 	if err != nil {
-		return err
+		return false, err
+	}
+	if err := p.store.Put(ctx, format.VolsPrefix+d.ID+"/"+tombstoneName, []byte("deleted\n")); err != nil {
+		return false, fmt.Errorf("remove %q: write tombstone: %w", name, err)
 	}
 	if err := p.store.Delete(ctx, format.NameKey(name)); err != nil {
-		return fmt.Errorf("remove %q: unbind name: %w", name, err)
+		return false, fmt.Errorf("remove %q: unbind name: %w", name, err)
 	}
-	return p.deleteVolumeObjects(ctx, d.ID)
+	kids, err := p.hasDescendants(ctx, d.ID)
+	if err != nil || kids {
+		return true, err
+	}
+	return false, p.deleteVolumeObjects(ctx, d.ID)
+}
+
+// hasDescendants reports whether some volume may read id's records: one
+// whose ancestry reaches id, or whose ancestry is broken (an ancestor's
+// descriptor is gone), which we cannot rule out.
+func (p *Pool) hasDescendants(ctx context.Context, id string) (bool, error) {
+	parent := map[string]string{} // volume id -> parent id ("" for none)
+	err := p.store.List(ctx, format.VolsPrefix, func(oi objstore.ObjectInfo) error {
+		if !strings.HasSuffix(oi.Key, "/volume.json") {
+			return nil
+		}
+		b, err := p.store.Get(ctx, oi.Key)
+		if errors.Is(err, objstore.ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		var d format.VolumeDesc
+		if err := format.DecodeDoc(format.KindVolume, b, &d); err != nil {
+			return fmt.Errorf("read %s: %w", oi.Key, err)
+		}
+		parent[d.ID] = ""
+		if d.Parent != nil {
+			parent[d.ID] = d.Parent.ID
+		}
+		return nil
+	})
+	if err != nil {
+		return false, err
+	}
+	for v := range parent {
+		for cur := parent[v]; cur != "" && v != id; {
+			if cur == id {
+				return true, nil
+			}
+			next, ok := parent[cur]
+			if !ok {
+				return true, nil // broken ancestry: be conservative
+			}
+			cur = next
+		}
+	}
+	return false, nil
 }
 
 func (p *Pool) deleteVolumeObjects(ctx context.Context, id string) error {

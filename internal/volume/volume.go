@@ -180,7 +180,6 @@ func (p *Pool) Open(ctx context.Context, name string, o Options) (*Volume, error
 }
 
 func (p *Pool) open(ctx context.Context, desc *format.VolumeDesc, o Options, limit uint64) (*Volume, error) {
-	o = o.withDefaults(p)
 	if !o.ReadOnly && !p.marker.ConditionalCreate {
 		return nil, fmt.Errorf("open %s read-write: %w", desc.Name, ErrNoConditionalCreate)
 	}
@@ -188,6 +187,13 @@ func (p *Pool) open(ctx context.Context, desc *format.VolumeDesc, o Options, lim
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", desc.Name, err)
 	}
+	return p.openImage(ctx, img, o)
+}
+
+// openImage attaches a replayed image.
+func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, error) {
+	o = o.withDefaults(p)
+	desc := img.desc
 	vctx, cancel := context.WithCancel(context.Background())
 	v := &Volume{
 		pool: p, desc: desc, opts: o, log: o.Logger.With("volume", desc.Name), cache: o.Cache,
