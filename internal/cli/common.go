@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/volume"
@@ -33,6 +34,15 @@ func openPool(ctx context.Context, log *slog.Logger, poolURL string, create bool
 		return nil, err
 	}
 	return p, nil
+}
+
+// splitVolumeURLIfURL splits s if it looks like a URL (has "://"); a bare
+// name returns ("", "", nil).
+func splitVolumeURLIfURL(s string) (string, string, error) {
+	if !strings.Contains(s, "://") {
+		return "", "", nil
+	}
+	return objstore.SplitVolumeURL(s)
 }
 
 // openVolumeURL splits a volume URL and opens its pool.

@@ -71,6 +71,12 @@ Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never the URL.`,
 		newImportCommand(g),
 		newExportCommand(g),
 		newServeCommand(g),
+		newCheckpointCommand(g),
+		newCheckpointsCommand(g),
+		newRestoreCommand(g),
+		newCloneCommand(g),
+		newGCCommand(g),
+		newDUCommand(g),
 	)
 	return root
 }

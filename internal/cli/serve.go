@@ -31,6 +31,7 @@ type serveOptions struct {
 	tlsKey      string
 	allow       []string
 	stopTimeout time.Duration
+	follow      time.Duration
 }
 
 // defaultCacheDir is the per-host cache: $XDG_CACHE_HOME/urldisk or
@@ -88,6 +89,7 @@ By default serve listens on a unix socket and prints the NBD URI to use:
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
 	f.StringSliceVar(&o.allow, "allow", nil, "allow-list of export names (default: all served volumes)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", time.Minute, "how long shutdown waits for in-flight requests and the final flush")
+	f.DurationVar(&o.follow, "follow", 0, "with --read-only: poll the log this often and serve new flushed data (a read replica)")
 	return cmd
 }
 
@@ -95,6 +97,7 @@ By default serve listens on a unix socket and prints the NBD URI to use:
 type served struct {
 	name string
 	v    *volume.Volume
+	ctl  *controlServer // nil for read-only volumes
 }
 
 func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) error {
@@ -143,6 +146,9 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		defer cancel()
 		var errs []error
 		for _, s := range vols {
+			if s.ctl != nil {
+				s.ctl.Close(sctx)
+			}
 			if err := s.v.Close(sctx); err != nil {
 				errs = append(errs, fmt.Errorf("close %s: %w", s.name, err))
 			}
@@ -161,7 +167,15 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 			closeAll()
 			return fmt.Errorf("serve: two volumes named %q; export names must be unique", name)
 		}
-		vols = append(vols, served{name, v})
+		vols = append(vols, served{name: name, v: v})
+		if !v.ReadOnly() {
+			cs, err := startControl(v, log)
+			if err != nil {
+				closeAll()
+				return err
+			}
+			vols[len(vols)-1].ctl = cs
+		}
 		mode := "read-write"
 		if v.ReadOnly() {
 			mode = "read-only"
@@ -230,6 +244,10 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 
 // attachForServe opens one volume URL for serving.
 func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string, createSize uint64, c *cache.Cache) (*volume.Volume, string, error) {
+	raw, pt, err := volume.SplitPoint(raw)
+	if err != nil {
+		return nil, "", err
+	}
 	p, name, err := openVolumeURL(ctx, g.log, raw, o.create)
 	if err != nil {
 		return nil, "", err
@@ -245,11 +263,17 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 			}
 		}
 	}
-	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log}
+	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log, Follow: o.follow}
 	if c != nil {
 		opts.Cache = c
 	}
-	v, err := p.Open(ctx, name, opts)
+	if !pt.IsHead() && !o.readOnly {
+		return nil, "", fmt.Errorf("serve %s: a point in history (@%s) can only be served with --read-only", objstore.Redact(raw), pt)
+	}
+	if o.follow > 0 && !o.readOnly {
+		return nil, "", fmt.Errorf("serve: --follow needs --read-only")
+	}
+	v, err := p.OpenAt(ctx, name, pt, opts)
 	if err != nil {
 		return nil, "", err
 	}

@@ -1,0 +1,290 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/units"
+	"github.com/urldisk/urldisk/internal/volume"
+)
+
+func newCheckpointCommand(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "checkpoint URL LABEL",
+		Short: "Label the volume's current state (flush + snapshot + label; O(1) in disk size)",
+		Long: `Label the volume's current state. If a urldisk serve on this host holds the
+volume, it flushes and checkpoints (no second writer). Otherwise the durable
+head is checkpointed by reading the log, which never disturbs a writer on
+another host (unflushed writes there are not included).`,
+		Args: exactArgs(2, "a volume URL and a label"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			if err := volume.ValidateLabel(args[1]); err != nil {
+				return err
+			}
+			d, err := p.Resolve(ctx, name)
+			if err != nil {
+				return err
+			}
+			rep, served, err := callControl(ctx, d.ID, "checkpoint", controlRequest{Label: args[1]})
+			if err != nil {
+				return err
+			}
+			how := "by the serving process"
+			var c *format.CheckpointDoc
+			if served {
+				c = rep.Checkpoint
+			} else {
+				how = "offline"
+				if c, err = p.Checkpoint(ctx, name, args[1]); err != nil {
+					return err
+				}
+			}
+			printf(cmd.OutOrStdout(), "checkpoint %s of %s at seq %d (%s)\n", c.Label, name, c.Seq, how)
+			return nil
+		},
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "rm URL LABEL",
+		Short: "Delete a checkpoint (its data is freed by the next gc)",
+		Args:  exactArgs(2, "a volume URL and a label"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			if err := p.RemoveCheckpoint(ctx, name, args[1]); err != nil {
+				return err
+			}
+			printf(cmd.OutOrStdout(), "removed checkpoint %s of %s\n", args[1], name)
+			return nil
+		},
+	})
+	return cmd
+}
+
+func newCheckpointsCommand(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "checkpoints URL",
+		Short: "List a volume's checkpoints: label, seq, time, bytes unique to it",
+		Args:  exactArgs(1, "a volume URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			cps, err := p.Checkpoints(ctx, name)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(cps)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "LABEL\tSEQ\tTIME\tUNIQUE")
+			for _, c := range cps {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Label, c.Seq, c.Time.Format(time.RFC3339), units.FormatSize(c.UniqueBytes))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newRestoreCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "restore URL LABEL|SEQ|TIME",
+		Short: "Reset a volume in place to a checkpoint or point in time (later checkpoints stay)",
+		Long: `Reset a volume in place by appending a restore record. If a urldisk serve on
+this host holds the volume, it does the restore. Otherwise restore attaches
+read-write, which fences any writer elsewhere.`,
+		Args: exactArgs(2, "a volume URL and a checkpoint label, seq or RFC 3339 time"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			pt, err := volume.ParsePoint(args[1])
+			if err != nil {
+				return err
+			}
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			d, err := p.Resolve(ctx, name)
+			if err != nil {
+				return err
+			}
+			rep, served, err := callControl(ctx, d.ID, "restore", controlRequest{Point: args[1]})
+			if err != nil {
+				return err
+			}
+			seq := uint64(0)
+			if served {
+				seq = rep.Seq
+			} else {
+				v, err := p.Open(ctx, name, volume.Options{Logger: g.log})
+				if err != nil {
+					return err
+				}
+				seq, err = v.Restore(ctx, pt)
+				if cerr := v.Close(ctx); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return err
+				}
+			}
+			printf(cmd.OutOrStdout(), "restored %s to %s (seq %d)\n", name, pt, seq)
+			return nil
+		},
+	}
+}
+
+func newCloneCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "clone SRC[@LABEL|@SEQ|@TIME] DST",
+		Short: "Create a volume sharing another's data from its head or any retained point (O(1) in disk size)",
+		Args:  exactArgs(2, "a source volume URL (optionally @point) and a new volume name or URL in the same pool"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			srcURL, pt, err := volume.SplitPoint(args[0])
+			if err != nil {
+				return err
+			}
+			p, src, err := openVolumeURL(ctx, g.log, srcURL, false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			dst := args[1]
+			if dpool, dname, err := splitVolumeURLIfURL(dst); err != nil {
+				return err
+			} else if dname != "" {
+				spool, _, _ := objstore.SplitVolumeURL(srcURL)
+				if dpool != spool {
+					return fmt.Errorf("clone: %s is not in the pool of %s; clones live in their source's pool", objstore.Redact(args[1]), objstore.Redact(srcURL))
+				}
+				dst = dname
+			}
+			start := time.Now()
+			d, err := p.Clone(ctx, src, pt, dst)
+			if err != nil {
+				return err
+			}
+			printf(cmd.OutOrStdout(), "cloned %s@%s to %s (id %s, parent seq %d) in %v\n", src, pt, d.Name, d.ID, d.Parent.Seq, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+}
+
+func newGCCommand(g *globals) *cobra.Command {
+	var o volume.GCOptions
+	var asJSON, verbose bool
+	cmd := &cobra.Command{
+		Use:   "gc POOL",
+		Short: "Delete records no live map needs (heads, checkpoints, clones, retention window)",
+		Args:  exactArgs(1, "a pool URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, err := openPool(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			rep, err := p.GC(ctx, explicitZero(o))
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
+			}
+			w := cmd.OutOrStdout()
+			verb := "deleted"
+			if o.DryRun {
+				verb = "would delete"
+			}
+			if verbose {
+				for _, it := range rep.Deleted {
+					printf(w, "%s %s (%s): %s\n", verb, it.Key, units.FormatSize(uint64(it.Size)), it.Reason)
+				}
+				for _, it := range rep.Kept {
+					printf(w, "kept %s (%s): %s\n", it.Key, it.Volume, it.Reason)
+				}
+			}
+			printf(w, "%s %d objects (%s)\n", verb, len(rep.Deleted), units.FormatSize(uint64(rep.DeletedBytes)))
+			for why, n := range rep.KeptByReason {
+				printf(w, "kept %d: %s\n", n, why)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "report without deleting")
+	cmd.Flags().DurationVar(&o.Grace, "grace", time.Hour, "never delete objects younger than this")
+	cmd.Flags().DurationVar(&o.Retention, "retention", volume.DefaultRetention, "keep every point of this window readable and clonable")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list each object deleted and each referenced object kept")
+	return cmd
+}
+
+// explicitZero maps flags set to 0 to the API's "negative means none".
+func explicitZero(o volume.GCOptions) volume.GCOptions {
+	if o.Grace == 0 {
+		o.Grace = -1
+	}
+	if o.Retention == 0 {
+		o.Retention = -1
+	}
+	return o
+}
+
+func newDUCommand(g *globals) *cobra.Command {
+	var o volume.GCOptions
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "du POOL",
+		Short: "Storage per volume: exclusive vs shared bytes, history, reclaimable garbage",
+		Args:  exactArgs(1, "a pool URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, err := openPool(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			es, err := p.DU(ctx, explicitZero(o))
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return json.NewEncoder(cmd.OutOrStdout()).Encode(es)
+			}
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE")
+			f := func(n int64) string { return units.FormatSize(uint64(n)) }
+			for _, e := range es {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, f(e.StoredBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().DurationVar(&o.Retention, "retention", volume.DefaultRetention, "retention window assumed for garbage")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
