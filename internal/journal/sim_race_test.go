@@ -1,0 +1,6 @@
+//go:build race
+
+package journal
+
+// simRace lowers the default seed count under the race detector.
+const simRace = true
