@@ -273,8 +273,9 @@ func (v *Volume) Restore(ctx context.Context, pt Point) (uint64, error) {
 	}
 	seg.restore = &format.Record{Type: format.RecordRestore, RestoreVol: v.desc.ID, RestoreSeq: target}
 	seq := seg.seq
-	v.sealLocked()
+	// The new map first: sealing may take a snapshot candidate of it.
 	v.m, v.vols = img.m, img.vols
+	v.sealLocked()
 	v.mu.Unlock()
 	if err := v.Flush(ctx); err != nil {
 		return 0, err

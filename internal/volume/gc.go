@@ -204,22 +204,31 @@ func (p *Pool) markVolume(ctx context.Context, s *poolScan, g *gcVol, o GCOption
 	if w < len(seqs) {
 		limit = seqs[w] - 1
 	}
-	// Base: newest decodable snapshot at or below limit.
+	// Base: newest decodable snapshot at or below limit; if an earlier GC
+	// already collected those, the oldest one left (older points are gone).
 	img := newImage(d)
 	snaps := sortedSeqs(g.snaps)
+	order := make([]uint64, 0, len(snaps))
 	for i := len(snaps) - 1; i >= 0; i-- {
-		if snaps[i] > limit {
-			continue
+		if snaps[i] <= limit {
+			order = append(order, snaps[i])
 		}
-		if err := p.loadSnapshot(ctx, img, d.ID, snaps[i], true); err != nil {
+	}
+	for _, sq := range snaps {
+		if sq > limit {
+			order = append(order, sq)
+		}
+	}
+	for _, sq := range order {
+		if err := p.loadSnapshot(ctx, img, d.ID, sq, true); err != nil {
 			if errors.Is(err, format.ErrCorrupt) {
 				img = newImage(d)
 				continue
 			}
 			return err
 		}
-		g.base, g.hasBase = snaps[i], true
-		g.keepSnap[snaps[i]] = "retention base snapshot"
+		g.base, g.hasBase = sq, true
+		g.keepSnap[sq] = "retention base snapshot"
 		break
 	}
 	if !g.hasBase && d.Parent != nil {

@@ -253,6 +253,21 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 			}
 		}
 		if err == nil {
+			// If the log moved past our slot while we were slow (our view
+			// was stale and GC collected the record that was there), a
+			// snapshot at or beyond it exists: our fence is buried in
+			// history and owns nothing. Start over from the newest state.
+			snaps, _, lerr := v.pool.listSeqs(ctx, format.SnapPrefix(v.desc.ID))
+			if lerr != nil {
+				return lerr
+			}
+			if len(snaps) > 0 && snaps[len(snaps)-1] >= rec.Seq {
+				v.log.Warn("fence landed in collected history; attaching again", "slot", rec.Seq, "newest_snapshot", snaps[len(snaps)-1])
+				if img, err = v.pool.loadImage(ctx, v.desc, ^uint64(0)); err != nil {
+					return err
+				}
+				continue
+			}
 			st, _, rerr := journal.Replay(img.st, rec)
 			if rerr != nil {
 				return rerr
