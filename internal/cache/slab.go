@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-
 )
 
 // openSlab opens (creating if needed) the slab file in dir and makes it

@@ -24,8 +24,8 @@ func (wallClock) Now() time.Time { return time.Now() }
 
 // Pool is an object-store prefix holding volumes. Safe for concurrent use.
 type Pool struct {
-	store  objstore.Store
-	marker format.PoolMarker
+	store     objstore.Store
+	marker    format.PoolMarker
 	clock     Clock
 	log       *slog.Logger
 	retention time.Duration
