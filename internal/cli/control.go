@@ -41,6 +41,7 @@ type controlRequest struct {
 type controlReply struct {
 	Checkpoint *format.CheckpointDoc `json:"checkpoint,omitempty"`
 	Seq        uint64                `json:"seq,omitempty"`
+	Compact    *volume.CompactStats  `json:"compact,omitempty"`
 	Error      string                `json:"error,omitempty"`
 }
 
@@ -99,6 +100,10 @@ func startControl(v *volume.Volume, log *slog.Logger) (*controlServer, error) {
 		}
 		seq, err := v.Restore(r.Context(), pt)
 		reply(w, controlReply{Seq: seq}, err)
+	})
+	mux.HandleFunc("POST /compact", func(w http.ResponseWriter, r *http.Request) {
+		st, err := v.Compact(r.Context(), volume.CompactOptions{})
+		reply(w, controlReply{Compact: &st}, err)
 	})
 	cs := &controlServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, path: path}
 	go func() {

@@ -157,6 +157,49 @@ read-write, which fences any writer elsewhere.`,
 	}
 }
 
+func newCompactCommand(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "compact URL",
+		Short: "Rewrite sparsely-live records so stored bytes track live data (gc then frees the old ones)",
+		Args:  exactArgs(1, "a volume URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			d, err := p.Resolve(ctx, name)
+			if err != nil {
+				return err
+			}
+			rep, served, err := callControl(ctx, d.ID, "compact", controlRequest{})
+			if err != nil {
+				return err
+			}
+			var st volume.CompactStats
+			if served {
+				st = *rep.Compact
+			} else {
+				v, err := p.Open(ctx, name, volume.Options{Logger: g.log})
+				if err != nil {
+					return err
+				}
+				st, err = v.Compact(ctx, volume.CompactOptions{})
+				if cerr := v.Close(ctx); err == nil {
+					err = cerr
+				}
+				if err != nil {
+					return err
+				}
+			}
+			printf(cmd.OutOrStdout(), "compacted %s: %d records rewritten, %s live copied, %s dead left for gc\n",
+				name, st.Records, units.FormatSize(uint64(st.LiveBytes)), units.FormatSize(uint64(st.DeadBytes)))
+			return nil
+		},
+	}
+}
+
 func newCloneCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "clone SRC[@LABEL|@SEQ|@TIME] DST",

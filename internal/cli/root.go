@@ -75,6 +75,7 @@ Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never the URL.`,
 		newCheckpointsCommand(g),
 		newRestoreCommand(g),
 		newCloneCommand(g),
+		newCompactCommand(g),
 		newGCCommand(g),
 		newDUCommand(g),
 	)

@@ -32,6 +32,7 @@ type serveOptions struct {
 	allow       []string
 	stopTimeout time.Duration
 	follow      time.Duration
+	compact     time.Duration
 }
 
 // defaultCacheDir is the per-host cache: $XDG_CACHE_HOME/urldisk or
@@ -89,6 +90,7 @@ By default serve listens on a unix socket and prints the NBD URI to use:
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
 	f.StringSliceVar(&o.allow, "allow", nil, "allow-list of export names (default: all served volumes)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", time.Minute, "how long shutdown waits for in-flight requests and the final flush")
+	f.DurationVar(&o.compact, "compact-every", 10*time.Minute, "compact sparsely-live records this often (0: never)")
 	f.DurationVar(&o.follow, "follow", 0, "with --read-only: poll the log this often and serve new flushed data (a read replica)")
 	return cmd
 }
@@ -263,7 +265,7 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 			}
 		}
 	}
-	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log, Follow: o.follow}
+	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log, Follow: o.follow, CompactEvery: o.compact}
 	if c != nil {
 		opts.Cache = c
 	}

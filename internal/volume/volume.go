@@ -53,6 +53,9 @@ type Options struct {
 	// Readahead is how many 64 KiB chunks a sequential read miss fetches
 	// in one GET. Default 16 (1 MiB).
 	Readahead int
+	// CompactEvery runs Compact this often in the background (read-write
+	// volumes). Zero: never automatically.
+	CompactEvery time.Duration
 	// Follow, for read-only volumes, polls the log this often and applies
 	// new records (a read replica). Zero: no following.
 	Follow time.Duration
@@ -211,6 +214,10 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		if o.IdleFlush > 0 {
 			v.wg.Add(1)
 			go v.idleLoop()
+		}
+		if o.CompactEvery > 0 {
+			v.wg.Add(1)
+			go v.compactLoop(o.CompactEvery)
 		}
 	} else if o.Follow > 0 {
 		v.wg.Add(1)
