@@ -200,6 +200,56 @@ func newCompactCommand(g *globals) *cobra.Command {
 	}
 }
 
+func newPolicyCommand(g *globals) *cobra.Command {
+	var every time.Duration
+	var hourly, daily int
+	var off bool
+	cmd := &cobra.Command{
+		Use:   "policy URL [--every 1h --keep-hourly 24 --keep-daily 7 | --off]",
+		Short: "Show or set a volume's automatic-checkpoint policy (taken by its writer while written)",
+		Args:  exactArgs(1, "a volume URL"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
+			if err != nil {
+				return err
+			}
+			defer p.Store().Close()
+			set := cmd.Flags().Changed("every") || cmd.Flags().Changed("keep-hourly") || cmd.Flags().Changed("keep-daily") || off
+			if set {
+				pol := format.CheckpointPolicy{EverySeconds: int64(every / time.Second), KeepHourly: hourly, KeepDaily: daily}
+				if off {
+					pol = format.CheckpointPolicy{}
+				} else if pol.EverySeconds <= 0 {
+					return fmt.Errorf("policy: --every must be at least 1s (or use --off)")
+				}
+				if err := p.SetPolicy(ctx, name, pol); err != nil {
+					return err
+				}
+			}
+			d, err := p.Resolve(ctx, name)
+			if err != nil {
+				return err
+			}
+			pol, err := p.Policy(ctx, d.ID)
+			if err != nil {
+				return err
+			}
+			if pol.EverySeconds == 0 {
+				printf(cmd.OutOrStdout(), "%s: automatic checkpoints off\n", name)
+			} else {
+				printf(cmd.OutOrStdout(), "%s: checkpoint every %v while written; keep %d hourly, %d daily\n", name, time.Duration(pol.EverySeconds)*time.Second, pol.KeepHourly, pol.KeepDaily)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&every, "every", time.Hour, "checkpoint interval while the volume is written")
+	cmd.Flags().IntVar(&hourly, "keep-hourly", 24, "keep the newest automatic checkpoint of this many recent hours")
+	cmd.Flags().IntVar(&daily, "keep-daily", 7, "and of this many recent days")
+	cmd.Flags().BoolVar(&off, "off", false, "turn automatic checkpoints off")
+	return cmd
+}
+
 func newCloneCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "clone SRC[@LABEL|@SEQ|@TIME] DST",

@@ -76,6 +76,7 @@ Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never the URL.`,
 		newRestoreCommand(g),
 		newCloneCommand(g),
 		newCompactCommand(g),
+		newPolicyCommand(g),
 		newGCCommand(g),
 		newDUCommand(g),
 	)

@@ -115,8 +115,16 @@ func newInfoCommand(g *globals) *cobra.Command {
 			printf(w, "size:        %s (%d bytes)\n", units.FormatSize(in.Size), in.Size)
 			printf(w, "block size:  %d\n", in.BlockSize)
 			printf(w, "created:     %s\n", in.Created.Format(time.RFC3339))
-			if in.Parent != nil {
-				printf(w, "parent:      %s at seq %d\n", in.Parent.ID, in.Parent.Seq)
+			for i, a := range in.Lineage {
+				what := "parent:     "
+				if i > 0 {
+					what = "  ancestor: "
+				}
+				name := a.Name
+				if a.Gone {
+					name = "(deleted)"
+				}
+				printf(w, "%s %s (%s) at seq %d\n", what, name, a.ID, a.Seq)
 			}
 			printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
 			printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)

@@ -19,7 +19,20 @@ const (
 	KindVolume     = "volume"
 	KindName       = "name"
 	KindCheckpoint = "checkpoint"
+	KindPolicy     = "policy"
 )
+
+// CheckpointPolicy is <pool>/vols/<id>/policy: automatic checkpoints.
+type CheckpointPolicy struct {
+	// EverySeconds: take a checkpoint this often while the volume is
+	// written (0: off).
+	EverySeconds int64 `json:"every_seconds"`
+	// KeepHourly: keep the newest automatic checkpoint of each of this
+	// many most recent hours.
+	KeepHourly int `json:"keep_hourly"`
+	// KeepDaily: and of each of this many most recent days.
+	KeepDaily int `json:"keep_daily"`
+}
 
 // PoolMarker is <pool>/urldisk-pool.json.
 type PoolMarker struct {

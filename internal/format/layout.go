@@ -28,6 +28,9 @@ func SnapPrefix(id string) string { return VolsPrefix + id + "/snap/" }
 // CheckpointPrefix is the prefix of a volume's checkpoints.
 func CheckpointPrefix(id string) string { return VolsPrefix + id + "/ckpt/" }
 
+// PolicyKey is a volume's automatic-checkpoint policy.
+func PolicyKey(id string) string { return VolsPrefix + id + "/policy" }
+
 // LogKey names record seq of volume id.
 func LogKey(id string, seq uint64) string { return fmt.Sprintf("%s%016x", LogPrefix(id), seq) }
 

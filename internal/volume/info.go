@@ -16,6 +16,8 @@ type Info struct {
 	BlockSize uint32            `json:"block_size"`
 	Created   time.Time         `json:"created"`
 	Parent    *format.ParentRef `json:"parent,omitempty"`
+	// Lineage lists the ancestors, nearest first.
+	Lineage []Ancestor `json:"lineage,omitempty"`
 	// UsedBytes is the bytes mapped by the head extent map (what reads
 	// would return as non-zero-holes).
 	UsedBytes uint64 `json:"used_bytes"`
@@ -32,6 +34,14 @@ type Info struct {
 	SnapSeq     uint64      `json:"snapshot_seq"`
 	LastWrite   time.Time   `json:"last_write"`
 	Conditional bool        `json:"conditional_create"`
+}
+
+// Ancestor is one step of a clone's lineage.
+type Ancestor struct {
+	ID   string `json:"id"`
+	Name string `json:"name"` // name at creation
+	Seq  uint64 `json:"seq"`  // the point the child was cloned from
+	Gone bool   `json:"gone,omitempty"`
 }
 
 // WriterInfo says who attached read-write last.
@@ -57,6 +67,18 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 		UsedBytes: img.m.MappedBytes(), Extents: img.m.Len(), Records: img.records, StoredBytes: img.recordBytes,
 		FirstSeq: img.firstLogSeq, HeadSeq: img.st.Seq, Epoch: img.st.Epoch, Snapshots: img.snapshots, SnapSeq: img.snapSeq,
 		Conditional: p.marker.ConditionalCreate,
+	}
+	for ref := d.Parent; ref != nil && len(in.Lineage) < 64; {
+		a := Ancestor{ID: ref.ID, Seq: ref.Seq}
+		pd, err := p.descriptor(ctx, ref.ID)
+		if err != nil {
+			a.Gone = true
+			in.Lineage = append(in.Lineage, a)
+			break
+		}
+		a.Name = pd.Name
+		in.Lineage = append(in.Lineage, a)
+		ref = pd.Parent
 	}
 	if img.lastTime != 0 {
 		in.LastWrite = time.Unix(0, img.lastTime).UTC()

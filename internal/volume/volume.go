@@ -56,6 +56,9 @@ type Options struct {
 	// CompactEvery runs Compact this often in the background (read-write
 	// volumes). Zero: never automatically.
 	CompactEvery time.Duration
+	// PolicyPoll is how often a writer checks its automatic-checkpoint
+	// policy (see Pool.SetPolicy). Default 1m; negative disables.
+	PolicyPoll time.Duration
 	// Follow, for read-only volumes, polls the log this often and applies
 	// new records (a read replica). Zero: no following.
 	Follow time.Duration
@@ -79,6 +82,9 @@ func (o Options) withDefaults(p *Pool) Options {
 	}
 	if o.SnapshotEvery <= 0 {
 		o.SnapshotEvery = 256
+	}
+	if o.PolicyPoll == 0 {
+		o.PolicyPoll = time.Minute
 	}
 	if o.Readahead <= 0 {
 		o.Readahead = 16
@@ -214,6 +220,10 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		if o.IdleFlush > 0 {
 			v.wg.Add(1)
 			go v.idleLoop()
+		}
+		if o.PolicyPoll >= 0 {
+			v.wg.Add(1)
+			go v.autoCheckpointLoop(max(o.PolicyPoll, time.Millisecond))
 		}
 		if o.CompactEvery > 0 {
 			v.wg.Add(1)
