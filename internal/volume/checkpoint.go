@@ -102,7 +102,7 @@ func (v *Volume) durableClone(ctx context.Context) (*snapCandidate, error) {
 		if v.open != nil {
 			v.sealLocked()
 		}
-		if len(v.segs) == 0 {
+		if v.durableDone >= v.lastSealed {
 			return &snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.opts.Clock.Now().UnixNano()}, nil
 		}
 		seg := v.segs[v.lastSealed]

@@ -37,8 +37,8 @@ func (v *Volume) upload(seq uint64, obj []byte) {
 	for attempt := 1; ; attempt++ {
 		err := v.pool.store.PutIfAbsent(v.ctx, key, obj)
 		if err == nil {
+			v.landed(seq) // acknowledge first; caching is off the flush path
 			v.cacheRecord(seq, obj)
-			v.landed(seq)
 			return
 		}
 		if errors.Is(err, objstore.ErrExists) {
@@ -70,22 +70,29 @@ func (v *Volume) upload(seq uint64, obj []byte) {
 }
 
 // cacheRecord puts a landed record's chunks into the host cache, so the
-// writer reads its own data warm.
+// writer reads its own data warm, and then lets the segment retire (until
+// then reads are served from its memory).
 func (v *Volume) cacheRecord(seq uint64, obj []byte) {
-	if v.cache == nil {
-		return
-	}
-	for i := uint64(0); format.FramePos(i)+format.FrameHeader < int64(len(obj)); i++ {
-		pos := format.FramePos(i)
-		data, err := format.DecodeFrame(obj[pos:min(int64(len(obj)), pos+format.FrameSize)], -1)
-		if err != nil {
-			return // reached the trailer
+	if v.cache != nil {
+		v.mu.Lock()
+		seg := v.pending[seq]
+		v.mu.Unlock()
+		if seg != nil && seg.rec != nil {
+			// Our own bytes: no need to re-verify the frames we just built.
+			for i := uint64(0); i*format.ChunkSize < seg.rec.DataLen; i++ {
+				if err := v.cache.Put(cache.Key{Vol: v.desc.ID, Seq: seq, Chunk: uint32(i)}, seg.b.Chunk(i)); err != nil {
+					v.log.Debug("cache put failed", "err", err)
+					break
+				}
+			}
 		}
-		if err := v.cache.Put(cache.Key{Vol: v.desc.ID, Seq: seq, Chunk: uint32(i)}, data); err != nil {
-			v.log.Debug("cache put failed", "err", err)
-			return
-		}
 	}
+	v.mu.Lock()
+	if seg := v.pending[seq]; seg != nil {
+		seg.cached = true
+		v.progressLocked()
+	}
+	v.mu.Unlock()
 }
 
 func (v *Volume) landed(seq uint64) {
@@ -105,9 +112,11 @@ func (v *Volume) taken(seq uint64, r *format.Record, obj []byte) {
 		v.fenceLocked(seq, r)
 		return
 	case journal.Mine:
+		v.progressLocked()
 		v.mu.Unlock()
 		v.cacheRecord(seq, obj)
 		v.mu.Lock()
+		return
 	case journal.Skip:
 		v.log.Warn("slot held a fenced writer's leftover; moving pending records", "slot", seq, "moves", len(moves))
 		v.applyMovesLocked(moves)
@@ -155,17 +164,17 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 // progressLocked retires durable segments and wakes waiters.
 func (v *Volume) progressLocked() {
 	d := v.w.DurableSeg()
-	for id := v.durableDone + 1; id <= d; id++ {
-		if seg := v.segs[id]; seg != nil {
+	if d > v.durableDone {
+		v.durableDone = d
+	}
+	for id, seg := range v.segs {
+		if id <= v.durableDone && seg.cached {
 			delete(v.segs, id)
 			if v.pending[seg.seq] == seg {
 				delete(v.pending, seg.seq)
 			}
 			v.buffered -= seg.bytes
 		}
-	}
-	if d > v.durableDone {
-		v.durableDone = d
 	}
 	if c := v.snapCand; c != nil && d >= c.seg && !v.fenced {
 		v.snapCand = nil

@@ -113,6 +113,9 @@ type segment struct {
 	rec   *format.Record
 	obj   []byte
 	bytes int64 // accounted in Volume.buffered
+	// cached: its chunks are in the host cache (or there is none), so once
+	// durable it may leave memory.
+	cached bool
 }
 
 // snapCandidate is a map clone taken when segment seg (slot seq) was sealed;
@@ -419,7 +422,7 @@ func (v *Volume) Close(ctx context.Context) error {
 	v.mu.Lock()
 	alreadyClosed := v.closed
 	v.closed = true
-	if err == nil && v.w != nil && !v.fenced && v.fatal == nil && v.sinceSnap > 0 && v.open == nil && len(v.segs) == 0 {
+	if err == nil && v.w != nil && !v.fenced && v.fatal == nil && v.sinceSnap > 0 && v.open == nil && v.durableDone >= v.lastSealed {
 		v.startSnapshot(&snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.opts.Clock.Now().UnixNano()})
 	}
 	v.broadcastLocked()

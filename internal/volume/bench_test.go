@@ -1,0 +1,220 @@
+package volume
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/s3server"
+)
+
+// benchBackends: file:// and a real versitygw. Run with
+//
+//	go test -run '^$' -bench . -benchtime 2s ./internal/volume/
+func benchBackends(b *testing.B) map[string]string {
+	srv := s3server.Start(b)
+	return map[string]string{"file": "file://" + b.TempDir(), "s3": srv.URL}
+}
+
+func benchVolume(b *testing.B, url string, size uint64, o Options) (*Pool, *Volume) {
+	ctx := context.Background()
+	p := initPool(b, openStore(b, url))
+	name := fmt.Sprintf("b%d", rand.Uint32())
+	if _, err := p.Create(ctx, name, CreateOptions{Size: size}); err != nil {
+		b.Fatal(err)
+	}
+	o.Logger = testLogger(b)
+	v, err := p.Open(ctx, name, o)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { v.Close(ctx) })
+	return p, v
+}
+
+func BenchmarkRandRead4KWarm(b *testing.B) {
+	for name, url := range benchBackends(b) {
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			const size = 256 << 20
+			c := openCache(b, b.TempDir(), 512<<20)
+			defer c.Close()
+			_, v := benchVolume(b, url, size, Options{Cache: c})
+			buf := make([]byte, 1<<20)
+			for i := range buf {
+				buf[i] = byte(i*7 + 1)
+			}
+			for off := int64(0); off < size; off += int64(len(buf)) {
+				if err := v.WriteAt(ctx, buf, off); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := v.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+			p := make([]byte, 4096)
+			rng := rand.New(rand.NewPCG(1, 2))
+			b.ReportAllocs()
+			b.SetBytes(4096)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := v.ReadAt(ctx, p, int64(rng.IntN(size/4096))*4096); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+func BenchmarkSeqWrite1MFlush(b *testing.B) {
+	for name, url := range benchBackends(b) {
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			const size = 1 << 30
+			_, v := benchVolume(b, url, size, Options{})
+			buf := make([]byte, 1<<20)
+			for i := range buf {
+				buf[i] = byte(i*13 + 5)
+			}
+			b.SetBytes(int64(len(buf)))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				buf[0] = byte(i) // never all zero, never identical
+				if err := v.WriteAt(ctx, buf, int64(i%(size>>20))<<20); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := v.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+func BenchmarkWrite4KFlushLatency(b *testing.B) {
+	for name, url := range benchBackends(b) {
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			_, v := benchVolume(b, url, 64<<20, Options{})
+			p := make([]byte, 4096)
+			rng := rand.New(rand.NewPCG(3, 4))
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				p[0] = byte(i) | 1
+				if err := v.WriteAt(ctx, p, int64(rng.IntN(64<<8))*4096); err != nil {
+					b.Fatal(err)
+				}
+				if err := v.Flush(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkAttach10kRecords measures attach (replay + fence) of a volume
+// whose log holds 10,000 records (snapshots every 256, as by default).
+func BenchmarkAttach10kRecords(b *testing.B) {
+	for name, url := range benchBackends(b) {
+		b.Run(name, func(b *testing.B) {
+			ctx := context.Background()
+			// One record per 4 KiB write: SegmentBytes seals every write.
+			p, v := benchVolume(b, url, 64<<20, Options{IdleFlush: -1, SegmentBytes: 4096, Uploads: 16})
+			name := v.Desc().Name
+			p4 := make([]byte, 4096)
+			start := time.Now()
+			for i := 0; i < 10000; i++ {
+				p4[0] = byte(i) | 1
+				if err := v.WriteAt(ctx, p4, int64(i%16384)*4096); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := v.Close(ctx); err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("wrote 10000 records in %v", time.Since(start))
+			in, err := p.Info(ctx, name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.Logf("%s: %d records, snapshot at %d", name, in.Records, in.SnapSeq)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				c := openCache(b, b.TempDir(), 64<<20)
+				v2, err := p.Open(ctx, name, Options{Cache: c})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				v2.Close(ctx)
+				c.Close()
+				b.StartTimer()
+			}
+		})
+	}
+}
+
+// BenchmarkCheckpointClone measures checkpoint (on a serving writer) and
+// clone time for sparse 1 GiB and 32 GiB volumes and for a volume with
+// 10 GiB written (set URLDISK_BENCH_WRITTEN_GIB to change; 0 skips writing).
+func BenchmarkCheckpointClone(b *testing.B) {
+	writtenGiB := 10
+	if s := os.Getenv("URLDISK_BENCH_WRITTEN_GIB"); s != "" {
+		writtenGiB, _ = strconv.Atoi(s)
+	}
+	type tc struct {
+		name    string
+		size    uint64
+		written int64
+	}
+	cases := []tc{{"sparse-1GiB", 1 << 30, 0}, {"sparse-32GiB", 32 << 30, 0}}
+	if writtenGiB > 0 {
+		cases = append(cases, tc{fmt.Sprintf("written-%dGiB", writtenGiB), uint64(writtenGiB) << 30, int64(writtenGiB) << 30})
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			ctx := context.Background()
+			p, v := benchVolume(b, "file://"+b.TempDir(), c.size, Options{})
+			buf := make([]byte, 4<<20)
+			for i := range buf {
+				buf[i] = byte(i*31 + 7)
+			}
+			for off := int64(0); off < c.written; off += int64(len(buf)) {
+				buf[0]++
+				if err := v.WriteAt(ctx, buf, off); err != nil {
+					b.Fatal(err)
+				}
+			}
+			// A little scattered data so the map is not trivially empty.
+			for i := 0; i < 100; i++ {
+				if err := v.WriteAt(ctx, buf[:4096], int64(i)*int64(c.size/100)); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := v.Flush(ctx); err != nil {
+				b.Fatal(err)
+			}
+			n := 0
+			b.Run("checkpoint", func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					n++
+					if _, err := v.Checkpoint(ctx, fmt.Sprintf("c%d", n)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			b.Run("clone", func(b *testing.B) {
+				for i := 0; i < b.N; i++ {
+					n++
+					if _, err := p.Clone(ctx, v.Desc().Name, Point{}, fmt.Sprintf("%s-k%d", v.Desc().Name, n)); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
