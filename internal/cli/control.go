@@ -33,6 +33,17 @@ func controlDir() string {
 
 func controlSocket(volumeID string) string { return filepath.Join(controlDir(), volumeID+".sock") }
 
+// controlInUse returns an error if a process on this host serves volume
+// volumeID read-write (its control socket answers).
+func controlInUse(volumeID string) error {
+	path := controlSocket(volumeID)
+	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		conn.Close()
+		return fmt.Errorf("control socket %s is in use: is this volume served by another process on this host?", path)
+	}
+	return nil
+}
+
 type controlRequest struct {
 	Label string `json:"label,omitempty"`
 	Point string `json:"point,omitempty"`
@@ -56,9 +67,8 @@ func startControl(v *volume.Volume, log *slog.Logger) (*controlServer, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		conn.Close()
-		return nil, fmt.Errorf("control socket %s is in use: is this volume served by another process on this host?", path)
+	if err := controlInUse(v.Desc().ID); err != nil {
+		return nil, err
 	}
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)

@@ -127,6 +127,45 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 
+	// Check the URLs and export names before attaching anything: attaching
+	// read-write fences a volume's writer, and --create creates pools and
+	// volumes.
+	names := map[string]bool{}
+	var first string
+	for _, raw := range args {
+		base, _, err := volume.SplitPoint(raw)
+		if err != nil {
+			return err
+		}
+		_, name, err := objstore.SplitVolumeURL(base)
+		if err != nil {
+			return err
+		}
+		if names[name] {
+			return fmt.Errorf("serve: two volumes named %q; export names must be unique", name)
+		}
+		names[name] = true
+		if first == "" {
+			first = name
+		}
+	}
+	// Listen before attaching too, so that a bad or busy --listen fails
+	// without fencing anyone. Clients that connect meanwhile wait.
+	spec := o.listen
+	if spec == "" {
+		spec = defaultSocket(first)
+		if dir := filepath.Dir(strings.TrimPrefix(spec, "unix:")); dir != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+		}
+	}
+	ln, err := nbd.Listen(spec)
+	if err != nil {
+		return fmt.Errorf("serve: listen %s: %w", spec, err)
+	}
+	defer ln.Close() // also closed by srv.Shutdown; closing twice is harmless
+
 	var c *cache.Cache
 	if !o.noCache {
 		size, err := units.ParseSize(o.cacheSize)
@@ -189,21 +228,6 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	if err != nil {
 		closeAll()
 		return err
-	}
-	spec := o.listen
-	if spec == "" {
-		spec = defaultSocket(vols[0].name)
-		if dir := filepath.Dir(strings.TrimPrefix(spec, "unix:")); dir != "" {
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				closeAll()
-				return fmt.Errorf("serve: %w", err)
-			}
-		}
-	}
-	ln, err := nbd.Listen(spec)
-	if err != nil {
-		closeAll()
-		return fmt.Errorf("serve: listen %s: %w", spec, err)
 	}
 	out := cmd.OutOrStdout()
 	for _, s := range vols {
@@ -274,6 +298,17 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 	}
 	if o.follow > 0 && !o.readOnly {
 		return nil, "", fmt.Errorf("serve: --follow needs --read-only")
+	}
+	if !o.readOnly {
+		// Attaching read-write fences the volume's writer: refuse before
+		// that if a serve on this host holds it.
+		d, err := p.Resolve(ctx, name)
+		if err != nil {
+			return nil, "", err
+		}
+		if err := controlInUse(d.ID); err != nil {
+			return nil, "", fmt.Errorf("serve %s: %w", objstore.Redact(raw), err)
+		}
 	}
 	v, err := p.OpenAt(ctx, name, pt, opts)
 	if err != nil {

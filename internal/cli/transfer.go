@@ -149,7 +149,7 @@ func importFile(ctx context.Context, f *os.File, size int64, v *volume.Volume, z
 			if _, err := f.ReadAt(buf[:n], off); err != nil && err != io.EOF {
 				return err
 			}
-			if err := v.WriteAt(ctx, buf[:n], off); err != nil { // zero blocks become zero extents
+			if err := writeNonZero(ctx, v, buf[:n], off, zeroHoles); err != nil {
 				return err
 			}
 			off += n
@@ -161,6 +161,31 @@ func importFile(ctx context.Context, f *os.File, size int64, v *volume.Volume, z
 		return err
 	}
 	return v.Flush(ctx)
+}
+
+// writeNonZero writes the runs of p that are not all zeros (in 64 KiB
+// granules); zero runs are skipped, or written as zero extents if zeroHoles.
+func writeNonZero(ctx context.Context, v *volume.Volume, p []byte, off int64, zeroHoles bool) error {
+	const granule = 64 << 10
+	for i := 0; i < len(p); {
+		j := i
+		zero := allZero(p[i:min(i+granule, len(p))])
+		for j < len(p) && allZero(p[j:min(j+granule, len(p))]) == zero {
+			j = min(j+granule, len(p))
+		}
+		var err error
+		switch {
+		case !zero:
+			err = v.WriteAt(ctx, p[i:j], off+int64(i))
+		case zeroHoles:
+			err = v.WriteZeroes(ctx, off+int64(i), int64(j-i))
+		}
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
 }
 
 func newExportCommand(g *globals) *cobra.Command {
