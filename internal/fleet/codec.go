@@ -1,0 +1,126 @@
+package fleet
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/urldisk/urldisk/internal/format"
+)
+
+// Document kinds in format's envelope ("urldisk-<kind> v1 crc32c=...").
+const (
+	KindAgent     = "fleet-agent"
+	KindPlacement = "fleet-machine"
+	KindAck       = "fleet-ack"
+	KindTrace     = "fleet-trace"
+)
+
+// Key prefixes under the fleet store's root.
+const (
+	Prefix         = "fleet/"
+	AgentsPrefix   = Prefix + "agents/"
+	MachinesPrefix = Prefix + "machines/"
+	AcksPrefix     = Prefix + "acks/"
+	DrainPrefix    = Prefix + "drain/"
+	TracesPrefix   = Prefix + "traces/"
+)
+
+// AgentKey is the heartbeat of host.
+func AgentKey(host string) string { return AgentsPrefix + host }
+
+// MachinePrefix holds every placement version of a machine.
+func MachinePrefix(name string) string { return MachinesPrefix + name + "/" }
+
+// PlacementKey is version v of a machine's placement.
+func PlacementKey(name string, v uint64) string { return fmt.Sprintf("%s%016x", MachinePrefix(name), v) }
+
+// AckKey is the ack of version v of a machine.
+func AckKey(name string, v uint64) string { return fmt.Sprintf("%s%s/%016x", AcksPrefix, name, v) }
+
+// DrainKey marks host as draining.
+func DrainKey(host string) string { return DrainPrefix + host }
+
+// TraceKey is a machine's access trace.
+func TraceKey(name string) string { return TracesPrefix + name }
+
+// ParsePlacementKey splits a key under MachinesPrefix into machine name
+// and version; ok is false for anything else.
+func ParsePlacementKey(key string) (name string, v uint64, ok bool) {
+	rest, found := strings.CutPrefix(key, MachinesPrefix)
+	if !found {
+		return "", 0, false
+	}
+	name, hex, found := strings.Cut(rest, "/")
+	if !found || len(hex) != 16 || ValidateName("machine", name) != nil {
+		return "", 0, false
+	}
+	v, err := strconv.ParseUint(hex, 16, 64)
+	if err != nil || v == 0 {
+		return "", 0, false
+	}
+	return name, v, true
+}
+
+// EncodePlacement returns p as a checksummed document.
+func EncodePlacement(p *Placement) ([]byte, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	return format.EncodeDoc(KindPlacement, p)
+}
+
+// DecodePlacement decodes and validates a placement document; a malformed
+// one is format.ErrCorrupt.
+func DecodePlacement(b []byte) (*Placement, error) {
+	p := &Placement{}
+	if err := format.DecodeDoc(KindPlacement, b, p); err != nil {
+		return nil, err
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: placement: %v", format.ErrCorrupt, err)
+	}
+	return p, nil
+}
+
+// EncodeHeartbeat returns h as a checksummed document.
+func EncodeHeartbeat(h *Heartbeat) ([]byte, error) { return format.EncodeDoc(KindAgent, h) }
+
+// DecodeHeartbeat decodes a heartbeat document.
+func DecodeHeartbeat(b []byte) (*Heartbeat, error) {
+	h := &Heartbeat{}
+	if err := format.DecodeDoc(KindAgent, b, h); err != nil {
+		return nil, err
+	}
+	if err := ValidateName("host", h.Host); err != nil {
+		return nil, fmt.Errorf("%w: heartbeat: %v", format.ErrCorrupt, err)
+	}
+	return h, nil
+}
+
+// EncodeAck returns a as a checksummed document.
+func EncodeAck(a *Ack) ([]byte, error) { return format.EncodeDoc(KindAck, a) }
+
+// DecodeAck decodes an ack document.
+func DecodeAck(b []byte) (*Ack, error) {
+	a := &Ack{}
+	if err := format.DecodeDoc(KindAck, b, a); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// EncodeTrace returns t as a checksummed document.
+func EncodeTrace(t *Trace) ([]byte, error) { return format.EncodeDoc(KindTrace, t) }
+
+// DecodeTrace decodes a trace document.
+func DecodeTrace(b []byte) (*Trace, error) {
+	t := &Trace{}
+	if err := format.DecodeDoc(KindTrace, b, t); err != nil {
+		return nil, err
+	}
+	if t.PageSize <= 0 {
+		return nil, fmt.Errorf("%w: trace: page size %d", format.ErrCorrupt, t.PageSize)
+	}
+	return t, nil
+}

@@ -1,0 +1,271 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// Ops are the fleet operations behind the CLI and the agent API: they
+// validate requests, choose hosts and write placement versions. Safe for
+// concurrent use if CheckVolume is.
+type Ops struct {
+	Fleet *Fleet
+	// By names the writer in the placements it writes ("cli", "agent h1").
+	By string
+	// Now tells the time; nil means time.Now.
+	Now func() time.Time
+	// CheckVolume, if set, fails unless the URL names an existing volume.
+	CheckVolume func(ctx context.Context, url string) error
+	// DefaultTimeout judges heartbeats that state no timeout. Zero: 10s.
+	DefaultTimeout time.Duration
+}
+
+func (o *Ops) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+// View is a one-shot picture of the fleet, with liveness judged by
+// heartbeat age (AgeState).
+type View struct {
+	Now        time.Time
+	Heartbeats map[string]*Heartbeat
+	Draining   map[string]bool
+	Placements map[string]*Placement
+	timeout    time.Duration
+}
+
+// View reads heartbeats, drain marks and placements.
+func (o *Ops) View(ctx context.Context) (*View, error) {
+	hbs, err := o.Fleet.Heartbeats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	drain, err := o.Fleet.Draining(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ps, err := o.Fleet.Placements(ctx)
+	if err != nil {
+		return nil, err
+	}
+	v := &View{Now: o.now(), Heartbeats: map[string]*Heartbeat{}, Draining: drain, Placements: ps, timeout: o.DefaultTimeout}
+	if v.timeout <= 0 {
+		v.timeout = 10 * time.Second
+	}
+	for _, h := range hbs {
+		v.Heartbeats[h.Host] = h
+	}
+	return v, nil
+}
+
+// State returns a host's state by its heartbeat's age.
+func (v *View) State(host string) HostState {
+	return AgeState(v.Heartbeats[host], v.Now, v.timeout)
+}
+
+// Hosts returns every host with a heartbeat, sorted.
+func (v *View) Hosts() []string {
+	out := make([]string, 0, len(v.Heartbeats))
+	for h := range v.Heartbeats {
+		out = append(out, h)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Candidates returns the live, non-draining hosts other than exclude.
+func (v *View) Candidates(exclude string) []string {
+	var out []string
+	for _, h := range v.Hosts() {
+		if h != exclude && !v.Draining[h] && v.State(h) == HostLive {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// CheckHost fails unless host is known, live and not draining.
+func (v *View) CheckHost(host string) error {
+	if err := ValidateName("host", host); err != nil {
+		return err
+	}
+	hb, ok := v.Heartbeats[host]
+	switch {
+	case !ok:
+		return fmt.Errorf("%w %q: no agent with that id has heartbeated in this fleet (known: %s)", ErrUnknownHost, host, strings.Join(v.Hosts(), ", "))
+	case hb.Down:
+		return fmt.Errorf("%w: %s: its agent stopped at %s", ErrHostDead, host, hb.Time.Format(time.RFC3339))
+	case v.State(host) != HostLive:
+		return fmt.Errorf("%w: %s: last heartbeat %v ago", ErrHostDead, host, v.Now.Sub(hb.Time).Round(time.Millisecond))
+	case v.Draining[host]:
+		return fmt.Errorf("%w: %s is draining (undrain it first)", ErrHostDead, host)
+	}
+	return nil
+}
+
+// pick returns host after checking it, or the least loaded candidate.
+func (v *View) pick(host, exclude string) (string, error) {
+	if host != "" {
+		return host, v.CheckHost(host)
+	}
+	h, ok := LeastLoaded(v.Candidates(exclude), Load(v.Placements))
+	if !ok {
+		return "", fmt.Errorf("%w: %d host(s) known, none live and not draining", ErrNoHosts, len(v.Heartbeats))
+	}
+	return h, nil
+}
+
+// sameVolume reports whether two volume URLs name the same volume.
+func sameVolume(a, b string) bool {
+	pa, na, err1 := objstore.SplitVolumeURL(a)
+	pb, nb, err2 := objstore.SplitVolumeURL(b)
+	if err1 != nil || err2 != nil {
+		return a == b
+	}
+	return na == nb && objstore.Redact(pa) == objstore.Redact(pb)
+}
+
+// Run creates machine name with spec on host ("" picks the least loaded
+// live host).
+func (o *Ops) Run(ctx context.Context, name string, spec Spec, host string) (*Placement, error) {
+	if err := ValidateName("machine", name); err != nil {
+		return nil, err
+	}
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	v, err := o.View(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for n, p := range v.Placements {
+		if n != name && p.State != Deleted && sameVolume(p.Spec.Volume, spec.Volume) {
+			return nil, fmt.Errorf("%w: %s is the volume of machine %q", ErrVolumeInUse, objstore.Redact(spec.Volume), n)
+		}
+	}
+	if host, err = v.pick(host, ""); err != nil {
+		return nil, err
+	}
+	if o.CheckVolume != nil {
+		if err := o.CheckVolume(ctx, spec.Volume); err != nil {
+			return nil, fmt.Errorf("%w: volume %s: %w", ErrInvalid, objstore.Redact(spec.Volume), err)
+		}
+	}
+	now := o.now()
+	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+		return NextRun(cur, name, spec, host, now)
+	})
+}
+
+// Stop stops a machine; it stays placed on its host.
+func (o *Ops) Stop(ctx context.Context, name string) (*Placement, error) {
+	now := o.now()
+	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+		return NextStop(cur, name, now)
+	})
+}
+
+// Start starts a stopped machine on its host, or on the least loaded live
+// host if its own is not live.
+func (o *Ops) Start(ctx context.Context, name string) (*Placement, error) {
+	v, err := o.View(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+		if err := exists(cur, name); err != nil {
+			return nil, err
+		}
+		host := cur.Host
+		if v.CheckHost(host) != nil {
+			if host, err = v.pick("", cur.Host); err != nil {
+				return nil, err
+			}
+		}
+		return NextStart(cur, name, host, v.Now)
+	})
+}
+
+// Remove deletes a machine (its volume stays).
+func (o *Ops) Remove(ctx context.Context, name string) (*Placement, error) {
+	now := o.now()
+	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+		return NextRemove(cur, name, now)
+	})
+}
+
+// Migrate moves a machine to host. ErrNoChange if it is already there.
+func (o *Ops) Migrate(ctx context.Context, name, host string) (*Placement, error) {
+	v, err := o.View(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := v.CheckHost(host); err != nil {
+		return nil, err
+	}
+	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+		return NextMove(cur, name, host, ReasonMigrate, v.Now)
+	})
+}
+
+// DrainResult is what Drain did with one machine.
+type DrainResult struct {
+	Move
+	// Placement is the version written (nil on error).
+	Placement *Placement
+	Err       error
+}
+
+// Drain marks host draining (no machine is placed there any more) and
+// moves every machine placed on it to the least loaded live hosts. A
+// machine that cannot move (no candidate, a failed write) is reported with
+// its error; the others still move.
+func (o *Ops) Drain(ctx context.Context, host string) ([]DrainResult, error) {
+	v, err := o.View(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := v.Heartbeats[host]; !ok {
+		if err := ValidateName("host", host); err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w %q: no agent with that id has heartbeated in this fleet (known: %s)", ErrUnknownHost, host, strings.Join(v.Hosts(), ", "))
+	}
+	if err := o.Fleet.SetDraining(ctx, host, true); err != nil {
+		return nil, err
+	}
+	cands := v.Candidates(host)
+	moves := DrainMoves(v.Placements, host, cands)
+	var out []DrainResult
+	planned := map[string]bool{}
+	for _, m := range moves {
+		planned[m.Name] = true
+		p, err := o.Fleet.Update(ctx, m.Name, o.By, func(cur *Placement) (*Placement, error) {
+			if cur == nil || cur.State == Deleted || cur.Host != host {
+				return nil, ErrNoChange // moved or removed meanwhile
+			}
+			return NextMove(cur, m.Name, m.To, ReasonDrain, v.Now)
+		})
+		if errors.Is(err, ErrNoChange) {
+			err = nil
+			p = nil
+		}
+		out = append(out, DrainResult{Move: m, Placement: p, Err: err})
+	}
+	for n, p := range v.Placements {
+		if p.State != Deleted && p.Host == host && !planned[n] {
+			out = append(out, DrainResult{Move: Move{Name: n, Version: p.Version, From: host}, Err: fmt.Errorf("%w to move it to", ErrNoHosts)})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
