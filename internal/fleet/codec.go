@@ -33,7 +33,9 @@ func AgentKey(host string) string { return AgentsPrefix + host }
 func MachinePrefix(name string) string { return MachinesPrefix + name + "/" }
 
 // PlacementKey is version v of a machine's placement.
-func PlacementKey(name string, v uint64) string { return fmt.Sprintf("%s%016x", MachinePrefix(name), v) }
+func PlacementKey(name string, v uint64) string {
+	return fmt.Sprintf("%s%016x", MachinePrefix(name), v)
+}
 
 // AckKey is the ack of version v of a machine.
 func AckKey(name string, v uint64) string { return fmt.Sprintf("%s%s/%016x", AcksPrefix, name, v) }
