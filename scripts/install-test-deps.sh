@@ -14,6 +14,7 @@ declare -A pkgs=(
   [nbdkit]=nbdkit [fio]=fio [fusermount3]=fuse3
   [mkfs.ext4]=e2fsprogs [losetup]=mount
   [qemu-system-x86_64]=qemu-system-x86 [cpio]=cpio
+  [debugfs]=e2fsprogs [e2fsck]=e2fsprogs
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
