@@ -227,7 +227,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// poolURL returns the file:// URL of a new, not yet initialised pool.
+// filePool returns the file:// URL of a new, not yet initialised pool.
 func filePool(t testing.TB) string {
 	t.Helper()
 	return "file://" + filepath.Join(t.TempDir(), "pool")
