@@ -180,6 +180,8 @@ func (v *Volume) progressLocked() {
 		v.snapCand = nil
 		if c.moves == v.moves {
 			v.startSnapshot(c)
+		} else {
+			v.sinceSnap = v.opts.SnapshotEvery // retake at the next seal
 		}
 	}
 	v.broadcastLocked()
@@ -187,7 +189,7 @@ func (v *Volume) progressLocked() {
 
 // startSnapshot writes candidate c as snap/<c.seq> in the background.
 func (v *Volume) startSnapshot(c *snapCandidate) {
-	v.sinceSnap = 0
+	v.lastSnap = max(v.lastSnap, c.seq)
 	h := v.snapHeader(c)
 	v.wg.Add(1)
 	go func() {

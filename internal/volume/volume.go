@@ -169,7 +169,8 @@ type Volume struct {
 	closed      bool
 	fatal       error
 	moves       uint64
-	sinceSnap   int
+	sinceSnap   int    // records sealed since the last snapshot candidate
+	lastSnap    uint64 // seq of the newest snapshot written or replayed
 	snapCand    *snapCandidate
 	st          journal.State // replay state at attach
 }
@@ -212,7 +213,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		ctx: vctx, cancel: cancel, upSem: make(chan struct{}, o.Uploads), stop: make(chan struct{}),
 		inflight: map[cache.Key]*fetchCall{},
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
-		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap,
+		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq,
 	}
 	v.lastReadEnd.Store(-1)
 	if !o.ReadOnly {
@@ -300,6 +301,7 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 			v.log.Info("attached read-write", "epoch", rec.Epoch, "fence_seq", rec.Seq, "writer", id.String())
 			if img.sinceSnap >= v.opts.SnapshotEvery {
 				v.mu.Lock()
+				v.sinceSnap = 0
 				v.startSnapshot(&snapCandidate{seq: rec.Seq, m: img.m.Clone(), vols: append([]string(nil), img.vols...), time: rec.Time})
 				v.mu.Unlock()
 			}
@@ -422,7 +424,7 @@ func (v *Volume) Close(ctx context.Context) error {
 	v.mu.Lock()
 	alreadyClosed := v.closed
 	v.closed = true
-	if err == nil && v.w != nil && !v.fenced && v.fatal == nil && v.sinceSnap > 0 && v.open == nil && v.durableDone >= v.lastSealed {
+	if err == nil && v.w != nil && !v.fenced && v.fatal == nil && v.w.Prefix() > v.lastSnap && v.open == nil && v.durableDone >= v.lastSealed {
 		v.startSnapshot(&snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.opts.Clock.Now().UnixNano()})
 	}
 	v.broadcastLocked()

@@ -164,6 +164,7 @@ func (v *Volume) sealLocked() {
 	v.lastSealed = seg.id
 	v.sinceSnap++
 	if v.sinceSnap >= v.opts.SnapshotEvery && v.snapCand == nil {
+		v.sinceSnap = 0
 		v.snapCand = &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: rec.Time, moves: v.moves}
 	}
 	v.startUpload(seg.seq, obj)
