@@ -8,6 +8,8 @@ import (
 	"io"
 	"sync/atomic"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 )
@@ -185,6 +187,12 @@ func (s *bucketStore) Stat(ctx context.Context, key string) (ObjectInfo, error) 
 }
 
 func (s *bucketStore) List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error {
+	return s.ListAfter(ctx, prefix, "", fn)
+}
+
+// ListAfter implements Lister: S3 starts the listing after the key
+// (ListObjectsV2 StartAfter), so attach does not page through old records.
+func (s *bucketStore) ListAfter(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("list %q: store is closed", prefix)
 	}
@@ -194,7 +202,17 @@ func (s *bucketStore) List(ctx context.Context, prefix string, fn func(ObjectInf
 	if err := validatePrefix(prefix); err != nil {
 		return fmt.Errorf("list: %w", err)
 	}
-	it := s.b.List(&blob.ListOptions{Prefix: s.prefix + prefix})
+	opts := &blob.ListOptions{Prefix: s.prefix + prefix}
+	if after != "" {
+		opts.BeforeList = func(as func(any) bool) error {
+			var in *s3.ListObjectsV2Input
+			if as(&in) {
+				in.StartAfter = aws.String(s.prefix + after)
+			}
+			return nil
+		}
+	}
+	it := s.b.List(opts)
 	for {
 		obj, err := it.Next(ctx)
 		if err == io.EOF {
@@ -207,6 +225,9 @@ func (s *bucketStore) List(ctx context.Context, prefix string, fn func(ObjectInf
 			continue
 		}
 		key := obj.Key[len(s.prefix):]
+		if after != "" && key <= after {
+			continue // backends that ignore StartAfter
+		}
 		if err := fn(ObjectInfo{Key: key, Size: obj.Size, ModTime: obj.ModTime}); err != nil {
 			return err
 		}

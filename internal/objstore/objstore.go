@@ -35,6 +35,27 @@ var (
 	ErrBadURL = errors.New("bad object store URL")
 )
 
+// Lister is implemented by stores that can start a listing after a key
+// (S3 StartAfter); callers fall back to List and skip.
+type Lister interface {
+	// ListAfter is List restricted to keys greater than after.
+	ListAfter(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error
+}
+
+// ListAfter lists keys under prefix greater than after, efficiently where
+// the store supports it.
+func ListAfter(ctx context.Context, s Store, prefix, after string, fn func(ObjectInfo) error) error {
+	if l, ok := s.(Lister); ok {
+		return l.ListAfter(ctx, prefix, after, fn)
+	}
+	return s.List(ctx, prefix, func(oi ObjectInfo) error {
+		if oi.Key <= after {
+			return nil
+		}
+		return fn(oi)
+	})
+}
+
 // ObjectInfo describes one object as returned by List and Stat.
 type ObjectInfo struct {
 	Key     string // relative to the store's root prefix

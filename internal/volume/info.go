@@ -62,6 +62,17 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 	if err != nil {
 		return nil, err
 	}
+	seqs, sizes, err := p.listSeqs(ctx, format.LogPrefix(d.ID))
+	if err != nil {
+		return nil, err
+	}
+	img.records, img.recordBytes = len(seqs), 0
+	for _, s := range seqs {
+		img.recordBytes += sizes[s]
+	}
+	if len(seqs) > 0 {
+		img.firstLogSeq = seqs[0]
+	}
 	in := &Info{
 		Name: d.Name, ID: d.ID, Size: d.Size, BlockSize: d.BlockSize, Created: d.Created, Parent: d.Parent,
 		UsedBytes: img.m.MappedBytes(), Extents: img.m.Len(), Records: img.records, StoredBytes: img.recordBytes,

@@ -51,9 +51,19 @@ func (img *image) volIndex(id string) uint32 {
 
 // listSeqs returns the sequence numbers (and sizes) under prefix, ascending.
 func (p *Pool) listSeqs(ctx context.Context, prefix string) ([]uint64, map[uint64]int64, error) {
+	return p.listSeqsAfter(ctx, prefix, 0, false)
+}
+
+// listSeqsAfter is listSeqs restricted to sequence numbers above after
+// (when skip), listing only that part where the store allows.
+func (p *Pool) listSeqsAfter(ctx context.Context, prefix string, after uint64, skip bool) ([]uint64, map[uint64]int64, error) {
 	var seqs []uint64
 	sizes := map[uint64]int64{}
-	err := p.store.List(ctx, prefix, func(oi objstore.ObjectInfo) error {
+	start := ""
+	if skip {
+		start = fmt.Sprintf("%s%016x", prefix, after)
+	}
+	err := objstore.ListAfter(ctx, p.store, prefix, start, func(oi objstore.ObjectInfo) error {
 		s, err := format.ParseSeqKey(oi.Key)
 		if err != nil {
 			return nil // not ours; ignore
@@ -200,17 +210,9 @@ func (p *Pool) replayFrom(ctx context.Context, img *image, limit uint64) error {
 // statistics but not its state.
 func (p *Pool) fetchRecords(ctx context.Context, img *image, limit uint64) ([]*format.Record, error) {
 	id := img.desc.ID
-	seqs, sizes, err := p.listSeqs(ctx, format.LogPrefix(id))
+	seqs, sizes, err := p.listSeqsAfter(ctx, format.LogPrefix(id), img.st.Seq, true)
 	if err != nil {
 		return nil, err
-	}
-	img.records = len(seqs)
-	img.recordBytes = 0
-	for _, s := range seqs {
-		img.recordBytes += sizes[s]
-	}
-	if len(seqs) > 0 {
-		img.firstLogSeq = seqs[0]
 	}
 	var todo []uint64
 	for _, s := range seqs {

@@ -459,6 +459,23 @@ func testListMany(t *testing.T, s objstore.Store) {
 	if got := keysOf(listKeys(t, s, "many/0105")); !slices.Equal(got, keys[1050:1060]) {
 		t.Fatalf("List(\"many/0105\") = %v, want %v", got, keys[1050:1060])
 	}
+	// ListAfter starts strictly after a key, across page boundaries.
+	for _, after := range []int{-1, 0, 998, 999, 1000, 1098, 1099} {
+		start := ""
+		if after >= 0 {
+			start = keys[after]
+		}
+		var got []string
+		if err := objstore.ListAfter(t.Context(), s, "many/", start, func(oi objstore.ObjectInfo) error {
+			got = append(got, oi.Key)
+			return nil
+		}); err != nil {
+			t.Fatalf("ListAfter(%q): %v", start, err)
+		}
+		if !slices.Equal(got, keys[after+1:]) {
+			t.Fatalf("ListAfter(%q) returned %d keys, want %d", start, len(got), len(keys[after+1:]))
+		}
+	}
 }
 
 func testInvalidKeys(t *testing.T, s objstore.Store) {
