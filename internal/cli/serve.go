@@ -132,10 +132,22 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	// volumes.
 	names := map[string]bool{}
 	var first string
+	if o.size != "" && !o.create {
+		return fmt.Errorf("serve: --size only applies with --create")
+	}
+	if o.follow > 0 && !o.readOnly {
+		return fmt.Errorf("serve: --follow needs --read-only")
+	}
 	for _, raw := range args {
-		base, _, err := volume.SplitPoint(raw)
+		base, pt, err := volume.SplitPoint(raw)
 		if err != nil {
 			return err
+		}
+		if !pt.IsHead() && !o.readOnly {
+			return fmt.Errorf("serve %s: a point in history (@%s) can only be served with --read-only", objstore.Redact(base), pt)
+		}
+		if !pt.IsHead() && o.create {
+			return fmt.Errorf("serve %s: --create does not apply to a point in history", objstore.Redact(base))
 		}
 		_, name, err := objstore.SplitVolumeURL(base)
 		if err != nil {
