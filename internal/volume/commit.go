@@ -26,44 +26,47 @@ func (v *Volume) startUpload(seq uint64, obj []byte) {
 		case <-v.ctx.Done():
 			return
 		}
-		defer func() { <-v.upSem }()
-		v.upload(seq, obj)
+		mine := v.upload(seq, obj)
+		<-v.upSem // free the upload slot before the local cache copy
+		if mine {
+			v.cacheRecord(seq, obj)
+		}
 	}()
 }
 
-func (v *Volume) upload(seq uint64, obj []byte) {
+// upload creates the record and reports the outcome to the journal. It
+// returns true if the slot now holds this object (to be cached).
+func (v *Volume) upload(seq uint64, obj []byte) bool {
 	key := format.LogKey(v.desc.ID, seq)
 	backoff := 25 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := v.pool.store.PutIfAbsent(v.ctx, key, obj)
 		if err == nil {
 			v.landed(seq) // acknowledge first; caching is off the flush path
-			v.cacheRecord(seq, obj)
-			return
+			return true
 		}
 		if errors.Is(err, objstore.ErrExists) {
 			var r *format.Record
 			r, err = v.pool.readRecordAt(v.ctx, v.desc.ID, seq)
 			if err == nil {
-				v.taken(seq, r, obj)
-				return
+				return v.taken(seq, r)
 			}
 			if errors.Is(err, format.ErrCorrupt) {
 				v.mu.Lock()
 				v.failLocked(fmt.Errorf("record %d in our slot is corrupt: %w", seq, err))
 				v.mu.Unlock()
-				return
+				return false
 			}
 		}
 		if v.ctx.Err() != nil {
-			return
+			return false
 		}
 		if attempt == 1 || attempt%10 == 0 {
 			v.log.Warn("record upload failed; retrying", "seq", seq, "attempt", attempt, "err", err)
 		}
 		jitter := time.Duration(rand.Int64N(int64(backoff)/2 + 1))
 		if !sleepCtx(v.ctx, backoff+jitter) {
-			return
+			return false
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}
@@ -103,25 +106,24 @@ func (v *Volume) landed(seq uint64) {
 }
 
 // taken handles a slot found occupied by r.
-func (v *Volume) taken(seq uint64, r *format.Record, obj []byte) {
+// It returns true if the record is our own (a lost response), to be cached.
+func (v *Volume) taken(seq uint64, r *format.Record) bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	moves, j := v.w.Taken(seq, r)
 	switch j {
 	case journal.Fenced:
 		v.fenceLocked(seq, r)
-		return
+		return false
 	case journal.Mine:
 		v.progressLocked()
-		v.mu.Unlock()
-		v.cacheRecord(seq, obj)
-		v.mu.Lock()
-		return
+		return true
 	case journal.Skip:
 		v.log.Warn("slot held a fenced writer's leftover; moving pending records", "slot", seq, "moves", len(moves))
 		v.applyMovesLocked(moves)
 	}
 	v.progressLocked()
+	return false
 }
 
 // applyMovesLocked rewrites segments at their new slots.
