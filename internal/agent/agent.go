@@ -1,0 +1,377 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/objstore"
+)
+
+// Config configures an Agent. Zero durations pick the defaults.
+type Config struct {
+	// ID is this host's id in the fleet (required): 1-63 characters of
+	// [a-zA-Z0-9._-].
+	ID string
+	// Fleet is the store holding fleet/ (required). The agent does not
+	// close it.
+	Fleet objstore.Store
+	// CacheDir is the host read cache (required), shared by every volume
+	// the agent attaches; CacheSize bounds it in bytes (default 10 GiB).
+	CacheDir  string
+	CacheSize int64
+	// StateDir holds machine logs (machines/<name>/) and sockets (sock/).
+	// Default: $TMPDIR/urldisk-agent-<ID>.
+	StateDir string
+	// Listen is the API's listener: "tcp:HOST:PORT" or "unix:/path"
+	// (required).
+	Listen string
+	// Token authenticates every API request (required): clients send
+	// "Authorization: Bearer <token>".
+	Token string
+	// HeartbeatTimeout: a host whose heartbeat did not change for this long
+	// is dead and its machines fail over. Default 10s.
+	HeartbeatTimeout time.Duration
+	// HeartbeatInterval: how often the heartbeat is written. Default
+	// HeartbeatTimeout/5.
+	HeartbeatInterval time.Duration
+	// ReconcileInterval: how often desired and running state are compared
+	// without being told. Default HeartbeatInterval.
+	ReconcileInterval time.Duration
+	// StopGrace: how long a machine may take to stop gracefully before it
+	// is killed. Default 30s.
+	StopGrace time.Duration
+	// StopWait: how long a machine's new host waits for the old host's
+	// stop before attaching anyway (fencing keeps that safe). Default
+	// HeartbeatTimeout + StopGrace.
+	StopWait time.Duration
+	// DetachTimeout bounds a volume's final flush. Default 1m.
+	DetachTimeout time.Duration
+	// TracePages is how many recently used pages (64 KiB) of each machine
+	// are recorded for prefetch on its next host. Default 4096 (256 MiB);
+	// negative disables tracing and prefetch.
+	TracePages int
+	// Now tells the time; default time.Now.
+	Now func() time.Time
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	if err := fleet.ValidateName("host", c.ID); err != nil {
+		return fmt.Errorf("agent: --id: %w", err)
+	}
+	switch {
+	case c.Fleet == nil:
+		return errors.New("agent: no fleet store")
+	case c.CacheDir == "":
+		return errors.New("agent: no cache directory")
+	case c.Listen == "":
+		return errors.New("agent: no API listen address (tcp:HOST:PORT)")
+	case c.Token == "":
+		return errors.New("agent: no API token (--token-file or $URLDISK_TOKEN): the API refuses to run unauthenticated")
+	}
+	if c.CacheSize <= 0 {
+		c.CacheSize = 10 << 30
+	}
+	if c.StateDir == "" {
+		c.StateDir = filepath.Join(os.TempDir(), "urldisk-agent-"+c.ID)
+	}
+	if c.HeartbeatTimeout <= 0 {
+		c.HeartbeatTimeout = 10 * time.Second
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = c.HeartbeatTimeout / 5
+	}
+	if c.HeartbeatInterval >= c.HeartbeatTimeout/2 {
+		return fmt.Errorf("agent: heartbeat interval %v must be under half the timeout %v", c.HeartbeatInterval, c.HeartbeatTimeout)
+	}
+	if c.ReconcileInterval <= 0 {
+		c.ReconcileInterval = c.HeartbeatInterval
+	}
+	if c.StopGrace <= 0 {
+		c.StopGrace = 30 * time.Second
+	}
+	if c.StopWait <= 0 {
+		c.StopWait = c.HeartbeatTimeout + c.StopGrace
+	}
+	if c.DetachTimeout <= 0 {
+		c.DetachTimeout = time.Minute
+	}
+	if c.TracePages == 0 {
+		c.TracePages = 4096
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// tracePageSize is the granularity of access traces: the cache's chunk.
+const tracePageSize = cache.ChunkSize
+
+// Agent is a host's daemon. Create it with New and run it with Run.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	fleet   *fleet.Fleet
+	ops     *fleet.Ops
+	metrics *metrics
+	pools   *pools
+	sockDir string
+	started time.Time
+
+	// Set by Run before any goroutine starts; read-only afterwards.
+	cache  *cache.Cache
+	apiURL string
+
+	kickReconcile chan struct{} // cap 1
+	kickHeartbeat chan struct{} // cap 1
+	fencedCount   atomic.Uint64
+	seq           atomic.Uint64 // heartbeats written
+
+	liveMu sync.Mutex
+	live   *fleet.Liveness // guarded by liveMu
+
+	mu      sync.Mutex
+	runners map[string]*runner // guarded by mu
+	// runCtx is the runners' context; runWG counts them. Set by Run.
+	runCtx context.Context
+	runWG  sync.WaitGroup
+}
+
+// New validates cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg:           cfg,
+		log:           cfg.Logger.With("agent", cfg.ID),
+		sockDir:       filepath.Join(cfg.StateDir, "sock"),
+		started:       cfg.Now().UTC(),
+		kickReconcile: make(chan struct{}, 1),
+		kickHeartbeat: make(chan struct{}, 1),
+		live:          fleet.NewLiveness(cfg.HeartbeatTimeout),
+		runners:       map[string]*runner{},
+	}
+	a.fleet = fleet.New(cfg.Fleet, a.log)
+	a.ops = &fleet.Ops{Fleet: a.fleet, By: "agent " + cfg.ID, Now: cfg.Now, CheckVolume: CheckVolume, DefaultTimeout: cfg.HeartbeatTimeout}
+	a.pools = newPools(a.log)
+	// The longest socket path must fit sun_path (108 bytes).
+	if p := filepath.Join(a.sockDir, strings.Repeat("x", 63)+".nbd"); len(p) > 107 {
+		return nil, fmt.Errorf("agent: state directory %s is too long for unix socket paths (%d > 107 bytes); choose a shorter --state-dir", cfg.StateDir, len(p))
+	}
+	return a, nil
+}
+
+// Run runs the agent until ctx ends: it opens the cache, serves the API,
+// heartbeats and reconciles. On the way out it stops every machine
+// (gracefully, flushing its volume), writes a last heartbeat marked down
+// (so other agents take its machines over at once), and returns. ready, if
+// non-nil, is called with the API's base URL once it listens.
+func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
+	for _, d := range []string{a.cfg.StateDir, a.sockDir, filepath.Join(a.cfg.StateDir, "machines")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return fmt.Errorf("agent: %w", err)
+		}
+	}
+	c, err := cache.Open(a.cfg.CacheDir, a.cfg.CacheSize, cache.Options{Logger: a.log})
+	if err != nil {
+		if errors.Is(err, cache.ErrLocked) {
+			return fmt.Errorf("agent: %w (another urldisk process uses %s: give each agent its own --cache)", err, a.cfg.CacheDir)
+		}
+		return fmt.Errorf("agent: %w", err)
+	}
+	a.cache = c
+	a.metrics = newMetrics(c)
+	ln, err := listen(a.cfg.Listen)
+	if err != nil {
+		c.Close()
+		return err
+	}
+	a.apiURL = apiURL(ln)
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+
+	// First heartbeat before anything else: the host exists in the fleet.
+	if err := a.heartbeat(ctx, false); err != nil {
+		ln.Close()
+		c.Close()
+		return fmt.Errorf("agent: first heartbeat: %w", err)
+	}
+	a.log.Info("agent running", "api", a.apiURL, "cache", a.cfg.CacheDir, "state", a.cfg.StateDir,
+		"heartbeat", a.cfg.HeartbeatInterval, "timeout", a.cfg.HeartbeatTimeout)
+
+	var wg sync.WaitGroup
+	apiErr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			apiErr <- err
+		}
+	}()
+	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
+	a.mu.Lock()
+	a.runCtx = runCtx
+	a.mu.Unlock()
+	loopCtx, stopLoops := context.WithCancel(context.WithoutCancel(ctx))
+	wg.Add(2)
+	go func() { defer wg.Done(); a.heartbeatLoop(loopCtx) }()
+	go func() { defer wg.Done(); a.reconcileLoop(loopCtx) }()
+	if ready != nil {
+		ready(a.apiURL)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		a.log.Info("agent stopping: stopping machines and flushing their volumes")
+	case runErr = <-apiErr:
+		a.log.Error("API server failed; stopping", "err", runErr)
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	srv.Shutdown(sctx)
+	cancel()
+	// Stop reconciling first, so no runner is created or told anything
+	// while the runners stop.
+	a.mu.Lock()
+	stopLoops()
+	a.runCtx = nil
+	a.mu.Unlock()
+	stopRunners()
+	a.runWG.Wait()
+	wg.Wait()
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	if err := a.heartbeat(hctx, true); err != nil {
+		a.log.Warn("could not write the final heartbeat; other agents will notice the timeout instead", "err", err)
+	}
+	cancel()
+	var errs []error
+	if runErr != nil {
+		errs = append(errs, fmt.Errorf("agent: API: %w", runErr))
+	}
+	if err := a.pools.close(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("agent: close cache: %w", err))
+	}
+	a.log.Info("agent stopped")
+	return errors.Join(errs...)
+}
+
+// listen opens "tcp:HOST:PORT" or "unix:/path".
+func listen(spec string) (net.Listener, error) {
+	network, addr, ok := strings.Cut(spec, ":")
+	if !ok || addr == "" || (network != "tcp" && network != "unix") {
+		return nil, fmt.Errorf("agent: --listen %q: want tcp:HOST:PORT or unix:/path", spec)
+	}
+	if network == "unix" {
+		if err := os.Remove(addr); err != nil && !os.IsNotExist(err) {
+			return nil, fmt.Errorf("agent: --listen %q: %w", spec, err)
+		}
+	}
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("agent: listen %s: %w", spec, err)
+	}
+	return ln, nil
+}
+
+func apiURL(ln net.Listener) string {
+	if u, ok := ln.Addr().(*net.UnixAddr); ok {
+		return "unix:" + u.Name
+	}
+	return "http://" + ln.Addr().String()
+}
+
+// APIURL returns the API's base URL once Run listens.
+func (a *Agent) APIURL() string { return a.apiURL }
+
+// kick wakes a loop without blocking.
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// Reconcile asks the agent to compare desired and running state now.
+func (a *Agent) Reconcile() { kick(a.kickReconcile) }
+
+// heartbeatLoop writes the heartbeat every interval and when kicked.
+func (a *Agent) heartbeatLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-a.kickHeartbeat:
+		}
+		hctx, cancel := context.WithTimeout(ctx, a.cfg.HeartbeatTimeout)
+		if err := a.heartbeat(hctx, false); err != nil && ctx.Err() == nil {
+			a.metrics.hbErrors.Inc()
+			a.log.Warn("heartbeat failed", "err", err)
+		}
+		cancel()
+	}
+}
+
+// heartbeat writes the heartbeat document with the next sequence number.
+func (a *Agent) heartbeat(ctx context.Context, down bool) error {
+	h := a.status(down)
+	h.Seq = a.seq.Add(1)
+	return a.fleet.PutHeartbeat(ctx, h)
+}
+
+// status builds the agent's heartbeat document.
+func (a *Agent) status(down bool) *fleet.Heartbeat {
+	a.mu.Lock()
+	rs := make([]*runner, 0, len(a.runners))
+	for _, r := range a.runners {
+		rs = append(rs, r)
+	}
+	a.mu.Unlock()
+	h := &fleet.Heartbeat{
+		Host: a.cfg.ID, API: a.apiURL, Seq: a.seq.Load(), Started: a.started, Time: a.cfg.Now().UTC(),
+		Interval: a.cfg.HeartbeatInterval, Timeout: a.cfg.HeartbeatTimeout, Down: down,
+		Machines: []fleet.MachineStatus{}, Fenced: a.fencedCount.Load(),
+	}
+	phases := map[fleet.Phase]int{}
+	for _, r := range rs {
+		if st, ok := r.snapshot(); ok {
+			h.Machines = append(h.Machines, st)
+			phases[st.Phase]++
+		}
+	}
+	sort.Slice(h.Machines, func(i, j int) bool { return h.Machines[i].Name < h.Machines[j].Name })
+	if a.cache != nil {
+		s := a.cache.Stats()
+		h.Cache = fleet.CacheStats{Bytes: s.Bytes, Capacity: s.Capacity, Hits: s.Hits, Misses: s.Misses}
+	}
+	if a.metrics != nil {
+		for _, ph := range []fleet.Phase{fleet.PhaseWaiting, fleet.PhaseStarting, fleet.PhaseRunning, fleet.PhaseStopping,
+			fleet.PhaseStopped, fleet.PhaseExited, fleet.PhaseFenced, fleet.PhaseFailed} {
+			a.metrics.machines.WithLabelValues(string(ph)).Set(float64(phases[ph]))
+		}
+	}
+	return h
+}

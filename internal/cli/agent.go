@@ -1,0 +1,167 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/urldisk/urldisk/internal/agent"
+	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/units"
+)
+
+// Environment variables of the fleet commands.
+const (
+	envFleet = "URLDISK_FLEET"
+	envToken = "URLDISK_TOKEN"
+)
+
+// fleetFlags are the flags every fleet command shares.
+type fleetFlags struct {
+	fleetURL  string
+	tokenFile string
+}
+
+func (f *fleetFlags) register(fs *pflag.FlagSet, withToken bool) {
+	fs.StringVar(&f.fleetURL, "fleet", "", "fleet store URL (usually the pool URL); default $"+envFleet)
+	if withToken {
+		fs.StringVar(&f.tokenFile, "token-file", "", "file holding the agents' API token; default $"+envToken)
+	}
+}
+
+// url returns the fleet URL from the flag or the environment.
+func (f *fleetFlags) url() (string, error) {
+	u := f.fleetURL
+	if u == "" {
+		u = os.Getenv(envFleet)
+	}
+	if u == "" {
+		return "", fmt.Errorf("no fleet: pass --fleet URL or set $%s", envFleet)
+	}
+	return u, nil
+}
+
+// open opens the fleet store.
+func (f *fleetFlags) open(ctx context.Context, g *globals) (*fleet.Fleet, error) {
+	u, err := f.url()
+	if err != nil {
+		return nil, err
+	}
+	store, err := objstore.Open(ctx, u)
+	if err != nil {
+		return nil, fmt.Errorf("open fleet %s: %w", objstore.Redact(u), err)
+	}
+	return fleet.New(store, g.log), nil
+}
+
+// token returns the API token from --token-file or $URLDISK_TOKEN; "" if
+// neither is given. The token itself never appears in errors.
+func (f *fleetFlags) token() (string, error) {
+	if f.tokenFile != "" {
+		b, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", fmt.Errorf("--token-file %s is empty", f.tokenFile)
+		}
+		return t, nil
+	}
+	return os.Getenv(envToken), nil
+}
+
+type agentOptions struct {
+	fleetFlags
+	id                string
+	cacheDir          string
+	cacheSize         string
+	listen            string
+	stateDir          string
+	heartbeatTimeout  time.Duration
+	heartbeatInterval time.Duration
+	stopGrace         time.Duration
+	stopWait          time.Duration
+	tracePages        int
+}
+
+func newAgentCommand(g *globals) *cobra.Command {
+	o := &agentOptions{}
+	cmd := &cobra.Command{
+		Use:   "agent --id HOST --fleet URL --cache DIR --listen tcp:HOST:PORT",
+		Short: "Run the per-host daemon: heartbeat, run the machines placed here, fail over dead hosts' machines",
+		Long: `Run this host's agent until SIGTERM or SIGINT. It heartbeats into the fleet
+store (<fleet>/fleet/agents/HOST), runs the machines whose placement names
+this host (attaching each volume read-write, exporting it over NBD on a unix
+socket, starting the process or qemu VM), moves them when their placement
+changes, and reassigns the machines of hosts that stopped heartbeating.
+
+The HTTP API (and /metrics) requires the token on every request:
+  Authorization: Bearer <token>
+The token comes from --token-file or $URLDISK_TOKEN; agents of one fleet
+share it. On exit, machines are stopped and their volumes flushed.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, g, o) },
+	}
+	f := cmd.Flags()
+	o.fleetFlags.register(f, true)
+	f.StringVar(&o.id, "id", "", "this host's id in the fleet (required)")
+	f.StringVar(&o.cacheDir, "cache", defaultCacheDir(), "host read-cache directory (one agent per directory)")
+	f.StringVar(&o.cacheSize, "cache-size", "10G", "read-cache size bound")
+	f.StringVar(&o.listen, "listen", "tcp:127.0.0.1:7410", "API listener: tcp:HOST:PORT or unix:/path")
+	f.StringVar(&o.stateDir, "state-dir", "", "machine logs and sockets (default $TMPDIR/urldisk-agent-ID)")
+	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 10*time.Second, "a host silent this long is dead and its machines fail over")
+	f.DurationVar(&o.heartbeatInterval, "heartbeat-interval", 0, "heartbeat period (default: a fifth of the timeout)")
+	f.DurationVar(&o.stopGrace, "stop-grace", 30*time.Second, "how long a machine may take to stop before it is killed")
+	f.DurationVar(&o.stopWait, "stop-wait", 0, "how long a moved machine's new host waits for the old one to stop (default: timeout + stop grace)")
+	f.IntVar(&o.tracePages, "trace-pages", 4096, "recently used 64 KiB pages recorded per machine for prefetch on its next host (0 disables)")
+	return cmd
+}
+
+func runAgent(cmd *cobra.Command, g *globals, o *agentOptions) error {
+	ctx := cmd.Context()
+	if o.id == "" {
+		return errors.New("agent: --id is required (this host's id in the fleet)")
+	}
+	fleetURL, err := o.url()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	token, err := o.token()
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	size, err := units.ParseSize(o.cacheSize)
+	if err != nil {
+		return fmt.Errorf("--cache-size: %w", err)
+	}
+	store, err := objstore.Open(ctx, fleetURL)
+	if err != nil {
+		return fmt.Errorf("agent: open fleet %s: %w", objstore.Redact(fleetURL), err)
+	}
+	defer store.Close()
+	tracePages := o.tracePages
+	if tracePages == 0 {
+		tracePages = -1
+	}
+	a, err := agent.New(agent.Config{
+		ID: o.id, Fleet: store, CacheDir: o.cacheDir, CacheSize: int64(size), StateDir: o.stateDir,
+		Listen: o.listen, Token: token,
+		HeartbeatTimeout: o.heartbeatTimeout, HeartbeatInterval: o.heartbeatInterval,
+		StopGrace: o.stopGrace, StopWait: o.stopWait, TracePages: tracePages, Logger: g.log,
+	})
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	return a.Run(ctx, func(api string) {
+		printf(out, "agent %s ready: api %s, fleet %s\n", o.id, api, objstore.Redact(fleetURL))
+	})
+}

@@ -1,0 +1,322 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/urldisk/urldisk/internal/agent"
+	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/units"
+)
+
+// fleetCmd is an open fleet for one command.
+type fleetCmd struct {
+	g     *globals
+	fleet *fleet.Fleet
+	ops   *fleet.Ops
+	token string
+}
+
+func openFleetCmd(cmd *cobra.Command, g *globals, o *fleetFlags) (*fleetCmd, error) {
+	f, err := o.open(cmd.Context(), g)
+	if err != nil {
+		return nil, err
+	}
+	token, err := o.token()
+	if err != nil {
+		f.Store().Close()
+		return nil, err
+	}
+	return &fleetCmd{g: g, fleet: f, token: token,
+		ops: &fleet.Ops{Fleet: f, By: "cli", CheckVolume: agent.CheckVolume}}, nil
+}
+
+func (fc *fleetCmd) close() { fc.fleet.Store().Close() }
+
+// nudge asks the agents of hosts to reconcile now (if we have the token);
+// without it they notice within a reconcile interval.
+func (fc *fleetCmd) nudge(ctx context.Context, hosts ...string) {
+	if fc.token == "" {
+		fc.g.log.Debug("no API token: agents will notice the change within their reconcile interval")
+		return
+	}
+	hbs, err := fc.fleet.Heartbeats(ctx)
+	if err != nil {
+		fc.g.log.Debug("nudge: read heartbeats", "err", err)
+		return
+	}
+	for _, hb := range hbs {
+		for _, h := range hosts {
+			if h != "" && hb.Host == h && hb.API != "" && !hb.Down {
+				nctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				if err := (&agent.Client{BaseURL: hb.API, Token: fc.token}).Reconcile(nctx); err != nil {
+					fc.g.log.Warn("could not ask the agent to act now; it will within its reconcile interval", "host", h, "err", err)
+				}
+				cancel()
+				break
+			}
+		}
+	}
+}
+
+// pollEvery is how often the CLI looks at heartbeats while waiting.
+const pollEvery = 100 * time.Millisecond
+
+// waitRunning waits until p's host reports the machine running (at p's
+// version or later) and serving I/O, then prints its status line. A newer
+// placement that moved the machine elsewhere ends the wait too.
+func (fc *fleetCmd) waitRunning(ctx context.Context, out io.Writer, p *fleet.Placement, wait time.Duration) error {
+	st, err := fc.awaitRunning(ctx, p, wait)
+	if err != nil {
+		return err
+	}
+	printf(out, "machine %s: %s on %s\n", p.Name, describeRun(st), p.Host)
+	return nil
+}
+
+// awaitRunning is waitRunning without the printing.
+func (fc *fleetCmd) awaitRunning(ctx context.Context, p *fleet.Placement, wait time.Duration) (fleet.MachineStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var last fleet.MachineStatus
+	var lastErr error
+	for {
+		hbs, err := fc.fleet.Heartbeats(ctx)
+		lastErr = err
+		for _, hb := range hbs {
+			if hb.Host != p.Host {
+				continue
+			}
+			st, ok := hb.Machine(p.Name)
+			if !ok || st.Version < p.Version {
+				break
+			}
+			last = st
+			switch st.Phase {
+			case fleet.PhaseRunning:
+				if !st.FirstIO.IsZero() {
+					return st, nil
+				}
+			case fleet.PhaseExited:
+				return st, nil
+			case fleet.PhaseFailed:
+				return st, fmt.Errorf("machine %s failed to start on %s: %s", p.Name, p.Host, st.Error)
+			case fleet.PhaseFenced:
+				return st, fmt.Errorf("machine %s on %s was fenced by another host", p.Name, p.Host)
+			}
+		}
+		if cur, err := fc.fleet.Latest(ctx, p.Name); err == nil && cur != nil && cur.Version > p.Version && cur.Host != p.Host {
+			return last, fmt.Errorf("machine %s moved on meanwhile: version %d (%s) places it on %s", p.Name, cur.Version, cur.Reason, cur.Host)
+		}
+		select {
+		case <-ctx.Done():
+			if last.Phase == fleet.PhaseRunning {
+				return last, nil // running, but it has not done any I/O yet
+			}
+			what := "nothing yet"
+			if last.Phase != "" {
+				what = describeRun(last)
+			}
+			if lastErr != nil {
+				what += fmt.Sprintf(" (reading heartbeats: %v)", lastErr)
+			}
+			return last, fmt.Errorf("machine %s not running on %s after %v; last reported: %s", p.Name, p.Host, wait, what)
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// waitStopped waits until p's host no longer runs the machine.
+func (fc *fleetCmd) waitStopped(ctx context.Context, out io.Writer, p *fleet.Placement, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	active := map[fleet.Phase]bool{fleet.PhaseWaiting: true, fleet.PhaseStarting: true, fleet.PhaseRunning: true, fleet.PhaseStopping: true}
+	for {
+		done := false
+		if hbs, err := fc.fleet.Heartbeats(ctx); err == nil {
+			done = true
+			for _, hb := range hbs {
+				if st, ok := hb.Machine(p.Name); ok && active[st.Phase] && !hb.Down {
+					done = false
+				}
+			}
+		}
+		if done {
+			printf(out, "machine %s: %s\n", p.Name, p.State)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("machine %s still active after %v", p.Name, wait)
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+func newDrainCommand(g *globals) *cobra.Command {
+	o := &fleetFlags{}
+	var wait time.Duration
+	cmd := &cobra.Command{
+		Use:   "drain HOST",
+		Short: "Move every machine off a host to the least loaded live hosts, and report each one's downtime",
+		Long: `Mark HOST draining (nothing is placed there any more, until ` + "`urldisk undrain`" + `)
+and move every machine placed on it to the least loaded live hosts. Waits for
+each running machine to serve its first request on its new host and prints
+how long it was down (old stop → new first I/O).`,
+		Args: exactArgs(1, "a HOST"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			fc, err := openFleetCmd(cmd, g, o)
+			if err != nil {
+				return err
+			}
+			defer fc.close()
+			out := cmd.OutOrStdout()
+			res, err := fc.ops.Drain(ctx, args[0])
+			if err != nil {
+				return fmt.Errorf("drain %s: %w", args[0], err)
+			}
+			printf(out, "draining %s: %d machine(s) to move\n", args[0], len(res))
+			for _, r := range res {
+				if r.Placement != nil {
+					fc.nudge(ctx, r.Placement.Host, r.Placement.From)
+				}
+			}
+			var errs []error
+			for _, r := range res {
+				switch {
+				case r.Err != nil:
+					errs = append(errs, fmt.Errorf("%s: %w", r.Name, r.Err))
+					printf(out, "%s\t%s → ?\tNOT MOVED: %v\n", r.Name, r.From, r.Err)
+				case r.Placement == nil:
+					printf(out, "%s\tmoved or removed meanwhile\n", r.Name)
+				case r.Placement.State != fleet.Running || wait <= 0:
+					printf(out, "%s\t%s → %s\t%s\n", r.Name, r.From, r.To, r.Placement.State)
+				default:
+					st, err := fc.awaitRunning(ctx, r.Placement, wait)
+					if err != nil {
+						errs = append(errs, err)
+						printf(out, "%s\t%s → %s\t%v\n", r.Name, r.From, r.To, err)
+						continue
+					}
+					printf(out, "%s\t%s → %s\t%s\n", r.Name, r.From, r.To, describeRun(st))
+				}
+			}
+			return errors.Join(errs...)
+		},
+	}
+	o.register(cmd.Flags(), true)
+	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "wait this long for each machine to run on its new host (0: do not wait)")
+	return cmd
+}
+
+func newUndrainCommand(g *globals) *cobra.Command {
+	o := &fleetFlags{}
+	cmd := &cobra.Command{
+		Use:   "undrain HOST",
+		Short: "Let machines be placed on a drained host again",
+		Args:  exactArgs(1, "a HOST"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			fc, err := openFleetCmd(cmd, g, o)
+			if err != nil {
+				return err
+			}
+			defer fc.close()
+			if err := fc.fleet.SetDraining(cmd.Context(), args[0], false); err != nil {
+				return err
+			}
+			printf(cmd.OutOrStdout(), "%s accepts machines again\n", args[0])
+			return nil
+		},
+	}
+	o.register(cmd.Flags(), false)
+	return cmd
+}
+
+func newHostsCommand(g *globals) *cobra.Command {
+	o := &fleetFlags{}
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "hosts",
+		Short: "List the fleet's hosts: live/dead/draining, machines, cache use and hit rate",
+		Long: `List every agent that heartbeats in the fleet. A host is dead when its last
+heartbeat is older than its heartbeat timeout (judged by this machine's
+clock) or its agent stopped.`,
+		Args: exactArgs(0, "no arguments"),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fc, err := openFleetCmd(cmd, g, o)
+			if err != nil {
+				return err
+			}
+			defer fc.close()
+			v, err := fc.ops.View(cmd.Context())
+			if err != nil {
+				return err
+			}
+			type hostRow struct {
+				Host     string           `json:"host"`
+				State    string           `json:"state"`
+				Draining bool             `json:"draining"`
+				Running  int              `json:"running"`
+				Placed   int              `json:"placed"`
+				Cache    fleet.CacheStats `json:"cache"`
+				HitRate  float64          `json:"hit_rate"`
+				LastBeat time.Time        `json:"last_heartbeat"`
+				API      string           `json:"api"`
+				Fenced   uint64           `json:"fenced"`
+			}
+			load := fleet.Load(v.Placements)
+			var rows []hostRow
+			for _, h := range v.Hosts() {
+				hb := v.Heartbeats[h]
+				st := v.State(h).String()
+				if hb.Down {
+					st = "dead (stopped)"
+				}
+				rows = append(rows, hostRow{Host: h, State: st, Draining: v.Draining[h], Running: hb.Running(), Placed: load[h],
+					Cache: hb.Cache, HitRate: hb.Cache.HitRate(), LastBeat: hb.Time, API: hb.API, Fenced: hb.Fenced})
+			}
+			for h := range v.Draining {
+				if _, ok := v.Heartbeats[h]; !ok {
+					rows = append(rows, hostRow{Host: h, State: "unknown", Draining: true})
+				}
+			}
+			sort.Slice(rows, func(i, j int) bool { return rows[i].Host < rows[j].Host })
+			out := cmd.OutOrStdout()
+			if asJSON {
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rows)
+			}
+			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+			printf(tw, "HOST\tSTATE\tMACHINES\tCACHE\tHIT RATE\tLAST HEARTBEAT\tAPI\n")
+			for _, r := range rows {
+				state := r.State
+				if r.Draining {
+					state = strings.TrimPrefix(state+",draining", "live,")
+				}
+				age := "-"
+				if !r.LastBeat.IsZero() {
+					age = v.Now.Sub(r.LastBeat).Round(time.Millisecond).String() + " ago"
+				}
+				printf(tw, "%s\t%s\t%d running, %d placed\t%s / %s\t%.1f%% (%d hits, %d misses)\t%s\t%s\n",
+					r.Host, state, r.Running, r.Placed,
+					units.FormatSize(uint64(r.Cache.Bytes)), units.FormatSize(uint64(r.Cache.Capacity)),
+					100*r.HitRate, r.Cache.Hits, r.Cache.Misses, age, orDash(r.API))
+			}
+			return tw.Flush()
+		},
+	}
+	o.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
