@@ -2,10 +2,13 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
+
+	"github.com/spf13/cobra"
 
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/volume"
@@ -56,4 +59,47 @@ func openVolumeURL(ctx context.Context, log *slog.Logger, rawURL string, create 
 		return nil, "", err
 	}
 	return p, name, nil
+}
+
+// withPool opens the pool at rawURL for the duration of fn.
+func withPool(cmd *cobra.Command, g *globals, rawURL string, fn func(ctx context.Context, p *volume.Pool) error) error {
+	ctx := cmd.Context()
+	p, err := openPool(ctx, g.log, rawURL, false)
+	if err != nil {
+		return err
+	}
+	defer p.Store().Close()
+	return fn(ctx, p)
+}
+
+// withVolume opens the pool of volume URL rawURL for the duration of fn.
+func withVolume(cmd *cobra.Command, g *globals, rawURL string, fn func(ctx context.Context, p *volume.Pool, name string) error) error {
+	ctx := cmd.Context()
+	p, name, err := openVolumeURL(ctx, g.log, rawURL, false)
+	if err != nil {
+		return err
+	}
+	defer p.Store().Close()
+	return fn(ctx, p, name)
+}
+
+// withWriter attaches volume name read-write for fn, then closes it
+// (flushing); the first error wins.
+func withWriter(ctx context.Context, g *globals, p *volume.Pool, name string, fn func(v *volume.Volume) error) error {
+	v, err := p.Open(ctx, name, volume.Options{Logger: g.log})
+	if err != nil {
+		return err
+	}
+	err = fn(v)
+	if cerr := v.Close(ctx); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// writeJSON prints v as indented JSON on the command's output.
+func writeJSON(cmd *cobra.Command, v any) error {
+	enc := json.NewEncoder(cmd.OutOrStdout())
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }

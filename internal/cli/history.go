@@ -1,7 +1,7 @@
 package cli
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -24,35 +24,31 @@ head is checkpointed by reading the log, which never disturbs a writer on
 another host (unflushed writes there are not included).`,
 		Args: exactArgs(2, "a volume URL and a label"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			if err := volume.ValidateLabel(args[1]); err != nil {
-				return err
-			}
-			d, err := p.Resolve(ctx, name)
-			if err != nil {
-				return err
-			}
-			rep, served, err := callControl(ctx, d.ID, "checkpoint", controlRequest{Label: args[1]})
-			if err != nil {
-				return err
-			}
-			how := "by the serving process"
-			var c *format.CheckpointDoc
-			if served {
-				c = rep.Checkpoint
-			} else {
-				how = "offline"
-				if c, err = p.Checkpoint(ctx, name, args[1]); err != nil {
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				if err := volume.ValidateLabel(args[1]); err != nil {
 					return err
 				}
-			}
-			printf(cmd.OutOrStdout(), "checkpoint %s of %s at seq %d (%s)\n", c.Label, name, c.Seq, how)
-			return nil
+				d, err := p.Resolve(ctx, name)
+				if err != nil {
+					return err
+				}
+				rep, served, err := callControl(ctx, d.ID, "checkpoint", controlRequest{Label: args[1]})
+				if err != nil {
+					return err
+				}
+				how := "by the serving process"
+				var c *format.CheckpointDoc
+				if served {
+					c = rep.Checkpoint
+				} else {
+					how = "offline"
+					if c, err = p.Checkpoint(ctx, name, args[1]); err != nil {
+						return err
+					}
+				}
+				printf(cmd.OutOrStdout(), "checkpoint %s of %s at seq %d (%s)\n", c.Label, name, c.Seq, how)
+				return nil
+			})
 		},
 	}
 	cmd.AddCommand(&cobra.Command{
@@ -60,17 +56,13 @@ another host (unflushed writes there are not included).`,
 		Short: "Delete a checkpoint (its data is freed by the next gc)",
 		Args:  exactArgs(2, "a volume URL and a label"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			if err := p.RemoveCheckpoint(ctx, name, args[1]); err != nil {
-				return err
-			}
-			printf(cmd.OutOrStdout(), "removed checkpoint %s of %s\n", args[1], name)
-			return nil
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				if err := p.RemoveCheckpoint(ctx, name, args[1]); err != nil {
+					return err
+				}
+				printf(cmd.OutOrStdout(), "removed checkpoint %s of %s\n", args[1], name)
+				return nil
+			})
 		},
 	})
 	return cmd
@@ -83,25 +75,21 @@ func newCheckpointsCommand(g *globals) *cobra.Command {
 		Short: "List a volume's checkpoints: label, seq, time, bytes unique to it",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			cps, err := p.Checkpoints(ctx, name)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(cps)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "LABEL\tSEQ\tTIME\tUNIQUE")
-			for _, c := range cps {
-				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Label, c.Seq, c.Time.Format(time.RFC3339), units.FormatSize(c.UniqueBytes))
-			}
-			return tw.Flush()
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				cps, err := p.Checkpoints(ctx, name)
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return writeJSON(cmd, cps)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "LABEL\tSEQ\tTIME\tUNIQUE")
+				for _, c := range cps {
+					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Label, c.Seq, c.Time.Format(time.RFC3339), units.FormatSize(c.UniqueBytes))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -117,42 +105,33 @@ this host holds the volume, it does the restore. Otherwise restore attaches
 read-write, which fences any writer elsewhere.`,
 		Args: exactArgs(2, "a volume URL and a checkpoint label, seq or RFC 3339 time"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
 			pt, err := volume.ParsePoint(args[1])
 			if err != nil {
 				return err
 			}
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			d, err := p.Resolve(ctx, name)
-			if err != nil {
-				return err
-			}
-			rep, served, err := callControl(ctx, d.ID, "restore", controlRequest{Point: args[1]})
-			if err != nil {
-				return err
-			}
-			seq := uint64(0)
-			if served {
-				seq = rep.Seq
-			} else {
-				v, err := p.Open(ctx, name, volume.Options{Logger: g.log})
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				d, err := p.Resolve(ctx, name)
 				if err != nil {
 					return err
 				}
-				seq, err = v.Restore(ctx, pt)
-				if cerr := v.Close(ctx); err == nil {
-					err = cerr
-				}
+				rep, served, err := callControl(ctx, d.ID, "restore", controlRequest{Point: args[1]})
 				if err != nil {
 					return err
 				}
-			}
-			printf(cmd.OutOrStdout(), "restored %s to %s (seq %d)\n", name, pt, seq)
-			return nil
+				seq := uint64(0)
+				if served {
+					seq = rep.Seq
+				} else {
+					if err := withWriter(ctx, g, p, name, func(v *volume.Volume) (err error) {
+						seq, err = v.Restore(ctx, pt)
+						return err
+					}); err != nil {
+						return err
+					}
+				}
+				printf(cmd.OutOrStdout(), "restored %s to %s (seq %d)\n", name, pt, seq)
+				return nil
+			})
 		},
 	}
 }
@@ -163,39 +142,30 @@ func newCompactCommand(g *globals) *cobra.Command {
 		Short: "Rewrite sparsely-live records so stored bytes track live data (gc then frees the old ones)",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			d, err := p.Resolve(ctx, name)
-			if err != nil {
-				return err
-			}
-			rep, served, err := callControl(ctx, d.ID, "compact", controlRequest{})
-			if err != nil {
-				return err
-			}
-			var st volume.CompactStats
-			if served {
-				st = *rep.Compact
-			} else {
-				v, err := p.Open(ctx, name, volume.Options{Logger: g.log})
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				d, err := p.Resolve(ctx, name)
 				if err != nil {
 					return err
 				}
-				st, err = v.Compact(ctx, volume.CompactOptions{})
-				if cerr := v.Close(ctx); err == nil {
-					err = cerr
-				}
+				rep, served, err := callControl(ctx, d.ID, "compact", controlRequest{})
 				if err != nil {
 					return err
 				}
-			}
-			printf(cmd.OutOrStdout(), "compacted %s: %d records rewritten, %s live copied, %s dead left for gc\n",
-				name, st.Records, units.FormatSize(uint64(st.LiveBytes)), units.FormatSize(uint64(st.DeadBytes)))
-			return nil
+				var st volume.CompactStats
+				if served {
+					st = *rep.Compact
+				} else {
+					if err := withWriter(ctx, g, p, name, func(v *volume.Volume) (err error) {
+						st, err = v.Compact(ctx, volume.CompactOptions{})
+						return err
+					}); err != nil {
+						return err
+					}
+				}
+				printf(cmd.OutOrStdout(), "compacted %s: %d records rewritten, %s live copied, %s dead left for gc\n",
+					name, st.Records, units.FormatSize(uint64(st.LiveBytes)), units.FormatSize(uint64(st.DeadBytes)))
+				return nil
+			})
 		},
 	}
 }
@@ -209,38 +179,34 @@ func newPolicyCommand(g *globals) *cobra.Command {
 		Short: "Show or set a volume's automatic-checkpoint policy (taken by its writer while written)",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			set := cmd.Flags().Changed("every") || cmd.Flags().Changed("keep-hourly") || cmd.Flags().Changed("keep-daily") || off
-			if set {
-				pol := format.CheckpointPolicy{EverySeconds: int64(every / time.Second), KeepHourly: hourly, KeepDaily: daily}
-				if off {
-					pol = format.CheckpointPolicy{}
-				} else if pol.EverySeconds <= 0 {
-					return fmt.Errorf("policy: --every must be at least 1s (or use --off)")
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				set := cmd.Flags().Changed("every") || cmd.Flags().Changed("keep-hourly") || cmd.Flags().Changed("keep-daily") || off
+				if set {
+					pol := format.CheckpointPolicy{EverySeconds: int64(every / time.Second), KeepHourly: hourly, KeepDaily: daily}
+					if off {
+						pol = format.CheckpointPolicy{}
+					} else if pol.EverySeconds <= 0 {
+						return fmt.Errorf("policy: --every must be at least 1s (or use --off)")
+					}
+					if err := p.SetPolicy(ctx, name, pol); err != nil {
+						return err
+					}
 				}
-				if err := p.SetPolicy(ctx, name, pol); err != nil {
+				d, err := p.Resolve(ctx, name)
+				if err != nil {
 					return err
 				}
-			}
-			d, err := p.Resolve(ctx, name)
-			if err != nil {
-				return err
-			}
-			pol, err := p.Policy(ctx, d.ID)
-			if err != nil {
-				return err
-			}
-			if pol.EverySeconds == 0 {
-				printf(cmd.OutOrStdout(), "%s: automatic checkpoints off\n", name)
-			} else {
-				printf(cmd.OutOrStdout(), "%s: checkpoint every %v while written; keep %d hourly, %d daily\n", name, time.Duration(pol.EverySeconds)*time.Second, pol.KeepHourly, pol.KeepDaily)
-			}
-			return nil
+				pol, err := p.Policy(ctx, d.ID)
+				if err != nil {
+					return err
+				}
+				if pol.EverySeconds == 0 {
+					printf(cmd.OutOrStdout(), "%s: automatic checkpoints off\n", name)
+				} else {
+					printf(cmd.OutOrStdout(), "%s: checkpoint every %v while written; keep %d hourly, %d daily\n", name, time.Duration(pol.EverySeconds)*time.Second, pol.KeepHourly, pol.KeepDaily)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().DurationVar(&every, "every", time.Hour, "checkpoint interval while the volume is written")
@@ -295,37 +261,33 @@ func newGCCommand(g *globals) *cobra.Command {
 		Short: "Delete records no live map needs (heads, checkpoints, clones, retention window)",
 		Args:  exactArgs(1, "a pool URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, err := openPool(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			rep, err := p.GC(ctx, explicitZero(o))
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(rep)
-			}
-			w := cmd.OutOrStdout()
-			verb := "deleted"
-			if o.DryRun {
-				verb = "would delete"
-			}
-			if verbose {
-				for _, it := range rep.Deleted {
-					printf(w, "%s %s (%s): %s\n", verb, it.Key, units.FormatSize(uint64(it.Size)), it.Reason)
+			return withPool(cmd, g, args[0], func(ctx context.Context, p *volume.Pool) error {
+				rep, err := p.GC(ctx, explicitZero(o))
+				if err != nil {
+					return err
 				}
-				for _, it := range rep.Kept {
-					printf(w, "kept %s (%s): %s\n", it.Key, it.Volume, it.Reason)
+				if asJSON {
+					return writeJSON(cmd, rep)
 				}
-			}
-			printf(w, "%s %d objects (%s)\n", verb, len(rep.Deleted), units.FormatSize(uint64(rep.DeletedBytes)))
-			for why, n := range rep.KeptByReason {
-				printf(w, "kept %d: %s\n", n, why)
-			}
-			return nil
+				w := cmd.OutOrStdout()
+				verb := "deleted"
+				if o.DryRun {
+					verb = "would delete"
+				}
+				if verbose {
+					for _, it := range rep.Deleted {
+						printf(w, "%s %s (%s): %s\n", verb, it.Key, units.FormatSize(uint64(it.Size)), it.Reason)
+					}
+					for _, it := range rep.Kept {
+						printf(w, "kept %s (%s): %s\n", it.Key, it.Volume, it.Reason)
+					}
+				}
+				printf(w, "%s %d objects (%s)\n", verb, len(rep.Deleted), units.FormatSize(uint64(rep.DeletedBytes)))
+				for why, n := range rep.KeptByReason {
+					printf(w, "kept %d: %s\n", n, why)
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "report without deleting")
@@ -355,26 +317,22 @@ func newDUCommand(g *globals) *cobra.Command {
 		Short: "Storage per volume: exclusive vs shared bytes, history, reclaimable garbage",
 		Args:  exactArgs(1, "a pool URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, err := openPool(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			es, err := p.DU(ctx, explicitZero(o))
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(es)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE")
-			f := func(n int64) string { return units.FormatSize(uint64(n)) }
-			for _, e := range es {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, f(e.StoredBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
-			}
-			return tw.Flush()
+			return withPool(cmd, g, args[0], func(ctx context.Context, p *volume.Pool) error {
+				es, err := p.DU(ctx, explicitZero(o))
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return writeJSON(cmd, es)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE")
+				f := func(n int64) string { return units.FormatSize(uint64(n)) }
+				for _, e := range es {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, f(e.StoredBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().DurationVar(&o.Retention, "retention", volume.DefaultRetention, "retention window assumed for garbage")

@@ -1,7 +1,7 @@
 package cli
 
 import (
-	"encoding/json"
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
@@ -58,29 +58,25 @@ func newLsCommand(g *globals) *cobra.Command {
 		Short: "List the volumes in a pool",
 		Args:  exactArgs(1, "a pool URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, err := openPool(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			vols, err := p.List(ctx)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				return json.NewEncoder(cmd.OutOrStdout()).Encode(vols)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSIZE\tID\tCREATED\tPARENT")
-			for _, d := range vols {
-				parent := "-"
-				if d.Parent != nil {
-					parent = fmt.Sprintf("%s@%d", d.Parent.ID, d.Parent.Seq)
+			return withPool(cmd, g, args[0], func(ctx context.Context, p *volume.Pool) error {
+				vols, err := p.List(ctx)
+				if err != nil {
+					return err
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, units.FormatSize(d.Size), d.ID, d.Created.Format(time.RFC3339), parent)
-			}
-			return tw.Flush()
+				if asJSON {
+					return writeJSON(cmd, vols)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tSIZE\tID\tCREATED\tPARENT")
+				for _, d := range vols {
+					parent := "-"
+					if d.Parent != nil {
+						parent = fmt.Sprintf("%s@%d", d.Parent.ID, d.Parent.Seq)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, units.FormatSize(d.Size), d.ID, d.Created.Format(time.RFC3339), parent)
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -94,55 +90,49 @@ func newInfoCommand(g *globals) *cobra.Command {
 		Short: "Describe a volume: size, used bytes, records, epoch, writer, snapshots",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			in, err := p.Info(ctx, name)
-			if err != nil {
-				return err
-			}
-			if asJSON {
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				enc.SetIndent("", "  ")
-				return enc.Encode(in)
-			}
-			w := cmd.OutOrStdout()
-			printf(w, "volume:      %s\n", objstore.Redact(args[0]))
-			printf(w, "id:          %s\n", in.ID)
-			printf(w, "size:        %s (%d bytes)\n", units.FormatSize(in.Size), in.Size)
-			printf(w, "block size:  %d\n", in.BlockSize)
-			printf(w, "created:     %s\n", in.Created.Format(time.RFC3339))
-			for i, a := range in.Lineage {
-				what := "parent:     "
-				if i > 0 {
-					what = "  ancestor: "
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				in, err := p.Info(ctx, name)
+				if err != nil {
+					return err
 				}
-				name := a.Name
-				if a.Gone {
-					name = "(deleted)"
+				if asJSON {
+					return writeJSON(cmd, in)
 				}
-				printf(w, "%s %s (%s) at seq %d\n", what, name, a.ID, a.Seq)
-			}
-			printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
-			printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)
-			printf(w, "epoch:       %d\n", in.Epoch)
-			if in.Writer != nil {
-				if in.Writer.Host != "" {
-					printf(w, "writer:      %s (host %s, pid %d, attached %s)\n", in.Writer.ID, in.Writer.Host, in.Writer.PID, in.Writer.Attached.Format(time.RFC3339))
+				w := cmd.OutOrStdout()
+				printf(w, "volume:      %s\n", objstore.Redact(args[0]))
+				printf(w, "id:          %s\n", in.ID)
+				printf(w, "size:        %s (%d bytes)\n", units.FormatSize(in.Size), in.Size)
+				printf(w, "block size:  %d\n", in.BlockSize)
+				printf(w, "created:     %s\n", in.Created.Format(time.RFC3339))
+				for i, a := range in.Lineage {
+					what := "parent:     "
+					if i > 0 {
+						what = "  ancestor: "
+					}
+					name := a.Name
+					if a.Gone {
+						name = "(deleted)"
+					}
+					printf(w, "%s %s (%s) at seq %d\n", what, name, a.ID, a.Seq)
+				}
+				printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
+				printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)
+				printf(w, "epoch:       %d\n", in.Epoch)
+				if in.Writer != nil {
+					if in.Writer.Host != "" {
+						printf(w, "writer:      %s (host %s, pid %d, attached %s)\n", in.Writer.ID, in.Writer.Host, in.Writer.PID, in.Writer.Attached.Format(time.RFC3339))
+					} else {
+						printf(w, "writer:      %s\n", in.Writer.ID)
+					}
 				} else {
-					printf(w, "writer:      %s\n", in.Writer.ID)
+					printf(w, "writer:      none yet\n")
 				}
-			} else {
-				printf(w, "writer:      none yet\n")
-			}
-			printf(w, "snapshots:   %d (newest at seq %d)\n", in.Snapshots, in.SnapSeq)
-			if !in.LastWrite.IsZero() {
-				printf(w, "last record: %s\n", in.LastWrite.Format(time.RFC3339Nano))
-			}
-			return nil
+				printf(w, "snapshots:   %d (newest at seq %d)\n", in.Snapshots, in.SnapSeq)
+				if !in.LastWrite.IsZero() {
+					printf(w, "last record: %s\n", in.LastWrite.Format(time.RFC3339Nano))
+				}
+				return nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -155,22 +145,18 @@ func newRmCommand(g *globals) *cobra.Command {
 		Short: "Delete a volume and its objects",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			kept, err := p.Remove(ctx, name)
-			if err != nil {
-				return err
-			}
-			if kept {
-				printf(cmd.OutOrStdout(), "removed %s; its records stay while clones need them (`urldisk gc` frees the rest)\n", name)
-			} else {
-				printf(cmd.OutOrStdout(), "removed %s and its objects\n", name)
-			}
-			return nil
+			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+				kept, err := p.Remove(ctx, name)
+				if err != nil {
+					return err
+				}
+				if kept {
+					printf(cmd.OutOrStdout(), "removed %s; its records stay while clones need them (`urldisk gc` frees the rest)\n", name)
+				} else {
+					printf(cmd.OutOrStdout(), "removed %s and its objects\n", name)
+				}
+				return nil
+			})
 		},
 	}
 }
