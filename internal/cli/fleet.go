@@ -144,8 +144,12 @@ func (fc *fleetCmd) waitStopped(ctx context.Context, out io.Writer, p *fleet.Pla
 		done := false
 		if hbs, err := fc.fleet.Heartbeats(ctx); err == nil {
 			done = true
+			now := time.Now()
 			for _, hb := range hbs {
-				if st, ok := hb.Machine(p.Name); ok && active[st.Phase] && !hb.Down {
+				if fleet.AgeState(hb, now, 10*time.Second) != fleet.HostLive {
+					continue // a dead host runs nothing that can write: its volume is fenced on the next attach
+				}
+				if st, ok := hb.Machine(p.Name); ok && active[st.Phase] {
 					done = false
 				}
 			}
