@@ -51,40 +51,19 @@ stamp=$(date -u +%Y%m%dT%H%M%SZ)
 OUT=${OUT:-$repo/bench/out/nbd-fio-$stamp}
 started=$(date +%s)
 
-log() { printf '[nbd-fio %s] %s\n' "$(date +%T)" "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
+LOGTAG=nbd-fio
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
 
 # ---- tools ------------------------------------------------------------------
-need=()
-command -v fio >/dev/null || need+=(fio)
-command -v nbdkit >/dev/null || need+=(nbdkit)
-{ command -v nbdcopy >/dev/null && command -v nbdinfo >/dev/null; } || need+=(libnbd-bin)
-command -v python3 >/dev/null || need+=(python3)
-if ((${#need[@]})); then
-	log "installing ${need[*]}"
-	[[ $(id -u) == 0 ]] || die "missing ${need[*]}; run as root or install them"
-	DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >&2 ||
-		{ apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >&2; }
-fi
-# fio's nbd engine is optional at build time; Debian's fio has it. There is
-# no fallback: without it we would measure a different client stack.
-fio --enghelp=nbd 2>/dev/null | grep -q '^uri' ||
-	die "this fio ($(fio --version)) has no nbd engine (fio --enghelp=nbd); install a fio built with libnbd"
-nbdkit file --version >/dev/null 2>&1 || die "nbdkit has no file plugin (apt-get install nbdkit)"
+need_pkgs fio=fio nbdkit=nbdkit nbdcopy=libnbd-bin nbdinfo=libnbd-bin python3=python3
+check_fio_nbd
 
 bytes=$(numfmt --from=iec "$SIZE") || die "SIZE=$SIZE: not a size"
 
 # ---- work directories and cleanup ---------------------------------------------
 WORKDIR=${WORKDIR:-$(mktemp -d /var/tmp/nbd-fio.XXXXXX)}
 mkdir -p "$WORKDIR" "$OUT/json"
-ud_pid= nk_pid=
-stop_pid() { # pid: SIGTERM, wait; returns the exit status
-	local pid=$1 rc=0
-	[[ -n $pid ]] || return 0
-	kill -TERM "$pid" 2>/dev/null || return 0
-	wait "$pid" || rc=$?
-	return $rc
-}
 cleanup() {
 	stop_pid "$ud_pid" || true
 	stop_pid "$nk_pid" || true
@@ -95,20 +74,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # ---- urldisk binary -------------------------------------------------------------
-if [[ -n ${URLDISK_BIN:-} ]]; then
-	bin=$URLDISK_BIN
-	ud_rev="given binary $(basename "$bin")"
-elif [[ $URLDISK_REV == worktree ]]; then
-	bin=$WORKDIR/urldisk
-	(cd "$repo" && go build -o "$bin" ./cmd/urldisk)
-	ud_rev="$(git -C "$repo" describe --always --dirty --abbrev=12) (working tree)"
-else
-	bin=$WORKDIR/urldisk
-	mkdir -p "$WORKDIR/src"
-	git -C "$repo" archive "$URLDISK_REV" | tar -x -C "$WORKDIR/src"
-	(cd "$WORKDIR/src" && go build -o "$bin" ./cmd/urldisk)
-	ud_rev="$(git -C "$repo" rev-parse --short=12 "$URLDISK_REV") (clean build of $URLDISK_REV)"
-fi
+build_urldisk
 log "urldisk $ud_rev; work in $WORKDIR; results in $OUT"
 
 # ---- servers --------------------------------------------------------------------
@@ -119,65 +85,10 @@ ud_sock=$WORKDIR/ud.sock
 nk_sock=$WORKDIR/nk.sock
 nk_file=$WORKDIR/nbdkit.raw
 declare -A URI=([urldisk]="nbd+unix:///$vol?socket=$ud_sock" [nbdkit]="nbd+unix:///?socket=$nk_sock")
+declare -A FIOARGS=([urldisk]="--ioengine=nbd --uri=${URI[urldisk]} --size=$bytes" [nbdkit]="--ioengine=nbd --uri=${URI[nbdkit]} --size=$bytes")
+declare -A PIDVAR=([urldisk]=ud_pid [nbdkit]=nk_pid)
+ud_url=$pool/$vol
 
-start_urldisk() { # [extra serve flags]
-	: >"$WORKDIR/serve.out"
-	"$bin" serve "$pool/$vol" --listen "unix:$ud_sock" --cache "$cache" --cache-size 2G "$@" \
-		>"$WORKDIR/serve.out" 2>>"$WORKDIR/urldisk.log" &
-	ud_pid=$!
-	local i
-	for ((i = 0; i < 300; i++)); do
-		grep -qx ready "$WORKDIR/serve.out" && return 0
-		kill -0 "$ud_pid" 2>/dev/null || { cat "$WORKDIR/urldisk.log" >&2; die "urldisk serve exited"; }
-		sleep 0.1
-	done
-	die "urldisk serve not ready after 30s"
-}
-stop_urldisk() {
-	local rc=0
-	stop_pid "$ud_pid" || rc=$?
-	ud_pid=
-	((rc == 0)) || { tail -20 "$WORKDIR/urldisk.log" >&2; die "urldisk serve exited $rc on SIGTERM"; }
-}
-start_nbdkit() {
-	rm -f "$nk_sock"
-	nbdkit --unix "$nk_sock" --foreground file "$nk_file" 2>>"$WORKDIR/nbdkit.log" &
-	nk_pid=$!
-	local i
-	for ((i = 0; i < 300; i++)); do
-		[[ -S $nk_sock ]] && nbdinfo --size "${URI[nbdkit]}" >/dev/null 2>&1 && return 0
-		kill -0 "$nk_pid" 2>/dev/null || { cat "$WORKDIR/nbdkit.log" >&2; die "nbdkit exited"; }
-		sleep 0.1
-	done
-	die "nbdkit not ready after 30s"
-}
-stop_nbdkit() { stop_pid "$nk_pid" || true; nk_pid=; }
-server_pid() { if [[ $1 == urldisk ]]; then echo "$ud_pid"; else echo "$nk_pid"; fi; }
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime+stime of the server process
-
-# ---- fio ------------------------------------------------------------------------
-# run_fio TARGET JOB REP fio-args...: JSON to $OUT/json/JOB.TARGET.REP.json and the
-# server's CPU time during the run to ....cpu (clock ticks, see getconf CLK_TCK).
-run_fio() {
-	local target=$1 job=$2 rep=$3
-	shift 3
-	local f=$OUT/json/$job.$target.$rep.json pid t0
-	pid=$(server_pid "$target")
-	t0=$(cpu_ticks "$pid")
-	timeout 600 fio --name="$job" --ioengine=nbd --uri="${URI[$target]}" --size="$bytes" \
-		--output-format=json --output="$f" "$@" >>"$WORKDIR/fio.log" 2>&1 ||
-		{ tail -5 "$WORKDIR/fio.log" >&2; server_check "$target" "$pid"; die "fio $job on $target failed"; }
-	server_check "$target" "$pid"
-	echo $(($(cpu_ticks "$pid") - t0)) >"${f%.json}.cpu"
-}
-server_check() { # target pid: die with its log and exit status if the server is gone
-	kill -0 "$2" 2>/dev/null && return 0
-	local rc=0
-	wait "$2" || rc=$?
-	if [[ $1 == urldisk ]]; then ud_pid=; else nk_pid=; fi
-	tail -20 "$WORKDIR/$1.log" >&2
-	die "$1 (pid $2) died during the run, exit status $rc (see $OUT/$1.log)"
-}
 timed=(--runtime="$RUNTIME" --time_based)
 declare -A JOBARGS=(
 	[randread-qd1]="--rw=randread --bs=4k --iodepth=1 --lat_percentiles=1 ${timed[*]}"
@@ -243,23 +154,12 @@ for v in SIZE RUNTIME REPS URLDISK_REV URLDISK_BIN; do
 done
 fio_common="fio --ioengine=nbd --uri=URI --size=$bytes --output-format=json"
 {
-	echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
-	echo "nproc=$(nproc)"
-	echo "cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-	echo "mem=$(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
-	echo "kernel=$(uname -r)"
-	echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
-	echo "fio=$(fio --version)"
-	echo "nbdkit=$(nbdkit --version | head -1)"
-	echo "libnbd=$(nbdcopy --version | sed -n 's/^libnbd //p')"
-	echo "urldisk=$ud_rev"
-	echo "go=$(go version 2>/dev/null | awk '{print $3}')"
+	meta_common
 	echo "cmd=$cmd"
 	echo "size=$SIZE"
 	echo "bytes=$bytes"
 	echo "runtime=$RUNTIME"
 	echo "reps=$REPS"
-	echo "clk_tck=$(getconf CLK_TCK)"
 	echo "elapsed=$(($(date +%s) - started))"
 	echo "fio_common=$fio_common"
 	for job in "${JOBS[@]}"; do echo "args.$job=${JOBARGS[$job]}"; done

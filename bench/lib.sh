@@ -1,0 +1,144 @@
+# lib.sh — shared machinery of the benchmark scripts (nbd-fio.sh, suite.sh).
+# Source it after setting:
+#   LOGTAG   prefix of log lines, e.g. nbd-fio
+#   repo     repository root
+#   WORKDIR  scratch directory (pool, caches, sockets, logs)
+#   OUT      results directory (fio JSON under $OUT/json)
+# The helpers below use these globals (set by the caller before use):
+#   bin, ud_rev        set by build_urldisk
+#   ud_url, ud_sock, cache   urldisk serve's volume URL, socket and cache dir
+#   nk_sock, nk_file   nbdkit's socket and raw file
+#   FIOARGS[target]    how fio reaches a target (e.g. --ioengine=nbd --uri=...)
+#   PIDVAR[target]     name of the variable holding the target's server pid
+# shellcheck shell=bash
+
+log() { printf '[%s %s] %s\n' "${LOGTAG:-bench}" "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+# need_pkgs CMD=PKG ...: apt-get install the packages of missing commands.
+need_pkgs() {
+	local need=() kv
+	for kv in "$@"; do
+		command -v "${kv%%=*}" >/dev/null || need+=("${kv#*=}")
+	done
+	((${#need[@]})) || return 0
+	mapfile -t need < <(printf '%s\n' "${need[@]}" | sort -u)
+	log "installing ${need[*]}"
+	[[ $(id -u) == 0 ]] || die "missing ${need[*]}; run as root or install them"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >&2 ||
+		{ apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y "${need[@]}" >&2; }
+}
+
+# check_fio_nbd: fio's nbd engine is optional at build time; Debian's fio has
+# it. There is no fallback: without it we would measure a different client.
+check_fio_nbd() {
+	fio --enghelp=nbd 2>/dev/null | grep -q '^uri' ||
+		die "this fio ($(fio --version)) has no nbd engine (fio --enghelp=nbd); install a fio built with libnbd"
+	nbdkit file --version >/dev/null 2>&1 || die "nbdkit has no file plugin (apt-get install nbdkit)"
+}
+
+stop_pid() { # pid: SIGTERM, wait; returns the exit status
+	local pid=$1 rc=0
+	[[ -n $pid ]] || return 0
+	kill -TERM "$pid" 2>/dev/null || return 0
+	wait "$pid" || rc=$?
+	return $rc
+}
+
+# build_urldisk: sets bin and ud_rev from URLDISK_BIN, or URLDISK_REV
+# (default HEAD: a clean `git archive` build; "worktree": the tree as it is).
+build_urldisk() {
+	local rev=${URLDISK_REV:-HEAD}
+	if [[ -n ${URLDISK_BIN:-} ]]; then
+		bin=$URLDISK_BIN
+		ud_rev="given binary $(basename "$bin")"
+	elif [[ $rev == worktree ]]; then
+		bin=$WORKDIR/urldisk
+		(cd "$repo" && go build -o "$bin" ./cmd/urldisk)
+		ud_rev="$(git -C "$repo" describe --always --dirty --abbrev=12) (working tree)"
+	else
+		bin=$WORKDIR/urldisk
+		mkdir -p "$WORKDIR/src"
+		git -C "$repo" archive "$rev" | tar -x -C "$WORKDIR/src"
+		(cd "$WORKDIR/src" && go build -o "$bin" ./cmd/urldisk)
+		ud_rev="$(git -C "$repo" rev-parse --short=12 "$rev") (clean build of $rev)"
+	fi
+}
+
+ud_pid= nk_pid=
+start_urldisk() { # [extra serve flags]: serve $ud_url on $ud_sock with cache $cache
+	: >"$WORKDIR/serve.out"
+	"$bin" serve "$ud_url" --listen "unix:$ud_sock" --cache "$cache" --cache-size 2G "$@" \
+		>"$WORKDIR/serve.out" 2>>"$WORKDIR/urldisk.log" &
+	ud_pid=$!
+	local i
+	for ((i = 0; i < 600; i++)); do
+		grep -qx ready "$WORKDIR/serve.out" && return 0
+		kill -0 "$ud_pid" 2>/dev/null || { tail -20 "$WORKDIR/urldisk.log" >&2; die "urldisk serve exited"; }
+		sleep 0.1
+	done
+	die "urldisk serve not ready after 60s"
+}
+stop_urldisk() {
+	local rc=0
+	stop_pid "$ud_pid" || rc=$?
+	ud_pid=
+	((rc == 0)) || { tail -20 "$WORKDIR/urldisk.log" >&2; die "urldisk serve exited $rc on SIGTERM"; }
+}
+start_nbdkit() {
+	rm -f "$nk_sock"
+	nbdkit --unix "$nk_sock" --foreground file "$nk_file" 2>>"$WORKDIR/nbdkit.log" &
+	nk_pid=$!
+	local i
+	for ((i = 0; i < 300; i++)); do
+		[[ -S $nk_sock ]] && nbdinfo --size "nbd+unix:///?socket=$nk_sock" >/dev/null 2>&1 && return 0
+		kill -0 "$nk_pid" 2>/dev/null || { cat "$WORKDIR/nbdkit.log" >&2; die "nbdkit exited"; }
+		sleep 0.1
+	done
+	die "nbdkit not ready after 30s"
+}
+stop_nbdkit() { stop_pid "$nk_pid" || true; nk_pid=; }
+
+server_pid() { echo "${!PIDVAR[$1]}"; }
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime+stime of the server process
+
+# run_fio TARGET JOB REP fio-args...: JSON to $OUT/json/JOB.TARGET.REP.json and
+# the server's CPU time during the run to ....cpu (clock ticks, see getconf
+# CLK_TCK). FIOARGS[TARGET] comes first, so the job's arguments override it.
+run_fio() {
+	local target=$1 job=$2 rep=$3
+	shift 3
+	local f=$OUT/json/$job.$target.$rep.json pid t0
+	pid=$(server_pid "$target")
+	t0=$(cpu_ticks "$pid")
+	# shellcheck disable=SC2086 # FIOARGS are word lists
+	timeout 600 fio --name="$job" ${FIOARGS[$target]} --output-format=json --output="$f" "$@" \
+		>>"$WORKDIR/fio.log" 2>&1 ||
+		{ tail -5 "$WORKDIR/fio.log" >&2; server_check "$target" "$pid"; die "fio $job on $target failed"; }
+	server_check "$target" "$pid"
+	echo $(($(cpu_ticks "$pid") - t0)) >"${f%.json}.cpu"
+}
+server_check() { # target pid: die with its log and exit status if the server is gone
+	kill -0 "$2" 2>/dev/null && return 0
+	local rc=0
+	wait "$2" || rc=$?
+	printf -v "${PIDVAR[$1]}" '%s' ''
+	tail -20 "$WORKDIR/$1.log" >&2
+	die "$1 (pid $2) died during the run, exit status $rc (see $OUT/$1.log)"
+}
+
+# meta_common: the machine and tool versions, as key=value lines.
+meta_common() {
+	echo "date=$(date -u '+%Y-%m-%d %H:%M UTC')"
+	echo "nproc=$(nproc)"
+	echo "cpu=$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+	echo "mem=$(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)"
+	echo "kernel=$(uname -r)"
+	echo "load=$(cut -d' ' -f1-3 /proc/loadavg)"
+	echo "fio=$(fio --version)"
+	echo "nbdkit=$(nbdkit --version | head -1)"
+	echo "libnbd=$(nbdcopy --version | sed -n 's/^libnbd //p')"
+	echo "urldisk=$ud_rev"
+	echo "go=$(go version 2>/dev/null | awk '{print $3}')"
+	echo "clk_tck=$(getconf CLK_TCK)"
+}

@@ -1,0 +1,248 @@
+// Command s3raw measures what an S3 endpoint itself can do, with the same
+// AWS SDK client configuration urldisk uses (standard credential chain,
+// endpoint, region, path-style, default request checksums), so that
+// bench/suite.sh can put urldisk's numbers next to the object store's limit.
+//
+//	s3raw mkbucket -endpoint http://127.0.0.1:PORT BUCKET
+//	s3raw bench -endpoint http://127.0.0.1:PORT -bucket BUCKET [-dur 2s] [-workers 8]
+//
+// bench prints one JSON object with three measurements:
+//
+//	put4m: PutObject of 4 MiB objects (If-None-Match: *, fresh keys, like
+//	       urldisk's record uploads) from -workers goroutines; MB/s
+//	put4k: PutObject of 4 KiB objects, one at a time; latency mean/p50/p99
+//	get4m: GetObject of whole 4 MiB objects (those put4m wrote) from
+//	       -workers goroutines; MB/s
+//
+// Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never
+// from flags. This is a benchmark helper, not part of urldisk.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: s3raw mkbucket|bench [flags]")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "mkbucket":
+		err = mkbucket(os.Args[2:])
+	case "bench":
+		err = bench(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "s3raw:", err)
+		os.Exit(1)
+	}
+}
+
+func client(ctx context.Context, endpoint string) (*s3.Client, error) {
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(envOr("AWS_REGION", "us-east-1")))
+	if err != nil {
+		return nil, err
+	}
+	return s3.NewFromConfig(cfg, func(o *s3.Options) {
+		o.BaseEndpoint = aws.String(endpoint)
+		o.UsePathStyle = true
+		o.DisableLogOutputChecksumValidationSkipped = true
+	}), nil
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func mkbucket(args []string) error {
+	fs := flag.NewFlagSet("mkbucket", flag.ExitOnError)
+	endpoint := fs.String("endpoint", "", "S3 endpoint URL")
+	_ = fs.Parse(args)
+	if fs.NArg() != 1 || *endpoint == "" {
+		return errors.New("usage: s3raw mkbucket -endpoint URL BUCKET")
+	}
+	ctx := context.Background()
+	c, err := client(ctx, *endpoint)
+	if err != nil {
+		return err
+	}
+	_, err = c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(fs.Arg(0))})
+	var ae smithy.APIError
+	if errors.As(err, &ae) && (ae.ErrorCode() == "BucketAlreadyOwnedByYou" || ae.ErrorCode() == "BucketAlreadyExists") {
+		return nil
+	}
+	return err
+}
+
+// Result is what bench prints.
+type Result struct {
+	Put4MMBps      float64 `json:"put4m_mbps"`
+	Put4MOps       int     `json:"put4m_ops"`
+	Put4KMeanUs    float64 `json:"put4k_mean_us"`
+	Put4KP50Us     float64 `json:"put4k_p50_us"`
+	Put4KP99Us     float64 `json:"put4k_p99_us"`
+	Put4KOps       int     `json:"put4k_ops"`
+	Get4MMBps      float64 `json:"get4m_mbps"`
+	Get4MOps       int     `json:"get4m_ops"`
+	Workers        int     `json:"workers"`
+	DurationSecond float64 `json:"duration_s"`
+}
+
+func bench(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ExitOnError)
+	endpoint := fs.String("endpoint", "", "S3 endpoint URL")
+	bucket := fs.String("bucket", "", "bucket (must exist)")
+	prefix := fs.String("prefix", fmt.Sprintf("s3raw-%d/", time.Now().UnixNano()), "key prefix")
+	dur := fs.Duration("dur", 2*time.Second, "duration of each measurement")
+	workers := fs.Int("workers", 8, "concurrent requests for the throughput measurements")
+	_ = fs.Parse(args)
+	if *endpoint == "" || *bucket == "" {
+		return errors.New("usage: s3raw bench -endpoint URL -bucket BUCKET")
+	}
+	ctx := context.Background()
+	c, err := client(ctx, *endpoint)
+	if err != nil {
+		return err
+	}
+	put := func(key string, data []byte) error {
+		_, err := c.PutObject(ctx, &s3.PutObjectInput{
+			Bucket: bucket, Key: aws.String(*prefix + key), Body: bytes.NewReader(data),
+			ContentLength: aws.Int64(int64(len(data))), IfNoneMatch: aws.String("*"),
+		})
+		return err
+	}
+	big := make([]byte, 4<<20)
+	small := make([]byte, 4<<10)
+	_, _ = rand.Read(big)
+	_, _ = rand.Read(small)
+	r := Result{Workers: *workers, DurationSecond: dur.Seconds()}
+
+	// Warm up the connection pool (one request per worker).
+	if err := parallel(*workers, time.Nanosecond, func(w, i int) error { return put(fmt.Sprintf("warm/%d-%d", w, i), small) }); err != nil {
+		return fmt.Errorf("warm-up: %w", err)
+	}
+
+	// 4 MiB PUT throughput.
+	var n atomic.Int64
+	wrote := make([]int, *workers) // objects each worker wrote: big/W-0 .. big/W-(wrote[W]-1)
+	t0 := time.Now()
+	err = parallel(*workers, *dur, func(w, i int) error {
+		if err := put(fmt.Sprintf("big/%d-%d", w, i), big); err != nil {
+			return err
+		}
+		n.Add(1)
+		wrote[w] = i + 1
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("put 4 MiB: %w", err)
+	}
+	el := time.Since(t0).Seconds()
+	r.Put4MOps = int(n.Load())
+	r.Put4MMBps = float64(n.Load()) * float64(len(big)) / el / 1e6
+
+	// 4 KiB PUT latency, one at a time.
+	var lat []time.Duration
+	end := time.Now().Add(*dur)
+	for i := 0; time.Now().Before(end); i++ {
+		s := time.Now()
+		if err := put(fmt.Sprintf("small/%d", i), small); err != nil {
+			return fmt.Errorf("put 4 KiB: %w", err)
+		}
+		lat = append(lat, time.Since(s))
+	}
+	slices.Sort(lat)
+	var sum time.Duration
+	for _, d := range lat {
+		sum += d
+	}
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	r.Put4KOps = len(lat)
+	r.Put4KMeanUs = us(sum) / float64(len(lat))
+	r.Put4KP50Us = us(lat[len(lat)/2])
+	r.Put4KP99Us = us(lat[min(len(lat)-1, len(lat)*99/100)])
+
+	// 4 MiB GET throughput over the objects written above.
+	var got atomic.Int64
+	bufs := make([][]byte, *workers)
+	for w := range bufs {
+		bufs[w] = make([]byte, len(big))
+	}
+	t0 = time.Now()
+	err = parallel(*workers, *dur, func(w, i int) error {
+		key := fmt.Sprintf("big/%d-%d", w, i%wrote[w])
+		out, err := c.GetObject(ctx, &s3.GetObjectInput{Bucket: bucket, Key: aws.String(*prefix + key)})
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		m, err := io.ReadFull(out.Body, bufs[w])
+		got.Add(int64(m))
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			err = nil
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("get 4 MiB: %w", err)
+	}
+	el = time.Since(t0).Seconds()
+	r.Get4MOps = int(got.Load() / int64(len(big)))
+	r.Get4MMBps = float64(got.Load()) / el / 1e6
+
+	enc := json.NewEncoder(os.Stdout)
+	return enc.Encode(r)
+}
+
+// parallel runs fn(worker, i) for i = 0, 1, ... on each of n workers until d
+// has passed (each worker does at least one call); the first error stops all.
+func parallel(n int, d time.Duration, fn func(w, i int) error) error {
+	end := time.Now().Add(d)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
+	var stop atomic.Bool
+	for w := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i == 0 || (time.Now().Before(end) && !stop.Load()); i++ {
+				if err := fn(w, i); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
+					stop.Store(true)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}

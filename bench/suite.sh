@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# suite.sh — urldisk against its peers and limits, in one run on one machine:
+#   urldisk   `urldisk serve` of a volume in a pool on a local versitygw (S3)
+#   nbdkit    `nbdkit file` on a raw file: the local limit for an NBD server
+#   s3backer  s3backer (FUSE, 1 MiB blocks, in-memory block cache) on the same
+#             versitygw, with --blockCacheSync so that a write is in S3 when
+#             it returns (s3backer 1.5's fsync is a no-op: without it nothing
+#             it acknowledges is durable)
+#   raw S3    bench/s3raw: PutObject/GetObject on the same versitygw with the
+#             same AWS SDK configuration urldisk uses: the object-store limit
+# then checkpoint/clone time, attach time and serve's memory, and a Markdown
+# section with medians and ratios, which replaces the one in BENCHMARKS.md.
+#
+# This is a benchmark, not a test: nothing is asserted; targets are reported.
+# Runs are interleaved (urldisk, nbdkit, s3backer, urldisk, ...), so load on
+# the machine hits all of them alike: compare ratios from one run.
+#
+# Usage: ./bench/suite.sh   (or `make bench`; as root if tools must be
+#                            installed: fio, nbdkit, libnbd-bin, s3backer from
+#                            Debian, versitygw v1.8.0 with `go install`)
+# Knobs (environment):
+#   SIZE=512M        working set = volume size = raw/s3backer file size
+#   RUNTIME=3        seconds per time-based fio job (also caps seqwrite)
+#   REPS=3           repetitions of everything measured (median reported)
+#   RECORDS=10000    records in the attach-time volume
+#   MEM_SIZE=4G      size of the volume written in full for the RSS figure
+#   URLDISK_REV=HEAD build a clean `git archive` of this commit-ish;
+#                    "worktree" builds the checked-out tree as it is
+#   URLDISK_BIN=...  use this binary instead of building
+#   WORKDIR=...      scratch (default: mktemp under /var/tmp); KEEP=1 keeps it
+#   OUT=...          results (default: bench/out/suite-<UTC time>)
+#   DOC=BENCHMARKS.md  file whose "## Suite: ..." section is replaced; DOC= skips
+#
+# fio jobs (same arguments on every target; nbd engine for urldisk/nbdkit,
+# libaio with O_DIRECT on s3backer's FUSE file, so no page cache in between):
+#   randread-qd1/-qd32  4k random read, warm                  IOPS, latency
+#   seqread-cold        1M sequential read of the working set, QD8, after
+#                       restarting the server (urldisk: cache deleted too;
+#                       s3backer: remounted, its block cache is in memory)
+#   seqread-warm        1M sequential read, QD8, time-based
+#   seqwrite            1M sequential write, QD8, then one flush; stops after
+#                       RUNTIME s or the working set; MB/s including the flush
+#   randwrite-qd1       4k random write, QD1, a flush after every write
+#   randwrite-qd32      4k random write, QD32, a flush every 64 writes
+#                       (--fsync=64): durable IOPS
+set -euo pipefail
+
+SIZE=${SIZE:-512M}
+RUNTIME=${RUNTIME:-3}
+REPS=${REPS:-3}
+RECORDS=${RECORDS:-10000}
+MEM_SIZE=${MEM_SIZE:-4G}
+URLDISK_REV=${URLDISK_REV:-HEAD}
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${OUT:-$repo/bench/out/suite-$stamp}
+DOC=${DOC-$repo/BENCHMARKS.md}
+started=$(date +%s)
+
+LOGTAG=suite
+# shellcheck source=bench/lib.sh
+. "$here/lib.sh"
+
+# ---- tools ----------------------------------------------------------------------
+need_pkgs fio=fio nbdkit=nbdkit nbdcopy=libnbd-bin nbdinfo=libnbd-bin python3=python3 \
+	s3backer=s3backer fusermount=fuse3
+check_fio_nbd
+export PATH="$PATH:$(go env GOPATH)/bin"
+if ! command -v versitygw >/dev/null; then
+	log "installing versitygw v1.8.0 (go install)"
+	go install github.com/versity/versitygw/cmd/versitygw@v1.8.0
+fi
+[[ -e /dev/fuse ]] || die "no /dev/fuse: s3backer needs FUSE"
+
+bytes=$(numfmt --from=iec "$SIZE") || die "SIZE=$SIZE: not a size"
+mem_bytes=$(numfmt --from=iec "$MEM_SIZE") || die "MEM_SIZE=$MEM_SIZE: not a size"
+
+# ---- work directories and cleanup -------------------------------------------------
+WORKDIR=${WORKDIR:-$(mktemp -d /var/tmp/suite.XXXXXX)}
+mkdir -p "$WORKDIR" "$OUT/json" "$OUT/raw"
+gw_pid= s3_pid= mem_pid=
+mnt=$WORKDIR/mnt
+cleanup() {
+	stop_pid "$ud_pid" || true
+	stop_pid "$nk_pid" || true
+	stop_pid "$mem_pid" || true
+	if [[ -n $s3_pid ]]; then
+		fusermount -u "$mnt" 2>/dev/null || umount -l "$mnt" 2>/dev/null || true
+		wait "$s3_pid" 2>/dev/null || true
+	fi
+	stop_pid "$gw_pid" || true
+	cp "$WORKDIR"/*.log "$OUT"/ 2>/dev/null || true
+	if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORKDIR"; else rm -rf "$WORKDIR"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# ---- binaries -------------------------------------------------------------------------
+build_urldisk
+# The helpers are measuring tools: always built from this checkout.
+(cd "$repo" && go build -o "$WORKDIR/s3raw" ./bench/s3raw && go build -o "$WORKDIR/suitetool" ./bench/suitetool)
+log "urldisk $ud_rev; work in $WORKDIR; results in $OUT"
+log "machine: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# ---- versitygw ------------------------------------------------------------------------
+export AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s AWS_REGION=us-east-1
+unset AWS_CA_BUNDLE AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_SESSION_TOKEN
+start_gw() {
+	local try i
+	for try in 1 2 3 4 5; do
+		gw_port=$((20000 + RANDOM % 30000))
+		mkdir -p "$WORKDIR/gw"
+		ROOT_ACCESS_KEY=k ROOT_SECRET_KEY=s versitygw --port "127.0.0.1:$gw_port" posix "$WORKDIR/gw" \
+			>>"$WORKDIR/versitygw.log" 2>&1 &
+		gw_pid=$!
+		endpoint=http://127.0.0.1:$gw_port
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$gw_pid" 2>/dev/null || break
+			"$WORKDIR/s3raw" mkbucket -endpoint "$endpoint" bench 2>/dev/null && return 0
+			sleep 0.1
+		done
+		stop_pid "$gw_pid" || true
+		gw_pid=
+	done
+	tail -20 "$WORKDIR/versitygw.log" >&2
+	die "versitygw did not start"
+}
+start_gw
+"$WORKDIR/s3raw" mkbucket -endpoint "$endpoint" s3b
+s3q="endpoint=$endpoint&region=us-east-1&use_path_style=true"
+pool="s3://bench/pool"
+volurl() { echo "$pool/$1?$s3q"; }
+log "versitygw at $endpoint (pid $gw_pid)"
+
+# ---- targets ----------------------------------------------------------------------------
+vol=bench
+cache=$WORKDIR/cache
+ud_sock=$WORKDIR/ud.sock
+ud_url=$(volurl $vol)
+nk_sock=$WORKDIR/nk.sock
+nk_file=$WORKDIR/nbdkit.raw
+TARGETS=(urldisk nbdkit s3backer)
+declare -A NBDURI=([urldisk]="nbd+unix:///$vol?socket=$ud_sock" [nbdkit]="nbd+unix:///?socket=$nk_sock")
+declare -A FIOARGS=(
+	[urldisk]="--ioengine=nbd --uri=${NBDURI[urldisk]} --size=$bytes"
+	[nbdkit]="--ioengine=nbd --uri=${NBDURI[nbdkit]} --size=$bytes"
+	[s3backer]="--ioengine=libaio --direct=1 --filename=$mnt/file --size=$bytes"
+)
+declare -A PIDVAR=([urldisk]=ud_pid [nbdkit]=nk_pid [s3backer]=s3_pid)
+
+echo "k:s" >"$WORKDIR/s3b.passwd"
+chmod 600 "$WORKDIR/s3b.passwd"
+# s3backer tuned for a strongly consistent store (no MD5 cache or same-block
+# write delay, both there for AWS's old eventual consistency), every block
+# cacheable in memory, O_DIRECT passed through, no startup listing, path-style
+# requests (the default; --region would switch to virtual-host style).
+S3B_ARGS=(--baseURL="$endpoint/" --accessFile="$WORKDIR/s3b.passwd"
+	--blockSize=1m --size="$bytes" --blockCacheSize=$(((bytes + (1 << 20) - 1) >> 20))
+	--md5CacheSize=0 --md5CacheTime=0 --minWriteDelay=0 --directIO --prefix=vol/)
+S3B_SYNC=(--blockCacheSync --blockCacheWriteDelay=0) # a write returns once it is in S3
+start_s3backer() { # [extra flags]
+	mkdir -p "$mnt"
+	s3backer "${S3B_ARGS[@]}" "$@" -f s3b "$mnt" >>"$WORKDIR/s3backer.log" 2>&1 &
+	s3_pid=$!
+	local i
+	for ((i = 0; i < 300; i++)); do
+		[[ $(stat -c %s "$mnt/file" 2>/dev/null) == "$bytes" ]] && return 0
+		kill -0 "$s3_pid" 2>/dev/null || { tail -20 "$WORKDIR/s3backer.log" >&2; die "s3backer exited"; }
+		sleep 0.1
+	done
+	die "s3backer not mounted after 30s"
+}
+stop_s3backer() { # unmounting flushes s3backer's dirty blocks
+	[[ -n $s3_pid ]] || return 0
+	fusermount -u "$mnt" || umount "$mnt"
+	wait "$s3_pid" || true
+	s3_pid=
+}
+restart() { # target: stop and start it with an empty cache of its own
+	case $1 in
+	urldisk) stop_urldisk && rm -rf "$cache" && start_urldisk ;;
+	nbdkit) stop_nbdkit && start_nbdkit ;;
+	s3backer) stop_s3backer && start_s3backer "${S3B_SYNC[@]}" ;;
+	esac
+}
+
+# ---- 1. raw S3 -------------------------------------------------------------------------
+for ((rep = 1; rep <= REPS; rep++)); do
+	log "raw S3 run $rep/$REPS (s3raw: 4 MiB PUT x8, 4 KiB PUT latency, 4 MiB GET x8)"
+	"$WORKDIR/s3raw" bench -endpoint "$endpoint" -bucket bench -prefix "raw$rep/" -dur 2s -workers 8 \
+		>"$OUT/raw/s3raw.$rep.json"
+done
+
+# ---- 2. fio on the three targets ----------------------------------------------------------
+timed="--runtime=$RUNTIME --time_based"
+declare -A JOBARGS=(
+	[randread-qd1]="--rw=randread --bs=4k --iodepth=1 --lat_percentiles=1 $timed"
+	[randread-qd32]="--rw=randread --bs=4k --iodepth=32 --lat_percentiles=1 $timed"
+	[seqread-cold]="--rw=read --bs=1M --iodepth=8"
+	[seqread-warm]="--rw=read --bs=1M --iodepth=8 $timed"
+	[seqwrite]="--rw=write --bs=1M --iodepth=8 --end_fsync=1 --runtime=$RUNTIME"
+	[randwrite-qd1]="--rw=randwrite --bs=4k --iodepth=1 --fsync=1 --lat_percentiles=1 $timed"
+	[randwrite-qd32]="--rw=randwrite --bs=4k --iodepth=32 --fsync=64 $timed"
+)
+JOBS=(randread-qd1 randread-qd32 seqread-cold seqread-warm seqwrite randwrite-qd1 randwrite-qd32)
+
+log "set-up: $SIZE of the same random data through each target"
+head -c "$bytes" /dev/urandom >"$WORKDIR/seed.raw"
+truncate -s "$bytes" "$nk_file"
+start_urldisk --create --size "$bytes"
+start_nbdkit
+start_s3backer # write-back for the prefill; unmounting flushes it
+for t in "${TARGETS[@]}"; do
+	s=$(date +%s.%N)
+	if [[ $t == s3backer ]]; then
+		dd if="$WORKDIR/seed.raw" of="$mnt/file" bs=1M oflag=direct conv=notrunc status=none
+		stop_s3backer
+	else
+		nbdcopy --flush "$WORKDIR/seed.raw" "${NBDURI[$t]}"
+	fi
+	echo "$s $(date +%s.%N)" >"$OUT/json/prefill.$t.time"
+done
+rm -f "$WORKDIR/seed.raw"
+start_s3backer "${S3B_SYNC[@]}"
+for t in "${TARGETS[@]}"; do
+	log "warming read through $t"
+	run_fio "$t" warmup 0 --rw=read --bs=1M --iodepth=8
+done
+for job in "${JOBS[@]}"; do
+	for ((rep = 1; rep <= REPS; rep++)); do
+		for t in "${TARGETS[@]}"; do
+			[[ $job == seqread-cold ]] && restart "$t"
+			log "$job run $rep/$REPS on $t"
+			# shellcheck disable=SC2086 # JOBARGS are word lists
+			run_fio "$t" "$job" "$rep" ${JOBARGS[$job]}
+		done
+	done
+done
+stop_urldisk # a clean SIGTERM (flush, exit 0) is part of the run
+stop_nbdkit
+stop_s3backer
+
+# ---- 3. checkpoint and clone time (CLI, no serve holding the volume) ---------------------------
+ms_since() { echo $((($(date +%s%N) - $1) / 1000000)); }
+: >"$OUT/raw/history.txt"
+for vsize in 1G 32G; do
+	v=sparse$vsize
+	"$WORKDIR/suitetool" mkvol -url "$(volurl $v)" -size $vsize -scatter 100
+	for ((rep = 1; rep <= REPS; rep++)); do
+		for op in info checkpoint clone; do
+			t0=$(date +%s%N)
+			case $op in
+			info) "$bin" info "$(volurl $v)" >/dev/null ;;
+			checkpoint) "$bin" checkpoint "$(volurl $v)" "c$rep" >/dev/null 2>>"$WORKDIR/cli.log" ;;
+			clone) "$bin" clone "$(volurl $v)" "$(volurl "$v-k$rep")" >"$WORKDIR/clone.out" 2>>"$WORKDIR/cli.log" ;;
+			esac
+			el=$(ms_since "$t0")
+			inproc=
+			[[ $op == clone ]] && inproc=$(sed -n 's/.* in \([0-9.]*m\?s\)$/\1/p' "$WORKDIR/clone.out")
+			echo "$op $vsize $rep $el $inproc" >>"$OUT/raw/history.txt"
+		done
+	done
+done
+log "checkpoint/clone times: $(awk '{printf "%s/%s=%sms ", $1, $2, $4}' "$OUT/raw/history.txt")"
+
+# ---- 4. attach time: RECORDS records, empty cache ------------------------------------------------
+log "attach: writing $RECORDS records of 4 KiB (one per record)"
+"$WORKDIR/suitetool" records -url "$(volurl att)" -size 64M -n "$RECORDS" >"$OUT/raw/records.txt"
+: >"$OUT/raw/attach.txt"
+for ((rep = 1; rep <= REPS; rep++)); do
+	"$WORKDIR/suitetool" attach -bin "$bin" -url "$(volurl att)" -sock "$WORKDIR/att.sock" \
+		-cache "$WORKDIR/attcache$rep" -log "$WORKDIR/attach.log" >>"$OUT/raw/attach.txt"
+	rm -rf "$WORKDIR/attcache$rep"
+done
+log "attach times (ms): $(tr '\n' ' ' <"$OUT/raw/attach.txt")"
+
+# ---- 5. memory: serve's RSS with one volume written in full ------------------------------------
+log "memory: writing $MEM_SIZE through a fresh serve"
+mem_sock=$WORKDIR/mem.sock
+"$bin" serve "$(volurl mem)" --create --size "$mem_bytes" --listen "unix:$mem_sock" --cache "$WORKDIR/memcache" \
+	--cache-size 2G >"$WORKDIR/mem.out" 2>>"$WORKDIR/mem.log" &
+mem_pid=$!
+for ((i = 0; i < 600; i++)); do
+	grep -qx ready "$WORKDIR/mem.out" && break
+	kill -0 "$mem_pid" || die "serve for the memory test exited"
+	sleep 0.1
+done
+fio --name=memfill --ioengine=nbd --uri="nbd+unix:///mem?socket=$mem_sock" --size="$mem_bytes" \
+	--rw=write --bs=1M --iodepth=8 --end_fsync=1 --output-format=json --output="$OUT/raw/memfill.json" \
+	>>"$WORKDIR/fio.log" 2>&1 || die "memory fill failed"
+grep -E '^(VmRSS|VmHWM)' "/proc/$mem_pid/status" | tr -s ' ' >"$OUT/raw/mem.txt"
+stop_pid "$mem_pid" || die "serve (memory test) exited non-zero on SIGTERM"
+mem_pid=
+log "memory: $(tr '\n' ' ' <"$OUT/raw/mem.txt")"
+
+# ---- report -------------------------------------------------------------------------------------
+cmd="./bench/suite.sh"
+for v in SIZE RUNTIME REPS RECORDS MEM_SIZE URLDISK_REV URLDISK_BIN; do
+	def=$(case $v in SIZE) echo 512M ;; RUNTIME) echo 3 ;; REPS) echo 3 ;; RECORDS) echo 10000 ;; MEM_SIZE) echo 4G ;; URLDISK_REV) echo HEAD ;; *) echo ;; esac)
+	[[ ${!v:-} == "$def" ]] || cmd="$v=${!v:-} $cmd"
+done
+{
+	meta_common
+	echo "s3backer=$(s3backer --version 2>&1 | head -1)"
+	echo "versitygw=$(go version -m "$(command -v versitygw)" 2>/dev/null | awk '$1 == "mod" {print $3}')"
+	echo "cmd=$cmd"
+	echo "size=$SIZE"
+	echo "bytes=$bytes"
+	echo "runtime=$RUNTIME"
+	echo "reps=$REPS"
+	echo "records=$RECORDS"
+	echo "mem_size=$MEM_SIZE"
+	echo "elapsed=$(($(date +%s) - started))"
+	for t in "${TARGETS[@]}"; do echo "fio.$t=fio --name=JOB ${FIOARGS[$t]} --output-format=json" | sed "s|$WORKDIR|WORKDIR|g"; done
+	for job in "${JOBS[@]}"; do echo "args.$job=${JOBARGS[$job]}"; done
+	echo "urldisk_serve=urldisk serve 's3://bench/pool/$vol?endpoint=http://127.0.0.1:PORT&region=us-east-1&use_path_style=true' --listen unix:SOCK --cache DIR --cache-size 2G"
+	echo "nbdkit_serve=nbdkit --unix SOCK --foreground file FILE"
+	echo "s3backer_mount=s3backer ${S3B_ARGS[*]} ${S3B_SYNC[*]} -f s3b MNT" | sed "s|$WORKDIR|WORKDIR|g; s|$gw_port|PORT|g"
+	echo "versitygw_cmd=ROOT_ACCESS_KEY=k ROOT_SECRET_KEY=s versitygw --port 127.0.0.1:PORT posix DIR"
+} >"$OUT/meta"
+python3 "$here/suite-report.py" "$OUT" >"$OUT/report.md"
+cat "$OUT/report.md"
+if [[ -n $DOC ]]; then
+	python3 "$here/suite-report.py" --splice "$DOC" "$OUT/report.md"
+	log "updated the suite section of $DOC"
+fi
+log "done in $(($(date +%s) - started))s; report and raw results in $OUT"
