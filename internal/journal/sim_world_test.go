@@ -12,7 +12,7 @@ import (
 
 // simParams are the knobs of one seed, drawn from the seed itself.
 type simParams struct {
-	writers      int // writers that attach over the run (2–4)
+	writers      int // writers that attach to the first volume over the run (2–4)
 	depth        int // segments a writer keeps in flight
 	minBudget    int // segments a writer seals, at least
 	maxBudget    int // and at most
@@ -24,15 +24,37 @@ type simParams struct {
 	pSlow        float64 // a request is slow (delivered rarely)
 	pEvent       float64
 	pAct         float64
+	pOp          float64 // a step advances a pool operation (GC run, clone, remove)
 	pFlush       float64
 	pZero        float64
 	timeouts     bool // requests time out and are reissued; the original may still land
 	crashes      bool // writers crash mid-run
 	snapshots    bool
-	gc           bool
+	gc           bool // GC runs while writers write (the teardown always runs GC)
 	partitionMax int  // a partitioned writer's requests wait for up to this many later attaches
 	segStride    int  // segment ids advance by 1..segStride
 	rogue        bool // a rogue puts records replay must void at the log head
+
+	// The pool around the first volume.
+	vols         int  // volumes at most, clones included (1: no clones)
+	cloneWriters int  // a clone gets 0..cloneWriters writers
+	ckpts        bool // checkpoints (and checkpoint removal)
+	removes      int  // volumes removed mid-run, at most
+	gcConc       int  // GC runs in flight at once, at most
+
+	// Time, in scheduler steps. The assumptions the real system makes
+	// about wall-clock time are encoded as deadlines: a clone completes
+	// within cloneDur steps (the real margin: an hour), a GC's two listings
+	// are at most listGap steps apart, grace > cloneDur+listGap, margin >=
+	// cloneDur, and retention >= margin (the pool and GC use the same
+	// retention). Requests may fly for any time: the guard "no request can
+	// still create or read the slot" stands in for "no request outlives the
+	// grace period".
+	grace     int // G: GC deletes nothing younger than this
+	retention int // R: every point of the last R steps stays clonable (0: head and checkpoints only)
+	margin    int // M: seq points older than R-M are refused (the real "retention minus one hour")
+	cloneDur  int // C
+	listGap   int // L
 }
 
 func newSimParams(r *rand.Rand) simParams {
@@ -59,21 +81,35 @@ func newSimParams(r *rand.Rand) simParams {
 	}
 	p.maxBudget = p.minBudget + r.IntN(60)
 	p.segBlocks = min(p.segBlocks, p.blocks)
-	p.gc = p.snapshots && r.IntN(2) == 0
+	p.gc = p.snapshots && r.IntN(4) != 0
+
+	p.vols = []int{1, 2, 4, 6}[r.IntN(4)]
+	p.cloneWriters = 1 + r.IntN(3)
+	p.ckpts = r.IntN(3) != 0
+	p.removes = []int{0, 1, 2}[r.IntN(3)]
+	p.gcConc = 1 + r.IntN(2)
+	p.pOp = 0.03 + r.Float64()*0.2
+	p.cloneDur = 3 + r.IntN(10)
+	p.listGap = 1 + r.IntN(4)
+	p.grace = p.cloneDur + p.listGap + 1 + []int{0, 10, 60, 300}[r.IntN(4)]
+	p.margin = p.cloneDur + []int{0, 20}[r.IntN(2)]
+	// Retention 0 (GC keeps heads and checkpoints only) is outside the
+	// pool's promise (PoolOptions.Retention: "a concurrent GC with the same
+	// retention never races them"); only known=retention-0 runs it.
+	p.retention = p.margin + []int{0, 10, 60, 400}[r.IntN(4)]
 	return p
 }
 
 func (p simParams) String() string {
-	return fmt.Sprintf("writers=%d depth=%d budget=%d..%d blocks=%d seg-blocks<=%d seg-stride=%d lost=%.2f fail=%.2f read-fail=%.2f slow=%.2f zero=%.1f timeouts=%v crashes=%v snapshots=%v gc=%v rogue=%v",
-		p.writers, p.depth, p.minBudget, p.maxBudget, p.blocks, p.segBlocks, p.segStride, p.pLost, p.pFail, p.pReadFail, p.pSlow, p.pZero, p.timeouts, p.crashes, p.snapshots, p.gc, p.rogue)
+	return fmt.Sprintf("writers=%d depth=%d budget=%d..%d blocks=%d seg-blocks<=%d seg-stride=%d lost=%.2f fail=%.2f read-fail=%.2f slow=%.2f zero=%.1f timeouts=%v crashes=%v snapshots=%v gc=%v rogue=%v "+
+		"vols<=%d clone-writers<=%d ckpts=%v removes<=%d gc-conc=%d op=%.2f grace=%d retention=%d margin=%d clone-dur=%d list-gap=%d",
+		p.writers, p.depth, p.minBudget, p.maxBudget, p.blocks, p.segBlocks, p.segStride, p.pLost, p.pFail, p.pReadFail, p.pSlow, p.pZero, p.timeouts, p.crashes, p.snapshots, p.gc, p.rogue,
+		p.vols, p.cloneWriters, p.ckpts, p.removes, p.gcConc, p.pOp, p.grace, p.retention, p.margin, p.cloneDur, p.listGap)
 }
 
 // --- the store ---------------------------------------------------------
 
-const (
-	simBlock  = 8 // bytes per block: one unique uint64 value
-	simVolume = "vol-sim"
-)
+const simBlock = 8 // bytes per block: one unique uint64 value
 
 // simWrite is one block written by a segment.
 type simWrite struct {
@@ -96,31 +132,48 @@ type simMeta struct {
 	Seg SegID `json:"seg,omitempty"`
 }
 
-// simCell is a block's value in a replayed map, with where it came from.
+// simCell is a block's value in a replayed map, with the record it comes
+// from: (vol, seq), where vol is an ancestor's index for a clone's
+// inherited blocks.
 type simCell struct {
 	val  uint64
+	vol  int
 	seq  uint64
 	w    int
 	seg  SegID
 	zero bool
 }
 
+// simRef names a record: (volume index, seq).
+type simRef struct {
+	vol int
+	seq uint64
+}
+
 type simSnap struct {
 	seq   uint64
 	st    State
 	cells map[uint64]simCell
-	by    int
+	by    int   // writer index, -1: offline (checkpoint or clone)
+	born  int   // step it was written (its ModTime)
+	time  int64 // its header's Time: the time of the record at seq
 }
 
 type simStore struct {
 	objs    map[uint64][]byte
-	archive map[uint64][]byte // records GC deleted: gone from the store, kept for the oracle
+	born    map[uint64]int    // step each live record landed: its ModTime
+	archive map[uint64][]byte // deleted records (by GC or remove), kept for the oracle
+	byGC    map[uint64]int    // archive entries GC deleted: the step
 	dec     map[uint64]*simRec
-	snaps   []*simSnap
-	high    uint64 // highest seq ever created
+	snaps   []*simSnap // live snapshots
+	high    uint64     // highest seq ever created
 }
 
-// get returns the object at seq: live only, or live and GC'd (oracle).
+func newSimStore() simStore {
+	return simStore{objs: map[uint64][]byte{}, born: map[uint64]int{}, archive: map[uint64][]byte{}, byGC: map[uint64]int{}, dec: map[uint64]*simRec{}}
+}
+
+// get returns the object at seq: live only, or live and deleted (oracle).
 func (st *simStore) get(seq uint64, withArchive bool) ([]byte, bool) {
 	if b, ok := st.objs[seq]; ok {
 		return b, true
@@ -141,6 +194,28 @@ func (st *simStore) newest() *simSnap {
 	}
 	return n
 }
+
+// newestAtOrBelow is what loadImage(limit) starts from.
+func (st *simStore) newestAtOrBelow(limit uint64) *simSnap {
+	var n *simSnap
+	for _, s := range st.snaps {
+		if s.seq <= limit && (n == nil || s.seq > n.seq) {
+			n = s
+		}
+	}
+	return n
+}
+
+func (st *simStore) snapAt(seq uint64) *simSnap {
+	for _, s := range st.snaps {
+		if s.seq == seq {
+			return s
+		}
+	}
+	return nil
+}
+
+func (st *simStore) empty() bool { return len(st.objs) == 0 && len(st.snaps) == 0 }
 
 // decodeSim decodes a whole record object, including its data section.
 func decodeSim(obj []byte) (*simRec, error) {
@@ -175,17 +250,74 @@ func decodeSim(obj []byte) (*simRec, error) {
 	return sr, nil
 }
 
-// decoded returns the (cached) decoded record at seq; records are immutable.
-func (s *sim) decoded(seq uint64, obj []byte) (*simRec, error) {
-	if r := s.store.dec[seq]; r != nil {
+// decoded returns the (cached) decoded record at seq of v; records are immutable.
+func (s *sim) decoded(v *simVol, seq uint64, obj []byte) (*simRec, error) {
+	if r := v.store.dec[seq]; r != nil {
 		return r, nil
 	}
 	r, err := decodeSim(obj)
 	if err != nil {
 		return nil, err
 	}
-	s.store.dec[seq] = r
+	if r.r.Volume != v.id || r.r.Seq != seq {
+		return nil, fmt.Errorf("record at %s/%d names %s/%d", v.id, seq, r.r.Volume, r.r.Seq)
+	}
+	v.store.dec[seq] = r
 	return r, nil
+}
+
+// --- volumes -------------------------------------------------------------
+
+// simVol is one volume of the pool: a root, or a clone whose snapshot 0
+// (base) references its ancestors' records.
+type simVol struct {
+	idx    int
+	id     string // the records' Volume field
+	key    uint64 // listing order (real volume ids are random)
+	store  simStore
+	parent *simVol
+	from   uint64             // clone: the source's seq (ParentRef.Seq)
+	base   map[uint64]simCell // clone: the map of snapshot 0; nil for a root
+	how    string
+
+	nWriters  int // writers this volume gets over the run
+	writers   []*simWriter
+	started   int
+	attaches  int // fences landed for live attachers
+	startNext int // the newest writer must have sealed this many segments before the next starts
+	acks      []simAck
+
+	ckpts []*simCkpt // live checkpoint documents
+
+	// Pool metadata: descriptor, name binding, tombstone.
+	desc     bool
+	descBorn int
+	named    bool
+	tomb     bool
+	tombBorn int
+	removing bool // a Remove started: no more writers, clones, checkpoints
+}
+
+// exists: the volume has a descriptor and no tombstone (I4 protects its fences).
+func (v *simVol) exists() bool { return v.desc && !v.tomb }
+
+// usable: it can be opened, cloned, checkpointed by name.
+func (v *simVol) usable() bool { return v.named && v.desc && !v.removing }
+
+// simCkpt is a checkpoint document: a label naming a seq, with the
+// snapshot written at that seq.
+type simCkpt struct {
+	label    string
+	seq      uint64
+	snap     *simSnap
+	born     int
+	clonedAt int // when a clone last replayed it
+}
+
+func (s *sim) newVol(parent *simVol, from uint64, base map[uint64]simCell, how string) *simVol {
+	v := &simVol{idx: len(s.vols), key: s.rng.Uint64(), store: newSimStore(), parent: parent, from: from, base: base, how: how}
+	v.id = fmt.Sprintf("vol-sim-%d", v.idx)
+	return v
 }
 
 // --- messages ----------------------------------------------------------
@@ -203,13 +335,14 @@ func (o simOp) String() string { return [...]string{"create", "read", "replay"}[
 type simMsg struct {
 	id        uint64
 	owner     *simWriter // nil: its writer crashed; the request still flies
-	from      int        // writer index, for the trace
+	vol       *simVol
+	from      int // writer index, for the trace
 	op        simOp
 	seq       uint64
 	obj       []byte
 	slow      bool
-	holdUntil int // not deliverable until this many attaches happened
-	sentAt    int // attaches when sent
+	holdUntil int // not deliverable until the volume had this many attaches
+	sentAt    int // the volume's attaches when sent
 }
 
 type simOutcome uint8
@@ -232,26 +365,38 @@ type sim struct {
 	seed  uint64
 	rng   *rand.Rand
 	p     simParams
-	store simStore
+	vols  []*simVol
+	root  *simVol
+	known map[string]bool // known problems to exercise (see simKnown)
 
 	queue   []*simMsg
 	nextID  uint64
 	release bool // drain: ignore holds
 
-	writers   []*simWriter
-	started   int
-	attaches  int // fences landed for live attachers
-	startNext int // the newest writer must have sealed this many segments before the next starts
+	writers []*simWriter // every writer of every volume, by index
 
-	acks []simAck
+	clones  []*simCloneOp // in progress
+	removes []*simRemoveOp
+	gcs     []*simGC
+	nClones int
+	nRemove int
+	nGC     int
+	nCkpt   int
 
-	step     int
-	err      error
-	tracing  bool
-	unsafeGC bool
-	trace    []string
-	stats    simStats
-	finished bool
+	version int // bumped whenever a live map may have changed (the I5 checker caches on it)
+	marks   *simMarkCache
+
+	step      int
+	err       error
+	tracing   bool
+	unsafeGC  bool
+	trace     []string
+	stats     simStats
+	finished  bool
+	teardown  bool
+	deletedBy map[simRef]string // what deleted each record, for messages
+
+	gcLastDeleted int // objects the last GC run to finish deleted
 }
 
 // simAck is an acknowledged segment: a FLUSH covering it returned.
@@ -275,24 +420,32 @@ const simMaxSteps = 400_000
 
 // simOpts are per-run switches from the environment.
 type simOpts struct {
-	trace    bool // keep a trace of every step
-	unsafeGC bool // GC without the grace guard (expected to break I1)
+	trace    bool            // keep a trace of every step
+	unsafeGC bool            // GC without the guard (expected to break I1)
+	known    map[string]bool // known problems to exercise (expected to fail)
 }
 
 func runSim(seed uint64, o simOpts) simResult {
 	s := &sim{
-		seed:     seed,
-		rng:      rand.New(rand.NewPCG(seed, 0x75726c6469736b)),
-		tracing:  o.trace,
-		unsafeGC: o.unsafeGC,
-		store:    simStore{objs: map[uint64][]byte{}, archive: map[uint64][]byte{}, dec: map[uint64]*simRec{}},
+		seed:      seed,
+		rng:       rand.New(rand.NewPCG(seed, 0x75726c6469736b)),
+		tracing:   o.trace,
+		unsafeGC:  o.unsafeGC,
+		known:     o.known,
+		deletedBy: map[simRef]string{},
 	}
 	s.p = newSimParams(s.rng)
+	if s.known[knownRetention0] {
+		s.p.retention = 0
+	}
 	s.tracef("params: %s", s.p)
 	s.run()
 	s.stats.seeds = 1
 	s.stats.steps = s.step
-	s.stats.maxLog = int(s.store.high)
+	for _, v := range s.vols {
+		s.stats.maxLog = max(s.stats.maxLog, int(v.store.high))
+	}
+	s.stats.vols += len(s.vols)
 	return simResult{err: s.err, trace: s.trace, params: s.p, stats: s.stats}
 }
 
@@ -311,7 +464,21 @@ func (s *sim) failf(f string, args ...any) {
 }
 
 func (s *sim) run() {
-	s.startWriter()
+	root := s.newVol(nil, 0, nil, "root")
+	root.desc, root.named, root.nWriters = true, true, s.p.writers
+	if !s.known[knownFallbackBase] {
+		// Pool.Create writes no snapshot. A volume younger than the
+		// retention window then has no snapshot at or below the window's
+		// first record, and markVolume falls back to its oldest snapshot
+		// as the base: in-window points below it lose records (and a clone
+		// of one made while a GC runs reads missing records). An empty
+		// snapshot 0, as Clone writes for a clone, avoids the fallback;
+		// known=fallback-base runs without it and shows the failures.
+		root.store.snaps = append(root.store.snaps, &simSnap{seq: 0, cells: map[uint64]simCell{}, by: -1})
+	}
+	s.vols = append(s.vols, root)
+	s.root = root
+	s.startWriter(root)
 	for ; s.err == nil && !s.finished; s.step++ {
 		if s.step > simMaxSteps {
 			s.failf("no quiescence after %d steps (livelock?)", simMaxSteps)
@@ -322,15 +489,23 @@ func (s *sim) run() {
 	if s.err == nil {
 		s.finalChecks()
 	}
+	if s.err == nil {
+		s.teardownAll()
+	}
 }
 
 func (s *sim) tick() {
+	if s.forcedOp() {
+		return
+	}
 	r := s.rng.Float64()
 	var did bool
 	switch {
 	case r < s.p.pEvent:
 		did = s.event() || s.deliver() || s.writerAction()
-	case r < s.p.pEvent+s.p.pAct:
+	case r < s.p.pEvent+s.p.pOp:
+		did = s.opStep() || s.deliver() || s.writerAction()
+	case r < s.p.pEvent+s.p.pOp+s.p.pAct:
 		did = s.writerAction() || s.deliver()
 	default:
 		did = s.deliver() || s.writerAction()
@@ -338,22 +513,41 @@ func (s *sim) tick() {
 	if did {
 		return
 	}
-	// Nothing can move: start the next writer, release held requests, or stop.
-	switch {
-	case s.started < s.p.writers:
-		s.startWriter()
-	case !s.release && len(s.queue) > 0:
+	// Nothing can move: start a volume's next writer, finish a pool
+	// operation, release held requests, or stop.
+	if v := s.pendingStart(); v != nil {
+		s.startWriter(v)
+		return
+	}
+	if s.opStep() {
+		return
+	}
+	if !s.release && len(s.queue) > 0 {
 		s.tracef("release all held requests")
 		s.release = true
-	default:
-		s.finished = true
+		return
 	}
+	s.finished = true
+}
+
+// pendingStart returns a usable volume that still has writers to start.
+func (s *sim) pendingStart() *simVol {
+	var c []*simVol
+	for _, v := range s.vols {
+		if v.usable() && v.started < v.nWriters {
+			c = append(c, v)
+		}
+	}
+	if len(c) == 0 {
+		return nil
+	}
+	return c[s.rng.IntN(len(c))]
 }
 
 func (s *sim) send(w *simWriter, op simOp, seq uint64, obj []byte) uint64 {
 	s.nextID++
-	m := &simMsg{id: s.nextID, owner: w, from: w.idx, op: op, seq: seq, obj: obj, slow: s.rng.Float64() < s.p.pSlow, sentAt: s.attaches}
-	if w.holdUntil > s.attaches {
+	m := &simMsg{id: s.nextID, owner: w, vol: w.vol, from: w.idx, op: op, seq: seq, obj: obj, slow: s.rng.Float64() < s.p.pSlow, sentAt: w.vol.attaches}
+	if w.holdUntil > w.vol.attaches {
 		m.holdUntil = w.holdUntil
 	}
 	s.queue = append(s.queue, m)
@@ -361,7 +555,7 @@ func (s *sim) send(w *simWriter, op simOp, seq uint64, obj []byte) uint64 {
 }
 
 func (s *sim) deliverable(m *simMsg) bool {
-	return s.release || m.holdUntil <= s.attaches
+	return s.release || m.holdUntil <= m.vol.attaches
 }
 
 // deliver hands one in-flight request, chosen by the seed, to the store and
@@ -388,12 +582,13 @@ func (s *sim) deliver() bool {
 		i = fast[s.rng.IntN(len(fast))]
 	}
 	m := s.queue[i]
-	if s.attaches >= m.sentAt+2 {
+	if m.vol.attaches >= m.sentAt+2 {
 		s.stats.lateDeliveries++
 	}
 	s.queue[i] = s.queue[len(s.queue)-1]
 	s.queue = s.queue[:len(s.queue)-1]
 
+	st := &m.vol.store
 	switch m.op {
 	case opCreate:
 		res := s.storeCreate(m)
@@ -403,7 +598,7 @@ func (s *sim) deliver() bool {
 			s.respond(m, resFail, nil)
 			return true
 		}
-		obj, ok := s.store.get(m.seq, false)
+		obj, ok := st.get(m.seq, false)
 		if !ok {
 			s.respond(m, resMissing, nil)
 			return true
@@ -423,14 +618,21 @@ func (s *sim) storeCreate(m *simMsg) simOutcome {
 	if s.rng.Float64() < s.p.pFail {
 		return resFail
 	}
+	st := &m.vol.store
 	res := resExists
-	if _, ok := s.store.objs[m.seq]; !ok {
-		if _, gone := s.store.archive[m.seq]; gone && !s.unsafeGC {
-			s.failf("w%d's create of slot %d landed after GC deleted that record (the sim's GC guard must prevent this)", m.from, m.seq)
+	if _, ok := st.objs[m.seq]; !ok {
+		if at, gone := st.byGC[m.seq]; gone && !s.unsafeGC {
+			s.failf("w%d's create of %s slot %d landed after GC deleted that record at step %d (the sim's GC guard must prevent this)", m.from, m.vol.id, m.seq, at)
 		}
-		delete(s.store.dec, m.seq) // only after unsafe GC: the slot holds another record now
-		s.store.objs[m.seq] = m.obj
-		s.store.high = max(s.store.high, m.seq)
+		if _, gone := st.archive[m.seq]; gone {
+			s.stats.createAfterDelete++
+			s.tracef("w%d create %d of %s lands in a slot %s emptied", m.from, m.seq, m.vol.id, s.deletedBy[simRef{m.vol.idx, m.seq}])
+		}
+		delete(st.dec, m.seq) // only after a deletion: the slot holds another record now
+		st.objs[m.seq] = m.obj
+		st.born[m.seq] = s.step
+		st.high = max(st.high, m.seq)
+		s.version++
 		res = resOK
 		if m.owner == nil {
 			s.stats.zombieLanded++
@@ -489,11 +691,11 @@ func (s *sim) respond(m *simMsg, res simOutcome, obj []byte) {
 
 // --- scenario events ---------------------------------------------------
 
-func (s *sim) newest() *simWriter {
-	if len(s.writers) == 0 {
+func (v *simVol) newest() *simWriter {
+	if len(v.writers) == 0 {
 		return nil
 	}
-	return s.writers[len(s.writers)-1]
+	return v.writers[len(v.writers)-1]
 }
 
 func (s *sim) live() []*simWriter {
@@ -506,20 +708,34 @@ func (s *sim) live() []*simWriter {
 	return l
 }
 
+// takeoverCands: usable volumes whose next writer may start now.
+func (s *sim) takeoverCands() []*simVol {
+	var c []*simVol
+	for _, v := range s.vols {
+		if !v.usable() || v.started >= v.nWriters {
+			continue
+		}
+		if nw := v.newest(); nw == nil || !nw.isLive() || len(nw.segs) >= v.startNext {
+			c = append(c, v)
+		}
+	}
+	return c
+}
+
 func (s *sim) event() bool {
 	type choice struct {
 		weight int
 		do     func() bool
 	}
 	var cs []choice
-	if nw := s.newest(); s.started < s.p.writers && (nw == nil || !nw.isLive() || len(nw.segs) >= s.startNext) {
-		cs = append(cs, choice{6, s.takeover})
+	if tc := s.takeoverCands(); len(tc) > 0 {
+		cs = append(cs, choice{6, func() bool { return s.takeover(tc[s.rng.IntN(len(tc))]) }})
 	}
 	if s.p.snapshots {
 		cs = append(cs, choice{3, s.snapshot})
 	}
-	if s.p.gc && len(s.store.snaps) > 0 {
-		cs = append(cs, choice{2, s.collect})
+	if s.p.gc && len(s.gcs) < s.p.gcConc && s.nGC < 40 {
+		cs = append(cs, choice{2, s.startGC})
 	}
 	if s.p.timeouts {
 		cs = append(cs, choice{3, s.timeout})
@@ -527,8 +743,17 @@ func (s *sim) event() bool {
 	if s.p.rogue {
 		cs = append(cs, choice{1, s.rogueRecord})
 	}
-	if s.p.crashes && s.started < s.p.writers {
+	if s.p.crashes && s.pendingStart() != nil {
 		cs = append(cs, choice{1, s.crashOne})
+	}
+	if len(s.vols) < s.p.vols {
+		cs = append(cs, choice{3, s.startClone})
+	}
+	if s.p.ckpts && s.nCkpt < 8 {
+		cs = append(cs, choice{2, s.checkpoint}, choice{1, s.removeCheckpoint})
+	}
+	if s.nRemove < s.p.removes {
+		cs = append(cs, choice{1, s.startRemove})
 	}
 	total := 0
 	for _, c := range cs {
@@ -547,12 +772,12 @@ func (s *sim) event() bool {
 	return false
 }
 
-// takeover starts the next writer and decides what happens to the newest
+// takeover starts v's next writer and decides what happens to its newest
 // one: it keeps running (and learns it is fenced the hard way), crashes
 // (its requests dropped, or kept flying as zombie traffic), or is
 // partitioned (alive, its requests held until later writers attached).
-func (s *sim) takeover() bool {
-	if old := s.newest(); old != nil && old.isLive() {
+func (s *sim) takeover(v *simVol) bool {
+	if old := v.newest(); old != nil && old.isLive() {
 		s.stats.takeovers++
 		switch s.rng.IntN(5) {
 		case 0, 1:
@@ -565,7 +790,7 @@ func (s *sim) takeover() bool {
 			s.partition(old)
 		}
 	}
-	s.startWriter()
+	s.startWriter(v)
 	return true
 }
 
@@ -595,7 +820,7 @@ func (s *sim) crash(w *simWriter, keep bool) {
 		}
 		m.owner = nil
 		if s.rng.IntN(2) == 0 {
-			m.holdUntil = max(m.holdUntil, s.attaches+1+s.rng.IntN(s.p.partitionMax))
+			m.holdUntil = max(m.holdUntil, w.vol.attaches+1+s.rng.IntN(s.p.partitionMax))
 		}
 		q = append(q, m)
 	}
@@ -607,8 +832,8 @@ func (s *sim) crash(w *simWriter, keep bool) {
 // attached: a paused process or a network partition, the classic zombie.
 func (s *sim) partition(w *simWriter) {
 	s.stats.partitions++
-	w.holdUntil = s.attaches + 1 + s.rng.IntN(s.p.partitionMax)
-	s.tracef("partition w%d until %d attaches", w.idx, w.holdUntil)
+	w.holdUntil = w.vol.attaches + 1 + s.rng.IntN(s.p.partitionMax)
+	s.tracef("partition w%d until %s has %d attaches", w.idx, w.vol.id, w.holdUntil)
 	for _, m := range s.queue {
 		if m.owner == w {
 			m.holdUntil = max(m.holdUntil, w.holdUntil)
@@ -655,7 +880,7 @@ func (s *sim) timeout() bool {
 func (s *sim) snapshot() bool {
 	var cand []*simWriter
 	for _, w := range s.writers {
-		if w.phase == phWrite && !w.fenced {
+		if w.phase == phWrite && !w.fenced && !w.vol.removing {
 			cand = append(cand, w)
 		}
 	}
@@ -667,65 +892,38 @@ func (s *sim) snapshot() bool {
 	if sn == nil {
 		return true
 	}
-	for _, o := range s.store.snaps {
-		if o.seq == sn.seq {
-			if o.st != sn.st || !cellsEqual(o.cells, sn.cells) {
-				s.failf("w%d's snapshot at %d differs from w%d's snapshot at the same seq", w.idx, sn.seq, o.by)
-			}
-			return true
+	s.addSnap(w.vol, sn)
+	return true
+}
+
+// addSnap stores a snapshot (the same seq twice must hold the same map)
+// and returns the one stored.
+func (s *sim) addSnap(v *simVol, sn *simSnap) *simSnap {
+	if o := v.store.snapAt(sn.seq); o != nil {
+		if o.st != sn.st || !cellsEqual(o.cells, sn.cells) {
+			s.failf("%s: snapshot at %d by w%d differs from the one already there (by w%d)", v.id, sn.seq, sn.by, o.by)
 		}
+		return o
 	}
-	s.store.snaps = append(s.store.snaps, sn)
+	sn.born = s.step
+	v.store.snaps = append(v.store.snaps, sn)
+	s.version++
 	s.stats.snapshots++
-	s.tracef("w%d snapshot at %d (epoch %d)", w.idx, sn.seq, sn.st.Epoch)
-	return true
+	s.tracef("%s snapshot at %d (epoch %d) by w%d", v.id, sn.seq, sn.st.Epoch, sn.by)
+	return sn
 }
 
-// collect deletes records at or below the newest snapshot, never fences
-// (I4), and only where no request could still create the slot: the sim's
-// stand-in for I5's grace period.
-func (s *sim) collect() bool {
-	sn := s.store.newest()
-	if sn == nil {
-		return false
-	}
-	low := s.gcLow()
-	if s.unsafeGC {
-		low = math.MaxUint64
-	}
-	n := 0
-	for seq := uint64(1); seq <= sn.seq && seq < low; seq++ {
-		obj, ok := s.store.objs[seq]
-		if !ok {
-			continue
-		}
-		r, err := s.decoded(seq, obj)
-		if err != nil {
-			s.failf("gc: record %d: %v", seq, err)
-			return true
-		}
-		if r.r.Type == format.RecordFence {
-			continue
-		}
-		delete(s.store.objs, seq)
-		s.store.archive[seq] = obj
-		n++
-	}
-	s.stats.gcDeleted += n
-	s.tracef("gc below snapshot %d (guard %d): deleted %d records", sn.seq, low, n)
-	return true
-}
-
-// gcLow is the lowest seq any live writer or in-flight request may still
-// try to create or read.
-func (s *sim) gcLow() uint64 {
+// gcLow is the lowest seq of v any live writer or in-flight request may
+// still try to create or read: the sim's stand-in for "no request outlives
+// the grace period".
+func (s *sim) gcLow(v *simVol) uint64 {
 	low := uint64(math.MaxUint64)
 	for _, m := range s.queue {
-		if m.op != opReplay {
+		if m.vol == v && m.op != opReplay {
 			low = min(low, m.seq)
 		}
 	}
-	for _, w := range s.writers {
+	for _, w := range v.writers {
 		switch w.phase {
 		case phAttach:
 			if w.loaded {
@@ -749,12 +947,22 @@ func (s *sim) gcLow() uint64 {
 // simRogue is the writer index of records no attached writer made.
 const simRogue = 250
 
-// rogueRecord creates, at the head of the log, a record that replay must
-// void: a stale fence (epoch not above the current one), data of the
+// rogueRecord creates, at the head of a volume's log, a record that replay
+// must void: a stale fence (epoch not above the current one), data of the
 // current epoch from a writer that does not own it, or data of an older
 // epoch. Writers that meet one in their slot skip it or stop (fenced).
 func (s *sim) rogueRecord() bool {
-	rp, err := s.oracle(math.MaxUint64)
+	var cand []*simVol
+	for _, v := range s.vols {
+		if v.usable() {
+			cand = append(cand, v)
+		}
+	}
+	if len(cand) == 0 {
+		return false
+	}
+	v := cand[s.rng.IntN(len(cand))]
+	rp, err := s.oracle(v, math.MaxUint64)
 	if err != nil {
 		s.failf("rogue: %v", err)
 		return true
@@ -763,7 +971,7 @@ func (s *sim) rogueRecord() bool {
 	if e == 0 {
 		return false
 	}
-	r := &format.Record{Seq: rp.st.Seq + 1, Volume: simVolume, Time: int64(s.step), Meta: []byte(`{"w":250}`)}
+	r := &format.Record{Seq: rp.st.Seq + 1, Volume: v.id, Time: int64(s.step), Meta: []byte(`{"w":250}`)}
 	r.Writer[0] = simRogue + 1
 	for i := 1; i < len(r.Writer); i++ {
 		r.Writer[i] = byte(s.rng.Uint32())
@@ -789,9 +997,14 @@ func (s *sim) rogueRecord() bool {
 		s.failf("rogue: %v", err)
 		return true
 	}
-	s.store.objs[r.Seq] = obj
-	s.store.high = max(s.store.high, r.Seq)
+	if _, gone := v.store.archive[r.Seq]; gone {
+		delete(v.store.dec, r.Seq)
+	}
+	v.store.objs[r.Seq] = obj
+	v.store.born[r.Seq] = s.step
+	v.store.high = max(v.store.high, r.Seq)
+	s.version++
 	s.stats.rogue++
-	s.tracef("rogue %s epoch %d at %d (current epoch %d)", r.Type, r.Epoch, r.Seq, e)
+	s.tracef("rogue %s epoch %d at %s/%d (current epoch %d)", r.Type, r.Epoch, v.id, r.Seq, e)
 	return true
 }

@@ -48,7 +48,8 @@ type simSeg struct {
 }
 
 type simWriter struct {
-	idx       int
+	idx       int // index among all writers of all volumes
+	vol       *simVol
 	id        format.WriterID
 	phase     simPhase
 	holdUntil int
@@ -82,18 +83,22 @@ func (w *simWriter) isLive() bool {
 	return w.phase == phAttach || w.phase == phWrite && !w.fenced
 }
 
-// startWriter begins a new attach: load the newest snapshot, replay, fence.
-func (s *sim) startWriter() {
-	w := &simWriter{idx: s.started, phase: phAttach}
+// startWriter begins a new attach to v: load the newest snapshot, replay, fence.
+func (s *sim) startWriter(v *simVol) {
+	w := &simWriter{idx: len(s.writers), vol: v, phase: phAttach}
+	if w.idx+1 >= simRogue {
+		panic("too many writers")
+	}
 	w.id[0] = byte(w.idx + 1)
 	for i := 1; i < len(w.id); i++ {
 		w.id[i] = byte(s.rng.Uint32())
 	}
 	w.budget = s.p.minBudget + s.rng.IntN(s.p.maxBudget-s.p.minBudget+1)
 	s.writers = append(s.writers, w)
-	s.started++
-	s.startNext = s.rng.IntN(w.budget + 1)
-	s.tracef("start w%d (id %x, budget %d)", w.idx, w.id[:4], w.budget)
+	v.writers = append(v.writers, w)
+	v.started++
+	v.startNext = s.rng.IntN(w.budget + 1)
+	s.tracef("start w%d on %s (id %x, budget %d)", w.idx, v.id, w.id[:4], w.budget)
 	w.op = s.send(w, opReplay, 0, nil)
 }
 
@@ -105,22 +110,28 @@ func (s *sim) attachReplayed(w *simWriter, res simOutcome) {
 		w.op = s.send(w, opReplay, 0, nil)
 		return
 	}
+	v := w.vol
 	if !w.loaded {
 		w.loaded = true
 		w.view = map[uint64]simCell{}
-		if sn := s.store.newest(); sn != nil {
+		if sn := v.store.newest(); sn != nil {
 			w.st, w.view = sn.st, maps.Clone(sn.cells)
-			s.stats.attachFromSnap++
+			if sn.seq > 0 {
+				s.stats.attachFromSnap++
+			}
 			s.tracef("w%d loads snapshot %d", w.idx, sn.seq)
+		} else if v.parent != nil {
+			s.failf("w%d: clone %s has no snapshot to attach from", w.idx, v.id)
+			return
 		}
 	}
 	for {
 		seq := w.st.Seq + 1
-		obj, ok := s.store.get(seq, false)
+		obj, ok := v.store.get(seq, false)
 		if !ok {
 			break
 		}
-		r, err := decodeSim(obj)
+		r, err := s.decoded(v, seq, obj)
 		if err != nil {
 			s.failf("w%d replay: record %d: %v", w.idx, seq, err)
 			return
@@ -131,14 +142,14 @@ func (s *sim) attachReplayed(w *simWriter, res simOutcome) {
 			s.becomeWriter(w)
 			return
 		}
-		var v Verdict
-		w.st, v, err = Replay(w.st, r.r)
+		var vd Verdict
+		w.st, vd, err = Replay(w.st, r.r)
 		if err != nil {
 			s.failf("w%d replay: %v", w.idx, err)
 			return
 		}
-		if v == Apply {
-			applyCells(w.view, seq, r)
+		if vd == Apply {
+			applyCells(w.view, v.idx, seq, r)
 		}
 	}
 	if w.fenceEpoch != 0 {
@@ -146,7 +157,7 @@ func (s *sim) attachReplayed(w *simWriter, res simOutcome) {
 	}
 	w.fenceSeq, w.fenceEpoch = w.st.Seq+1, w.st.Epoch+1
 	meta := fmt.Appendf(nil, `{"w":%d}`, w.idx)
-	obj, err := format.EncodeRecord(&format.Record{Type: format.RecordFence, Seq: w.fenceSeq, Epoch: w.fenceEpoch, Writer: w.id, Volume: simVolume, Time: int64(s.step), Meta: meta}, nil)
+	obj, err := format.EncodeRecord(&format.Record{Type: format.RecordFence, Seq: w.fenceSeq, Epoch: w.fenceEpoch, Writer: w.id, Volume: v.id, Time: int64(s.step), Meta: meta}, nil)
 	if err != nil {
 		s.failf("encode fence: %v", err)
 		return
@@ -176,12 +187,15 @@ func (s *sim) becomeWriter(w *simWriter) {
 	w.view = nil
 	w.slots = map[uint64]*simSlot{}
 	w.byID = map[SegID]*simSeg{}
-	s.attaches++
+	w.vol.attaches++
 	s.stats.attaches++
-	s.tracef("w%d owns epoch %d from fence %d", w.idx, w.fenceEpoch, w.fenceSeq)
+	if w.vol.parent != nil {
+		s.stats.cloneAttaches++
+	}
+	s.tracef("w%d owns epoch %d of %s from fence %d", w.idx, w.fenceEpoch, w.vol.id, w.fenceSeq)
 	// The attacher's replay must agree with a replay of everything from
 	// scratch, and every invariant must hold for what it sees.
-	want, err := s.oracle(w.fenceSeq - 1)
+	want, err := s.oracle(w.vol, w.fenceSeq-1)
 	if err != nil {
 		s.failf("attach w%d: oracle replay: %v", w.idx, err)
 		return
@@ -190,7 +204,7 @@ func (s *sim) becomeWriter(w *simWriter) {
 		s.failf("attach w%d: its replay (state %+v) disagrees with a replay from scratch (state %+v): %s", w.idx, w.st, want.st, cellsDiff(want.cells, w.base))
 		return
 	}
-	s.checkAll(fmt.Sprintf("after w%d attached", w.idx))
+	s.checkAll(w.vol, fmt.Sprintf("after w%d attached", w.idx))
 }
 
 // writerAction: a random live writer seals a segment or issues a flush.
@@ -278,7 +292,7 @@ func (s *sim) seal(w *simWriter) {
 }
 
 func (s *sim) dataRecord(w *simWriter, seg *simSeg, seq uint64) *format.Record {
-	return &format.Record{Type: format.RecordData, Seq: seq, Epoch: w.w.Epoch(), Writer: w.id, Volume: simVolume,
+	return &format.Record{Type: format.RecordData, Seq: seq, Epoch: w.w.Epoch(), Writer: w.id, Volume: w.vol.id,
 		Time: int64(s.step), Extents: seg.exts, Meta: seg.meta}
 }
 
@@ -421,7 +435,7 @@ func (s *sim) afterOutcome(w *simWriter) {
 
 func (s *sim) ack(w *simWriter, seg *simSeg) {
 	a := simAck{w: w.idx, epoch: w.w.Epoch(), seg: seg.id, slot: seg.slot, writes: seg.writes, step: s.step}
-	s.acks = append(s.acks, a)
+	w.vol.acks = append(w.vol.acks, a)
 	s.stats.acks++
 	s.tracef("w%d ACK segment %d at slot %d", w.idx, seg.id, seg.slot)
 	if !simAsserts {
@@ -461,12 +475,12 @@ func (s *sim) writerSnapshot(w *simWriter) *simSnap {
 		}
 		if sl.state == slotOursSim {
 			for _, wr := range sl.seg.writes {
-				cells[wr.block] = simCell{val: wr.val, seq: seq, w: w.idx, seg: sl.seg.id, zero: wr.zero}
+				cells[wr.block] = simCell{val: wr.val, vol: w.vol.idx, seq: seq, w: w.idx, seg: sl.seg.id, zero: wr.zero}
 			}
 		}
 	}
 	sn := &simSnap{seq: p, st: State{Seq: p, Epoch: w.w.Epoch(), Writer: w.id}, cells: cells, by: w.idx}
-	want, err := s.oracle(p)
+	want, err := s.oracle(w.vol, p)
 	if err != nil {
 		s.failf("snapshot: oracle: %v", err)
 		return nil
@@ -475,5 +489,6 @@ func (s *sim) writerSnapshot(w *simWriter) *simSnap {
 		s.failf("w%d's snapshot at %d disagrees with a replay from scratch (state %+v vs %+v): %s", w.idx, p, sn.st, want.st, cellsDiff(want.cells, cells))
 		return nil
 	}
+	sn.time = want.timeAt(p)
 	return sn
 }
