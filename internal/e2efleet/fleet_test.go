@@ -49,7 +49,7 @@ func (e *env) waitAcks(acksFile, host string, n int) []ackLine {
 var downRE = regexp.MustCompile(`down (\S+)`)
 
 // downtime extracts "down 123ms" from a migrate or drain output line.
-func downtime(t *testing.T, out string) time.Duration {
+func downtime(t testing.TB, out string) time.Duration {
 	t.Helper()
 	m := downRE.FindStringSubmatch(out)
 	if m == nil {

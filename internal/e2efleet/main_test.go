@@ -97,7 +97,7 @@ func (b *syncBuffer) String() string {
 // env is a fleet on this machine: one versitygw bucket as pool and fleet
 // store, and agents started as separate processes.
 type env struct {
-	t         *testing.T
+	t         testing.TB
 	dir       string
 	pool      string // pool URL, also the fleet URL
 	token     string
@@ -119,7 +119,7 @@ type agentProc struct {
 	stateDir string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	s3 := s3server.Start(t)
 	// Short paths: unix socket paths are limited to 108 bytes.
@@ -303,7 +303,7 @@ func (e *env) heartbeat(id string) *fleet.Heartbeat {
 
 // api sends an HTTP request to an agent with the given Authorization
 // header value ("" for none) and returns the status and body.
-func api(t *testing.T, method, url, auth, body string) (int, string) {
+func api(t testing.TB, method, url, auth, body string) (int, string) {
 	t.Helper()
 	var rd io.Reader
 	if body != "" {
@@ -336,7 +336,7 @@ type ackLine struct {
 }
 
 // readAcks parses the counter's acks file.
-func readAcks(t *testing.T, path string) []ackLine {
+func readAcks(t testing.TB, path string) []ackLine {
 	t.Helper()
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
