@@ -107,4 +107,3 @@ func ddTime(b *testing.B, path, size string) time.Duration {
 	}
 	return took
 }
-
