@@ -208,6 +208,11 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 	a.apiURL = apiURL(ln)
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 
+	if err := a.checkNoTwin(ctx); err != nil {
+		ln.Close()
+		c.Close()
+		return err
+	}
 	// First heartbeat before anything else: the host exists in the fleet.
 	if err := a.heartbeat(ctx, false); err != nil {
 		ln.Close()
@@ -274,6 +279,55 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 	}
 	a.log.Info("agent stopped")
 	return errors.Join(errs...)
+}
+
+// checkNoTwin refuses to start while another agent with this id is live.
+// If the id's heartbeat is fresh (say this agent was killed and restarted
+// at once), it watches it for up to the timeout: if it changes, a twin is
+// running; if it stays still, its writer is gone.
+func (a *Agent) checkNoTwin(ctx context.Context) error {
+	read := func() (*fleet.Heartbeat, error) {
+		hbs, err := a.fleet.Heartbeats(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("agent: read heartbeats: %w", err)
+		}
+		for _, h := range hbs {
+			if h.Host == a.cfg.ID {
+				return h, nil
+			}
+		}
+		return nil, nil
+	}
+	first, err := read()
+	if err != nil || first == nil || fleet.AgeState(first, a.cfg.Now(), a.cfg.HeartbeatTimeout) != fleet.HostLive {
+		return err
+	}
+	a.log.Info("this host's last heartbeat is fresh; making sure no other agent with this id is running", "last", first.Time)
+	l := fleet.NewLiveness(a.cfg.HeartbeatTimeout)
+	t := time.NewTicker(a.cfg.HeartbeatInterval)
+	defer t.Stop()
+	for {
+		h, err := read()
+		if err != nil {
+			return err
+		}
+		if h == nil {
+			return nil
+		}
+		now := a.cfg.Now()
+		l.Observe(now, []*fleet.Heartbeat{h})
+		switch {
+		case h.Seq != first.Seq || !h.Started.Equal(first.Started):
+			return fmt.Errorf("agent: another agent with id %q is running (its API: %s): each host needs its own --id", a.cfg.ID, h.API)
+		case l.State(a.cfg.ID, now) == fleet.HostDead:
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // listen opens "tcp:HOST:PORT" or "unix:/path".

@@ -401,3 +401,28 @@ func TestAPI(t *testing.T) {
 		t.Fatalf("client with a wrong token: %v", err)
 	}
 }
+
+// TestTwinRefused: a second agent with a live agent's id refuses to run;
+// after a crash (fresh heartbeat that no longer changes) a restarted agent
+// waits out the timeout and runs.
+func TestTwinRefused(t *testing.T) {
+	w := newWorld(t)
+	w.startAgent("a", nil)
+	twin, err := New(Config{ID: "a", Fleet: w.store, CacheDir: filepath.Join(w.dir, "twin-cache"), StateDir: filepath.Join(w.dir, "twin"),
+		Listen: "tcp:127.0.0.1:0", Token: "tok", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := twin.Run(context.Background(), nil); err == nil || !strings.Contains(err.Error(), "another agent with id") {
+		t.Fatalf("twin: %v", err)
+	}
+	// A crashed agent "b": its heartbeat is fresh but frozen.
+	if err := w.fleet.PutHeartbeat(context.Background(), &fleet.Heartbeat{Host: "b", Seq: 9, Time: time.Now(), Started: time.Now(), Timeout: time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	w.startAgent("b", nil)
+	if d := time.Since(start); d < time.Second {
+		t.Fatalf("restarted b ran after %v, before its old heartbeat was a timeout old", d)
+	}
+}

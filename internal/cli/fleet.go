@@ -312,8 +312,12 @@ clock) or its agent stopped.`,
 				if !r.LastBeat.IsZero() {
 					age = v.Now.Sub(r.LastBeat).Round(time.Millisecond).String() + " ago"
 				}
-				printf(tw, "%s\t%s\t%d running, %d placed\t%s / %s\t%.1f%% (%d hits, %d misses)\t%s\t%s\n",
-					r.Host, state, r.Running, r.Placed,
+				running := fmt.Sprintf("%d running", r.Running)
+				if r.State != "live" {
+					running += " at last report"
+				}
+				printf(tw, "%s\t%s\t%s, %d placed\t%s / %s\t%.1f%% (%d hits, %d misses)\t%s\t%s\n",
+					r.Host, state, running, r.Placed,
 					units.FormatSize(uint64(r.Cache.Bytes)), units.FormatSize(uint64(r.Cache.Capacity)),
 					100*r.HitRate, r.Cache.Hits, r.Cache.Misses, age, orDash(r.API))
 			}
