@@ -20,7 +20,8 @@ go test -count=1 -timeout 30m ./...
 echo "== go test -race (engine packages)"
 URLDISK_SIM_SEEDS=300 URLDISK_MODEL_OPS=600 go test -race -count=1 -timeout 20m \
   ./internal/format/... ./internal/extmap/... ./internal/journal/... ./internal/cache/... \
-  ./internal/objstore/... ./internal/volume/... ./internal/nbd/...
+  ./internal/objstore/... ./internal/volume/... ./internal/nbd/... \
+  ./internal/fleet/... ./internal/agent/...
 
 echo "== fuzz (brief)"
 FUZZTIME="${URLDISK_FUZZTIME:-10s}"
