@@ -146,15 +146,10 @@ func newRmCommand(g *globals) *cobra.Command {
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				kept, err := p.Remove(ctx, name)
-				if err != nil {
+				if err := p.Remove(ctx, name); err != nil {
 					return err
 				}
-				if kept {
-					printf(cmd.OutOrStdout(), "removed %s; its records stay while clones need them (`urldisk gc` frees the rest)\n", name)
-				} else {
-					printf(cmd.OutOrStdout(), "removed %s and its objects\n", name)
-				}
+				printf(cmd.OutOrStdout(), "removed %s; `urldisk gc` frees its objects after the grace period (records clones use stay)\n", name)
 				return nil
 			})
 		},

@@ -69,6 +69,31 @@ func AppendSnapshot(dst []byte, h *SnapshotHeader, extents iter.Seq[SnapExtent])
 	return e.b
 }
 
+// PeekSnapshotHeader parses the fixed header fields (seq, epoch, writer,
+// fence seq, time, size) from the first bytes of a snapshot WITHOUT
+// verifying its checksum: for choosing among snapshots only; load the
+// chosen one with DecodeSnapshot.
+func PeekSnapshotHeader(prefix []byte) (*SnapshotHeader, error) {
+	d := decoder{b: prefix}
+	if d.u32("magic") != snapshotMagic {
+		return nil, corruptf("snapshot magic mismatch")
+	}
+	if v := d.u16("version"); v != Version && d.err == nil {
+		return nil, corruptf("snapshot format version %d not supported", v)
+	}
+	h := &SnapshotHeader{}
+	h.Seq = d.u64("seq")
+	h.Epoch = d.u64("epoch")
+	copy(h.Writer[:], d.bytes(16, "writer"))
+	h.FenceSeq = d.u64("fence seq")
+	h.Time = int64(d.u64("time"))
+	h.Size = d.u64("size")
+	if d.err != nil {
+		return nil, d.err
+	}
+	return h, nil
+}
+
 // DecodeSnapshot verifies b, calls onHeader (if not nil) with the header and
 // then fn for every extent in order.
 func DecodeSnapshot(b []byte, fn func(SnapExtent) error, onHeader func(*SnapshotHeader)) (*SnapshotHeader, error) {

@@ -78,6 +78,11 @@ func (v *Volume) Checkpoint(ctx context.Context, label string) (*format.Checkpoi
 	v.mu.Lock()
 	h := v.snapHeader(c)
 	v.mu.Unlock()
+	// A writer that does not know it was fenced would label a point GC may
+	// already be collecting: make sure nobody fenced us after that point.
+	if err := v.stillOwner(ctx, c.seq); err != nil {
+		return nil, err
+	}
 	if err := v.pool.writeSnapshot(ctx, h, c.m); err != nil {
 		return nil, err
 	}
@@ -87,6 +92,31 @@ func (v *Volume) Checkpoint(ctx context.Context, label string) (*format.Checkpoi
 	}
 	v.log.Info("checkpoint", "label", label, "seq", c.seq)
 	return doc, nil
+}
+
+// stillOwner reads the records after seq and fails with ErrFenced if one
+// is a fence of a newer epoch.
+func (v *Volume) stillOwner(ctx context.Context, seq uint64) error {
+	seqs, sizes, err := v.pool.listSeqsAfter(ctx, format.LogPrefix(v.desc.ID), seq, true)
+	if err != nil {
+		return err
+	}
+	for _, s := range seqs {
+		if sizes[s] > 64<<10 {
+			continue // data records are not fences
+		}
+		r, err := v.pool.readRecord(ctx, format.LogKey(v.desc.ID, s), sizes[s])
+		if err != nil {
+			return err
+		}
+		if r.Type == format.RecordFence && r.Epoch > v.w.Epoch() {
+			v.mu.Lock()
+			v.fenceLocked(s, r)
+			v.mu.Unlock()
+			return blockdev.ErrFenced
+		}
+	}
+	return nil
 }
 
 // durableClone seals what is buffered, waits until it is durable and
@@ -103,10 +133,10 @@ func (v *Volume) durableClone(ctx context.Context) (*snapCandidate, error) {
 			v.sealLocked()
 		}
 		if v.durableDone >= v.lastSealed {
-			return &snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.opts.Clock.Now().UnixNano()}, nil
+			return &snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.lastTime}, nil
 		}
 		seg := v.segs[v.lastSealed]
-		c := &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.opts.Clock.Now().UnixNano(), moves: v.moves}
+		c := &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: seg.rec.Time, moves: v.moves}
 		for v.durableDone < c.seg {
 			if err := v.usableLocked(); err != nil {
 				return nil, err
@@ -209,16 +239,26 @@ func (p *Pool) listCheckpoints(ctx context.Context, id string) ([]*format.Checkp
 	return docs, nil
 }
 
-// RemoveCheckpoint deletes a checkpoint label; its data goes at the next GC.
+// RemoveCheckpoint deletes a checkpoint label; its data goes at a GC after
+// the grace period.
 func (p *Pool) RemoveCheckpoint(ctx context.Context, name, label string) error {
 	d, err := p.Resolve(ctx, name)
 	if err != nil {
 		return err
 	}
-	if _, err := p.readCheckpoint(ctx, d.ID, label); err != nil {
-		return err
+	key := format.CheckpointPrefix(d.ID) + label
+	b, err := p.store.Get(ctx, key)
+	if errors.Is(err, objstore.ErrNotFound) {
+		return fmt.Errorf("checkpoint %q: %w", label, ErrNotFound)
 	}
-	if err := p.store.Delete(ctx, format.CheckpointPrefix(d.ID)+label); err != nil {
+	if err != nil {
+		return fmt.Errorf("remove checkpoint %q: %w", label, err)
+	}
+	// Keep a copy for the grace period: a clone may be copying its map.
+	if err := p.store.Put(ctx, format.VolsPrefix+d.ID+"/"+removedCkptDir+label, b); err != nil {
+		return fmt.Errorf("remove checkpoint %q: %w", label, err)
+	}
+	if err := p.store.Delete(ctx, key); err != nil {
 		return fmt.Errorf("remove checkpoint %q: %w", label, err)
 	}
 	return nil

@@ -70,16 +70,32 @@ type gcVol struct {
 	id      string
 	desc    *format.VolumeDesc // nil if the descriptor is gone
 	name    string             // bound name, "" if none
-	deleted bool               // tombstoned, or unnamed past the grace period
 	objects []objstore.ObjectInfo
 	logs    map[uint64]objstore.ObjectInfo
 	snaps   map[uint64]objstore.ObjectInfo
-	// base is the newest snapshot at or before the retention window: records
+	// removedCkpts are checkpoint labels removed less than the grace period
+	// ago: a clone may still be reading them.
+	removedCkpts []string
+	tombstone    *objstore.ObjectInfo
+	hasDescObj   bool
+	young        bool // some object is younger than the grace period
+	// state: live (named), protected (being created or recently deleted:
+	// marked, nothing deleted), or deleted (collectable).
+	state gcState
+	// base is the newest snapshot older than the retention window: records
 	// at or below it are not needed to replay any retained point.
 	base     uint64
 	hasBase  bool
 	keepSnap map[uint64]string
 }
+
+type gcState int
+
+const (
+	gcLive gcState = iota
+	gcProtected
+	gcDeleted
+)
 
 func (g *gcVol) label() string {
 	if g.name != "" {
@@ -106,13 +122,18 @@ func (s *poolScan) mark(r recRef, by string) {
 }
 
 // scan lists the pool and marks every record referenced by the head,
-// checkpoints and retention window of every live volume.
+// checkpoints and retention window of every live volume, and by the
+// snapshots of volumes being created or recently deleted (a clone may be
+// copying their maps right now).
 func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
 	s := &poolScan{vols: map[string]*gcVol{}, marks: map[recRef]map[string]bool{}, now: p.clock.Now()}
 	names := map[string]string{} // id -> name
 	if err := p.store.List(ctx, format.NamesPrefix, func(oi objstore.ObjectInfo) error {
 		name := strings.TrimPrefix(oi.Key, format.NamesPrefix)
 		b, err := p.store.Get(ctx, oi.Key)
+		if errors.Is(err, objstore.ErrNotFound) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -125,6 +146,7 @@ func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("gc: list names: %w", err)
 	}
+	young := func(oi objstore.ObjectInfo) bool { return s.now.Sub(oi.ModTime) < o.Grace }
 	if err := p.store.List(ctx, format.VolsPrefix, func(oi objstore.ObjectInfo) error {
 		rest := strings.TrimPrefix(oi.Key, format.VolsPrefix)
 		id, sub, ok := strings.Cut(rest, "/")
@@ -137,6 +159,7 @@ func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
 			s.vols[id] = g
 		}
 		g.objects = append(g.objects, oi)
+		g.young = g.young || young(oi)
 		switch {
 		case strings.HasPrefix(sub, "log/"):
 			if seq, err := format.ParseSeqKey(oi.Key); err == nil {
@@ -146,30 +169,45 @@ func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
 			if seq, err := format.ParseSeqKey(oi.Key); err == nil {
 				g.snaps[seq] = oi
 			}
-		case sub == tombstoneName:
-			g.deleted = true
-		case sub == "volume.json":
-			if g.name == "" && s.now.Sub(oi.ModTime) > o.Grace {
-				g.deleted = true // never bound (lost a create race) or unbound by rm
+		case strings.HasPrefix(sub, removedCkptDir):
+			if young(oi) {
+				g.removedCkpts = append(g.removedCkpts, strings.TrimPrefix(sub, removedCkptDir))
 			}
+		case sub == tombstoneName:
+			t := oi
+			g.tombstone = &t
+		case sub == "volume.json":
+			g.hasDescObj = true
 		}
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("gc: list volumes: %w", err)
 	}
 	for _, g := range s.vols {
-		if g.name == "" && !g.deleted {
-			continue // being created: leave alone
+		switch {
+		case g.name != "" && g.tombstone == nil:
+			g.state = gcLive
+		case g.tombstone != nil && young(*g.tombstone):
+			g.state = gcProtected // recently removed: a clone may be reading it
+		case g.tombstone == nil && g.young:
+			g.state = gcProtected // being created
+		default:
+			g.state = gcDeleted // removed long ago, or orphaned objects
 		}
-		if d, err := p.descriptor(ctx, g.id); err == nil {
-			g.desc = d
-		} else if !errors.Is(err, objstore.ErrNotFound) {
-			return nil, err
-		}
-		if g.deleted || g.desc == nil {
-			g.deleted = true
+		if g.state == gcDeleted || !g.hasDescObj {
+			if g.state != gcProtected {
+				g.state = gcDeleted
+			}
 			continue
 		}
+		d, err := p.descriptor(ctx, g.id)
+		if errors.Is(err, objstore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		g.desc = d
 		if err := p.markVolume(ctx, s, g, o); err != nil {
 			return nil, fmt.Errorf("gc: volume %s: %w", g.label(), err)
 		}
@@ -177,63 +215,72 @@ func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
 	return s, nil
 }
 
-// markVolume marks the records live volume g needs: every map from its
+// snapTime reads the time a snapshot was taken at (the time of its record)
+// from its header, without fetching the whole snapshot.
+func (p *Pool) snapTime(ctx context.Context, key string) (int64, error) {
+	var head [128]byte
+	n, err := p.store.GetRange(ctx, key, 0, head[:])
+	if err != nil {
+		return 0, err
+	}
+	h, err := format.PeekSnapshotHeader(head[:n])
+	if err != nil {
+		return 0, err
+	}
+	return h.Time, nil
+}
+
+// markVolume marks the records volume g needs: every map from its
 // retention base to its head (base snapshot, applied records, restore
-// targets) and every checkpoint's map.
+// targets) and every checkpoint's map (removed ones too, for a while).
 func (p *Pool) markVolume(ctx context.Context, s *poolScan, g *gcVol, o GCOptions) error {
 	d := g.desc
-	seqs := sortedSeqs(g.logs)
-	// W: first record inside the retention window (binary search on times).
 	windowStart := s.now.Add(-o.Retention).UnixNano()
-	var ferr error
-	w := sort.Search(len(seqs), func(i int) bool {
-		if ferr != nil {
-			return true
-		}
-		r, err := p.readRecord(ctx, g.logs[seqs[i]].Key, g.logs[seqs[i]].Size)
-		if err != nil {
-			ferr = err
-			return true
-		}
-		return r.Time >= windowStart
-	})
-	if ferr != nil {
-		return ferr
-	}
-	limit := ^uint64(0) // base must be < the first in-window record
-	if w < len(seqs) {
-		limit = seqs[w] - 1
-	}
-	// Base: newest decodable snapshot at or below limit; if an earlier GC
-	// already collected those, the oldest one left (older points are gone).
+	// Base: the newest snapshot taken before the window (record times of
+	// valid records never go back). Without one, replay from the oldest
+	// snapshot for marking but keep every record (hasBase false).
 	img := newImage(d)
 	snaps := sortedSeqs(g.snaps)
-	order := make([]uint64, 0, len(snaps))
-	for i := len(snaps) - 1; i >= 0; i-- {
-		if snaps[i] <= limit {
-			order = append(order, snaps[i])
+	for i := len(snaps) - 1; i >= 0 && !g.hasBase; i-- {
+		t, err := p.snapTime(ctx, g.snaps[snaps[i]].Key)
+		if err != nil {
+			if errors.Is(err, format.ErrCorrupt) {
+				continue
+			}
+			return err
 		}
-	}
-	for _, sq := range snaps {
-		if sq > limit {
-			order = append(order, sq)
+		if t >= windowStart {
+			continue
 		}
-	}
-	for _, sq := range order {
-		if err := p.loadSnapshot(ctx, img, d.ID, sq, true); err != nil {
+		if err := p.loadSnapshot(ctx, img, d.ID, snaps[i], true); err != nil {
 			if errors.Is(err, format.ErrCorrupt) {
 				img = newImage(d)
 				continue
 			}
 			return err
 		}
-		g.base, g.hasBase = sq, true
-		g.keepSnap[sq] = "retention base snapshot"
-		break
+		g.base, g.hasBase = snaps[i], true
 	}
-	if !g.hasBase && d.Parent != nil {
-		return fmt.Errorf("clone has no usable base snapshot")
+	loaded := g.hasBase
+	for _, sq := range snaps {
+		if loaded {
+			break
+		}
+		if err := p.loadSnapshot(ctx, img, d.ID, sq, true); err == nil {
+			g.base, loaded = sq, true
+		} else if !errors.Is(err, format.ErrCorrupt) {
+			return err
+		} else {
+			img = newImage(d)
+		}
 	}
+	if !loaded && d.Parent != nil {
+		if g.state == gcProtected {
+			return nil // removed and partly collected already; everything of it is kept anyway
+		}
+		return fmt.Errorf("clone has no usable snapshot; refusing to guess what its parent must keep")
+	}
+	g.keepSnap[g.base] = "retention base snapshot"
 	markMap := func(im *image) {
 		for e := range im.m.All() {
 			s.mark(recRef{im.vols[e.Loc.Vol], e.Loc.Seq}, d.ID)
@@ -279,6 +326,16 @@ func (p *Pool) markVolume(ctx context.Context, s *poolScan, g *gcVol, o GCOption
 	if err != nil {
 		return err
 	}
+	for _, l := range g.removedCkpts {
+		c, err := p.readCheckpointAt(ctx, format.VolsPrefix+d.ID+"/"+removedCkptDir+l)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		docs = append(docs, c)
+	}
 	for _, c := range docs {
 		ci, err := p.loadImage(ctx, d, c.Seq)
 		if err != nil {
@@ -288,10 +345,8 @@ func (p *Pool) markVolume(ctx context.Context, s *poolScan, g *gcVol, o GCOption
 		if _, ok := g.snaps[c.Seq]; ok {
 			g.keepSnap[c.Seq] = "checkpoint " + c.Label
 		}
-		if ci.snapSeq > 0 {
-			if _, ok := g.keepSnap[ci.snapSeq]; !ok {
-				g.keepSnap[ci.snapSeq] = "checkpoint " + c.Label
-			}
+		if _, ok := g.keepSnap[ci.snapSeq]; !ok {
+			g.keepSnap[ci.snapSeq] = "checkpoint " + c.Label
 		}
 		// Records between the checkpoint's snapshot and the checkpoint.
 		for sq := ci.snapSeq + 1; sq <= c.Seq; sq++ {
@@ -331,12 +386,17 @@ func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, e
 	sort.Strings(ids)
 	for _, id := range ids {
 		g := s.vols[id]
-		if g.name == "" && !g.deleted {
+		if g.state == gcProtected {
+			why := "volume being created"
+			if g.tombstone != nil {
+				why = "volume removed less than the grace period ago"
+			}
 			for _, oi := range g.objects {
-				keep(g, oi, "volume being created", false)
+				keep(g, oi, why, false)
 			}
 			continue
 		}
+		deleted := g.state == gcDeleted
 		remaining := 0
 		var tail []objstore.ObjectInfo // descriptor and tombstone go last
 		for _, oi := range g.objects {
@@ -350,7 +410,7 @@ func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, e
 					remaining++
 					continue
 				}
-				if !g.deleted && (!g.hasBase || seq > g.base) {
+				if !deleted && (!g.hasBase || seq > g.base) {
 					keep(g, oi, "needed to replay the head or retained history", false)
 					remaining++
 					continue
@@ -365,7 +425,7 @@ func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, e
 					remaining++
 					continue
 				}
-				if !g.deleted && oi.Size < 128<<10 {
+				if !deleted && oi.Size < 128<<10 {
 					r, err := p.readRecord(ctx, oi.Key, oi.Size)
 					if err != nil {
 						return nil, fmt.Errorf("gc: %w", err)
@@ -377,13 +437,13 @@ func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, e
 					}
 				}
 				why := "unreferenced, below the retention base snapshot"
-				if g.deleted {
+				if deleted {
 					why = "volume deleted, no clone needs it"
 				}
 				del(g, oi, why)
 			case strings.HasPrefix(sub, "snap/"):
 				seq, _ := format.ParseSeqKey(oi.Key)
-				if why, ok := g.keepSnap[seq]; ok && !g.deleted {
+				if why, ok := g.keepSnap[seq]; ok && !deleted {
 					keep(g, oi, why, false)
 					remaining++
 				} else if young {
@@ -392,15 +452,22 @@ func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, e
 				} else {
 					del(g, oi, "snapshot superseded")
 				}
+			case strings.HasPrefix(sub, removedCkptDir):
+				if young && !deleted {
+					keep(g, oi, "checkpoint removed less than the grace period ago", false)
+					remaining++
+				} else {
+					del(g, oi, "removed checkpoint")
+				}
 			case strings.HasPrefix(sub, "ckpt/"):
-				if g.deleted {
+				if deleted {
 					del(g, oi, "volume deleted")
 				} else {
 					keep(g, oi, "checkpoint", false)
 					remaining++
 				}
 			default:
-				if g.deleted {
+				if deleted {
 					tail = append(tail, oi)
 				} else {
 					keep(g, oi, "volume metadata", false)
@@ -408,7 +475,7 @@ func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, e
 				}
 			}
 		}
-		if g.deleted && remaining == 0 {
+		if deleted && remaining == 0 {
 			for _, oi := range tail {
 				del(g, oi, "volume deleted, nothing left")
 			}
@@ -458,6 +525,10 @@ func (p *Pool) GC(ctx context.Context, o GCOptions) (*GCReport, error) {
 
 // tombstoneName marks a volume as deleted (vols/<id>/deleted).
 const tombstoneName = "deleted"
+
+// removedCkptDir holds removed checkpoints (vols/<id>/ckpt-removed/<label>)
+// for the grace period, so a clone being made from one keeps its data.
+const removedCkptDir = "ckpt-removed/"
 
 // DUEntry is one volume's storage as `urldisk du` shows it.
 type DUEntry struct {

@@ -257,7 +257,7 @@ func runGCModel(t *testing.T, seed uint64) {
 				break
 			}
 		case k < 8 && len(ns) > 1: // delete a volume
-			if _, err := p.Remove(ctx, n); err != nil {
+			if err := p.Remove(ctx, n); err != nil {
 				t.Fatal(err)
 			}
 			delete(vols, n)
@@ -268,7 +268,7 @@ func runGCModel(t *testing.T, seed uint64) {
 	verify("end")
 	// Delete everything; after the grace period GC leaves only the marker.
 	for _, n := range names() {
-		if _, err := p.Remove(ctx, n); err != nil {
+		if err := p.Remove(ctx, n); err != nil {
 			t.Fatal(err)
 		}
 	}

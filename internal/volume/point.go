@@ -96,7 +96,13 @@ func SplitPoint(raw string) (string, Point, error) {
 
 // readCheckpoint returns checkpoint label of volume id.
 func (p *Pool) readCheckpoint(ctx context.Context, id, label string) (*format.CheckpointDoc, error) {
-	b, err := p.store.Get(ctx, format.CheckpointPrefix(id)+label)
+	return p.readCheckpointAt(ctx, format.CheckpointPrefix(id)+label)
+}
+
+// readCheckpointAt reads the checkpoint document at key.
+func (p *Pool) readCheckpointAt(ctx context.Context, key string) (*format.CheckpointDoc, error) {
+	label := key[strings.LastIndexByte(key, '/')+1:]
+	b, err := p.store.Get(ctx, key)
 	if errors.Is(err, objstore.ErrNotFound) {
 		return nil, fmt.Errorf("checkpoint %q: %w", label, ErrNotFound)
 	}

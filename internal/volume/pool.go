@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
@@ -140,7 +139,11 @@ func (p *Pool) Create(ctx context.Context, name string, o CreateOptions) (*forma
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: size %d with block size %d: size must be a positive multiple of the block size", ErrInvalid, o.Size, o.BlockSize)
 	}
-	return d, p.bind(ctx, d, nil)
+	// An empty snapshot 0 dates the volume's beginning for GC's retention
+	// window, as a clone's snapshot 0 does.
+	snap0 := format.AppendSnapshot(nil, &format.SnapshotHeader{Volume: id, Size: o.Size, Time: p.clock.Now().UnixNano(), Vols: []string{id}},
+		func(func(format.SnapExtent) bool) {})
+	return d, p.bind(ctx, d, snap0)
 }
 
 // bind writes a descriptor (and an initial snapshot, for clones) and then
@@ -236,71 +239,22 @@ func (p *Pool) List(ctx context.Context) ([]*format.VolumeDesc, error) {
 }
 
 // Remove deletes the volume called name: it writes a tombstone and unbinds
-// the name (so nobody opens it again). If no other volume descends from it,
-// its objects are deleted at once and Remove returns (false, nil); if clones
-// may still need its records, they stay for `urldisk gc` to sort out and
-// Remove returns (true, nil). A writer still attached elsewhere is not
-// stopped by this.
-func (p *Pool) Remove(ctx context.Context, name string) (keptForClones bool, err error) {
+// the name, so nobody opens it again. Its objects are freed by GC once the
+// grace period has passed (a clone being made from it right now must be
+// able to finish), except the records clones still reference. A writer
+// still attached elsewhere is not stopped by this.
+func (p *Pool) Remove(ctx context.Context, name string) error {
 	d, err := p.Resolve(ctx, name)
 	if err != nil {
-		return false, err
+		return err
 	}
 	if err := p.store.Put(ctx, format.VolsPrefix+d.ID+"/"+tombstoneName, []byte("deleted\n")); err != nil {
-		return false, fmt.Errorf("remove %q: write tombstone: %w", name, err)
+		return fmt.Errorf("remove %q: write tombstone: %w", name, err)
 	}
 	if err := p.store.Delete(ctx, format.NameKey(name)); err != nil {
-		return false, fmt.Errorf("remove %q: unbind name: %w", name, err)
+		return fmt.Errorf("remove %q: unbind name: %w", name, err)
 	}
-	kids, err := p.hasDescendants(ctx, d.ID)
-	if err != nil || kids {
-		return true, err
-	}
-	return false, p.deleteVolumeObjects(ctx, d.ID)
-}
-
-// hasDescendants reports whether some volume may read id's records: one
-// whose ancestry reaches id, or whose ancestry is broken (an ancestor's
-// descriptor is gone), which we cannot rule out.
-func (p *Pool) hasDescendants(ctx context.Context, id string) (bool, error) {
-	parent := map[string]string{} // volume id -> parent id ("" for none)
-	err := p.store.List(ctx, format.VolsPrefix, func(oi objstore.ObjectInfo) error {
-		if !strings.HasSuffix(oi.Key, "/volume.json") {
-			return nil
-		}
-		b, err := p.store.Get(ctx, oi.Key)
-		if errors.Is(err, objstore.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		var d format.VolumeDesc
-		if err := format.DecodeDoc(format.KindVolume, b, &d); err != nil {
-			return fmt.Errorf("read %s: %w", oi.Key, err)
-		}
-		parent[d.ID] = ""
-		if d.Parent != nil {
-			parent[d.ID] = d.Parent.ID
-		}
-		return nil
-	})
-	if err != nil {
-		return false, err
-	}
-	for v := range parent {
-		for cur := parent[v]; cur != "" && v != id; {
-			if cur == id {
-				return true, nil
-			}
-			next, ok := parent[cur]
-			if !ok {
-				return true, nil // broken ancestry: be conservative
-			}
-			cur = next
-		}
-	}
-	return false, nil
+	return nil
 }
 
 func (p *Pool) deleteVolumeObjects(ctx context.Context, id string) error {

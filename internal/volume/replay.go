@@ -253,7 +253,9 @@ func (p *Pool) apply(ctx context.Context, img *image, r *format.Record) error {
 		return fmt.Errorf("replay volume %s: %w", img.desc.Name, err)
 	}
 	img.st = st
-	img.lastTime = r.Time
+	if v != journal.Void {
+		img.lastTime = max(img.lastTime, r.Time) // void leftovers carry stale clocks
+	}
 	img.sinceSnap++
 	switch v {
 	case journal.Fence:

@@ -169,6 +169,7 @@ type Volume struct {
 	closed      bool
 	fatal       error
 	moves       uint64
+	lastTime    int64  // time of our newest record; record times never go back
 	sinceSnap   int    // records sealed since the last snapshot candidate
 	lastSnap    uint64 // seq of the newest snapshot written or replayed
 	snapCand    *snapCandidate
@@ -213,7 +214,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		ctx: vctx, cancel: cancel, upSem: make(chan struct{}, o.Uploads), stop: make(chan struct{}),
 		inflight: map[cache.Key]*fetchCall{},
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
-		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq,
+		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
 	v.lastReadEnd.Store(-1)
 	if !o.ReadOnly {
@@ -253,7 +254,7 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 	backoff := 20 * time.Millisecond
 	for attempt := 0; ; attempt++ {
 		rec := &format.Record{Type: format.RecordFence, Seq: img.st.Seq + 1, Epoch: img.st.Epoch + 1, Writer: id,
-			Time: v.opts.Clock.Now().UnixNano(), Volume: v.desc.ID, Meta: meta}
+			Time: max(v.opts.Clock.Now().UnixNano(), img.lastTime+1), Volume: v.desc.ID, Meta: meta}
 		obj, err := format.EncodeRecord(rec, nil)
 		if err != nil {
 			return err
@@ -295,6 +296,7 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 			}
 			img.st = st
 			v.st = st
+			v.lastTime = rec.Time
 			v.m = img.m
 			v.vols = img.vols
 			v.w = journal.NewWriter(rec.Epoch, id, rec.Seq)
@@ -425,7 +427,7 @@ func (v *Volume) Close(ctx context.Context) error {
 	alreadyClosed := v.closed
 	v.closed = true
 	if err == nil && v.w != nil && !v.fenced && v.fatal == nil && v.w.Prefix() > v.lastSnap && v.open == nil && v.durableDone >= v.lastSealed {
-		v.startSnapshot(&snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.opts.Clock.Now().UnixNano()})
+		v.startSnapshot(&snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.lastTime})
 	}
 	v.broadcastLocked()
 	v.mu.Unlock()

@@ -148,8 +148,9 @@ func (v *Volume) sealLocked() {
 	if seg == nil {
 		return
 	}
+	v.lastTime = max(v.opts.Clock.Now().UnixNano(), v.lastTime+1)
 	rec := &format.Record{Type: format.RecordData, Seq: seg.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(),
-		Time: v.opts.Clock.Now().UnixNano(), Volume: v.desc.ID, Extents: seg.exts}
+		Time: v.lastTime, Volume: v.desc.ID, Extents: seg.exts}
 	b := seg.b
 	if seg.restore != nil {
 		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = format.RecordRestore, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
