@@ -47,7 +47,7 @@ func testMain(m *testing.M) int {
 	urldiskBin = filepath.Join(dir, "urldisk")
 	counterBin = filepath.Join(dir, "counter")
 	for pkg, out := range map[string]string{"./cmd/urldisk": urldiskBin, "./internal/e2efleet/counter": counterBin} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd := exec.Command(goTool(), "build", "-o", out, pkg)
 		cmd.Dir = root
 		if b, err := cmd.CombinedOutput(); err != nil {
 			fmt.Fprintf(os.Stderr, "e2efleet: go build %s: %v\n%s", pkg, err, b)
@@ -57,9 +57,21 @@ func testMain(m *testing.M) int {
 	return m.Run()
 }
 
+// goTool is the go command: from PATH, else $GOROOT/bin (go test sets
+// GOROOT for the test binary).
+func goTool() string {
+	if p, err := exec.LookPath("go"); err == nil {
+		return p
+	}
+	if r := os.Getenv("GOROOT"); r != "" {
+		return filepath.Join(r, "bin", "go")
+	}
+	return "go"
+}
+
 // moduleRoot is the directory of go.mod, from `go env GOMOD`.
 func moduleRoot() (string, error) {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+	out, err := exec.Command(goTool(), "env", "GOMOD").Output()
 	if err != nil {
 		return "", fmt.Errorf("go env GOMOD: %w (is the go command on PATH?)", err)
 	}
