@@ -175,7 +175,8 @@ func (o *Ops) Stop(ctx context.Context, name string) (*Placement, error) {
 }
 
 // Start starts a stopped machine on its host, or on the least loaded live
-// host if its own is not live.
+// host if its own is not live. A machine whose workload exited (or was
+// fenced) on its host is started again there.
 func (o *Ops) Start(ctx context.Context, name string) (*Placement, error) {
 	v, err := o.View(ctx)
 	if err != nil {
@@ -189,6 +190,13 @@ func (o *Ops) Start(ctx context.Context, name string) (*Placement, error) {
 		if v.CheckHost(host) != nil {
 			if host, err = v.pick("", cur.Host); err != nil {
 				return nil, err
+			}
+		} else if cur.State == Running {
+			// Running on a live host: if its workload ended by itself, a new
+			// version makes the host run it again.
+			if st, ok := v.Heartbeats[host].Machine(name); ok && st.Version == cur.Version &&
+				(st.Phase == PhaseExited || st.Phase == PhaseFenced) {
+				return NextRestart(cur, name, v.Now)
 			}
 		}
 		return NextStart(cur, name, host, v.Now)

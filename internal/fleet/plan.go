@@ -74,6 +74,19 @@ func NextStart(cur *Placement, name, host string, now time.Time) (*Placement, er
 	return p, nil
 }
 
+// NextRestart builds a new version of a running machine on the same host,
+// so its host runs it again after it exited by itself (a host does not
+// restart a version whose workload ended).
+func NextRestart(cur *Placement, name string, now time.Time) (*Placement, error) {
+	if err := exists(cur, name); err != nil {
+		return nil, err
+	}
+	if cur.State != Running {
+		return nil, fmt.Errorf("%w: %q is %s, not running", ErrNoChange, name, cur.State)
+	}
+	return next(cur, ReasonStart, now), nil
+}
+
 // NextRemove builds the version that deletes the machine. The placement
 // history stays; a later NextRun may reuse the name.
 func NextRemove(cur *Placement, name string, now time.Time) (*Placement, error) {

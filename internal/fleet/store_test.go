@@ -326,6 +326,17 @@ func TestOps(t *testing.T) {
 	if p, err = ops.Start(ctx, "m1"); err != nil || p.Host != "h2" || p.State != Running || p.From != "" {
 		t.Fatalf("start = %+v %v; want h2 (h1 is dead)", p, err)
 	}
+	if _, err = ops.Start(ctx, "m1"); !errors.Is(err, ErrNoChange) {
+		t.Fatalf("start of a running machine: %v", err)
+	}
+	// Its workload exits on h2: start runs it again there.
+	if err := f.PutHeartbeat(ctx, &Heartbeat{Host: "h2", Seq: 2, Time: clk.Now(), Timeout: 2 * time.Second,
+		Machines: []MachineStatus{{Name: "m1", Version: p.Version, Phase: PhaseExited, ExitCode: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if q, err := ops.Start(ctx, "m1"); err != nil || q.Version != p.Version+1 || q.Host != "h2" || q.State != Running {
+		t.Fatalf("restart of an exited machine = %+v, %v", q, err)
+	}
 	if p, err = ops.Remove(ctx, "m1"); err != nil || p.State != Deleted {
 		t.Fatalf("rm = %+v %v", p, err)
 	}
