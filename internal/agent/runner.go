@@ -124,7 +124,7 @@ func (r *runner) run(ctx context.Context) {
 			if err := r.ack(ctx, p, last); err != nil {
 				r.log.Warn("could not write the stop ack; the new host attaches after its wait", "version", p.Version, "err", err)
 			}
-			acked = p.Version // one try: the new host's bounded wait covers a failure
+			acked = p.Version // tried for a heartbeat timeout: the new host's bounded wait covers the rest
 		}
 		if inst == nil && p != nil && !p.RunsOn(self) {
 			failures, retryAt = 0, time.Time{}
@@ -209,11 +209,18 @@ func (r *runner) ack(ctx context.Context, p *fleet.Placement, last stopRecord) e
 	}
 	actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.a.cfg.HeartbeatTimeout)
 	defer cancel()
-	if err := r.a.fleet.PutAck(actx, a); err != nil {
-		return err
+	var err error
+	for backoff := 50 * time.Millisecond; ; backoff *= 2 {
+		if err = r.a.fleet.PutAck(actx, a); err == nil {
+			r.log.Info("acked the move", "version", p.Version, "to", p.Host)
+			return nil
+		}
+		select {
+		case <-actx.Done():
+			return err
+		case <-time.After(backoff):
+		}
 	}
-	r.log.Info("acked the move", "version", p.Version, "to", p.Host)
-	return nil
 }
 
 // start waits for the previous host to let go (bounded), then attaches
