@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/agent/runtime"
+	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/fleet"
 	"github.com/urldisk/urldisk/internal/nbd"
 	"github.com/urldisk/urldisk/internal/objstore"
@@ -30,6 +31,9 @@ type instance struct {
 	uri     string
 	m       runtime.Machine
 	started time.Time
+	// ctl lets `urldisk checkpoint/restore/compact` on this host act through
+	// us instead of attaching a second writer; nil if it could not start.
+	ctl *control.Server
 
 	serveDone chan error         // Serve's result
 	cancel    context.CancelFunc // ends Serve (hard) and prefetch
@@ -79,6 +83,16 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 			dcancel()
 		}
 	}()
+	if ctl, cerr := control.Start(v, log); cerr != nil {
+		log.Warn("no control socket for this volume: checkpoints on this host will be taken offline", "err", cerr)
+	} else {
+		in.ctl = ctl
+		defer func() {
+			if err != nil {
+				ctl.Close(context.Background())
+			}
+		}()
+	}
 	if a.cfg.TracePages > 0 {
 		in.trace = newTracer(tracePageSize, a.cfg.TracePages)
 	}
@@ -163,6 +177,9 @@ func (a *Agent) stopInstance(in *instance, log *slog.Logger) error {
 	}
 	dctx, dcancel := context.WithTimeout(ctx, a.cfg.DetachTimeout)
 	defer dcancel()
+	if in.ctl != nil {
+		in.ctl.Close(dctx)
+	}
 	return in.vol.Close(dctx)
 }
 

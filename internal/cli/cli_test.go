@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/volume"
 )
@@ -146,7 +147,7 @@ func TestServeCheckpointRestoreClone(t *testing.T) {
 	var d string
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		matches, _ := filepath.Glob(filepath.Join(controlDir(), "*.sock"))
+		matches, _ := filepath.Glob(filepath.Join(control.Dir(), "*.sock"))
 		if len(matches) == 1 {
 			d = strings.TrimSuffix(filepath.Base(matches[0]), ".sock")
 			break

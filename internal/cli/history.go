@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/units"
@@ -32,7 +33,7 @@ another host (unflushed writes there are not included).`,
 				if err != nil {
 					return err
 				}
-				rep, served, err := callControl(ctx, d.ID, "checkpoint", controlRequest{Label: args[1]})
+				rep, served, err := control.Call(ctx, d.ID, "checkpoint", control.Request{Label: args[1]})
 				if err != nil {
 					return err
 				}
@@ -114,7 +115,7 @@ read-write, which fences any writer elsewhere.`,
 				if err != nil {
 					return err
 				}
-				rep, served, err := callControl(ctx, d.ID, "restore", controlRequest{Point: args[1]})
+				rep, served, err := control.Call(ctx, d.ID, "restore", control.Request{Point: args[1]})
 				if err != nil {
 					return err
 				}
@@ -147,7 +148,7 @@ func newCompactCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				rep, served, err := callControl(ctx, d.ID, "compact", controlRequest{})
+				rep, served, err := control.Call(ctx, d.ID, "compact", control.Request{})
 				if err != nil {
 					return err
 				}

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/nbd"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/units"
@@ -99,7 +100,7 @@ By default serve listens on a unix socket and prints the NBD URI to use:
 type served struct {
 	name string
 	v    *volume.Volume
-	ctl  *controlServer // nil for read-only volumes
+	ctl  *control.Server // nil for read-only volumes
 }
 
 func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) error {
@@ -222,7 +223,7 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		}
 		vols = append(vols, served{name: name, v: v})
 		if !v.ReadOnly() {
-			cs, err := startControl(v, log)
+			cs, err := control.Start(v, log)
 			if err != nil {
 				closeAll()
 				return err
@@ -318,7 +319,7 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 		if err != nil {
 			return nil, "", err
 		}
-		if err := controlInUse(d.ID); err != nil {
+		if err := control.InUse(d.ID); err != nil {
 			return nil, "", fmt.Errorf("serve %s: %w", objstore.Redact(raw), err)
 		}
 	}

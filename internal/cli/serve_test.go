@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/control"
 )
 
 // runCLI runs the urldisk command tree in-process and returns its stdout
@@ -81,7 +83,7 @@ func TestServeSecondWriterOnHostRefusedBeforeFencing(t *testing.T) {
 	}
 	_, id := volumeEpoch(t, vol)
 	// A live control socket, as a running read-write serve keeps.
-	path := controlSocket(id)
+	path := control.Socket(id)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		t.Fatal(err)
 	}

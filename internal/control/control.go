@@ -1,4 +1,8 @@
-package cli
+// Package control is the per-volume control socket of a process that holds
+// a volume read-write (urldisk serve, the agent): other commands on the host
+// ask it to checkpoint, restore or compact instead of attaching a second
+// writer that would fence it. One socket per volume, at Dir()/<id>.sock.
+package control
 
 import (
 	"bytes"
@@ -19,24 +23,22 @@ import (
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
-// The control socket lets commands on this host act on a volume that a
-// running `urldisk serve` holds read-write (checkpoint = flush + snapshot +
-// label, restore), instead of attaching a second writer that would fence it.
-// One socket per served volume, at controlDir()/<volume id>.sock.
-
-func controlDir() string {
+// Dir is where control sockets live: $XDG_RUNTIME_DIR/urldisk/ctl, or a
+// per-user directory under the temporary directory.
+func Dir() string {
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
 		return filepath.Join(d, "urldisk", "ctl")
 	}
 	return filepath.Join(os.TempDir(), fmt.Sprintf("urldisk-%d", os.Getuid()), "ctl")
 }
 
-func controlSocket(volumeID string) string { return filepath.Join(controlDir(), volumeID+".sock") }
+// Socket is the control socket path of volume id.
+func Socket(volumeID string) string { return filepath.Join(Dir(), volumeID+".sock") }
 
-// controlInUse returns an error if a process on this host serves volume
+// InUse returns an error if a process on this host serves volume
 // volumeID read-write (its control socket answers).
-func controlInUse(volumeID string) error {
-	path := controlSocket(volumeID)
+func InUse(volumeID string) error {
+	path := Socket(volumeID)
 	if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
 		conn.Close()
 		return fmt.Errorf("control socket %s is in use: is this volume served by another process on this host?", path)
@@ -44,30 +46,34 @@ func controlInUse(volumeID string) error {
 	return nil
 }
 
-type controlRequest struct {
+// Request is what a caller asks for.
+type Request struct {
 	Label string `json:"label,omitempty"`
 	Point string `json:"point,omitempty"`
 }
 
-type controlReply struct {
+// Reply is the holder's answer.
+type Reply struct {
 	Checkpoint *format.CheckpointDoc `json:"checkpoint,omitempty"`
 	Seq        uint64                `json:"seq,omitempty"`
 	Compact    *volume.CompactStats  `json:"compact,omitempty"`
 	Error      string                `json:"error,omitempty"`
 }
 
-// controlServer serves one volume's control socket until Close.
-type controlServer struct {
+// Server serves one volume's control socket until Close.
+type Server struct {
 	srv  *http.Server
 	path string
 }
 
-func startControl(v *volume.Volume, log *slog.Logger) (*controlServer, error) {
-	path := controlSocket(v.Desc().ID)
+// Start serves v's control socket. It fails if another live process
+// already serves one for the same volume on this host.
+func Start(v *volume.Volume, log *slog.Logger) (*Server, error) {
+	path := Socket(v.Desc().ID)
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	if err := controlInUse(v.Desc().ID); err != nil {
+	if err := InUse(v.Desc().ID); err != nil {
 		return nil, err
 	}
 	os.Remove(path)
@@ -76,46 +82,46 @@ func startControl(v *volume.Volume, log *slog.Logger) (*controlServer, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	mux := http.NewServeMux()
-	reply := func(w http.ResponseWriter, rep controlReply, err error) {
+	reply := func(w http.ResponseWriter, rep Reply, err error) {
 		if err != nil {
 			rep.Error = err.Error()
 			w.WriteHeader(http.StatusConflict)
 		}
 		json.NewEncoder(w).Encode(rep)
 	}
-	decode := func(r *http.Request) (controlRequest, error) {
-		var req controlRequest
+	decode := func(r *http.Request) (Request, error) {
+		var req Request
 		err := json.NewDecoder(io.LimitReader(r.Body, 1<<16)).Decode(&req)
 		return req, err
 	}
 	mux.HandleFunc("POST /checkpoint", func(w http.ResponseWriter, r *http.Request) {
 		req, err := decode(r)
 		if err != nil {
-			reply(w, controlReply{}, err)
+			reply(w, Reply{}, err)
 			return
 		}
 		c, err := v.Checkpoint(r.Context(), req.Label)
-		reply(w, controlReply{Checkpoint: c}, err)
+		reply(w, Reply{Checkpoint: c}, err)
 	})
 	mux.HandleFunc("POST /restore", func(w http.ResponseWriter, r *http.Request) {
 		req, err := decode(r)
 		if err != nil {
-			reply(w, controlReply{}, err)
+			reply(w, Reply{}, err)
 			return
 		}
 		pt, err := volume.ParsePoint(req.Point)
 		if err != nil {
-			reply(w, controlReply{}, err)
+			reply(w, Reply{}, err)
 			return
 		}
 		seq, err := v.Restore(r.Context(), pt)
-		reply(w, controlReply{Seq: seq}, err)
+		reply(w, Reply{Seq: seq}, err)
 	})
 	mux.HandleFunc("POST /compact", func(w http.ResponseWriter, r *http.Request) {
 		st, err := v.Compact(r.Context(), volume.CompactOptions{})
-		reply(w, controlReply{Compact: &st}, err)
+		reply(w, Reply{Compact: &st}, err)
 	})
-	cs := &controlServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, path: path}
+	cs := &Server{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}, path: path}
 	go func() {
 		if err := cs.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Warn("control socket stopped", "err", err)
@@ -124,16 +130,17 @@ func startControl(v *volume.Volume, log *slog.Logger) (*controlServer, error) {
 	return cs, nil
 }
 
-func (c *controlServer) Close(ctx context.Context) error {
+// Close stops serving and removes the socket.
+func (c *Server) Close(ctx context.Context) error {
 	err := c.srv.Shutdown(ctx)
 	os.Remove(c.path)
 	return err
 }
 
-// callControl asks the local serve process holding volumeID to run op. It
-// returns (nil, false) if no process serves it here.
-func callControl(ctx context.Context, volumeID, op string, req controlRequest) (*controlReply, bool, error) {
-	path := controlSocket(volumeID)
+// Call asks the local process holding volumeID to run op ("checkpoint",
+// "restore", "compact"). It returns served=false if no process holds it here.
+func Call(ctx context.Context, volumeID, op string, req Request) (*Reply, bool, error) {
+	path := Socket(volumeID)
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
@@ -153,7 +160,7 @@ func callControl(ctx context.Context, volumeID, op string, req controlRequest) (
 		return nil, false, fmt.Errorf("control socket %s: %w", path, err)
 	}
 	defer resp.Body.Close()
-	var rep controlReply
+	var rep Reply
 	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
 		return nil, true, fmt.Errorf("control socket %s: bad reply: %w", path, err)
 	}
