@@ -376,7 +376,15 @@ func (c *Cache) drop(si int32, gen uint64, key Key, corrupt bool) {
 // being stored, Put does nothing. data is not retained. The chunk becomes
 // readable when Put returns nil. In the rare case that every slot is being
 // written by a concurrent Put, the chunk is silently not cached.
-func (c *Cache) Put(key Key, data []byte) error {
+func (c *Cache) Put(key Key, data []byte) error { return c.put(key, data, nil) }
+
+// PutSummed is Put for a caller that has already computed data's sub-block
+// sums with SubBlockSums (typically while verifying data against a checksum
+// of its own, see CombineSums), so the bytes are not read again here. Sums
+// that do not match data make later reads miss, as a corrupt slab would.
+func (c *Cache) PutSummed(key Key, data []byte, sums *Sums) error { return c.put(key, data, sums) }
+
+func (c *Cache) put(key Key, data []byte, sums *Sums) error {
 	if len(data) == 0 || len(data) > ChunkSize {
 		return fmt.Errorf("cache put %v: length %d outside 1..%d", key, len(data), ChunkSize)
 	}
@@ -408,8 +416,13 @@ func (c *Cache) Put(key Key, data []byte) error {
 	c.mu.Unlock()
 
 	var crcs [subBlocks]uint32
-	for i := range subBlocksFor(len(data)) {
-		crcs[i] = crc32.Checksum(data[i*SubBlockSize:min((i+1)*SubBlockSize, len(data))], c.table)
+	if sums != nil {
+		crcs = *sums
+		clear(crcs[subBlocksFor(len(data)):]) // unused sub-blocks are zero, as in the index
+	} else {
+		for i := range subBlocksFor(len(data)) {
+			crcs[i] = crc32.Checksum(data[i*SubBlockSize:min((i+1)*SubBlockSize, len(data))], c.table)
+		}
 	}
 	_, werr := c.slab.WriteAt(data, int64(si)*ChunkSize)
 

@@ -1,0 +1,90 @@
+package cache
+
+import "hash/crc32"
+
+// Sums holds the CRC-32C of each SubBlockSize piece of a chunk, in order;
+// entries past the chunk's last sub-block are zero.
+type Sums [subBlocks]uint32
+
+var castagnoliTable = castagnoli()
+
+// SubBlockSums computes the CRC-32C of each SubBlockSize piece of data
+// (1..ChunkSize bytes). Together with CombineSums it checks a checksum over
+// the whole of data and prepares PutSummed in a single pass over the bytes.
+func SubBlockSums(data []byte, s *Sums) {
+	*s = Sums{}
+	for i := range subBlocksFor(len(data)) {
+		s[i] = crc32.Checksum(data[i*SubBlockSize:min((i+1)*SubBlockSize, len(data))], castagnoliTable)
+	}
+}
+
+// CombineSums returns the CRC-32C of all n bytes whose sub-block sums are s
+// (as computed by SubBlockSums): crc32.Checksum(data, Castagnoli), without
+// reading data again.
+func CombineSums(s *Sums, n int) uint32 {
+	if n <= 0 {
+		return 0
+	}
+	crc := s[0]
+	for i := 1; i < subBlocksFor(n); i++ {
+		l := min(SubBlockSize, n-i*SubBlockSize)
+		op := shiftFull
+		if l != SubBlockSize {
+			op = x2nmodp(uint64(l), 3)
+		}
+		crc = multmodp(op, crc) ^ s[i]
+	}
+	return crc
+}
+
+// CRC combination as in zlib's crc32_combine (reflected polynomial
+// arithmetic modulo the CRC-32C polynomial): crc(A‖B) = crc(A)·x^(8|B|) ⊕ crc(B).
+const castagnoliPoly = 0x82f63b78
+
+// multmodp returns a(x)·b(x) modulo p(x), in the reflected bit order.
+func multmodp(a, b uint32) uint32 {
+	m := uint32(1) << 31
+	var p uint32
+	for {
+		if a&m != 0 {
+			p ^= b
+			if a&(m-1) == 0 {
+				break
+			}
+		}
+		m >>= 1
+		if b&1 != 0 {
+			b = b>>1 ^ castagnoliPoly
+		} else {
+			b >>= 1
+		}
+	}
+	return p
+}
+
+// x2nTable[k] = x^(2^k) modulo p(x).
+var x2nTable = func() (t [32]uint32) {
+	p := uint32(1) << 30 // x^1
+	t[0] = p
+	for k := 1; k < 32; k++ {
+		p = multmodp(p, p)
+		t[k] = p
+	}
+	return t
+}()
+
+// x2nmodp returns x^(n·2^k) modulo p(x).
+func x2nmodp(n uint64, k uint) uint32 {
+	p := uint32(1) << 31 // x^0
+	for n != 0 {
+		if n&1 != 0 {
+			p = multmodp(x2nTable[k&31], p)
+		}
+		n >>= 1
+		k++
+	}
+	return p
+}
+
+// shiftFull appends one full sub-block: x^(8·SubBlockSize).
+var shiftFull = x2nmodp(SubBlockSize, 3)
