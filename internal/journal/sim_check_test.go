@@ -20,6 +20,8 @@ type simReplay struct {
 	st    State
 	cells map[uint64]simCell
 	recs  []*simRec // recs[seq-1]
+	times []int64   // times[seq-1]: the newest time of the non-void records up to seq (img.lastTime)
+	t0    int64     // snapshot 0's time
 	model []Verdict // the verdict DESIGN.md §5's rules give each record
 	got   []Verdict // the verdict journal.Replay gave
 }
@@ -50,12 +52,13 @@ func applyCells(cells map[uint64]simCell, vol int, seq uint64, r *simRec) {
 	}
 }
 
-// timeAt is the Time of the record at seq (0 for seq 0).
+// timeAt is the time replay keeps at seq (img.lastTime): the newest time
+// of the non-void records up to seq, from snapshot 0's.
 func (rp *simReplay) timeAt(seq uint64) int64 {
-	if seq == 0 || seq > uint64(len(rp.recs)) {
-		return 0
+	if seq == 0 || len(rp.times) == 0 {
+		return rp.t0
 	}
-	return rp.recs[seq-1].r.Time
+	return rp.times[min(seq, uint64(len(rp.times)))-1]
 }
 
 // oracle replays everything ever written to v (live records and deleted
@@ -63,7 +66,8 @@ func (rp *simReplay) timeAt(seq uint64) int64 {
 // gap or limit, with journal.Replay, and checks each verdict against the
 // model.
 func (s *sim) oracle(v *simVol, limit uint64) (*simReplay, error) {
-	rp := &simReplay{cells: maps.Clone(v.base)}
+	rp := &simReplay{cells: maps.Clone(v.base), t0: v.baseTime}
+	last := v.baseTime
 	if rp.cells == nil {
 		rp.cells = map[uint64]simCell{}
 	}
@@ -83,7 +87,11 @@ func (s *sim) oracle(v *simVol, limit uint64) (*simReplay, error) {
 			return nil, fmt.Errorf("replay never errors on a well-formed log, but: %w", err)
 		}
 		mv := m.step(r.r)
+		if vd != Void {
+			last = max(last, r.r.Time)
+		}
 		rp.recs = append(rp.recs, r)
+		rp.times = append(rp.times, last)
 		rp.model = append(rp.model, mv)
 		rp.got = append(rp.got, vd)
 		if vd != mv {
@@ -108,7 +116,8 @@ func (s *sim) oracle(v *simVol, limit uint64) (*simReplay, error) {
 }
 
 // replayLive replays v's live store from a snapshot's state up to the
-// first gap or limit, as an attach or loadImage does.
+// first gap or limit, as an attach or loadImage does; it returns the
+// newest time of the non-void records replayed (0: none).
 func (s *sim) replayLive(v *simVol, st State, cells map[uint64]simCell, limit uint64) (State, map[uint64]simCell, int64, error) {
 	var last int64
 	for st.Seq < limit {
@@ -126,7 +135,9 @@ func (s *sim) replayLive(v *simVol, st State, cells map[uint64]simCell, limit ui
 		if err != nil {
 			return st, cells, last, err
 		}
-		last = r.r.Time
+		if vd != Void {
+			last = max(last, r.r.Time)
+		}
 		if vd == Apply {
 			applyCells(cells, v.idx, seq, r)
 		}
@@ -148,9 +159,7 @@ func (s *sim) loadLive(v *simVol, limit uint64) (State, map[uint64]simCell, int6
 		return st, nil, 0, nil, fmt.Errorf("clone %s has no snapshot at or below %d", v.id, limit)
 	}
 	st, cells, last, err := s.replayLive(v, st, cells, limit)
-	if last != 0 {
-		t = last
-	}
+	t = max(t, last)
 	return st, cells, t, sn, err
 }
 

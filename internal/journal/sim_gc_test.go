@@ -3,9 +3,7 @@ package journal
 import (
 	"fmt"
 	"maps"
-	"math"
 	"slices"
-	"sort"
 	"strings"
 
 	"github.com/urldisk/urldisk/internal/format"
@@ -15,15 +13,20 @@ import (
 // plan), run as a sequence of steps the scheduler interleaves with
 // writers, zombies, clones and removals:
 //
-//	stage 0  list names (and take "now")                  scan
+//	stage 0  take "now", list names                        scan
 //	stage 1  list vols/ (within listGap steps of stage 0)  scan
 //	         then mark one volume per step                 markVolume
 //	         then plan                                     plan
 //	stage 2  delete one object per step                    GC
 //
 // Each step reads the store as it is at that step, as the real code's
-// separate requests do. Grace: an object is young if it landed fewer than
-// grace steps before "now"; a record is also kept (at delete time) while a
+// separate requests do. A volume is live (named, no tombstone), protected
+// (tombstone younger than the grace period, or no tombstone and some
+// object younger than it: being created; marked if its descriptor and a
+// snapshot can be read, nothing of it deleted) or deleted (removed long
+// ago, or an orphaned prefix: collectable except what others' maps
+// reference). Grace: an object is young if it landed fewer than grace
+// steps before "now"; a record is also kept (at delete time) while a
 // request or live writer may still create or read its slot, the stand-in
 // for "no request outlives the grace period".
 //
@@ -33,15 +36,28 @@ import (
 // promises to its head, every checkpoint's, every clone's (their maps name
 // their ancestors' records) and every clone in progress.
 
+type simGCState uint8
+
+const (
+	gcLive simGCState = iota
+	gcProtected
+	gcDeleted
+)
+
+func (st simGCState) String() string { return [...]string{"live", "protected", "deleted"}[st] }
+
 type simGCVol struct {
 	v        *simVol
 	named    bool
-	deleted  bool
+	state    simGCState
 	logs     map[uint64]int // seq -> ModTime, as listed
 	snaps    map[uint64]int
 	ckpts    []string
+	rmCkpts  map[string]int // ckpt-removed/<label> -> ModTime, as listed
+	young    []string       // ckpt-removed/ labels younger than the grace period at the listing
 	desc     bool
 	tomb     bool
+	tombBorn int
 	base     uint64
 	hasBase  bool
 	keepSnap map[uint64]string
@@ -56,7 +72,7 @@ type simGCDel struct {
 type simGC struct {
 	n       int
 	stage   int
-	now     int            // when the names were listed: the scan's "now"
+	now     int            // the scan's "now", taken before the names are listed
 	listed  map[simRef]int // ModTime of each listed snapshot
 	names   map[int]bool
 	vols    []*simGCVol
@@ -123,7 +139,8 @@ func (s *sim) gcStep(g *simGC) {
 	}
 }
 
-// gcListVols lists vols/: every volume with an object, in id order.
+// gcListVols lists vols/: every volume with an object, in id order, and
+// judges its state.
 func (s *sim) gcListVols(g *simGC) {
 	vs := slices.Clone(s.vols)
 	slices.SortFunc(vs, func(a, b *simVol) int {
@@ -135,27 +152,52 @@ func (s *sim) gcListVols(g *simGC) {
 		}
 		return 0
 	})
+	young := func(born int) bool { return g.now-born < s.p.grace }
 	for _, v := range vs {
-		if !v.desc && !v.tomb && v.store.empty() && len(v.ckpts) == 0 {
+		if !v.hasObjects() {
 			continue
 		}
-		gv := &simGCVol{v: v, named: g.names[v.idx], logs: maps.Clone(v.store.born), snaps: map[uint64]int{}, desc: v.desc, tomb: v.tomb, keepSnap: map[uint64]string{}}
+		gv := &simGCVol{v: v, named: g.names[v.idx], logs: maps.Clone(v.store.born), snaps: map[uint64]int{}, rmCkpts: map[string]int{},
+			desc: v.desc, tomb: v.tomb, tombBorn: v.tombBorn, keepSnap: map[uint64]string{}}
+		anyYoung := v.desc && young(v.descBorn) || v.tomb && young(v.tombBorn)
+		for _, born := range gv.logs {
+			anyYoung = anyYoung || young(born)
+		}
 		for _, sn := range v.store.snaps {
 			gv.snaps[sn.seq] = sn.born
 			g.listed[simRef{v.idx, sn.seq}] = sn.born
+			anyYoung = anyYoung || young(sn.born)
 		}
 		for _, c := range v.ckpts {
 			gv.ckpts = append(gv.ckpts, c.label)
+			anyYoung = anyYoung || young(c.born)
 		}
-		if v.tomb {
-			gv.deleted = true
+		for _, c := range v.rmCkpts {
+			gv.rmCkpts[c.label] = c.born
+			if young(c.born) {
+				gv.young = append(gv.young, c.label)
+				anyYoung = true
+			}
 		}
-		if v.desc && !gv.named && g.now-v.descBorn > s.p.grace {
-			gv.deleted = true // never bound, or unbound by rm
+		switch {
+		case gv.named && !gv.tomb:
+			gv.state = gcLive
+		case gv.tomb && young(gv.tombBorn):
+			gv.state = gcProtected // recently removed: a clone may be reading it
+		case !gv.tomb && anyYoung:
+			gv.state = gcProtected // being created
+		default:
+			gv.state = gcDeleted // removed long ago, or orphaned objects
 		}
 		g.vols = append(g.vols, gv)
-		if !gv.named && !gv.deleted {
-			s.tracef("gc %d: %s is being created: left alone", g.n, v.id)
+		switch {
+		case gv.state == gcProtected:
+			s.stats.gcProtected++
+		case gv.state == gcDeleted && !gv.desc && !gv.tomb:
+			s.stats.gcOrphans++
+		}
+		if gv.state == gcDeleted || !gv.desc {
+			s.tracef("gc %d: %s is %s; not marked", g.n, v.id, gv.state)
 			continue
 		}
 		g.mark = append(g.mark, gv)
@@ -180,66 +222,52 @@ func (g *simGC) markMap(cells map[uint64]simCell, by int) {
 	}
 }
 
-// gcMark is markVolume: the descriptor is read now; the retention base is
-// the newest listed snapshot at or below the last record (found by binary
-// search on record times) before the window; the base map and every record
-// applied from the base to the head are marked, then every checkpoint's map.
+// gcMark is markVolume: the descriptor is read now (gone: not marked);
+// the retention base is the newest listed snapshot whose header time is
+// before the window (none: the oldest, and every record is kept); the base
+// map and every record applied from the base to the head are marked, then
+// the map of every checkpoint (listed now) and of every checkpoint removed
+// less than the grace period ago (listed with the volume).
 func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 	v := gv.v
 	if !v.desc {
-		gv.deleted = true
 		return ""
 	}
-	if gv.deleted {
-		return ""
-	}
-	seqs := slices.Sorted(maps.Keys(gv.logs))
 	windowStart := int64(g.now - s.p.retention)
-	var ferr string
-	w := sort.Search(len(seqs), func(i int) bool {
-		if ferr != "" {
-			return true
-		}
-		r, err := s.readLive(v, seqs[i])
-		if err != "" {
-			ferr = err
-			return true
-		}
-		return r.r.Time >= windowStart
-	})
-	if ferr != "" {
-		return ferr
-	}
-	limit := uint64(math.MaxUint64)
-	if w < len(seqs) {
-		limit = seqs[w] - 1
-	}
 	snaps := slices.Sorted(maps.Keys(gv.snaps))
-	var order []uint64
-	for i := len(snaps) - 1; i >= 0; i-- {
-		if snaps[i] <= limit {
-			order = append(order, snaps[i])
-		}
-	}
-	for _, sq := range snaps {
-		if sq > limit {
-			order = append(order, sq)
-		}
-	}
-	var st State
-	if len(order) > 0 {
-		sn := v.store.snapAt(order[0])
+	var (
+		st    State
+		cells = map[uint64]simCell{}
+	)
+	for i := len(snaps) - 1; i >= 0 && !gv.hasBase; i-- {
+		sn := v.store.snapAt(snaps[i])
 		if sn == nil {
-			return fmt.Sprintf("read snapshot %d of %s: not found", order[0], v.id)
+			return fmt.Sprintf("read snapshot %d of %s: not found", snaps[i], v.id)
+		}
+		if sn.time >= windowStart {
+			continue
 		}
 		gv.base, gv.hasBase = sn.seq, true
-		gv.keepSnap[sn.seq] = "retention base snapshot"
-		st = sn.st
-		g.markMap(sn.cells, v.idx)
-	} else if v.parent != nil {
-		s.failf("gc %d: clone %s has no usable base snapshot (listed %v)", g.n, v.id, snaps)
-		return "clone has no base"
+		st, cells = sn.st, maps.Clone(sn.cells)
 	}
+	loaded := gv.hasBase
+	if !loaded && len(snaps) > 0 {
+		sn := v.store.snapAt(snaps[0])
+		if sn == nil {
+			return fmt.Sprintf("read snapshot %d of %s: not found", snaps[0], v.id)
+		}
+		gv.base, loaded = sn.seq, true
+		st, cells = sn.st, maps.Clone(sn.cells)
+	}
+	if !loaded && v.parent != nil {
+		if gv.state == gcProtected {
+			return "" // being created (snapshot 0 not written yet) or partly collected; everything of it is kept
+		}
+		s.failf("gc %d: clone %s has no usable snapshot (listed %v)", g.n, v.id, snaps)
+		return "clone has no usable snapshot"
+	}
+	gv.keepSnap[gv.base] = "retention base snapshot"
+	g.markMap(cells, v.idx)
 	// Replay base..head: a fresh listing, up to the first gap.
 	for seq := st.Seq + 1; ; seq++ {
 		if _, ok := v.store.objs[seq]; !ok {
@@ -259,8 +287,8 @@ func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 			g.markRef(simRef{v.idx, seq}, v.idx)
 		}
 	}
-	s.tracef("gc %d: %s marked: window from %d (first listed in-window record %s), base %d (of snapshots %v), head %d",
-		g.n, v.id, windowStart, seqAt(seqs, w), gv.base, snaps, st.Seq)
+	s.tracef("gc %d: %s (%s) marked: window from %d, base %d (has base %v; snapshots %v), head %d",
+		g.n, v.id, gv.state, windowStart, gv.base, gv.hasBase, snaps, st.Seq)
 	for _, sq := range snaps {
 		if sq >= gv.base {
 			if _, ok := gv.keepSnap[sq]; !ok {
@@ -268,7 +296,16 @@ func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 			}
 		}
 	}
-	for _, c := range v.ckpts {
+	ckpts := slices.Clone(v.ckpts)
+	for _, l := range gv.young {
+		i := slices.IndexFunc(v.rmCkpts, func(c *simCkpt) bool { return c.label == l })
+		if i < 0 {
+			continue
+		}
+		ckpts = append(ckpts, v.rmCkpts[i])
+		s.stats.gcRmCkptMarked++
+	}
+	for _, c := range ckpts {
 		sn := v.store.newestAtOrBelow(c.seq)
 		var snapSeq uint64
 		cst, cells := State{}, map[uint64]simCell{}
@@ -285,10 +322,8 @@ func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 		if _, ok := gv.snaps[c.seq]; ok {
 			gv.keepSnap[c.seq] = "checkpoint " + c.label
 		}
-		if snapSeq > 0 {
-			if _, ok := gv.keepSnap[snapSeq]; !ok {
-				gv.keepSnap[snapSeq] = "checkpoint " + c.label
-			}
+		if _, ok := gv.keepSnap[snapSeq]; !ok {
+			gv.keepSnap[snapSeq] = "checkpoint " + c.label
 		}
 		for sq := snapSeq + 1; sq <= c.seq; sq++ {
 			g.markRef(simRef{v.idx, sq}, v.idx)
@@ -315,13 +350,14 @@ func (s *sim) readLive(v *simVol, seq uint64) (*simRec, string) {
 func (s *sim) gcPlan(g *simGC) string {
 	for _, gv := range g.vols {
 		v := gv.v
-		if !gv.named && !gv.deleted {
-			continue // being created
+		if gv.state == gcProtected {
+			continue
 		}
+		deleted := gv.state == gcDeleted
 		remaining := 0
 		young := func(born int) bool { return g.now-born < s.p.grace }
 		for _, seq := range slices.Sorted(maps.Keys(gv.logs)) {
-			if !gv.deleted && (!gv.hasBase || seq > gv.base) {
+			if !deleted && (!gv.hasBase || seq > gv.base) {
 				remaining++
 				continue
 			}
@@ -338,7 +374,7 @@ func (s *sim) gcPlan(g *simGC) string {
 				remaining++
 				continue
 			}
-			if !gv.deleted {
+			if !deleted {
 				r, err := s.readLive(v, seq)
 				if err != "" {
 					return err
@@ -349,13 +385,13 @@ func (s *sim) gcPlan(g *simGC) string {
 				}
 			}
 			why := "unreferenced, below the retention base snapshot"
-			if gv.deleted {
+			if deleted {
 				why = "volume deleted, no clone needs it"
 			}
 			g.dels = append(g.dels, simGCDel{gv, simKey{kind: 'l', seq: seq}, why})
 		}
 		for _, sq := range slices.Sorted(maps.Keys(gv.snaps)) {
-			if _, ok := gv.keepSnap[sq]; ok && !gv.deleted {
+			if _, ok := gv.keepSnap[sq]; ok && !deleted {
 				remaining++
 			} else if young(gv.snaps[sq]) {
 				remaining++
@@ -363,25 +399,33 @@ func (s *sim) gcPlan(g *simGC) string {
 				g.dels = append(g.dels, simGCDel{gv, simKey{kind: 's', seq: sq}, "snapshot superseded"})
 			}
 		}
+		for _, l := range slices.Sorted(maps.Keys(gv.rmCkpts)) {
+			if young(gv.rmCkpts[l]) && !deleted {
+				remaining++
+			} else {
+				g.dels = append(g.dels, simGCDel{gv, simKey{kind: 'r', label: l}, "removed checkpoint"})
+			}
+		}
 		for _, l := range gv.ckpts {
-			if gv.deleted {
+			if deleted {
 				g.dels = append(g.dels, simGCDel{gv, simKey{kind: 'c', label: l}, "volume deleted"})
 			} else {
 				remaining++
 			}
 		}
+		// The tombstone ("deleted") lists before the descriptor ("volume.json").
 		var tail []simKey
 		for _, k := range []simKey{{kind: 't'}, {kind: 'd'}} {
 			if k.kind == 't' && !gv.tomb || k.kind == 'd' && !gv.desc {
 				continue
 			}
-			if gv.deleted {
+			if deleted {
 				tail = append(tail, k)
 			} else {
 				remaining++
 			}
 		}
-		if gv.deleted && remaining == 0 {
+		if deleted && remaining == 0 {
 			for _, k := range tail {
 				g.dels = append(g.dels, simGCDel{gv, k, "volume deleted, nothing left"})
 			}
@@ -419,7 +463,7 @@ func (s *sim) gcDelete(g *simGC, d simGCDel) {
 // with the model of DESIGN.md §5 (not journal.Replay).
 type simHist struct {
 	head    uint64
-	times   []int64 // times[seq-1]
+	times   []int64 // times[seq-1]: the newest time of the non-void records up to seq
 	applied []*simRec
 }
 
@@ -437,6 +481,7 @@ func (s *sim) hist(v *simVol) *simHist {
 	}
 	h := &simHist{}
 	var m simModel
+	last := v.baseTime
 	for seq := uint64(1); ; seq++ {
 		obj, ok := v.store.get(seq, true)
 		if !ok {
@@ -448,9 +493,13 @@ func (s *sim) hist(v *simVol) *simHist {
 			break
 		}
 		h.head = seq
-		h.times = append(h.times, r.r.Time)
+		vd := m.step(r.r)
+		if vd != Void {
+			last = max(last, r.r.Time)
+		}
+		h.times = append(h.times, last)
 		var a *simRec
-		if m.step(r.r) == Apply {
+		if vd == Apply {
 			a = r
 		}
 		h.applied = append(h.applied, a)
@@ -459,29 +508,22 @@ func (s *sim) hist(v *simVol) *simHist {
 	return h
 }
 
-// retainFrom is the oldest point of v the retention window promises now.
-// Strict: the first whose record is young enough for checkRetained to let
-// a clone or an open at it through (DESIGN.md §7). Otherwise the first
-// from which every record is that young: markVolume finds the window's
-// start by binary search on record times, which assumes they grow with
-// the seq; a zombie's void records carry the time they were sealed, which
-// can be far older than the records around them, and the search can then
-// land past in-window points.
+// retainFrom is the oldest point of v the retention window promises now:
+// the first whose time (as replay keeps it: the newest time of the
+// non-void records up to it, never going back) is young enough for
+// checkRetained to let a clone or an open at it through (DESIGN.md §7);
+// the head if none is.
 func (s *sim) retainFrom(v *simVol, h *simHist) uint64 {
 	edge := int64(s.step - s.p.retention + s.p.margin)
-	if s.known[knownTimeOrder] {
-		for i, t := range h.times {
-			if t >= edge {
-				return uint64(i + 1)
-			}
+	if v.baseTime >= edge {
+		return 0
+	}
+	for i, t := range h.times {
+		if t >= edge {
+			return uint64(i + 1)
 		}
-		return h.head
 	}
-	rf := h.head
-	for i := len(h.times) - 1; i >= 0 && h.times[i] >= edge; i-- {
-		rf = uint64(i + 1)
-	}
-	return rf
+	return h.head
 }
 
 // simWhy says which live map references a record.

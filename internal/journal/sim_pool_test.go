@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"strings"
+
+	"github.com/urldisk/urldisk/internal/format"
 )
 
 // The pool around the log: clones (volume.Pool.Clone), checkpoints,
@@ -36,9 +38,10 @@ type simCloneOp struct {
 func (s *sim) startClone() bool {
 	var cand []*simVol
 	for _, v := range s.vols {
-		// Resolve only needs the name and the descriptor; a Remove that
-		// wrote its tombstone but has not unbound the name yet is a race.
-		if v.named && v.desc && (s.known[knownRmVsClone] || !v.removing) {
+		// Resolve only needs the name and the descriptor: a Remove that
+		// wrote its tombstone but has not unbound the name yet races it
+		// (the tombstone protects the source's maps for the grace period).
+		if v.named && v.desc {
 			cand = append(cand, v)
 		}
 	}
@@ -88,13 +91,6 @@ func (s *sim) startClone() bool {
 		s.tracef("clone of %s@%s refused: written at %d, outside the retention window", v.id, op.point, t)
 		return true
 	}
-	if op.ckpt == nil && seq != math.MaxUint64 && !s.known[knownTimeOrder] && seq < s.retainFrom(v, s.hist(v)) {
-		// A point checkRetained lets through, but that markVolume's binary
-		// search may not keep (see retainFrom).
-		s.stats.cloneRefused++
-		s.tracef("clone of %s@%s refused: a zombie's older records follow it", v.id, op.point)
-		return true
-	}
 	if v.exists() {
 		want, err := s.oracle(v, st.Seq)
 		if err != nil {
@@ -107,10 +103,8 @@ func (s *sim) startClone() bool {
 		}
 	}
 	op.seq, op.cells = st.Seq, cells
-	if op.ckpt != nil {
-		op.ckpt.clonedAt = s.step
-	}
 	op.dst = s.newVol(v, st.Seq, cells, fmt.Sprintf("clone of %s@%s", v.id, op.point))
+	op.dst.baseTime = int64(s.step) // Clone dates snapshot 0 before binding
 	s.vols = append(s.vols, op.dst) // no objects yet: invisible to listings
 	s.nClones++
 	s.clones = append(s.clones, op)
@@ -141,7 +135,7 @@ func (s *sim) cloneStep(op *simCloneOp) {
 		d.desc, d.descBorn = true, s.step
 		s.tracef("clone %d: %s descriptor written (parent %s@%d)", op.n, d.id, op.src.id, op.seq)
 	case 1:
-		d.store.snaps = append(d.store.snaps, &simSnap{seq: 0, cells: op.cells, by: -1, born: s.step, time: int64(s.step)})
+		d.store.snaps = append(d.store.snaps, &simSnap{seq: 0, cells: op.cells, by: -1, born: s.step, time: d.baseTime})
 		s.tracef("clone %d: %s snapshot 0 written", op.n, d.id)
 	case 2:
 		d.named = true
@@ -185,19 +179,27 @@ func (s *sim) checkpoint() bool {
 	}
 	var sn *simSnap
 	if len(ws) > 0 && s.rng.IntN(2) == 0 {
-		if sn = s.writerSnapshot(ws[s.rng.IntN(len(ws))]); sn == nil {
+		w := ws[s.rng.IntN(len(ws))]
+		if sn = s.writerSnapshot(w); sn == nil {
 			return true
 		}
-		// A writer that has not learned it is fenced labels its stale
-		// prefix without touching the log. Below the newest snapshot and
-		// older than the retention window, GC may already have collected
-		// (or be collecting) what that map needs: a race outside the
-		// real system's assumptions (a writer paused for longer than the
-		// retention window).
-		if nw := v.store.newest(); !s.known[knownStaleCkpt] && nw != nil && sn.seq < nw.seq && sn.time < int64(s.step-s.p.retention+s.p.margin) {
-			s.stats.ckptStale++
-			s.tracef("%s: w%d's checkpoint at %d (below snapshot %d, written at %d) skipped: outside the window", v.id, sn.by, sn.seq, nw.seq, sn.time)
-			return true
+		// stillOwner: a writer that has not learned it is fenced would
+		// label its stale prefix, which GC may be collecting; it lists the
+		// records after the point and gives up if one is a newer fence.
+		for _, seq := range slices.Sorted(maps.Keys(v.store.objs)) {
+			if seq <= sn.seq {
+				continue
+			}
+			r, err := s.decoded(v, seq, v.store.objs[seq])
+			if err != nil {
+				s.failf("checkpoint: %v", err)
+				return true
+			}
+			if r.r.Type == format.RecordFence && r.r.Epoch > w.w.Epoch() {
+				s.stats.ckptFenced++
+				s.tracef("%s: w%d's checkpoint at %d refused: fence %d of epoch %d follows it", v.id, w.idx, sn.seq, seq, r.r.Epoch)
+				return true
+			}
 		}
 	} else {
 		st, cells, t, _, err := s.loadLive(v, math.MaxUint64)
@@ -226,8 +228,11 @@ func (s *sim) checkpoint() bool {
 	return true
 }
 
-// removeCheckpoint deletes a checkpoint document (its snapshot stays for
-// GC to judge).
+// removeCheckpoint is Pool.RemoveCheckpoint: it copies the document to
+// ckpt-removed/<label> (GC keeps marking it for the grace period: a clone
+// of it may be in progress, or invisible to a running GC) and deletes the
+// original. Its snapshot stays for GC to judge. Clones of the checkpoint
+// may be in progress; GC runs may have listed the volume.
 func (s *sim) removeCheckpoint() bool {
 	var cand []*simCkpt
 	var of []*simVol
@@ -235,21 +240,7 @@ func (s *sim) removeCheckpoint() bool {
 		if !v.usable() {
 			continue
 		}
-	next:
 		for _, c := range v.ckpts {
-			for _, op := range s.clones {
-				if op.ckpt == c && !s.known[knownRmVsClone] {
-					continue next // racing a clone of that checkpoint
-				}
-			}
-			for _, g := range s.gcs {
-				if c.clonedAt >= g.now-s.p.cloneDur && !s.known[knownCkptRmVsGC] {
-					// A clone of it may be invisible to a running GC (made
-					// after its listing), which then relies on this
-					// checkpoint to keep the clone's records.
-					continue next
-				}
-			}
 			cand, of = append(cand, c), append(of, v)
 		}
 	}
@@ -258,17 +249,21 @@ func (s *sim) removeCheckpoint() bool {
 	}
 	i := s.rng.IntN(len(cand))
 	c, v := cand[i], of[i]
+	if slices.ContainsFunc(s.clones, func(op *simCloneOp) bool { return op.ckpt == c }) {
+		s.stats.ckptRmVsClone++
+	}
 	v.ckpts = slices.DeleteFunc(v.ckpts, func(o *simCkpt) bool { return o == c })
+	v.rmCkpts = append(v.rmCkpts, &simCkpt{label: c.label, seq: c.seq, snap: c.snap, born: s.step})
 	s.version++
 	s.stats.ckptRemoved++
-	s.tracef("%s checkpoint %s (at %d) removed", v.id, c.label, c.seq)
+	s.tracef("%s checkpoint %s (at %d) removed (copied to ckpt-removed/)", v.id, c.label, c.seq)
 	return true
 }
 
 // --- removal -------------------------------------------------------------
 
 type simKey struct {
-	kind  byte // 'l' log, 's' snapshot, 'c' checkpoint, 't' tombstone, 'd' descriptor
+	kind  byte // 'l' log, 's' snapshot, 'c' checkpoint, 'r' removed checkpoint, 't' tombstone, 'd' descriptor
 	seq   uint64
 	label string
 }
@@ -281,52 +276,55 @@ func (k simKey) String() string {
 		return fmt.Sprintf("snap/%d", k.seq)
 	case 'c':
 		return "ckpt/" + k.label
+	case 'r':
+		return "ckpt-removed/" + k.label
 	case 't':
 		return "deleted"
 	}
 	return "volume.json"
 }
 
-// simRemoveOp is a Pool.Remove in progress: tombstone (at start), unbind
-// the name (stage 0), look for descendants (1); with none, list (2) and
-// delete every object, the descriptor last (3...).
+// simRemoveOp is a Pool.Remove in progress: the tombstone is written (at
+// start), then the name is unbound (stage 0). Nothing is deleted: GC
+// protects a volume whose tombstone is younger than the grace period (a
+// clone of it may be in progress) and collects it afterwards, except the
+// records clones reference. Remove runs Put then Delete back to back: the
+// unbind happens within listGap steps of the tombstone.
 type simRemoveOp struct {
-	v     *simVol
-	stage int
-	keys  []simKey
-	next  int
+	v *simVol
 }
 
 func (s *sim) startRemove() bool {
 	var cand []*simVol
 	for _, v := range s.vols {
-		if !v.usable() {
-			continue
+		if v.usable() {
+			cand = append(cand, v)
 		}
-		if !s.known[knownRmVsClone] && slices.ContainsFunc(s.clones, func(op *simCloneOp) bool { return op.src == v }) {
-			continue // racing a clone of it
-		}
-		if !s.known[knownRmOrphans] && slices.ContainsFunc(s.queue, func(m *simMsg) bool { return m.vol == v }) {
-			continue // its writers' requests still fly: they would land after the removal
-		}
-		cand = append(cand, v)
 	}
 	if len(cand) == 0 {
 		return false
 	}
 	s.nRemove++
-	s.beginRemove(cand[s.rng.IntN(len(cand))])
+	v := cand[s.rng.IntN(len(cand))]
+	if slices.ContainsFunc(s.clones, func(op *simCloneOp) bool { return op.src == v }) {
+		s.stats.rmVsClone++
+	}
+	if slices.ContainsFunc(s.queue, func(m *simMsg) bool { return m.vol == v }) {
+		s.stats.rmInFlight++
+	}
+	s.beginRemove(v)
 	return true
 }
 
 // beginRemove: whoever serves the volume is stopped (crashed: its requests
-// may still fly), then the tombstone is written.
+// may still fly and land after the removal), then the tombstone is
+// written.
 func (s *sim) beginRemove(v *simVol) {
 	v.removing = true
 	v.nWriters = v.started
 	for _, w := range v.writers {
 		if w.phase == phAttach || w.phase == phWrite {
-			s.crash(w, s.known[knownRmOrphans] && s.rng.IntN(2) == 0)
+			s.crash(w, s.rng.IntN(2) == 0)
 		}
 	}
 	v.tomb, v.tombBorn = true, s.step
@@ -337,64 +335,10 @@ func (s *sim) beginRemove(v *simVol) {
 }
 
 func (s *sim) removeStep(op *simRemoveOp) {
-	v := op.v
-	done := func() { s.removes = slices.DeleteFunc(s.removes, func(o *simRemoveOp) bool { return o == op }) }
-	switch op.stage {
-	case 0:
-		v.named = false
-		s.tracef("remove %s: name unbound", v.id)
-	case 1:
-		if s.hasDescendants(v) {
-			s.stats.removeKept++
-			s.tracef("remove %s: clones may need it; left to GC", v.id)
-			done()
-			return
-		}
-		s.tracef("remove %s: no descendants", v.id)
-	case 2:
-		for _, seq := range slices.Sorted(maps.Keys(v.store.objs)) {
-			op.keys = append(op.keys, simKey{kind: 'l', seq: seq})
-		}
-		for _, sn := range v.store.snaps {
-			op.keys = append(op.keys, simKey{kind: 's', seq: sn.seq})
-		}
-		for _, c := range v.ckpts {
-			op.keys = append(op.keys, simKey{kind: 'c', label: c.label})
-		}
-		if v.tomb {
-			op.keys = append(op.keys, simKey{kind: 't'})
-		}
-		if v.desc {
-			op.keys = append(op.keys, simKey{kind: 'd'})
-		}
-		s.tracef("remove %s: listed %d objects to delete", v.id, len(op.keys))
-	default:
-		if op.next == len(op.keys) {
-			s.tracef("remove %s: done", v.id)
-			done()
-			return
-		}
-		k := op.keys[op.next]
-		op.next++
-		s.deleteKey(v, k, fmt.Sprintf("remove of %s at step %d", v.id, s.step), false)
-	}
-	op.stage++
-}
-
-// hasDescendants is Pool.hasDescendants: some volume with a descriptor
-// whose ancestry reaches v, or is broken (an ancestor's descriptor gone).
-func (s *sim) hasDescendants(v *simVol) bool {
-	for _, u := range s.vols {
-		if !u.desc || u == v {
-			continue
-		}
-		for cur := u.parent; cur != nil; cur = cur.parent {
-			if cur == v || !cur.desc {
-				return true
-			}
-		}
-	}
-	return false
+	op.v.named = false
+	s.removes = slices.DeleteFunc(s.removes, func(o *simRemoveOp) bool { return o == op })
+	s.version++
+	s.tracef("remove %s: name unbound; left to GC", op.v.id)
 }
 
 // deleteKey deletes one object of v, after checking the deletion against
@@ -419,8 +363,6 @@ func (s *sim) deleteKey(v *simVol, k simKey, who string, gc bool) {
 			if v.tomb {
 				s.stats.gcDeletedRemoved++
 			}
-		} else {
-			s.stats.rmDeleted++
 		}
 		s.tracef("%s deletes %s/%s", who, v.id, k)
 	case 's':
@@ -444,6 +386,17 @@ func (s *sim) deleteKey(v *simVol, k simKey, who string, gc bool) {
 		}
 		v.ckpts = slices.Delete(v.ckpts, i, i+1)
 		s.version++
+		s.tracef("%s deletes %s/%s", who, v.id, k)
+	case 'r':
+		i := slices.IndexFunc(v.rmCkpts, func(c *simCkpt) bool { return c.label == k.label })
+		if i < 0 {
+			return
+		}
+		if age := s.step - v.rmCkpts[i].born; gc && age < s.p.grace && v.exists() {
+			s.failf("%s deleted %s/%s, removed %d steps ago (grace %d)", who, v.id, k, age, s.p.grace)
+		}
+		v.rmCkpts = slices.Delete(v.rmCkpts, i, i+1)
+		s.stats.gcRmCkptDeleted++
 		s.tracef("%s deletes %s/%s", who, v.id, k)
 	case 't':
 		v.tomb = false
@@ -473,6 +426,12 @@ func (s *sim) forcedOp() bool {
 	for _, g := range s.gcs {
 		if g.stage == 0 && s.step >= g.now+s.p.listGap {
 			s.gcStep(g)
+			return true
+		}
+	}
+	for _, op := range s.removes {
+		if s.step >= op.v.tombBorn+s.p.listGap {
+			s.removeStep(op)
 			return true
 		}
 	}
@@ -562,6 +521,9 @@ func (s *sim) teardownAll() {
 		for _, c := range v.ckpts {
 			left = append(left, "ckpt/"+c.label)
 		}
+		for _, c := range v.rmCkpts {
+			left = append(left, "ckpt-removed/"+c.label)
+		}
 		if v.tomb {
 			left = append(left, "deleted")
 		}
@@ -576,7 +538,7 @@ func (s *sim) teardownAll() {
 		}
 		why := ""
 		if !v.desc && !v.tomb && !v.named {
-			why = " (no descriptor, tombstone or name: GC takes it for a volume being created and never collects it)"
+			why = " (no descriptor, tombstone or name: an orphaned prefix, which GC collects once it is older than the grace period)"
 		}
 		if len(left) > 8 {
 			left = append(left[:8], "...")
@@ -588,7 +550,7 @@ func (s *sim) teardownAll() {
 
 func (s *sim) poolEmpty() bool {
 	for _, v := range s.vols {
-		if !v.store.empty() || len(v.ckpts) > 0 || v.desc || v.tomb || v.named {
+		if v.hasObjects() || v.named {
 			return false
 		}
 	}

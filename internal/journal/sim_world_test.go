@@ -156,7 +156,7 @@ type simSnap struct {
 	cells map[uint64]simCell
 	by    int   // writer index, -1: offline (checkpoint or clone)
 	born  int   // step it was written (its ModTime)
-	time  int64 // its header's Time: the time of the record at seq
+	time  int64 // its header's Time: the newest time of the non-void records up to seq
 }
 
 type simStore struct {
@@ -278,6 +278,10 @@ type simVol struct {
 	parent *simVol
 	from   uint64             // clone: the source's seq (ParentRef.Seq)
 	base   map[uint64]simCell // clone: the map of snapshot 0; nil for a root
+	// baseTime is snapshot 0's header Time: where the volume's record
+	// times (as replay keeps them: the newest of the non-void records')
+	// start.
+	baseTime int64
 	how    string
 
 	nWriters  int // writers this volume gets over the run
@@ -287,7 +291,9 @@ type simVol struct {
 	startNext int // the newest writer must have sealed this many segments before the next starts
 	acks      []simAck
 
-	ckpts []*simCkpt // live checkpoint documents
+	ckpts   []*simCkpt // live checkpoint documents
+	rmCkpts []*simCkpt // copies of removed checkpoints (ckpt-removed/<label>), born when removed
+
 
 	// Pool metadata: descriptor, name binding, tombstone.
 	desc     bool
@@ -295,7 +301,12 @@ type simVol struct {
 	named    bool
 	tomb     bool
 	tombBorn int
-	removing bool // a Remove started: no more writers, clones, checkpoints
+	removing bool // a Remove started: no more writers or checkpoints
+}
+
+// hasObjects: something of v is under vols/<id>/.
+func (v *simVol) hasObjects() bool {
+	return v.desc || v.tomb || !v.store.empty() || len(v.ckpts) > 0 || len(v.rmCkpts) > 0
 }
 
 // exists: the volume has a descriptor and no tombstone (I4 protects its fences).
@@ -307,11 +318,10 @@ func (v *simVol) usable() bool { return v.named && v.desc && !v.removing }
 // simCkpt is a checkpoint document: a label naming a seq, with the
 // snapshot written at that seq.
 type simCkpt struct {
-	label    string
-	seq      uint64
-	snap     *simSnap
-	born     int
-	clonedAt int // when a clone last replayed it
+	label string
+	seq   uint64
+	snap  *simSnap
+	born  int // the document's ModTime (of the ckpt-removed/ copy, once removed)
 }
 
 func (s *sim) newVol(parent *simVol, from uint64, base map[uint64]simCell, how string) *simVol {
@@ -464,18 +474,15 @@ func (s *sim) failf(f string, args ...any) {
 }
 
 func (s *sim) run() {
+	// Time starts at 1: a record time of 0 means "none" to checkRetained.
+	s.step = 1
 	root := s.newVol(nil, 0, nil, "root")
-	root.desc, root.named, root.nWriters = true, true, s.p.writers
-	if !s.known[knownFallbackBase] {
-		// Pool.Create writes no snapshot. A volume younger than the
-		// retention window then has no snapshot at or below the window's
-		// first record, and markVolume falls back to its oldest snapshot
-		// as the base: in-window points below it lose records (and a clone
-		// of one made while a GC runs reads missing records). An empty
-		// snapshot 0, as Clone writes for a clone, avoids the fallback;
-		// known=fallback-base runs without it and shows the failures.
-		root.store.snaps = append(root.store.snaps, &simSnap{seq: 0, cells: map[uint64]simCell{}, by: -1})
-	}
+	root.desc, root.descBorn, root.named, root.nWriters = true, s.step, true, s.p.writers
+	// Pool.Create writes an empty snapshot 0 dated at creation, as Clone
+	// does for a clone: it is the retention base of a volume younger than
+	// the window.
+	root.baseTime = int64(s.step)
+	root.store.snaps = append(root.store.snaps, &simSnap{seq: 0, cells: map[uint64]simCell{}, by: -1, born: s.step, time: root.baseTime})
 	s.vols = append(s.vols, root)
 	s.root = root
 	s.startWriter(root)

@@ -45,6 +45,7 @@ type simSeg struct {
 	obj     []byte // the first encoding, resealed at each new slot
 	dataLen uint64
 	slot    uint64 // current slot, as the driver tracks it from Assign and Moves
+	time    int64  // the record's Time, set at sealing (a move reseals with it unchanged)
 }
 
 type simWriter struct {
@@ -62,7 +63,12 @@ type simWriter struct {
 	fenceSeq   uint64
 	fenceEpoch uint64
 	fenceObj   []byte
+	fenceTime  int64
 	op         uint64 // current attach request
+	// lastTime: the newest time of the non-void records replayed, then of
+	// the writer's own records: record times never go back (a writer
+	// clamps to max(now, lastTime+1)).
+	lastTime int64
 
 	// write
 	w        *Writer
@@ -115,7 +121,7 @@ func (s *sim) attachReplayed(w *simWriter, res simOutcome) {
 		w.loaded = true
 		w.view = map[uint64]simCell{}
 		if sn := v.store.newest(); sn != nil {
-			w.st, w.view = sn.st, maps.Clone(sn.cells)
+			w.st, w.view, w.lastTime = sn.st, maps.Clone(sn.cells), sn.time
 			if sn.seq > 0 {
 				s.stats.attachFromSnap++
 			}
@@ -148,6 +154,9 @@ func (s *sim) attachReplayed(w *simWriter, res simOutcome) {
 			s.failf("w%d replay: %v", w.idx, err)
 			return
 		}
+		if vd != Void {
+			w.lastTime = max(w.lastTime, r.r.Time) // void leftovers carry stale clocks
+		}
 		if vd == Apply {
 			applyCells(w.view, v.idx, seq, r)
 		}
@@ -157,7 +166,8 @@ func (s *sim) attachReplayed(w *simWriter, res simOutcome) {
 	}
 	w.fenceSeq, w.fenceEpoch = w.st.Seq+1, w.st.Epoch+1
 	meta := fmt.Appendf(nil, `{"w":%d}`, w.idx)
-	obj, err := format.EncodeRecord(&format.Record{Type: format.RecordFence, Seq: w.fenceSeq, Epoch: w.fenceEpoch, Writer: w.id, Volume: v.id, Time: int64(s.step), Meta: meta}, nil)
+	w.fenceTime = max(int64(s.step), w.lastTime+1)
+	obj, err := format.EncodeRecord(&format.Record{Type: format.RecordFence, Seq: w.fenceSeq, Epoch: w.fenceEpoch, Writer: w.id, Volume: v.id, Time: w.fenceTime, Meta: meta}, nil)
 	if err != nil {
 		s.failf("encode fence: %v", err)
 		return
@@ -182,6 +192,7 @@ func (s *sim) fenceCreated(w *simWriter, res simOutcome) {
 // becomeWriter: the fence landed; w owns fenceEpoch from fenceSeq.
 func (s *sim) becomeWriter(w *simWriter) {
 	w.phase, w.op = phWrite, 0
+	w.lastTime = w.fenceTime
 	w.w = NewWriter(w.fenceEpoch, w.id, w.fenceSeq)
 	w.base = w.view
 	w.view = nil
@@ -259,7 +270,8 @@ func (s *sim) seal(w *simWriter) {
 	k := 1 + s.rng.IntN(s.p.segBlocks)
 	blocks := s.rng.Perm(s.p.blocks)[:k]
 	b := format.NewBuilder(k * simBlock)
-	seg := &simSeg{id: id, meta: fmt.Appendf(nil, `{"w":%d,"seg":%d}`, w.idx, id)}
+	w.lastTime = max(int64(s.step), w.lastTime+1)
+	seg := &simSeg{id: id, meta: fmt.Appendf(nil, `{"w":%d,"seg":%d}`, w.idx, id), time: w.lastTime}
 	for i, blk := range blocks {
 		wr := simWrite{block: uint64(blk)}
 		x := format.Extent{Off: wr.block * simBlock, Len: simBlock}
@@ -293,7 +305,7 @@ func (s *sim) seal(w *simWriter) {
 
 func (s *sim) dataRecord(w *simWriter, seg *simSeg, seq uint64) *format.Record {
 	return &format.Record{Type: format.RecordData, Seq: seq, Epoch: w.w.Epoch(), Writer: w.id, Volume: w.vol.id,
-		Time: int64(s.step), Extents: seg.exts, Meta: seg.meta}
+		Time: seg.time, Extents: seg.exts, Meta: seg.meta}
 }
 
 func (s *sim) newSlot(w *simWriter, seq uint64, seg *simSeg, obj []byte) {
@@ -490,5 +502,11 @@ func (s *sim) writerSnapshot(w *simWriter) *simSnap {
 		return nil
 	}
 	sn.time = want.timeAt(p)
+	if sn.time != w.lastTime && w.w.DurableSeg() >= w.lastID() {
+		// Everything the writer sealed is durable and in its prefix: the
+		// header time it would write (Volume.lastTime) is the replay's.
+		s.failf("w%d's snapshot at %d: header time %d, but a replay from scratch ends at time %d", w.idx, p, w.lastTime, sn.time)
+		return nil
+	}
 	return sn
 }
