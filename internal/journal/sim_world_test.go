@@ -282,7 +282,7 @@ type simVol struct {
 	// times (as replay keeps them: the newest of the non-void records')
 	// start.
 	baseTime int64
-	how    string
+	how      string
 
 	nWriters  int // writers this volume gets over the run
 	writers   []*simWriter
@@ -293,7 +293,6 @@ type simVol struct {
 
 	ckpts   []*simCkpt // live checkpoint documents
 	rmCkpts []*simCkpt // copies of removed checkpoints (ckpt-removed/<label>), born when removed
-
 
 	// Pool metadata: descriptor, name binding, tombstone.
 	desc     bool
