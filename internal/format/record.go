@@ -181,8 +181,10 @@ func (b *Builder) Seal(r *Record) ([]byte, error) {
 		binary.LittleEndian.PutUint32(b.buf[pos+4:], Checksum(b.buf[pos+FrameHeader:pos+FrameHeader+int64(n)]))
 	}
 	r.DataLen = b.dataLen
-	body := b.buf[:len(b.buf):len(b.buf)]
-	return AppendTrailer(body, r)
+	// The trailer goes into the builder's spare capacity (NewBuilder leaves
+	// room for a typical one) rather than into a copy of the whole object;
+	// the data section before it is not touched.
+	return AppendTrailer(b.buf, r)
 }
 
 // Reseal returns a new object holding obj's data section (of dataLen logical

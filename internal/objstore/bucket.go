@@ -6,10 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"strings"
 	"sync/atomic"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/aws/smithy-go"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 )
@@ -30,6 +34,12 @@ type bucketStore struct {
 	// transfer manager's multipart threshold (16 MiB) are sent as one
 	// PutObject, which is what makes If-None-Match apply to them.
 	partSize int
+	// s3 and bucket are set for s3:// stores: uploads then go straight to
+	// one PutObject from the caller's bytes. gocloud's writer hands the body
+	// to the S3 transfer manager, which first copies it into a buffer grown
+	// by appending (io.ReadAll), several allocations and copies per record.
+	s3     *s3.Client
+	bucket string
 
 	closed atomic.Bool
 }
@@ -52,9 +62,9 @@ func (s *bucketStore) translate(op, key string, err error, ifNotExist bool) erro
 	switch {
 	case err == nil:
 		return nil
-	case gcerrors.Code(err) == gcerrors.NotFound:
+	case errorCode(err) == gcerrors.NotFound:
 		return fmt.Errorf("%s %s: %w", op, key, ErrNotFound)
-	case ifNotExist && gcerrors.Code(err) == gcerrors.FailedPrecondition:
+	case ifNotExist && errorCode(err) == gcerrors.FailedPrecondition:
 		return fmt.Errorf("%s %s: %w", op, key, ErrExists)
 	case errors.Is(err, context.Canceled):
 		return fmt.Errorf("%s %s: %w", op, key, context.Canceled)
@@ -63,6 +73,33 @@ func (s *bucketStore) translate(op, key string, err error, ifNotExist bool) erro
 	default:
 		return fmt.Errorf("%s %s: %s: %v", op, key, s.kind, err)
 	}
+}
+
+// errorCode classifies err from gocloud or, for direct S3 calls, from the
+// AWS SDK (the way s3blob does).
+func errorCode(err error) gcerrors.ErrorCode {
+	if c := gcerrors.Code(err); c != gcerrors.Unknown {
+		return c
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "NoSuchBucket", "NoSuchKey", "NotFound":
+			return gcerrors.NotFound
+		case "PreconditionFailed":
+			return gcerrors.FailedPrecondition
+		}
+	}
+	var re *awshttp.ResponseError
+	if errors.As(err, &re) {
+		switch re.HTTPStatusCode() {
+		case http.StatusNotFound:
+			return gcerrors.NotFound
+		case http.StatusPreconditionFailed:
+			return gcerrors.FailedPrecondition
+		}
+	}
+	return gcerrors.Unknown
 }
 
 // check refuses operations on a closed store, with a done context (memblob
@@ -141,16 +178,51 @@ func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, i
 		return err
 	}
 	for attempt := 1; ; attempt++ {
-		err := s.b.Upload(ctx, s.prefix+key, bytes.NewReader(data), &blob.WriterOptions{
-			ContentType: "application/octet-stream",
-			BufferSize:  s.partSize,
-			IfNotExist:  ifNotExist,
-		})
+		var err error
+		if s.s3 != nil && plainS3Key(key) {
+			err = s.putObject(ctx, s.prefix+key, data, ifNotExist)
+		} else {
+			err = s.b.Upload(ctx, s.prefix+key, bytes.NewReader(data), &blob.WriterOptions{
+				ContentType: "application/octet-stream",
+				BufferSize:  s.partSize,
+				IfNotExist:  ifNotExist,
+			})
+		}
 		if err != nil && s.retryPut != nil && attempt < maxPutAttempts && ctx.Err() == nil && s.retryPut(err) {
 			continue
 		}
 		return s.translate(op, key, err, ifNotExist)
 	}
+}
+
+// putObject uploads data as one PutObject: what gocloud's s3blob sends for
+// objects below the multipart threshold (same content type, If-None-Match
+// and request checksums, as the client is configured), without its copies.
+func (s *bucketStore) putObject(ctx context.Context, key string, data []byte, ifNotExist bool) error {
+	in := &s3.PutObjectInput{
+		Bucket:        aws.String(s.bucket),
+		Key:           aws.String(key),
+		Body:          bytes.NewReader(data),
+		ContentLength: aws.Int64(int64(len(data))),
+		ContentType:   aws.String("application/octet-stream"),
+	}
+	if ifNotExist {
+		in.IfNoneMatch = aws.String("*")
+	}
+	_, err := s.s3.PutObject(ctx, in)
+	return err
+}
+
+// plainS3Key reports whether s3blob would send key unescaped (it escapes
+// control characters and the slash of "../"), so that objects put directly
+// are found under the same name by gocloud's reads and listings.
+func plainS3Key(key string) bool {
+	for i := 0; i < len(key); i++ {
+		if key[i] < 32 {
+			return false
+		}
+	}
+	return !strings.Contains(key, "../")
 }
 
 // maxPutAttempts bounds retries of uploads the backend asks to retry.

@@ -51,6 +51,7 @@ func (o *Opener) openS3(ctx context.Context, u *url.URL, q url.Values) (Store, e
 	}
 	s := newBucketStore(b, c.prefix, "s3", true)
 	s.retryPut = isS3ConditionalConflict
+	s.s3, s.bucket = client, c.bucket
 	return s, nil
 }
 

@@ -306,7 +306,7 @@ func (v *Volume) Restore(ctx context.Context, pt Point) (uint64, error) {
 		v.mu.Unlock()
 		return 0, err
 	}
-	seg, err := v.openLocked()
+	seg, err := v.openLocked(0)
 	if err != nil {
 		v.mu.Unlock()
 		return 0, err

@@ -133,6 +133,14 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 	}
 	v.moves++
 	v.snapCand = nil
+	// A filler record takes the time of the oldest sealed segment moved
+	// (it lands at a later slot), so record times stay in slot order.
+	fillTime := v.opts.Clock.Now().UnixNano()
+	for _, mv := range moves {
+		if seg := v.segs[mv.Seg]; seg != nil && seg.rec != nil {
+			fillTime = min(fillTime, seg.rec.Time)
+		}
+	}
 	for _, mv := range moves {
 		seg := v.segs[mv.Seg]
 		if seg == nil {
@@ -149,7 +157,13 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 			}
 		}
 		if seg.obj == nil {
-			continue // still open; it will be sealed at its new slot
+			// Still open: it will be sealed at its new slot. Nothing was
+			// ever uploaded to its old one, which the journal now holds
+			// as lost until an outcome is reported there: fill it with an
+			// empty record of ours, or the log would keep a gap there and
+			// nothing after it could become durable (Flush would hang).
+			v.fillSlotLocked(mv.From, fillTime)
+			continue
 		}
 		rec := *seg.rec
 		rec.Seq = mv.To
@@ -161,6 +175,18 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 		seg.rec, seg.obj = &rec, obj
 		v.startUpload(mv.To, obj)
 	}
+}
+
+// fillSlotLocked creates an empty data record of ours at slot seq (replay
+// applies nothing from it), to resolve a slot no segment will be written to.
+func (v *Volume) fillSlotLocked(seq uint64, t int64) {
+	rec := &format.Record{Type: format.RecordData, Seq: seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), Time: t, Volume: v.desc.ID}
+	obj, err := format.EncodeRecord(rec, nil)
+	if err != nil {
+		v.failLocked(fmt.Errorf("fill slot %d: %w", seq, err))
+		return
+	}
+	v.startUpload(seq, obj)
 }
 
 // progressLocked retires durable segments and wakes waiters.

@@ -186,7 +186,7 @@ func (v *Volume) rewrite(ctx context.Context, e extmap.Extent, buf []byte) (copi
 		return true
 	})
 	for _, x := range still {
-		seg, err := v.openLocked()
+		seg, err := v.openLocked(int(x.Len))
 		if err != nil {
 			return copied, skipped, err
 		}

@@ -312,31 +312,30 @@ func zombieRecord(t *testing.T, id string, seq, epoch uint64, regions []region) 
 // after reattaching without a cache. "pipelined": three overlapping
 // segments are in flight when the zombie appears, so all three move and
 // their original uploads may land too; replay must still apply them in
-// order.
+// order. "pipelined-open": a fourth, open segment moves with them.
 func TestZombieLeftoverSkipped(t *testing.T) {
 	for _, backend := range []struct{ name, url string }{
 		{"mem", "mem://zombie"},
 		{"file", "file://" + t.TempDir()},
 	} {
-		for _, pipelined := range []bool{false, true} {
-			name := backend.name + "/single"
-			if pipelined {
-				name = backend.name + "/pipelined"
-			}
-			t.Run(name, func(t *testing.T) {
+		for _, mode := range []string{"single", "pipelined", "pipelined-open"} {
+			t.Run(backend.name+"/"+mode, func(t *testing.T) {
 				url := backend.url
 				if backend.name == "mem" {
-					url += strconv.FormatBool(pipelined)
+					url += mode
 				} else {
-					url += "/" + strconv.FormatBool(pipelined)
+					url += "/" + mode
 				}
-				runZombie(t, url, pipelined)
+				runZombie(t, url, mode != "single", mode == "pipelined-open")
 			})
 		}
 	}
 }
 
-func runZombie(t *testing.T, url string, pipelined bool) {
+// openSeg (with pipelined): a fourth segment is still open when the zombie
+// is found, so it moves too and its old slot, which nothing was uploaded to,
+// must be filled for the flush to complete.
+func runZombie(t *testing.T, url string, pipelined, openSeg bool) {
 	ctx := context.Background()
 	const size = 4 << 20
 	inner := openStore(t, url)
@@ -400,6 +399,9 @@ func runZombie(t *testing.T, url string, pipelined bool) {
 		write(32<<10, 64<<10, 0x22) // segment 2: slot next+1
 		write(16<<10, 64<<10, 0x33) // segment 3: slot next+2
 		g.waitHeld(t, 3)
+		if openSeg {
+			write(3<<20, 4096, 0x55) // segment 4, open: slot next+3
+		}
 	} else {
 		write(32<<10, 16<<10, 0x22) // one open segment, slot next
 		write(1<<20+2048, 1000, 0x33)
@@ -409,6 +411,24 @@ func runZombie(t *testing.T, url string, pipelined bool) {
 		t.Fatal(err)
 	}
 	g.open()
+	if openSeg {
+		// Let the move happen while segment 4 is still open (before Flush
+		// would seal it).
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+			w.mu.Lock()
+			moved, open := w.moves > 0, w.open != nil
+			w.mu.Unlock()
+			if moved {
+				if !open {
+					t.Fatal("segment 4 was sealed before the move")
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no move within 30s")
+			}
+		}
+	}
 	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := w.Flush(fctx); err != nil {

@@ -163,6 +163,7 @@ type Volume struct {
 	lastSealed  journal.SegID
 	durableDone journal.SegID
 	buffered    int64
+	lastSegData uint64 // data bytes of the last sealed segment (sizes the next one's buffer)
 	lastWrite   time.Time
 	progress    chan struct{} // closed and replaced whenever durability, fencing or closing changes
 	fenced      bool

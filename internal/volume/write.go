@@ -44,7 +44,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 		if err := v.reserveLocked(ctx, int64(n)); err != nil {
 			return err
 		}
-		seg, err := v.openLocked()
+		seg, err := v.openLocked(n)
 		if err != nil {
 			return err
 		}
@@ -89,7 +89,7 @@ func (v *Volume) writeZero(ctx context.Context, off, length int64) error {
 	if err := v.reserveLocked(ctx, 0); err != nil {
 		return err
 	}
-	seg, err := v.openLocked()
+	seg, err := v.openLocked(0)
 	if err != nil {
 		return err
 	}
@@ -117,8 +117,12 @@ func (v *Volume) reserveLocked(ctx context.Context, n int64) error {
 	}
 }
 
+// minSegmentBuffer is the smallest data buffer a segment starts with.
+const minSegmentBuffer = format.ChunkSize
+
 // openLocked returns the open segment, starting one (and its slot) if needed.
-func (v *Volume) openLocked() (*segment, error) {
+// n is the size of the write about to go in.
+func (v *Volume) openLocked(n int) (*segment, error) {
 	if v.open != nil {
 		return v.open, nil
 	}
@@ -127,7 +131,12 @@ func (v *Volume) openLocked() (*segment, error) {
 	if err != nil {
 		return nil, blockdev.ErrFenced
 	}
-	seg := &segment{id: v.nextSeg, seq: seq, b: format.NewBuilder(256 << 10)}
+	// Size the buffer for what the previous segment held (a stream of writes
+	// fills whole segments; a flush after every small write seals tiny
+	// ones), so it rarely grows (each growth copies it) and a flush-heavy
+	// workload does not allocate (and zero) megabytes per record.
+	hint := min(max(n, int(v.lastSegData), minSegmentBuffer), v.opts.SegmentBytes)
+	seg := &segment{id: v.nextSeg, seq: seq, b: format.NewBuilder(hint)}
 	v.open = seg
 	v.segs[seg.id] = seg
 	v.pending[seq] = seg
@@ -163,6 +172,7 @@ func (v *Volume) sealLocked() {
 	}
 	seg.rec, seg.obj = rec, obj
 	v.lastSealed = seg.id
+	v.lastSegData = rec.DataLen
 	v.sinceSnap++
 	if v.sinceSnap >= v.opts.SnapshotEvery && v.snapCand == nil {
 		v.sinceSnap = 0
