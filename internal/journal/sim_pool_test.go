@@ -248,7 +248,11 @@ func (s *sim) removeCheckpoint() bool {
 		return false
 	}
 	i := s.rng.IntN(len(cand))
-	c, v := cand[i], of[i]
+	s.removeCkpt(of[i], cand[i])
+	return true
+}
+
+func (s *sim) removeCkpt(v *simVol, c *simCkpt) {
 	if slices.ContainsFunc(s.clones, func(op *simCloneOp) bool { return op.ckpt == c }) {
 		s.stats.ckptRmVsClone++
 	}
@@ -257,7 +261,36 @@ func (s *sim) removeCheckpoint() bool {
 	s.version++
 	s.stats.ckptRemoved++
 	s.tracef("%s checkpoint %s (at %d) removed (copied to ckpt-removed/)", v.id, c.label, c.seq)
-	return true
+}
+
+// raceClone makes the races the lazy removals exist for likely: while a
+// clone is in progress, remove its source (its tombstone must protect the
+// records the clone is about to reference), remove the checkpoint it is
+// made from (the ckpt-removed/ copy must), or start a GC run (which may
+// list the clone before its snapshot 0 exists, or not at all).
+func (s *sim) raceClone() bool {
+	op := s.clones[s.rng.IntN(len(s.clones))]
+	switch s.rng.IntN(3) {
+	case 0:
+		if op.src.usable() && s.nRemove < max(s.p.removes, 1) {
+			s.nRemove++
+			s.stats.rmVsClone++
+			s.tracef("race: remove %s while clone %d of it runs", op.src.id, op.n)
+			s.beginRemove(op.src)
+			return true
+		}
+	case 1:
+		if op.ckpt != nil && op.src.usable() && slices.Contains(op.src.ckpts, op.ckpt) {
+			s.tracef("race: remove checkpoint %s while clone %d of it runs", op.ckpt.label, op.n)
+			s.removeCkpt(op.src, op.ckpt)
+			return true
+		}
+	}
+	if s.p.gc && len(s.gcs) < s.p.gcConc && s.nGC < 40 {
+		s.tracef("race: gc while clone %d runs", op.n)
+		return s.startGC()
+	}
+	return false
 }
 
 // --- removal -------------------------------------------------------------

@@ -755,6 +755,9 @@ func (s *sim) event() bool {
 	if len(s.vols) < s.p.vols {
 		cs = append(cs, choice{3, s.startClone})
 	}
+	if len(s.clones) > 0 {
+		cs = append(cs, choice{4, s.raceClone})
+	}
 	if s.p.ckpts && s.nCkpt < 8 {
 		cs = append(cs, choice{2, s.checkpoint}, choice{1, s.removeCheckpoint})
 	}
@@ -977,7 +980,10 @@ func (s *sim) rogueRecord() bool {
 	if e == 0 {
 		return false
 	}
-	r := &format.Record{Seq: rp.st.Seq + 1, Volume: v.id, Time: int64(s.step), Meta: []byte(`{"w":250}`)}
+	// A void record may carry any clock (a zombie's is stale): replay
+	// ignores it.
+	t := int64(max(1, s.step-s.rng.IntN(s.p.retention+s.p.grace+1)))
+	r := &format.Record{Seq: rp.st.Seq + 1, Volume: v.id, Time: t, Meta: []byte(`{"w":250}`)}
 	r.Writer[0] = simRogue + 1
 	for i := 1; i < len(r.Writer); i++ {
 		r.Writer[i] = byte(s.rng.Uint32())
