@@ -270,6 +270,7 @@ func (s *sim) removeCkpt(v *simVol, c *simCkpt) {
 // list the clone before its snapshot 0 exists, or not at all).
 func (s *sim) raceClone() bool {
 	op := s.clones[s.rng.IntN(len(s.clones))]
+	did := false
 	switch s.rng.IntN(3) {
 	case 0:
 		if op.src.usable() && s.nRemove < max(s.p.removes, 1) {
@@ -277,20 +278,20 @@ func (s *sim) raceClone() bool {
 			s.stats.rmVsClone++
 			s.tracef("race: remove %s while clone %d of it runs", op.src.id, op.n)
 			s.beginRemove(op.src)
-			return true
+			did = true
 		}
 	case 1:
 		if op.ckpt != nil && op.src.usable() && slices.Contains(op.src.ckpts, op.ckpt) {
 			s.tracef("race: remove checkpoint %s while clone %d of it runs", op.ckpt.label, op.n)
 			s.removeCkpt(op.src, op.ckpt)
-			return true
+			did = true
 		}
 	}
-	if s.p.gc && len(s.gcs) < s.p.gcConc && s.nGC < 40 {
+	if s.p.gc && len(s.gcs) < s.p.gcConc && s.nGC < 40 && s.rng.IntN(2) == 0 {
 		s.tracef("race: gc while clone %d runs", op.n)
-		return s.startGC()
+		did = s.startGC()
 	}
-	return false
+	return did
 }
 
 // --- removal -------------------------------------------------------------

@@ -19,8 +19,9 @@ package journal
 // inside the retention window (Pool.Clone: replay, descriptor, snapshot 0
 // naming the source's records, name), clones of clones, each with writers
 // of its own; checkpoints (a writer's or offline) and their removal; volume
-// removal (Pool.Remove: tombstone, unbind, look for descendants, delete
-// everything at once if none); and GC runs (a model of
+// removal (Pool.Remove: tombstone, unbind; nothing deleted: GC protects a
+// volume whose tombstone is younger than the grace period, then collects
+// it); races of both removals with clones in progress (raceClone); and GC runs (a model of
 // internal/volume/gc.go's scan, markVolume and plan) as sequences of steps:
 // list names, list volumes, mark one volume per step, plan, delete one
 // object per step, all interleaved with the writers, zombies, clones and
