@@ -53,9 +53,8 @@ package journal
 // progress): I4 (GC deletes no fence of an existing volume) and I5 (a
 // record GC deletes is unreferenced, older than the grace period, and, for
 // an existing volume, at or below a snapshot; a snapshot it deletes is no
-// checkpoint's and leaves one for the oldest retained point); Remove
-// deletes nothing a live map needs. After the teardown nothing of any
-// volume is left.
+// checkpoint's and leaves one for the oldest retained point). After the
+// teardown nothing of any volume is left (orphaned prefixes included).
 //
 //	go test -run TestSimulation ./internal/journal                       # URLDISK_SIM_SEEDS seeds (default 2000)
 //	URLDISK_SIM_SEED=1234 go test -run TestSimulation ./internal/journal -v  # one seed, with a trace
