@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/extmap"
 	"github.com/urldisk/urldisk/internal/format"
@@ -63,16 +65,59 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if v.lastReadEnd.Swap(off+int64(len(p))) == off {
 		ahead = v.opts.Readahead
 	}
+	// Serve what the cache has first, then fetch the rest: pieces from
+	// different records (a range written out of order, or by several
+	// writers at once, is spread over many records) are fetched in parallel.
+	var mbuf [8]piece
+	misses := mbuf[:0]
 	for _, pc := range pieces {
 		if pc.zero {
 			clear(pc.dst)
 			continue
 		}
-		if err := v.readPiece(ctx, pc, ahead); err != nil {
-			return fmt.Errorf("read %s at %d: %w", v.desc.Name, off, err)
+		if rest := v.readCached(pc); len(rest.dst) > 0 {
+			misses = append(misses, rest)
 		}
 	}
+	var err error
+	switch len(misses) {
+	case 0:
+	case 1:
+		err = v.readPiece(ctx, misses[0], ahead)
+	default:
+		g, gctx := errgroup.WithContext(ctx)
+		g.SetLimit(maxParallelFetches)
+		for _, pc := range misses {
+			g.Go(func() error { return v.readPiece(gctx, pc, ahead) })
+		}
+		err = g.Wait()
+	}
+	if err != nil {
+		return fmt.Errorf("read %s at %d: %w", v.desc.Name, off, err)
+	}
 	return nil
+}
+
+// maxParallelFetches bounds the concurrent fetches of one read.
+const maxParallelFetches = 8
+
+// readCached fills the leading chunks of pc.dst that the cache holds and
+// returns the rest of the piece (from its first missing chunk).
+func (v *Volume) readCached(pc piece) piece {
+	if v.cache == nil {
+		return pc
+	}
+	for len(pc.dst) > 0 {
+		within := int(pc.off % format.ChunkSize)
+		n := min(len(pc.dst), format.ChunkSize-within)
+		key := cache.Key{Vol: pc.vol, Seq: pc.seq, Chunk: uint32(pc.off / format.ChunkSize)}
+		if hit, err := v.cache.ReadAt(key, pc.dst[:n], within); err != nil || !hit {
+			return pc
+		}
+		pc.dst = pc.dst[n:]
+		pc.off += uint64(n)
+	}
+	return pc
 }
 
 // readPiece fills pc.dst from the cache or the record's chunks. A miss
@@ -106,19 +151,25 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int) error {
 				}
 			}
 			if !hit {
-				count := (within + len(dst) + format.ChunkSize - 1) / format.ChunkSize
-				if v.cache != nil {
-					count = max(count, ahead)
+				need := (within + len(dst) + format.ChunkSize - 1) / format.ChunkSize
+				first, count := uint32(chunk), need
+				if v.cache != nil && ahead > 1 {
+					// Sequential: fetch the aligned window of ahead chunks
+					// around this one (a whole default record), so reads
+					// of the record in any order, by concurrent readers
+					// too, share one GET.
+					first = uint32(chunk - chunk%uint64(ahead))
+					count = max(ahead, int(uint64(chunk)-uint64(first))+need)
 				}
-				c, err := v.fetchChunk(ctx, key, count)
+				c, err := v.fetchChunk(ctx, key, first, count)
 				if err != nil {
 					return err
 				}
 				if fc != nil {
 					fc.release()
 				}
-				fc, fcFirst = c, chunk
-				data = c.frames[0]
+				fc, fcFirst = c, uint64(c.first)
+				data = c.frames[chunk-fcFirst]
 			}
 		}
 		if data != nil {
@@ -133,67 +184,155 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int) error {
 	return nil
 }
 
-// fetchCall is one GET of consecutive chunks, shared by the concurrent
-// misses of its first chunk. frames[i] is the verified data of chunk
-// first+i; frames[0] is always there on success. The frames live in a pooled
-// buffer: everyone fetchChunk returned the call to must release it once done
-// with the frames, and the last release recycles the buffer.
+// recKey names a record whose chunks are being fetched.
+type recKey struct {
+	vol string
+	seq uint64
+}
+
+// fetchCall is one GET of chunks first .. first+count-1 of a record, shared
+// by the concurrent misses of any chunk in that range. frames[i] is the
+// verified data of chunk first+i (the list may end early: past the record's
+// data, or at a bad frame). The frames live in a pooled buffer: everyone
+// fetchChunk returned the call to must release it once done with the
+// frames, and the last release recycles the buffer.
 type fetchCall struct {
+	first  uint32
+	count  int
 	done   chan struct{}
 	frames [][]byte
+	sums   []cache.Sums // per frame, for the cache
 	err    error
-	buf    *[]byte // pooled buffer behind frames, nil if not pooled
+	buf    *[]byte    // pooled buffer behind frames, nil if not pooled
+	pool   *sync.Pool // where buf goes back
 	refs   atomic.Int32
+}
+
+func (c *fetchCall) covers(chunk uint32) bool {
+	return chunk >= c.first && uint64(chunk) < uint64(c.first)+uint64(c.count)
 }
 
 func (c *fetchCall) release() {
 	if c.refs.Add(-1) == 0 && c.buf != nil {
-		fetchBufs.Put(c.buf)
+		c.pool.Put(c.buf)
 		c.buf, c.frames = nil, nil
 	}
 }
 
-// fetchBufSize fits a default readahead (16 chunks) or a 1 MiB read.
-const fetchBufSize = 16 * format.FrameSize
+// Fetch buffers in two sizes: up to 16 frames (1 MiB of data: random reads,
+// 1 MiB pieces) and up to 64 (a default readahead, a whole 4 MiB record).
+const (
+	smallFetch = 16 * format.FrameSize
+	largeFetch = 64 * format.FrameSize
+)
 
-var fetchBufs = sync.Pool{New: func() any { b := make([]byte, fetchBufSize); return &b }}
+var (
+	smallFetchBufs = sync.Pool{New: func() any { b := make([]byte, smallFetch); return &b }}
+	largeFetchBufs = sync.Pool{New: func() any { b := make([]byte, largeFetch); return &b }}
+)
 
-// fetchChunk fetches (at least) chunk key.Chunk and up to count-1 following
-// chunks of the record in one GET, sharing it with concurrent misses of the
-// same chunk. On success the caller must release the returned call.
-func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, count int) (*fetchCall, error) {
+// fetchChunk returns a fetch holding chunk key.Chunk: one in progress that
+// covers it, or a new GET of chunks first .. first+count-1 (first <=
+// key.Chunk < first+count). On success the caller must release the
+// returned call; its frames hold key.Chunk at index key.Chunk-first.
+func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, count int) (*fetchCall, error) {
+	rk := recKey{key.Vol, key.Seq}
 	v.fmu.Lock()
-	if c := v.inflight[key]; c != nil {
+	for _, c := range v.inflight[rk] {
+		if !c.covers(key.Chunk) {
+			continue
+		}
 		c.refs.Add(1)
 		v.fmu.Unlock()
 		select {
 		case <-c.done:
-			if c.err != nil {
-				c.release()
-				return nil, c.err
-			}
-			return c, nil
 		case <-ctx.Done():
 			c.release()
 			return nil, ctx.Err()
 		}
-	}
-	c := &fetchCall{done: make(chan struct{})}
-	c.refs.Store(1)
-	v.inflight[key] = c
-	v.fmu.Unlock()
-
-	c.frames, c.buf, c.err = v.fetchFrames(ctx, key, count)
-
-	v.fmu.Lock()
-	delete(v.inflight, key)
-	v.fmu.Unlock()
-	close(c.done)
-	if c.err != nil {
+		if c.err == nil && int(key.Chunk-c.first) < len(c.frames) {
+			return c, nil
+		}
 		c.release()
-		return nil, c.err
+		if c.err != nil && key.Chunk == c.first {
+			return nil, c.err
+		}
+		// The shared fetch ended before our chunk (or failed for another
+		// one): fetch it ourselves.
+		v.fmu.Lock()
+		break
 	}
+	c := &fetchCall{first: first, count: count, done: make(chan struct{})}
+	c.refs.Store(1)
+	v.inflight[rk] = append(v.inflight[rk], c)
+	v.fmu.Unlock()
+
+	k := key
+	k.Chunk = first
+	c.err = v.fetchFrames(ctx, k, c)
+	close(c.done)
+	if c.err == nil && int(key.Chunk-first) >= len(c.frames) {
+		// The window ended (at a bad frame) before our chunk: fetch from
+		// our chunk itself, which reports its corruption if it is bad.
+		c.err = fmt.Errorf("record %d of volume %s: frames %d.. unreadable", key.Seq, key.Vol, first+uint32(len(c.frames)))
+	}
+	if c.err != nil || v.cache == nil {
+		v.unregister(rk, c)
+		if c.err != nil {
+			c.release()
+			if first != key.Chunk {
+				return v.fetchChunk(ctx, key, key.Chunk, count-int(key.Chunk-first))
+			}
+			return nil, c.err
+		}
+		return c, nil
+	}
+	// Fill the cache off the readers' path. The call stays registered (and
+	// referenced) until its frames are in the cache, so a miss meanwhile
+	// shares its frames instead of fetching them again.
+	c.refs.Add(1)
+	go func() {
+		defer c.release()
+		v.cacheFrames(key, c)
+		v.unregister(rk, c)
+	}()
 	return c, nil
+}
+
+// unregister removes c from the fetches in progress.
+func (v *Volume) unregister(rk recKey, c *fetchCall) {
+	v.fmu.Lock()
+	defer v.fmu.Unlock()
+	calls := v.inflight[rk]
+	for i, x := range calls {
+		if x == c {
+			calls = append(calls[:i], calls[i+1:]...)
+			break
+		}
+	}
+	if len(calls) == 0 {
+		delete(v.inflight, rk)
+	} else {
+		v.inflight[rk] = calls
+	}
+}
+
+// cacheFrames puts a fetch's frames in the cache.
+func (v *Volume) cacheFrames(key cache.Key, c *fetchCall) {
+	sp, summed := v.cache.(summedPutter)
+	for i, data := range c.frames {
+		k := key
+		k.Chunk = c.first + uint32(i)
+		var err error
+		if summed {
+			err = sp.PutSummed(k, data, &c.sums[i])
+		} else {
+			err = v.cache.Put(k, data)
+		}
+		if err != nil {
+			return // closed, or a failing slab: the data was served anyway
+		}
+	}
 }
 
 // summedPutter is implemented by caches that take precomputed sub-block
@@ -202,101 +341,92 @@ type summedPutter interface {
 	PutSummed(key cache.Key, data []byte, sums *cache.Sums) error
 }
 
-// fetchFrames GETs frames key.Chunk .. key.Chunk+count-1 in one request,
-// verifies them, caches them and returns their data (at least the first
-// frame's; the list stops before the first frame that does not verify,
+// fetchFrames GETs frames c.first .. c.first+c.count-1 in one request into
+// a pooled buffer and verifies them into c.frames and c.sums (at least the
+// first frame; the list stops before the first frame that does not verify,
 // which past the record's data section is the trailer). Transient errors
 // are retried; a checksum failure of the first frame is retried once, then
-// reported. The frames point into the returned pooled buffer (nil if the
-// buffer was allocated for this call).
-func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, count int) ([][]byte, *[]byte, error) {
+// reported.
+func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) error {
 	objKey := format.LogKey(key.Vol, key.Seq)
-	size := count * format.FrameSize
-	var bp *[]byte
+	size := c.count * format.FrameSize
 	var buf []byte
-	if size <= fetchBufSize {
-		bp = fetchBufs.Get().(*[]byte)
-		buf = (*bp)[:size]
+	switch {
+	case size <= smallFetch:
+		c.pool = &smallFetchBufs
+	case size <= largeFetch:
+		c.pool = &largeFetchBufs
+	}
+	if c.pool != nil {
+		c.buf = c.pool.Get().(*[]byte)
+		buf = (*c.buf)[:size]
 	} else {
 		buf = make([]byte, size)
-	}
-	fail := func(err error) ([][]byte, *[]byte, error) {
-		if bp != nil {
-			fetchBufs.Put(bp)
-		}
-		return nil, nil, err
 	}
 	var lastErr error
 	backoff := 20 * time.Millisecond
 	for attempt := 0; attempt < 4; attempt++ {
 		if attempt > 0 && !sleepCtx(ctx, backoff) {
-			return fail(ctx.Err())
+			return ctx.Err()
 		}
 		backoff *= 2
 		n, err := v.pool.store.GetRange(ctx, objKey, format.FramePos(uint64(key.Chunk)), buf)
 		if err != nil {
 			lastErr = err
 			if ctx.Err() != nil {
-				return fail(err)
+				return err
 			}
 			continue
 		}
-		frames, err := v.verifyFrames(key, buf[:n], count)
-		if err != nil {
+		if err := verifyFrames(c, buf[:n]); err != nil {
 			lastErr = fmt.Errorf("record %d of volume %s chunk %d: %w", key.Seq, key.Vol, key.Chunk, err)
 			v.log.Error("corrupt chunk from object store; refetching", "seq", key.Seq, "chunk", key.Chunk, "err", err)
 			if errors.Is(err, format.ErrCorrupt) && attempt >= 1 {
-				return fail(lastErr)
+				return lastErr
 			}
 			continue
 		}
-		return frames, bp, nil
+		return nil
 	}
-	return fail(lastErr)
+	return lastErr
 }
 
-// verifyFrames checks the frames in b (fetched from chunk key.Chunk's frame
-// position) and puts them in the cache. Each frame's CRC-32C is derived from
+// verifyFrames checks the frames in b (fetched from chunk c.first's frame
+// position) into c.frames and c.sums. Each frame's CRC-32C is derived from
 // its per-4 KiB sums, which the cache keeps, so the bytes are read once. An
 // error means the first frame is bad; later bad frames end the list.
-func (v *Volume) verifyFrames(key cache.Key, b []byte, count int) ([][]byte, error) {
-	frames := make([][]byte, 0, count)
-	sp, summed := v.cache.(summedPutter)
-	for i := 0; i < count; i++ {
+func verifyFrames(c *fetchCall, b []byte) error {
+	nf := min(c.count, (len(b)+format.FrameSize-1)/format.FrameSize)
+	c.frames = make([][]byte, 0, nf)
+	c.sums = make([]cache.Sums, nf)
+	for i := 0; i < nf; i++ {
 		lo := i * format.FrameSize
 		if i > 0 && lo+format.FrameHeader >= len(b) {
 			break
 		}
 		frame := b[lo:min(len(b), lo+format.FrameSize)]
 		if len(frame) < format.FrameHeader {
-			return nil, fmt.Errorf("%w: chunk frame truncated: %d bytes", format.ErrCorrupt, len(frame))
+			return fmt.Errorf("%w: chunk frame truncated: %d bytes", format.ErrCorrupt, len(frame))
 		}
 		n := binary.LittleEndian.Uint32(frame)
 		if n == 0 || n > format.ChunkSize || int(n) > len(frame)-format.FrameHeader {
 			if i == 0 {
-				return nil, fmt.Errorf("%w: chunk frame length %d invalid (have %d bytes)", format.ErrCorrupt, n, len(frame)-format.FrameHeader)
+				return fmt.Errorf("%w: chunk frame length %d invalid (have %d bytes)", format.ErrCorrupt, n, len(frame)-format.FrameHeader)
 			}
 			break
 		}
 		data := frame[format.FrameHeader : format.FrameHeader+int(n)]
-		var sums cache.Sums
-		cache.SubBlockSums(data, &sums)
-		if cache.CombineSums(&sums, len(data)) != binary.LittleEndian.Uint32(frame[4:]) {
+		cache.SubBlockSums(data, &c.sums[i])
+		if cache.CombineSums(&c.sums[i], len(data)) != binary.LittleEndian.Uint32(frame[4:]) {
 			if i == 0 {
-				return nil, fmt.Errorf("%w: chunk checksum mismatch", format.ErrCorrupt)
+				return fmt.Errorf("%w: chunk checksum mismatch", format.ErrCorrupt)
 			}
 			break
 		}
-		frames = append(frames, data)
-		if v.cache != nil {
-			k := key
-			k.Chunk += uint32(i)
-			if summed {
-				_ = sp.PutSummed(k, data, &sums)
-			} else {
-				_ = v.cache.Put(k, data)
-			}
-		}
+		c.frames = append(c.frames, data)
 	}
-	return frames, nil
+	if len(c.frames) == 0 {
+		return fmt.Errorf("%w: chunk frame truncated: %d bytes", format.ErrCorrupt, len(b))
+	}
+	return nil
 }

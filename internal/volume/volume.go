@@ -50,8 +50,10 @@ type Options struct {
 	IdleFlush time.Duration
 	// SnapshotEvery writes a snapshot after this many records. Default 256.
 	SnapshotEvery int
-	// Readahead is how many 64 KiB chunks a sequential read miss fetches
-	// in one GET. Default 16 (1 MiB).
+	// Readahead: a sequential read miss fetches, in one GET, the aligned
+	// window of this many 64 KiB chunks of the record around the missed
+	// chunk. Default 64 (4 MiB: a whole default-sized record), so reads of
+	// a record in any order, and concurrent readers, share one GET.
 	Readahead int
 	// CompactEvery runs Compact this often in the background (read-write
 	// volumes). Zero: never automatically.
@@ -87,7 +89,7 @@ func (o Options) withDefaults(p *Pool) Options {
 		o.PolicyPoll = time.Minute
 	}
 	if o.Readahead <= 0 {
-		o.Readahead = 16
+		o.Readahead = 64
 	}
 	if o.Clock == nil {
 		o.Clock = p.clock
@@ -146,7 +148,7 @@ type Volume struct {
 	lastReadEnd atomic.Int64 // for sequential-read detection
 
 	fmu      sync.Mutex
-	inflight map[cache.Key]*fetchCall // guarded by fmu
+	inflight map[recKey][]*fetchCall // fetches in progress per record; guarded by fmu
 
 	mu sync.Mutex // guards everything below
 	// m is the live map: durable records plus pending segments.
@@ -213,7 +215,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 	v := &Volume{
 		pool: p, desc: desc, opts: o, log: o.Logger.With("volume", desc.Name), cache: o.Cache,
 		ctx: vctx, cancel: cancel, upSem: make(chan struct{}, o.Uploads), stop: make(chan struct{}),
-		inflight: map[cache.Key]*fetchCall{},
+		inflight: map[recKey][]*fetchCall{},
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
 		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
