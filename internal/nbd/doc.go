@@ -50,11 +50,15 @@
 // before its reply; NBD_CMD_FLAG_NO_HOLE is accepted on WRITE_ZEROES and
 // ignored (urldisk stores zeroes as holes anyway). Any other flag gets
 // EINVAL. A FLUSH is executed only after every write-type request received
-// before it on the same connection has completed.
+// before it on the same connection has completed, and its reply follows
+// theirs.
 //
 // Requests run concurrently: up to Options.MaxInFlight per connection,
 // answered in completion order, with at most Options.MaxBufferBytes of
-// payload buffers held per connection.
+// payload buffers held per connection. A client that waits for each reply
+// before sending its next request has its small requests executed by the
+// connection's reader without a hand-off to a worker, unless a device call
+// turns out slow (see session.go).
 //
 // # Errors and malformed input
 //
