@@ -69,10 +69,12 @@ type fioResult struct {
 	cpuUs  float64 // this process's CPU time per I/O (our server only; 0 for nbdkit)
 }
 
-func TestFioCompare(t *testing.T) {
-	if os.Getenv("NBD_FIO_COMPARE") == "" {
-		t.Skip("set NBD_FIO_COMPARE=1 to run the fio comparison against nbdkit")
-	}
+// BenchmarkFioCompare is a measurement tool, not a test: it runs fio
+// against this server and nbdkit in the same run and logs the table.
+//
+//	go test -run '^$' -bench FioCompare -benchtime 1x ./internal/nbd/
+func BenchmarkFioCompare(bb *testing.B) {
+	var t testing.TB = bb
 	for _, bin := range []string{"fio", "nbdkit"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			t.Fatalf("%s not found", bin)
@@ -233,7 +235,7 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-func envInt(t *testing.T, name string, def int) int {
+func envInt(t testing.TB, name string, def int) int {
 	s := os.Getenv(name)
 	if s == "" {
 		return def
@@ -257,7 +259,7 @@ func median(rs []fioResult, f func(fioResult) float64) float64 {
 	return v[len(v)/2]
 }
 
-func runFio(t *testing.T, uri string, w fioWorkload, seconds int) fioResult {
+func runFio(t testing.TB, uri string, w fioWorkload, seconds int) fioResult {
 	t.Helper()
 	cmd := exec.Command("fio", "--name="+w.name, "--ioengine=nbd", "--uri="+uri,
 		"--rw="+w.rw, "--bs="+w.bs, "--iodepth="+strconv.Itoa(w.depth),
@@ -308,12 +310,13 @@ func runFio(t *testing.T, uri string, w fioWorkload, seconds int) fioResult {
 // by NBD_FIO_SERVE for NBD_FIO_SERVE_SECONDS (default 60), for driving the
 // server by hand (fio, perf, strace):
 //
-//	NBD_FIO_SERVE=/tmp/nbd.sock go test -run TestFioServe ./internal/nbd/
+//	NBD_FIO_SERVE=/tmp/nbd.sock go test -run '^$' -bench FioServe -benchtime 1x ./internal/nbd/
 //	fio --ioengine=nbd --uri='nbd+unix:///disk?socket=/tmp/nbd.sock' ...
-func TestFioServe(t *testing.T) {
+func BenchmarkFioServe(bb *testing.B) {
+	var t testing.TB = bb
 	path := os.Getenv("NBD_FIO_SERVE")
 	if path == "" {
-		t.Skip("set NBD_FIO_SERVE=/path/to/socket to serve a RAM disk")
+		t.Fatal("set NBD_FIO_SERVE=/path/to/socket to serve a RAM disk")
 	}
 	srv := newTestServer(t, Options{
 		Exports: map[string]Export{"disk": {Device: warmRAMDisk(256 << 20)}},
