@@ -62,7 +62,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		pieces = append(pieces, piece{dst: p[pos-start:], zero: true})
 	}
 	ahead := 1
-	if v.lastReadEnd.Swap(off+int64(len(p))) == off {
+	if v.seq.follows(off, off+int64(len(p))) {
 		ahead = v.opts.Readahead
 	}
 	// Serve what the cache has first, then fetch the rest: pieces from
@@ -96,6 +96,38 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 		return fmt.Errorf("read %s at %d: %w", v.desc.Name, off, err)
 	}
 	return nil
+}
+
+// seqDetector recognises sequential reads: a read is sequential if it
+// starts where one of the last few reads ended, or a little after (up to
+// seqSlack reads of its size, as when it overtook its predecessors).
+// Concurrent reads of one stream (queue depth > 1) enter ReadAt in whatever
+// order the scheduler runs them.
+type seqDetector struct {
+	ends [16]atomic.Int64
+	next atomic.Uint32
+}
+
+func (d *seqDetector) init() {
+	for i := range d.ends {
+		d.ends[i].Store(-1)
+	}
+}
+
+const seqSlack = 8
+
+// follows records a read of [off, end) and reports whether it starts at or
+// shortly after the end of a recent read.
+func (d *seqDetector) follows(off, end int64) bool {
+	hit := false
+	for i := range d.ends {
+		if e := d.ends[i].Load(); e >= 0 && off >= e && off-e <= seqSlack*(end-off) {
+			hit = true
+			break
+		}
+	}
+	d.ends[d.next.Add(1)%uint32(len(d.ends))].Store(end)
+	return hit
 }
 
 // maxParallelFetches bounds the concurrent fetches of one read.

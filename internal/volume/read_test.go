@@ -107,3 +107,25 @@ func TestConcurrentSequentialReads(t *testing.T) {
 		}
 	}
 }
+
+func TestSeqDetectorToleratesReordering(t *testing.T) {
+	var d seqDetector
+	d.init()
+	if d.follows(0, 1<<20) {
+		t.Fatal("first read counted as sequential")
+	}
+	// A stream at queue depth 4 whose reads enter out of order.
+	order := []int64{2, 1, 3, 5, 4, 7, 6, 8}
+	hits := 0
+	for _, i := range order {
+		if d.follows(i<<20, (i+1)<<20) {
+			hits++
+		}
+	}
+	if hits < 6 {
+		t.Fatalf("%d of %d reordered sequential reads recognised", hits, len(order))
+	}
+	if d.follows(100<<20, 101<<20) {
+		t.Fatal("a jump counted as sequential")
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/urldisk/urldisk/internal/blockdev"
@@ -145,7 +144,7 @@ type Volume struct {
 	upSem  chan struct{}
 	stop   chan struct{} // stops the idle loop
 
-	lastReadEnd atomic.Int64 // for sequential-read detection
+	seq seqDetector // sequential-read detection
 
 	fmu      sync.Mutex
 	inflight map[recKey][]*fetchCall // fetches in progress per record; guarded by fmu
@@ -219,7 +218,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
 		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
-	v.lastReadEnd.Store(-1)
+	v.seq.init()
 	if !o.ReadOnly {
 		if err := v.attachWriter(ctx, img); err != nil {
 			cancel()
