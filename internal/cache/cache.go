@@ -351,6 +351,15 @@ func (c *Cache) ReadAt(key Key, p []byte, off int) (hit bool, err error) {
 	return false, nil
 }
 
+// Has reports whether the chunk named by key is stored, without reading it
+// or counting a hit or a miss (for prefetchers deciding what to fetch).
+func (c *Cache) Has(key Key) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	si, ok := c.index[key]
+	return ok && !c.closed && c.slots[si].state == slotReady
+}
+
 // drop frees slot si if it still holds generation gen, counting it as corrupt
 // if asked.
 func (c *Cache) drop(si int32, gen uint64, key Key, corrupt bool) {

@@ -62,3 +62,20 @@ func TestPutSummedReadsBack(t *testing.T) {
 		t.Fatal("read verified against wrong sums")
 	}
 }
+
+func TestHasCountsNothing(t *testing.T) {
+	c := openTest(t, t.TempDir(), 8, Options{})
+	k := Key{Vol: "v", Seq: 1, Chunk: 0}
+	if c.Has(k) {
+		t.Fatal("Has on an empty cache")
+	}
+	if err := c.Put(k, []byte("data")); err != nil {
+		t.Fatal(err)
+	}
+	if !c.Has(k) {
+		t.Fatal("Has after Put is false")
+	}
+	if st := c.Stats(); st.Hits != 0 || st.Misses != 0 {
+		t.Fatalf("Has counted hits %d misses %d", st.Hits, st.Misses)
+	}
+}

@@ -64,6 +64,7 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	ahead := 1
 	if v.seq.follows(off, off+int64(len(p))) {
 		ahead = v.opts.Readahead
+		v.prefetchAfter(off + int64(len(p)))
 	}
 	// Serve what the cache has first, then fetch the rest: pieces from
 	// different records (a range written out of order, or by several
@@ -128,6 +129,97 @@ func (d *seqDetector) follows(off, end int64) bool {
 	}
 	d.ends[d.next.Add(1)%uint32(len(d.ends))].Store(end)
 	return hit
+}
+
+// Readahead across records: a sequential stream keeps prefetchWindows
+// record windows (Readahead chunks each) ahead of its reads in flight, in
+// the background, so more GETs run at once than the reader's queue depth
+// alone would start (at QD8 x 1 MiB only two 4 MiB windows would be).
+const (
+	prefetchWindows  = 4
+	maxPrefetchProcs = 4
+)
+
+// prefetchAfter starts, if none is running for it, a background fetch into
+// the cache of the records that map the range after a sequential read
+// ending at end. Best effort: nothing waits for it, readers that miss
+// while it runs share its GETs, and it gives up on any error.
+func (v *Volume) prefetchAfter(end int64) {
+	if v.cache == nil {
+		return
+	}
+	span := int64(prefetchWindows * v.opts.Readahead * format.ChunkSize)
+	to := min(end+span, v.Size())
+	done := v.prefetchedTo.Load()
+	if done >= to && done <= end+2*span {
+		return // this stream's readahead is already that far
+	}
+	from := end
+	if done > end && done < to {
+		from = done // continue where it got to
+	}
+	select {
+	case v.prefetchSem <- struct{}{}:
+	default:
+		return // enough prefetching in flight
+	}
+	if !v.prefetchedTo.CompareAndSwap(done, to) {
+		<-v.prefetchSem
+		return // another read of the stream just moved it
+	}
+	go func() {
+		defer func() { <-v.prefetchSem }()
+		v.prefetch(from, to)
+	}()
+}
+
+// prefetch fetches the record windows holding [from, to) that the cache
+// lacks.
+func (v *Volume) prefetch(from, to int64) {
+	if from >= to {
+		return
+	}
+	type win struct {
+		key   cache.Key
+		first uint32
+	}
+	var wins []win
+	seen := map[win]bool{}
+	ahead := uint64(v.opts.Readahead)
+	v.mu.Lock()
+	if v.usableLocked() != nil {
+		v.mu.Unlock()
+		return
+	}
+	v.m.Lookup(uint64(from), uint64(to-from), func(e extmap.Extent) bool {
+		if e.Loc.Vol == 0 && v.pending[e.Loc.Seq] != nil {
+			return true // still in memory
+		}
+		for c := e.Loc.Off / format.ChunkSize; c*format.ChunkSize < e.Loc.Off+e.Len; c = c - c%ahead + ahead {
+			w := win{cache.Key{Vol: v.vols[e.Loc.Vol], Seq: e.Loc.Seq, Chunk: uint32(c)}, uint32(c - c%ahead)}
+			k := w
+			k.key.Chunk = w.first
+			if !seen[k] {
+				seen[k] = true
+				wins = append(wins, w)
+			}
+		}
+		return true
+	})
+	v.mu.Unlock()
+	for _, w := range wins {
+		if v.ctx.Err() != nil {
+			return
+		}
+		if h, ok := v.cache.(interface{ Has(cache.Key) bool }); ok && h.Has(w.key) {
+			continue // cached already
+		}
+		c, err := v.fetchChunk(v.ctx, w.key, w.first, int(ahead))
+		if err != nil {
+			return
+		}
+		c.release()
+	}
 }
 
 // maxParallelFetches bounds the concurrent fetches of one read.

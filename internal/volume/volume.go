@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/urldisk/urldisk/internal/blockdev"
@@ -144,7 +145,9 @@ type Volume struct {
 	upSem  chan struct{}
 	stop   chan struct{} // stops the idle loop
 
-	seq seqDetector // sequential-read detection
+	seq          seqDetector   // sequential-read detection
+	prefetchedTo atomic.Int64  // volume offset the stream's readahead has been started up to
+	prefetchSem  chan struct{} // bounds background prefetches
 
 	fmu      sync.Mutex
 	inflight map[recKey][]*fetchCall // fetches in progress per record; guarded by fmu
@@ -219,6 +222,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
 	v.seq.init()
+	v.prefetchSem = make(chan struct{}, maxPrefetchProcs)
 	if !o.ReadOnly {
 		if err := v.attachWriter(ctx, img); err != nil {
 			cancel()
