@@ -88,8 +88,9 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	default:
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(maxParallelFetches)
+		ra := ahead // assigned once, so the closures copy it (ahead stays on the stack)
 		for _, pc := range misses {
-			g.Go(func() error { return v.readPiece(gctx, pc, ahead) })
+			g.Go(func() error { return v.readPiece(gctx, pc, ra) })
 		}
 		err = g.Wait()
 	}
