@@ -367,7 +367,7 @@ func TestTwoWritersFence(t *testing.T) {
 	qemuIO(t, a.URI("shared"), nil, "write -P 0x01 0 1M", "flush")
 
 	b := startServe(t, vol)
-	if !strings.Contains(b.Stderr(), "attached read-write") {
+	if !b.StderrHas("attached read-write") {
 		t.Errorf("second serve did not attach read-write:\n%s", b.Stderr())
 	}
 
@@ -378,10 +378,10 @@ func TestTwoWritersFence(t *testing.T) {
 	if r.code != 1 || !strings.Contains(r.stdout, "wrote 65536/65536") {
 		t.Errorf("on the fenced serve, want the write accepted and the flush failed:\n%s", r)
 	}
-	if !strings.Contains(a.Stderr(), "FENCED") {
+	if !a.StderrHas("FENCED") {
 		t.Errorf("the fenced serve's log does not say FENCED:\n%s", a.Stderr())
 	}
-	if !strings.Contains(a.Stderr(), "errno=ESHUTDOWN type=3") { // NBD_CMD_FLUSH
+	if !a.StderrHas("errno=ESHUTDOWN type=3") { // NBD_CMD_FLUSH
 		t.Errorf("the fenced serve did not answer the flush with ESHUTDOWN:\n%s", a.Stderr())
 	}
 	// Later requests fail too.

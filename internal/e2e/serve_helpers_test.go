@@ -185,6 +185,21 @@ func (s *server) URI(name string) string {
 // Stderr returns what serve has logged so far.
 func (s *server) Stderr() string { return s.stderr.String() }
 
+// StderrHas reports whether serve's stderr contains substr, waiting up to
+// 10 s for it: the log reaches the buffer through a pipe and a copying
+// goroutine, so a line serve wrote before answering a client may not be
+// there yet when the client returns.
+func (s *server) StderrHas(substr string) bool {
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if strings.Contains(s.Stderr(), substr) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 func (s *server) isStopped() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
