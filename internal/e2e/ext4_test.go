@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 )
 
 // fuseFile is an export presented as a file by nbdfuse.
@@ -22,7 +24,7 @@ type fuseFile struct {
 	File    string // dir/nbd
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	log     syncBuffer
+	log     lockedbuf.Buffer
 	mounted bool
 }
 

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 )
 
 // qemuIOSession is an interactive qemu-io reading commands from a pipe. It
@@ -24,7 +26,7 @@ type qemuIOSession struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string
-	out    syncBuffer
+	out    lockedbuf.Buffer
 	exited chan struct{}
 }
 
@@ -116,7 +118,7 @@ func TestSIGTERMWithWritesInFlight(t *testing.T) {
 		"--rw=randwrite", "--bs=64k", fmt.Sprintf("--offset=%d", 64*m), "--size=32m",
 		"--iodepth=16", "--time_based", "--runtime=100")
 	fio.Dir = t.TempDir()
-	var fioOut syncBuffer
+	var fioOut lockedbuf.Buffer
 	fio.Stdout, fio.Stderr = &fioOut, &fioOut
 	fio.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := fio.Start(); err != nil {

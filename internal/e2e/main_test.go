@@ -186,24 +186,6 @@ func mustRun(t testing.TB, name string, args ...string) string {
 	return r.stdout
 }
 
-// syncBuffer is a concurrency-safe bytes.Buffer.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // lineWriter calls fn for every complete line written to it.
 type lineWriter struct {
 	mu      sync.Mutex

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 )
 
 const (
@@ -31,7 +33,7 @@ type server struct {
 	URIs     map[string]string // export name -> URI, from "serving NAME at URI"
 	Names    []string          // export names in printed order
 
-	stdout, stderr syncBuffer
+	stdout, stderr lockedbuf.Buffer
 
 	mu     sync.Mutex
 	ready  chan struct{} // closed on the "ready" line

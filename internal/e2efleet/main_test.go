@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
+
 	"github.com/urldisk/urldisk/internal/fleet"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/testutil/s3server"
@@ -88,24 +90,6 @@ const (
 	hbTimeout  = 2 * time.Second
 )
 
-// syncBuffer is a concurrency-safe buffer for a process's output.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // env is a fleet on this machine: one versitygw bucket as pool and fleet
 // store, and agents started as separate processes.
 type env struct {
@@ -126,7 +110,7 @@ type agentProc struct {
 	id       string
 	api      string
 	cmd      *exec.Cmd
-	out      *syncBuffer
+	out      *lockedbuf.Buffer
 	exited   chan struct{}
 	stateDir string
 }
@@ -166,7 +150,7 @@ func (e *env) volumeURL(name string) string {
 // and waits until it is ready.
 func (e *env) startAgent(id string, extra ...string) *agentProc {
 	e.t.Helper()
-	a := &agentProc{id: id, out: &syncBuffer{}, exited: make(chan struct{}), stateDir: filepath.Join(e.dir, id)}
+	a := &agentProc{id: id, out: &lockedbuf.Buffer{}, exited: make(chan struct{}), stateDir: filepath.Join(e.dir, id)}
 	args := append([]string{"agent", "--id", id, "--fleet", e.pool, "--token-file", e.tokenFile,
 		"--cache", filepath.Join(e.dir, id+"-cache"), "--cache-size", "256M", "--state-dir", a.stateDir,
 		"--listen", "tcp:127.0.0.1:0",

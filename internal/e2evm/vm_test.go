@@ -10,10 +10,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 
 	"github.com/urldisk/urldisk/internal/testutil/vmimage"
 )
@@ -99,29 +100,11 @@ func run(t *testing.T, ctx context.Context, name string, args ...string) string 
 	return stdout.String()
 }
 
-// lockedBuffer is a bytes.Buffer safe for a process's writes and our reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // serve is a running `urldisk serve`.
 type serve struct {
 	cmd     *exec.Cmd
 	uri     string
-	errb    *lockedBuffer
+	errb    *lockedbuf.Buffer
 	exited  chan struct{} // closed when the process has been waited for
 	exitErr error         // cmd.Wait's result, set before exited closes
 }
@@ -138,7 +121,7 @@ func startServe(t *testing.T, ctx context.Context, bin, url, listen, cacheDir st
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &serve{cmd: cmd, errb: &lockedBuffer{}, exited: make(chan struct{})}
+	s := &serve{cmd: cmd, errb: &lockedbuf.Buffer{}, exited: make(chan struct{})}
 	cmd.Stderr = s.errb
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start urldisk serve: %v", err)

@@ -14,9 +14,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 
 	"github.com/urldisk/urldisk/internal/nbd/nbdtest"
 )
@@ -340,7 +341,7 @@ func TestClientNbdfuse(t *testing.T) {
 	}
 	mnt := t.TempDir()
 	file := filepath.Join(mnt, "disk")
-	log := new(lockedBuffer)
+	log := new(lockedbuf.Buffer)
 	cmd := exec.Command(nbdfuse, file, f.uri("disk")) // stays in the foreground until unmounted
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := cmd.Start(); err != nil {
@@ -409,22 +410,4 @@ func TestClientNbdfuse(t *testing.T) {
 		t.Error("fsync through nbdfuse made no device flush")
 	}
 	unmount()
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer goroutine and a reader.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -22,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
+
 	"github.com/urldisk/urldisk/internal/blockdev"
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/objstore"
@@ -164,24 +166,6 @@ func firstNot(p []byte, b byte) int {
 	return -1
 }
 
-// lockedBuffer collects a child's stderr.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // proc is a running helper process.
 type proc struct {
 	t      *testing.T
@@ -189,7 +173,7 @@ type proc struct {
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	lines  chan string // protocol lines (tag stripped); closed at EOF
-	stderr *lockedBuffer
+	stderr *lockedbuf.Buffer
 	waited bool
 }
 
@@ -201,7 +185,7 @@ func startProc(t *testing.T, name, mode string, env ...string) *proc {
 	cmd.Env = append(append(os.Environ(), helperModeEnv+"="+mode), env...)
 	// The child dies with the test binary even if the test is killed.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	p := &proc{t: t, name: name, cmd: cmd, lines: make(chan string, 1<<16), stderr: &lockedBuffer{}}
+	p := &proc{t: t, name: name, cmd: cmd, lines: make(chan string, 1<<16), stderr: &lockedbuf.Buffer{}}
 	cmd.Stderr = p.stderr
 	var err error
 	if p.stdin, err = cmd.StdinPipe(); err != nil {

@@ -10,7 +10,6 @@
 package s3server
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -25,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -132,24 +133,6 @@ func Env() []string {
 	}
 }
 
-// syncBuffer collects the server's output.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // start runs one versitygw and waits for it; on failure it is stopped.
 func start(t testing.TB, bin, dir string) (*Server, error) {
 	port, err := freePort()
@@ -157,7 +140,7 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	var out syncBuffer
+	var out lockedbuf.Buffer
 	cmd := exec.Command(bin, "--port", addr, "posix", dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
 	cmd.Stdout, cmd.Stderr = &out, &out
