@@ -16,12 +16,14 @@ import (
 	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/nbd"
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/rundir"
 	"github.com/urldisk/urldisk/internal/units"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
 type serveOptions struct {
 	listen      string
+	socketMode  os.FileMode // of a unix listener
 	readOnly    bool
 	cacheDir    string
 	cacheSize   string
@@ -48,15 +50,10 @@ func defaultCacheDir() string {
 	return filepath.Join(os.TempDir(), "urldisk-cache")
 }
 
-// defaultSocket is where serve listens when --listen is not given.
+// defaultSocket is where serve listens when --listen is not given: in
+// rundir.Base(), which runServe makes sure is ours and private.
 func defaultSocket(name string) string {
-	dir := os.Getenv("XDG_RUNTIME_DIR")
-	if dir == "" {
-		dir = filepath.Join(os.TempDir(), fmt.Sprintf("urldisk-%d", os.Getuid()))
-	} else {
-		dir = filepath.Join(dir, "urldisk")
-	}
-	return "unix:" + filepath.Join(dir, name+".sock")
+	return "unix:" + filepath.Join(rundir.Base(), name+".sock")
 }
 
 func newServeCommand(g *globals) *cobra.Command {
@@ -81,6 +78,8 @@ By default serve listens on a unix socket and prints the NBD URI to use:
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "", "unix:/path/to.sock or tcp:HOST:PORT (default: a unix socket under $XDG_RUNTIME_DIR or /tmp)")
+	o.socketMode = 0o600
+	f.Var(&socketModeValue{&o.socketMode}, "socket-mode", "mode of a unix --listen socket, octal (default 0600: only this user; e.g. 0660 for qemu in this group)")
 	f.BoolVar(&o.readOnly, "read-only", false, "export read-only (no fencing; any number of hosts may do this)")
 	f.StringVar(&o.cacheDir, "cache", defaultCacheDir(), "host read-cache directory")
 	f.StringVar(&o.cacheSize, "cache-size", "10G", "read-cache size bound")
@@ -167,10 +166,10 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	spec := o.listen
 	if spec == "" {
 		spec = defaultSocket(first)
-		if dir := filepath.Dir(strings.TrimPrefix(spec, "unix:")); dir != "" {
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return fmt.Errorf("serve: %w", err)
-			}
+		// Another local user could have created the directory first (under
+		// a shared /tmp) and swap our socket for theirs: refuse it.
+		if err := rundir.Ensure(rundir.Private, rundir.Base()); err != nil {
+			return fmt.Errorf("serve: %w", err)
 		}
 	}
 	ln, err := nbd.Listen(spec)
@@ -178,6 +177,14 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		return fmt.Errorf("serve: listen %s: %w", spec, err)
 	}
 	defer ln.Close() // also closed by srv.Shutdown; closing twice is harmless
+	if path, ok := strings.CutPrefix(spec, "unix:"); ok {
+		// Whoever can connect can read and write the disk: by default only
+		// this user (--socket-mode loosens it, e.g. for qemu run as another
+		// user).
+		if err := os.Chmod(path, o.socketMode); err != nil {
+			return fmt.Errorf("serve: set mode of socket %s: %w", path, err)
+		}
+	}
 
 	var c *cache.Cache
 	if !o.noCache {

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -20,17 +21,13 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/rundir"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
-// Dir is where control sockets live: $XDG_RUNTIME_DIR/urldisk/ctl, or a
-// per-user directory under the temporary directory.
-func Dir() string {
-	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "urldisk", "ctl")
-	}
-	return filepath.Join(os.TempDir(), fmt.Sprintf("urldisk-%d", os.Getuid()), "ctl")
-}
+// Dir is where control sockets live: rundir.Base()/ctl
+// ($XDG_RUNTIME_DIR/urldisk/ctl or $TMPDIR/urldisk-UID/ctl).
+func Dir() string { return filepath.Join(rundir.Base(), "ctl") }
 
 // Socket is the control socket path of volume id.
 func Socket(volumeID string) string { return filepath.Join(Dir(), volumeID+".sock") }
@@ -70,8 +67,10 @@ type Server struct {
 // already serves one for the same volume on this host.
 func Start(v *volume.Volume, log *slog.Logger) (*Server, error) {
 	path := Socket(v.Desc().ID)
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
+	// A socket in a directory another user controls could be swapped for
+	// theirs: use only directories that are ours and private.
+	if err := rundir.Ensure(rundir.Private, rundir.Base(), Dir()); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	if err := InUse(v.Desc().ID); err != nil {
 		return nil, err
@@ -79,6 +78,12 @@ func Start(v *volume.Volume, log *slog.Logger) (*Server, error) {
 	os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	// The directory is private already; 0600 keeps the socket ours even if
+	// someone loosens it.
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	mux := http.NewServeMux()
@@ -141,6 +146,16 @@ func (c *Server) Close(ctx context.Context) error {
 // "restore", "compact"). It returns served=false if no process holds it here.
 func Call(ctx context.Context, volumeID, op string, req Request) (*Reply, bool, error) {
 	path := Socket(volumeID)
+	// Whoever answers on the socket decides what we report, so talk only to
+	// a socket in our own private directories.
+	for _, d := range []string{rundir.Base(), Dir()} {
+		if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
+			return nil, false, nil // nobody serves anything here
+		}
+		if err := rundir.Check(d, rundir.Private); err != nil {
+			return nil, false, fmt.Errorf("control socket: %w", err)
+		}
+	}
 	client := &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
