@@ -41,6 +41,12 @@ type Hooks struct {
 	// (a PutIfAbsent that created the object but reports failure). A nil
 	// return keeps the operation's own result.
 	After func(op Op, key string, err error) error
+	// BeforeCtx and AfterCtx are Before and After given the request's
+	// context, so that a hook can stall a request the way an unresponsive
+	// store does: block until the caller's deadline (or a release) and
+	// return ctx.Err(). They run after Before and before After.
+	BeforeCtx func(ctx context.Context, op Op, key string) error
+	AfterCtx  func(ctx context.Context, op Op, key string, err error) error
 }
 
 // Store is an objstore.Store with hooks. Create it with New.
@@ -56,40 +62,48 @@ func New(inner objstore.Store, hooks Hooks) *Store {
 	return &Store{inner: inner, hooks: hooks}
 }
 
-func (s *Store) before(op Op, key string) error {
-	if s.hooks.Before == nil {
-		return nil
+func (s *Store) before(ctx context.Context, op Op, key string) error {
+	if s.hooks.Before != nil {
+		if err := s.hooks.Before(op, key); err != nil {
+			return fmt.Errorf("%s %s: %w", op, key, err)
+		}
 	}
-	if err := s.hooks.Before(op, key); err != nil {
-		return fmt.Errorf("%s %s: %w", op, key, err)
+	if s.hooks.BeforeCtx != nil {
+		if err := s.hooks.BeforeCtx(ctx, op, key); err != nil {
+			return fmt.Errorf("%s %s: %w", op, key, err)
+		}
 	}
 	return nil
 }
 
 // after returns true and the hook's replacement for err, or false and err.
-func (s *Store) after(op Op, key string, err error) (lost bool, _ error) {
-	if s.hooks.After == nil {
-		return false, err
+func (s *Store) after(ctx context.Context, op Op, key string, err error) (lost bool, _ error) {
+	if s.hooks.AfterCtx != nil {
+		if herr := s.hooks.AfterCtx(ctx, op, key, err); herr != nil {
+			return true, fmt.Errorf("%s %s (response lost): %w", op, key, herr)
+		}
 	}
-	if herr := s.hooks.After(op, key, err); herr != nil {
-		return true, fmt.Errorf("%s %s (response lost): %w", op, key, herr)
+	if s.hooks.After != nil {
+		if herr := s.hooks.After(op, key, err); herr != nil {
+			return true, fmt.Errorf("%s %s (response lost): %w", op, key, herr)
+		}
 	}
 	return false, err
 }
 
 // afterErr is after for operations that return only an error.
-func (s *Store) afterErr(op Op, key string, err error) error {
-	_, err = s.after(op, key, err)
+func (s *Store) afterErr(ctx context.Context, op Op, key string, err error) error {
+	_, err = s.after(ctx, op, key, err)
 	return err
 }
 
 // Get implements objstore.Store.
 func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := s.before(OpGet, key); err != nil {
+	if err := s.before(ctx, OpGet, key); err != nil {
 		return nil, err
 	}
 	data, err := s.inner.Get(ctx, key)
-	if lost, aerr := s.after(OpGet, key, err); lost {
+	if lost, aerr := s.after(ctx, OpGet, key, err); lost {
 		return nil, aerr
 	}
 	return data, err
@@ -97,11 +111,11 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 
 // GetRange implements objstore.Store.
 func (s *Store) GetRange(ctx context.Context, key string, off int64, p []byte) (int, error) {
-	if err := s.before(OpGetRange, key); err != nil {
+	if err := s.before(ctx, OpGetRange, key); err != nil {
 		return 0, err
 	}
 	n, err := s.inner.GetRange(ctx, key, off, p)
-	if lost, aerr := s.after(OpGetRange, key, err); lost {
+	if lost, aerr := s.after(ctx, OpGetRange, key, err); lost {
 		return 0, aerr
 	}
 	return n, err
@@ -109,35 +123,35 @@ func (s *Store) GetRange(ctx context.Context, key string, off int64, p []byte) (
 
 // Put implements objstore.Store.
 func (s *Store) Put(ctx context.Context, key string, data []byte) error {
-	if err := s.before(OpPut, key); err != nil {
+	if err := s.before(ctx, OpPut, key); err != nil {
 		return err
 	}
-	return s.afterErr(OpPut, key, s.inner.Put(ctx, key, data))
+	return s.afterErr(ctx, OpPut, key, s.inner.Put(ctx, key, data))
 }
 
 // PutIfAbsent implements objstore.Store.
 func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) error {
-	if err := s.before(OpPutIfAbsent, key); err != nil {
+	if err := s.before(ctx, OpPutIfAbsent, key); err != nil {
 		return err
 	}
-	return s.afterErr(OpPutIfAbsent, key, s.inner.PutIfAbsent(ctx, key, data))
+	return s.afterErr(ctx, OpPutIfAbsent, key, s.inner.PutIfAbsent(ctx, key, data))
 }
 
 // Delete implements objstore.Store.
 func (s *Store) Delete(ctx context.Context, key string) error {
-	if err := s.before(OpDelete, key); err != nil {
+	if err := s.before(ctx, OpDelete, key); err != nil {
 		return err
 	}
-	return s.afterErr(OpDelete, key, s.inner.Delete(ctx, key))
+	return s.afterErr(ctx, OpDelete, key, s.inner.Delete(ctx, key))
 }
 
 // Stat implements objstore.Store.
 func (s *Store) Stat(ctx context.Context, key string) (objstore.ObjectInfo, error) {
-	if err := s.before(OpStat, key); err != nil {
+	if err := s.before(ctx, OpStat, key); err != nil {
 		return objstore.ObjectInfo{}, err
 	}
 	info, err := s.inner.Stat(ctx, key)
-	if lost, aerr := s.after(OpStat, key, err); lost {
+	if lost, aerr := s.after(ctx, OpStat, key, err); lost {
 		return objstore.ObjectInfo{}, aerr
 	}
 	return info, err
@@ -146,10 +160,10 @@ func (s *Store) Stat(ctx context.Context, key string) (objstore.ObjectInfo, erro
 // List implements objstore.Store. The After hook runs once the listing is
 // complete; the callback has by then seen every object.
 func (s *Store) List(ctx context.Context, prefix string, fn func(objstore.ObjectInfo) error) error {
-	if err := s.before(OpList, prefix); err != nil {
+	if err := s.before(ctx, OpList, prefix); err != nil {
 		return err
 	}
-	return s.afterErr(OpList, prefix, s.inner.List(ctx, prefix, fn))
+	return s.afterErr(ctx, OpList, prefix, s.inner.List(ctx, prefix, fn))
 }
 
 // Close implements objstore.Store; it closes the wrapped store without hooks.

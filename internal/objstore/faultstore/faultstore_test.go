@@ -1,9 +1,11 @@
 package faultstore_test
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/objstore/faultstore"
@@ -92,5 +94,42 @@ func TestAfterLosesResponse(t *testing.T) {
 		if ops[i] != want[i] {
 			t.Fatalf("After saw %v, want %v", ops, want)
 		}
+	}
+}
+
+// BeforeCtx and AfterCtx see the request's context: a hook that blocks on it
+// stalls the request until the caller's deadline, like an unresponsive store.
+func TestCtxHooksStallUntilDeadline(t *testing.T) {
+	inner := newMem(t)
+	stall := func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }
+	s := faultstore.New(inner, faultstore.Hooks{
+		BeforeCtx: func(ctx context.Context, op faultstore.Op, key string) error {
+			if key == "before" {
+				return stall(ctx)
+			}
+			return nil
+		},
+		AfterCtx: func(ctx context.Context, op faultstore.Op, key string, err error) error {
+			if key == "after" {
+				return stall(ctx)
+			}
+			return nil
+		},
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	if err := s.PutIfAbsent(ctx, "before", []byte("x")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("stalled-before PutIfAbsent: err = %v, want DeadlineExceeded", err)
+	}
+	if _, err := inner.Get(t.Context(), "before"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("stalled-before PutIfAbsent reached the store: %v", err)
+	}
+	ctx2, cancel2 := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel2()
+	if err := s.PutIfAbsent(ctx2, "after", []byte("x")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("stalled-after PutIfAbsent: err = %v, want DeadlineExceeded", err)
+	}
+	if got, err := inner.Get(t.Context(), "after"); err != nil || string(got) != "x" {
+		t.Fatalf("stalled-after PutIfAbsent did not happen: %q, %v", got, err)
 	}
 }
