@@ -12,6 +12,10 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(obj, int64(len(obj)))
 	fence, _ := EncodeRecord(&Record{Type: RecordFence, Seq: 1, Epoch: 1, Volume: "v"}, nil)
 	f.Add(fence, int64(-1))
+	fenceV1, _ := appendTrailer(nil, &Record{Type: RecordFence, Seq: 2, Epoch: 1, Volume: "v"}, recordVersion1)
+	f.Add(fenceV1, int64(len(fenceV1)))
+	marked, _ := EncodeRecord(&Record{Type: RecordData, Seq: 5, Epoch: 1, Volume: "v", Durable: 4}, nil)
+	f.Add(marked, int64(len(marked)))
 	f.Add([]byte{}, int64(0))
 	f.Fuzz(func(t *testing.T, b []byte, size int64) {
 		r, err := DecodeRecord(b, size)

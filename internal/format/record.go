@@ -17,6 +17,13 @@ const (
 	recordMagic       = 0x31524455 // "UDR1"
 	recordFooterMagic = 0x45524455 // "UDRE"
 
+	// RecordVersion is the trailer version this code writes. Version 2
+	// added the durable watermark (Record.Durable); version 1 trailers
+	// (without it) still decode, with Durable 0 ("unknown"), so volumes
+	// written before it open unchanged.
+	RecordVersion  = 2
+	recordVersion1 = 1
+
 	// MaxTrailer bounds a record trailer so a decoder never allocates
 	// unboundedly on hostile input.
 	MaxTrailer = 64 << 20
@@ -72,6 +79,13 @@ type Record struct {
 	Time    int64  // writer's clock, unix nanoseconds
 	Volume  string // id of the volume whose log holds the record
 	DataLen uint64 // logical bytes in the data section
+	// Durable is the writer's durable watermark when it sealed the record:
+	// every record at or below it existed then (a data, restore or filler
+	// record: the journal's resolved prefix; a fence: the head it replayed
+	// to). A missing seq at or below some later record's Durable was
+	// therefore deleted, not left behind by a crash (journal.Gaps). 0 means
+	// unknown (a version 1 trailer, or nothing before it).
+	Durable uint64
 	Extents []Extent
 	// RestoreVol and RestoreSeq name the snapshot a restore record resets to.
 	RestoreVol string
@@ -202,13 +216,22 @@ func Reseal(obj []byte, dataLen uint64, r *Record) ([]byte, error) {
 
 // AppendTrailer encodes r's trailer and footer after dst.
 func AppendTrailer(dst []byte, r *Record) ([]byte, error) {
+	return appendTrailer(dst, r, RecordVersion)
+}
+
+// appendTrailer encodes r's trailer in trailer version ver (tests write
+// version 1 to check that old volumes still decode).
+func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
+	if ver == recordVersion1 && r.Durable != 0 {
+		return nil, fmt.Errorf("encode record %d: version 1 trailers have no durable watermark", r.Seq)
+	}
 	if err := r.validate(); err != nil {
 		return nil, fmt.Errorf("encode record %d: %w", r.Seq, err)
 	}
 	start := len(dst)
 	e := encoder{b: dst}
 	e.u32(recordMagic)
-	e.u16(Version)
+	e.u16(ver)
 	e.u8(uint8(r.Type))
 	e.u8(0)
 	e.u64(r.Seq)
@@ -216,6 +239,9 @@ func AppendTrailer(dst []byte, r *Record) ([]byte, error) {
 	e.b = append(e.b, r.Writer[:]...)
 	e.u64(uint64(r.Time))
 	e.u64(r.DataLen)
+	if ver >= RecordVersion {
+		e.u64(r.Durable)
+	}
 	e.str(r.Volume)
 	e.uvarint(uint64(len(r.Extents)))
 	for _, x := range r.Extents {
@@ -250,6 +276,10 @@ func (r *Record) validate() error {
 	}
 	if r.Epoch == 0 {
 		return corruptf("record epoch 0")
+	}
+	if r.Durable != 0 && r.Durable >= r.Seq {
+		// A writer only knows seqs below the slot it writes to be durable.
+		return corruptf("record %d: durable watermark %d not below its own seq", r.Seq, r.Durable)
 	}
 	if len(r.Volume) == 0 || len(r.Volume) > maxIDLen || len(r.RestoreVol) > maxIDLen {
 		return corruptf("bad volume id length")
@@ -306,8 +336,9 @@ func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
 	if d.u32("magic") != recordMagic {
 		return nil, corruptf("record magic mismatch")
 	}
-	if v := d.u16("version"); v != Version && d.err == nil {
-		return nil, corruptf("record format version %d not supported", v)
+	ver := d.u16("version")
+	if ver != RecordVersion && ver != recordVersion1 && d.err == nil {
+		return nil, corruptf("record format version %d not supported (this urldisk reads versions %d and %d)", ver, recordVersion1, RecordVersion)
 	}
 	r := &Record{Type: RecordType(d.u8("type"))}
 	d.u8("flags")
@@ -316,6 +347,9 @@ func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
 	copy(r.Writer[:], d.bytes(16, "writer"))
 	r.Time = int64(d.u64("time"))
 	r.DataLen = d.u64("data length")
+	if ver >= RecordVersion {
+		r.Durable = d.u64("durable watermark")
+	}
 	r.Volume = d.str(maxIDLen, "volume id")
 	cnt := d.uvarint("extent count")
 	if cnt > uint64(len(d.b))/3 {
