@@ -27,6 +27,10 @@ const (
 	MaxVolLen = 1<<16 - 1
 	// DefaultIndexSyncInterval is used when Options.IndexSyncInterval is zero.
 	DefaultIndexSyncInterval = 30 * time.Second
+	// WriteWarnInterval is the least time between two WARNs about failed
+	// cache writes. A full cache disk fails every fill; one line a minute
+	// (with a count of the failures it stands for) says so without flooding.
+	WriteWarnInterval = time.Minute
 
 	subBlocks = ChunkSize / SubBlockSize
 	maxSlots  = 1<<31 - 1
@@ -73,9 +77,12 @@ type Stats struct {
 	Misses    uint64 // ReadAt calls that did not (unknown key, short chunk, corrupt, raced with eviction)
 	Corrupt   uint64 // chunks dropped because a checksum (or the slab's length) did not match
 	Evictions uint64 // chunks evicted by CLOCK to make room
-	Entries   int    // chunks stored or being stored by a Put
-	Bytes     int64  // sum of the stored chunks' lengths
-	Capacity  int64  // slab size: slots × ChunkSize
+	// WriteErrors counts failed writes to the cache directory (a slab write
+	// by Put, or persisting the index), e.g. ENOSPC: the data was not cached.
+	WriteErrors uint64
+	Entries     int   // chunks stored or being stored by a Put
+	Bytes       int64 // sum of the stored chunks' lengths
+	Capacity    int64 // slab size: slots × ChunkSize
 }
 
 // slotState is the life cycle of a slot: free → writing → ready → free.
@@ -129,7 +136,13 @@ type Cache struct {
 	syncMu   sync.Mutex
 	released bool // files closed and lock released; guarded by syncMu
 
-	hits, misses, corrupt, evictions atomic.Uint64
+	hits, misses, corrupt, evictions, writeErrors atomic.Uint64
+
+	// lastWriteWarn is when the last "cache write failed" WARN was logged
+	// (UnixNano; 0 = never); writeErrors at that moment is warnedErrors, so
+	// the next WARN can say how many failures it stands for.
+	lastWriteWarn atomic.Int64
+	warnedErrors  atomic.Uint64
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -436,17 +449,40 @@ func (c *Cache) put(key Key, data []byte, sums *Sums) error {
 	_, werr := c.slab.WriteAt(data, int64(si)*ChunkSize)
 
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if werr != nil {
 		delete(c.index, key)
 		s.state = slotFree
 		s.gen.Add(1)
-		return fmt.Errorf("cache put %v: write slot %d: %w", key, si, werr)
+		c.mu.Unlock()
+		werr = fmt.Errorf("cache put %v: write slot %d: %w", key, si, werr)
+		c.noteWriteError(werr)
+		return werr
 	}
 	s.crcs = crcs
 	s.state = slotReady
 	c.bytes += int64(len(data))
+	c.mu.Unlock()
 	return nil
+}
+
+// noteWriteError counts a failed write to the cache directory and logs it as
+// a WARN, at most once per WriteWarnInterval. Callers treat such failures as
+// "not cached" (the bytes came from, or are in, the object store), so
+// without this a full or failing cache disk would only show up as a cold
+// cache.
+func (c *Cache) noteWriteError(err error) {
+	n := c.writeErrors.Add(1)
+	now := time.Now().UnixNano()
+	last := c.lastWriteWarn.Load()
+	if last != 0 && now-last < int64(WriteWarnInterval) {
+		return
+	}
+	if !c.lastWriteWarn.CompareAndSwap(last, now) {
+		return // another goroutine is logging this interval's WARN
+	}
+	since := n - c.warnedErrors.Swap(n)
+	c.log.Warn("cache write failed; serving from the object store without caching",
+		"dir", c.dir, "err", err, "failures_since_last_warning", since)
 }
 
 // claimLocked runs the CLOCK hand to find a slot for a new chunk: a free slot,
@@ -491,6 +527,7 @@ func (c *Cache) Stats() Stats {
 	st.Misses = c.misses.Load()
 	st.Corrupt = c.corrupt.Load()
 	st.Evictions = c.evictions.Load()
+	st.WriteErrors = c.writeErrors.Load()
 	return st
 }
 
@@ -508,8 +545,18 @@ func (c *Cache) Sync() error {
 
 // persistLocked snapshots the ready slots, fsyncs the slab, and writes the
 // index. The snapshot is taken first, so every chunk it lists was fully
-// written before the fsync. Caller holds syncMu.
+// written before the fsync. A failure is also noted (counted and WARNed,
+// rate-limited), since Close's callers usually have nothing to do with its
+// error. Caller holds syncMu.
 func (c *Cache) persistLocked() error {
+	err := c.persistIndex()
+	if err != nil {
+		c.noteWriteError(err)
+	}
+	return err
+}
+
+func (c *Cache) persistIndex() error {
 	c.mu.RLock()
 	entries := make([]indexEntry, 0, len(c.index))
 	for i := range c.slots {
@@ -542,9 +589,9 @@ func (c *Cache) syncLoop(ctx context.Context, interval time.Duration) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := c.Sync(); err != nil && !errors.Is(err, ErrClosed) {
-				c.log.Warn("cache index sync failed", "err", err)
-			}
+			// A failure was already noted (and WARNed, rate-limited) by
+			// persistLocked; the next tick retries.
+			_ = c.Sync()
 		}
 	}
 }

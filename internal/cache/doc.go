@@ -32,6 +32,13 @@
 //
 // Persistence: the index is written atomically (tmp, fsync, rename, fsync dir)
 // every Options.IndexSyncInterval and on Close, after an fsync of the slab.
+// A failed write (a full cache disk: ENOSPC) removes the tmp file and keeps
+// the old index.
+//
+// Write failures: a failed slab write leaves the chunk uncached, a failed
+// index write leaves the old index; both count in Stats.WriteErrors and are
+// logged as one WARN (naming the directory and the error) per
+// WriteWarnInterval, so a full cache disk is visible without flooding logs.
 // On Open a valid index for a slab of the same size is loaded; a missing,
 // corrupt or mismatched index (or a new or resized slab) means starting
 // empty. After a crash the index may be stale: a slot it lists may since have

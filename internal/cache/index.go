@@ -170,13 +170,22 @@ func decodeIndex(b []byte) (indexHeader, []indexEntry, error) {
 }
 
 // writeFileAtomic replaces path with data: write to path+".tmp", fsync,
-// rename over path, fsync the directory.
-func writeFileAtomic(path string, data []byte) error {
+// rename over path, fsync the directory. On failure the temporary file is
+// removed (a full disk must not be left holding a truncated index.tmp) and
+// path keeps its old contents.
+func writeFileAtomic(path string, data []byte) (err error) {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return fmt.Errorf("create %s: %w", tmp, err)
 	}
+	defer func() {
+		if err != nil {
+			// Best effort: the error that made us give up is the one to
+			// report, and a leftover tmp is overwritten by the next sync.
+			_ = os.Remove(tmp)
+		}
+	}()
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return fmt.Errorf("write %s: %w", tmp, err)

@@ -1,0 +1,136 @@
+package cache
+
+import (
+	"errors"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
+)
+
+// mountSmallTmpfs mounts a tmpfs of size bytes (a real filesystem that runs
+// out of space) on a new directory and unmounts it at cleanup. The tests run
+// as root, as the e2e tests that mount ext4 do.
+func mountSmallTmpfs(t *testing.T, size string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "small")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a %s tmpfs on %s (these tests need root): %v\n%s", size, dir, err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
+			t.Errorf("umount %s: %v\n%s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+// TestFullDiskWarnsOnceAndLeavesNoTmp fills a real 1 MiB filesystem under a
+// 4 MiB cache: the failing Put must be reported (one WARN naming the
+// directory and the error, however many Puts fail), must not make anything
+// readable, and persisting the index on the full disk must fail cleanly,
+// leaving no index.tmp behind.
+func TestFullDiskWarnsOnceAndLeavesNoTmp(t *testing.T) {
+	dir := filepath.Join(mountSmallTmpfs(t, "1M"), "cache")
+	var logs lockedbuf.Buffer
+	c, err := Open(dir, 64*ChunkSize, Options{
+		IndexSyncInterval: -1,
+		Logger:            slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var stored []Key
+	var putErrs int
+	for i := range 40 {
+		k := key("vol", 1, uint32(i))
+		err := c.Put(k, chunkData(k, ChunkSize))
+		if err == nil {
+			stored = append(stored, k)
+			continue
+		}
+		putErrs++
+		if !errors.Is(err, syscall.ENOSPC) {
+			t.Fatalf("Put %v: %v, want an error wrapping ENOSPC", k, err)
+		}
+		if hit, rerr := c.ReadAt(k, make([]byte, 512), 0); hit || rerr != nil {
+			t.Fatalf("ReadAt of the chunk whose Put failed: hit=%v err=%v, want a plain miss", hit, rerr)
+		}
+	}
+	if putErrs < 10 || len(stored) == 0 {
+		t.Fatalf("%d Puts stored and %d failed on a 1 MiB filesystem; want some of each", len(stored), putErrs)
+	}
+	for _, k := range stored {
+		p := make([]byte, ChunkSize)
+		if hit, err := c.ReadAt(k, p, 0); !hit || err != nil || string(p) != string(chunkData(k, ChunkSize)) {
+			t.Fatalf("ReadAt %v stored before the disk filled: hit=%v err=%v", k, hit, err)
+		}
+	}
+	if st := c.Stats(); st.WriteErrors != uint64(putErrs) {
+		t.Errorf("Stats().WriteErrors = %d, want %d", st.WriteErrors, putErrs)
+	}
+
+	serr := c.Sync()
+	if !errors.Is(serr, syscall.ENOSPC) {
+		t.Errorf("Sync on a full disk: %v, want an error wrapping ENOSPC", serr)
+	}
+	for _, name := range []string{indexFileName + ".tmp", indexFileName} {
+		if _, err := os.Stat(filepath.Join(dir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s after a failed Sync: stat err = %v, want not exist", name, err)
+		}
+	}
+	checkInvariants(t, c)
+	if err := c.Close(); !errors.Is(err, syscall.ENOSPC) {
+		t.Errorf("Close on a full disk: %v, want an error wrapping ENOSPC", err)
+	}
+
+	var warns []string
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(line, "level=WARN") {
+			warns = append(warns, line)
+		}
+	}
+	if len(warns) != 1 {
+		t.Fatalf("%d WARN lines for %d failed Puts, a failed Sync and a failed Close, want exactly 1 (rate-limited):\n%s",
+			len(warns), putErrs, strings.Join(warns, "\n"))
+	}
+	if w := warns[0]; !strings.Contains(w, "dir="+dir) || !strings.Contains(w, "no space left on device") {
+		t.Errorf("WARN does not name the cache dir %s and the error:\n%s", dir, w)
+	}
+}
+
+// TestWriteWarnRepeatsAfterInterval checks the rate limit lets a later WARN
+// through once WriteWarnInterval has passed, counting the failures it
+// stands for.
+func TestWriteWarnRepeatsAfterInterval(t *testing.T) {
+	var logs lockedbuf.Buffer
+	c := openTest(t, t.TempDir(), MinSlots, Options{
+		IndexSyncInterval: -1,
+		Logger:            slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	boom := errors.New("injected write failure")
+	c.noteWriteError(boom)
+	c.noteWriteError(boom)
+	c.noteWriteError(boom)
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Fatalf("%d WARNs for 3 failures within the interval, want 1:\n%s", n, logs.String())
+	}
+	// Pretend the last WARN is older than the interval.
+	c.lastWriteWarn.Store(c.lastWriteWarn.Load() - int64(WriteWarnInterval))
+	c.noteWriteError(boom)
+	if n := strings.Count(logs.String(), "level=WARN"); n != 2 {
+		t.Fatalf("%d WARNs after the interval passed, want 2:\n%s", n, logs.String())
+	}
+	if !strings.Contains(logs.String(), "failures_since_last_warning=3") {
+		t.Errorf("second WARN does not count the 3 failures since the first:\n%s", logs.String())
+	}
+}
