@@ -31,6 +31,12 @@ const (
 // errAbort is a clean end of the handshake requested by the client.
 var errAbort = errors.New("client aborted the handshake")
 
+// errClientGone: the client closed the connection between options.
+var errClientGone = errors.New("client closed the connection during the handshake")
+
+// errExportFenced: a client asked for an export whose volume was fenced.
+var errExportFenced = errors.New("export fenced: another writer took over its volume")
+
 // conn is one client connection. Its goroutine (ServeConn) owns the reader
 // side; drain and forceClose may be called from other goroutines.
 type conn struct {
@@ -137,9 +143,15 @@ func (c *conn) serve() error {
 	e, err := hs.run()
 	if err != nil {
 		c.raw.Close()
-		if errors.Is(err, errAbort) {
-			c.log.Debug("nbd: client aborted the handshake")
+		switch {
+		case errors.Is(err, errAbort), errors.Is(err, errClientGone):
+			c.log.Debug("nbd: handshake ended by the client", "reason", err)
 			return nil
+		case errors.Is(err, errExportFenced):
+			// Expected after a takeover; clients may retry in a loop, so
+			// no line per attempt (markFenced logged the fence once).
+			c.log.Debug("nbd: refused a fenced export", "err", err)
+			return fmt.Errorf("nbd handshake: %w", err)
 		}
 		if c.ctx.Err() != nil || c.stateIs(stateClosed) {
 			return ErrServerClosed

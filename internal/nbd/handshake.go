@@ -53,6 +53,11 @@ func (h *handshake) run() (*exportEntry, error) {
 	var hdr [optionHeaderLen]byte
 	for {
 		if _, err := io.ReadFull(h.r, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) {
+				// Between options, like NBD_OPT_ABORT without the
+				// courtesy: clients do this after an error reply.
+				return nil, errClientGone
+			}
 			return nil, fmt.Errorf("read option: %w", err)
 		}
 		oh, err := parseOptionHeader(hdr[:])
@@ -95,6 +100,9 @@ func (h *handshake) option(opt uint32, data []byte) (*exportEntry, error) {
 		if checkName(name) != nil || !ok {
 			return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME: unknown export %q", name)
 		}
+		if e.fenced.Load() {
+			return nil, fmt.Errorf("NBD_OPT_EXPORT_NAME %q: %w", name, errExportFenced)
+		}
 		return e, h.sendExportName(e)
 
 	case optAbort:
@@ -128,6 +136,10 @@ func (h *handshake) option(opt uint32, data []byte) (*exportEntry, error) {
 		e, ok := srv.lookup(req.Name)
 		if !ok {
 			return nil, h.reply(opt, repErrUnknown, "unknown export")
+		}
+		if e.fenced.Load() {
+			// NBD_REP_ERR_SHUTDOWN: this export will not come back here.
+			return nil, h.reply(opt, repErrShutdown, fmt.Sprintf("export %q is fenced: another writer took over its volume", e.name))
 		}
 		if err := h.sendInfo(opt, req, e); err != nil {
 			return nil, err

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/semaphore"
+
 	"github.com/urldisk/urldisk/internal/blockdev"
 )
 
@@ -19,8 +21,15 @@ import (
 const (
 	DefaultMaxPayload       = 32 << 20
 	DefaultMaxInFlight      = 64
-	DefaultHandshakeTimeout = 30 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultMaxConns         = 1024
+	DefaultMaxQueuedBytes   = 256 << 20
+	DefaultReplyTimeout     = time.Minute
 )
+
+// refusedLogEvery rate-limits the warning about connections refused over
+// MaxConns: a flood of them must not become a flood of log lines.
+const refusedLogEvery = 10 * time.Second
 
 // ErrServerClosed is returned by Serve and ServeConn after Shutdown.
 var ErrServerClosed = errors.New("nbd: server closed")
@@ -62,8 +71,35 @@ type Options struct {
 	// smaller than one such buffer.
 	MaxBufferBytes int64
 	// HandshakeTimeout bounds the whole handshake phase, TLS included.
-	// Default 30 s. The transmission phase has no idle timeout.
+	// Default 10 s. The transmission phase has no idle timeout.
 	HandshakeTimeout time.Duration
+	// MaxConns bounds the connections Serve keeps open at once (handshake
+	// and transmission alike). One over the limit is accepted and closed
+	// at once, so that idle clients cannot exhaust the process's file
+	// descriptors. Default 1024.
+	MaxConns int
+	// MaxQueuedBytes bounds the payload buffers held by all connections
+	// together (reads being answered, writes being applied), in bytes. A
+	// connection that would exceed it stops reading requests until others
+	// release theirs (back-pressure, not memory). Default 256 MiB, and
+	// never less than MaxBufferBytes.
+	MaxQueuedBytes int64
+	// ReplyTimeout is how long sending one reply may block because the
+	// client does not read: after it the connection is closed and its
+	// buffers are released. Default 1 minute.
+	ReplyTimeout time.Duration
+	// OnFenced, if set, is called (on a goroutine of its own) once per
+	// export when a device call of that export first fails with
+	// blockdev.ErrFenced. From then on new clients are refused that export.
+	OnFenced func(export string)
+}
+
+// Stats is a snapshot of a Server's resource use.
+type Stats struct {
+	Conns          int   // connections open (handshake or transmission)
+	RefusedConns   int64 // connections closed at accept because of MaxConns
+	QueuedBytes    int64 // payload buffer bytes held by all connections
+	MaxQueuedBytes int64 // the bound on QueuedBytes
 }
 
 // Server serves block devices over the NBD protocol. Create it with
@@ -74,6 +110,14 @@ type Server struct {
 	allow  map[string]bool // nil: all exports allowed
 	pool   *bufPool
 	nextID atomic.Uint64 // connection ids for logs
+
+	// queued bounds payload buffers over all connections; queuedN mirrors
+	// its use for Stats (the semaphore does not expose it).
+	queued  *semaphore.Weighted
+	queuedN atomic.Int64
+	// open counts connections accepted by Serve and not yet closed.
+	open    atomic.Int64
+	refused atomic.Int64
 
 	// active counts registered connections; Add only under mu while
 	// !shuttingDown, so Shutdown's Wait is safe.
@@ -90,7 +134,8 @@ type Server struct {
 // exportEntry is one registered export; its identity (pointer) tells a
 // connection whether the export it negotiated is still the current one.
 type exportEntry struct {
-	name string
+	name   string
+	fenced atomic.Bool // a device call failed with blockdev.ErrFenced
 	Export
 }
 
@@ -121,6 +166,24 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.HandshakeTimeout < 0 {
 		return nil, fmt.Errorf("nbd: negative HandshakeTimeout %v", opts.HandshakeTimeout)
 	}
+	if opts.MaxConns == 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	if opts.MaxConns < 1 {
+		return nil, fmt.Errorf("nbd: MaxConns %d: want at least 1", opts.MaxConns)
+	}
+	if opts.MaxQueuedBytes == 0 {
+		opts.MaxQueuedBytes = max(DefaultMaxQueuedBytes, opts.MaxBufferBytes)
+	}
+	if opts.MaxQueuedBytes < opts.MaxBufferBytes {
+		return nil, fmt.Errorf("nbd: MaxQueuedBytes %d is smaller than MaxBufferBytes %d", opts.MaxQueuedBytes, opts.MaxBufferBytes)
+	}
+	if opts.ReplyTimeout == 0 {
+		opts.ReplyTimeout = DefaultReplyTimeout
+	}
+	if opts.ReplyTimeout < 0 {
+		return nil, fmt.Errorf("nbd: negative ReplyTimeout %v", opts.ReplyTimeout)
+	}
 	if opts.RequireTLS && opts.TLSConfig == nil {
 		return nil, errors.New("nbd: RequireTLS needs a TLSConfig")
 	}
@@ -141,6 +204,7 @@ func NewServer(opts Options) (*Server, error) {
 		opts:      opts,
 		log:       log,
 		pool:      newBufPool(opts.MaxPayload),
+		queued:    semaphore.NewWeighted(opts.MaxQueuedBytes),
 		exports:   make(map[string]*exportEntry),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
@@ -298,6 +362,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 
 	var wg sync.WaitGroup
 	var backoff time.Duration
+	var lastRefusedLog time.Time
+	var refusedSinceLog int64
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
@@ -324,13 +390,80 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		if s.open.Load() >= int64(s.opts.MaxConns) {
+			// Close at once: holding the socket would cost the fd the
+			// limit protects. One warning per period, with a count.
+			nc.Close()
+			s.refused.Add(1)
+			refusedSinceLog++
+			if now := time.Now(); now.Sub(lastRefusedLog) >= refusedLogEvery {
+				s.log.Warn("nbd: connection limit reached; refusing new connections",
+					"max_conns", s.opts.MaxConns, "refused_since_last_warning", refusedSinceLog)
+				lastRefusedLog, refusedSinceLog = now, 0
+			}
+			continue
+		}
+		s.open.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer s.open.Add(-1)
 			if err := s.ServeConn(ctx, nc); err != nil && !errors.Is(err, ErrServerClosed) {
 				s.log.Debug("nbd: connection ended with error", "err", err)
 			}
 		}()
+	}
+}
+
+// acquireQueued takes n bytes of the server-wide payload budget, waiting
+// for other connections to release theirs.
+func (s *Server) acquireQueued(ctx context.Context, n int64) error {
+	if err := s.queued.Acquire(ctx, n); err != nil {
+		return err
+	}
+	s.queuedN.Add(n)
+	return nil
+}
+
+func (s *Server) releaseQueued(n int64) {
+	s.queuedN.Add(-n)
+	s.queued.Release(n)
+}
+
+// Stats returns the server's current resource use.
+func (s *Server) Stats() Stats {
+	return Stats{
+		Conns:          int(s.open.Load()),
+		RefusedConns:   s.refused.Load(),
+		QueuedBytes:    s.queuedN.Load(),
+		MaxQueuedBytes: s.opts.MaxQueuedBytes,
+	}
+}
+
+// MarkFenced records that export name's device was fenced (another writer
+// took over its volume), as if a device call had failed with
+// blockdev.ErrFenced: new clients are refused it and OnFenced is called
+// if this is news. Callers that learn of fencing without a client request
+// (a background upload found it) use this. Unknown names are ignored.
+func (s *Server) MarkFenced(name string) {
+	s.mu.Lock()
+	e := s.exports[name]
+	s.mu.Unlock()
+	if e != nil {
+		s.markFenced(e)
+	}
+}
+
+// markFenced flags e as fenced, once.
+func (s *Server) markFenced(e *exportEntry) {
+	if !e.fenced.CompareAndSwap(false, true) {
+		return
+	}
+	s.log.Error("nbd: export fenced (another writer took over its volume); refusing new clients for it", "export", e.name)
+	if f := s.opts.OnFenced; f != nil {
+		// On its own goroutine: the callback may shut the server down,
+		// which waits for the connection that called us.
+		go f(e.name)
 	}
 }
 

@@ -54,6 +54,7 @@ import (
 type session struct {
 	c     *conn
 	ctx   context.Context
+	exp   *exportEntry
 	dev   blockdev.Device
 	lim   limits
 	pool  *bufPool
@@ -115,6 +116,7 @@ func newSession(c *conn, e *exportEntry, nc net.Conn, r *bufio.Reader) *session 
 	s := &session{
 		c:    c,
 		ctx:  c.ctx,
+		exp:  e,
 		dev:  e.Device,
 		pool: c.srv.pool,
 		lim: limits{
@@ -132,7 +134,7 @@ func newSession(c *conn, e *exportEntry, nc net.Conn, r *bufio.Reader) *session 
 	s.sendq.init(c.raw)
 	s.watch.t = time.AfterFunc(time.Hour, s.watchInline)
 	s.watch.t.Stop()
-	s.w = newReplyWriter(nc, func() { c.raw.Close() })
+	s.w = newReplyWriter(nc, c.raw, opts.ReplyTimeout, func() { c.raw.Close() })
 	for i := range opts.MaxInFlight {
 		s.slots <- i
 	}
@@ -151,8 +153,8 @@ func (s *session) run() error {
 	s.watch.stop()
 	if err != nil {
 		// The client may have stopped reading; do not let replies to the
-		// requests still in flight block forever.
-		s.c.raw.SetWriteDeadline(time.Now().Add(s.c.srv.opts.HandshakeTimeout))
+		// requests still in flight block for a whole ReplyTimeout.
+		s.w.setTimeout(min(s.c.srv.opts.HandshakeTimeout, s.c.srv.opts.ReplyTimeout))
 	}
 	s.pending.Wait()
 	close(s.work)
@@ -216,6 +218,14 @@ func (s *session) dispatch(req request) error {
 		n := int(req.Length)
 		j.charge = int64(classSize(n))
 		if err := s.budget.Acquire(s.ctx, j.charge); err != nil {
+			s.slots <- j.slot
+			return errConnClosed
+		}
+		// Then the server-wide bound: waiting here stops this reader,
+		// which is the back-pressure on a client asking for more than
+		// its share while others hold buffers.
+		if err := s.c.srv.acquireQueued(s.ctx, j.charge); err != nil {
+			s.budget.Release(j.charge)
 			s.slots <- j.slot
 			return errConnClosed
 		}
@@ -407,6 +417,9 @@ func (s *session) handle(j job) {
 	if err != nil {
 		errno = s.stats.failed(req, err)
 		data = nil
+		if errno == errShutdown && errors.Is(err, blockdev.ErrFenced) {
+			s.c.srv.markFenced(s.exp)
+		}
 	}
 	// Before the reply: a client waiting for it then finds the connection
 	// idle when it sends its next request.
@@ -433,6 +446,7 @@ func (s *session) release(j job) {
 	if j.buf != nil {
 		s.pool.put(j.buf)
 		s.budget.Release(j.charge)
+		s.c.srv.releaseQueued(j.charge)
 	}
 	s.slots <- j.slot
 }
@@ -443,16 +457,34 @@ func (s *session) release(j job) {
 type replyWriter struct {
 	waiting atomic.Int32 // repliers blocked on mu
 	onErr   func()       // closes the connection after a write error
+	raw     net.Conn     // the socket, for write deadlines
 
 	mu sync.Mutex
 	// Guarded by mu:
-	bw  *bufio.Writer
-	hdr [simpleReplyLen]byte
-	err error // sticky write error
+	bw      *bufio.Writer
+	hdr     [simpleReplyLen]byte
+	err     error         // sticky write error
+	timeout time.Duration // how long one socket write may block
 }
 
-func newReplyWriter(w io.Writer, onErr func()) *replyWriter {
-	return &replyWriter{bw: bufio.NewWriterSize(w, replyBufSize), onErr: onErr}
+func newReplyWriter(w io.Writer, raw net.Conn, timeout time.Duration, onErr func()) *replyWriter {
+	return &replyWriter{bw: bufio.NewWriterSize(w, replyBufSize), raw: raw, timeout: timeout, onErr: onErr}
+}
+
+// setTimeout changes how long a blocked write may last, from now on.
+func (w *replyWriter) setTimeout(d time.Duration) {
+	w.mu.Lock()
+	w.timeout = d
+	w.mu.Unlock()
+	// Also for a write blocked now (it holds mu).
+	w.raw.SetWriteDeadline(time.Now().Add(d))
+}
+
+// arm sets the write deadline before the socket is written. A client
+// that stops reading replies otherwise holds its buffers (and its share
+// of the server-wide MaxQueuedBytes) forever. Caller holds mu.
+func (w *replyWriter) arm() {
+	w.raw.SetWriteDeadline(time.Now().Add(w.timeout))
 }
 
 // reply sends a simple reply with optional data (a successful READ).
@@ -465,11 +497,15 @@ func (w *replyWriter) reply(handle uint64, errno uint32, data []byte) {
 		return
 	}
 	putSimpleReply(w.hdr[:], errno, handle)
+	if w.bw.Available() < simpleReplyLen+len(data) {
+		w.arm() // bufio writes through to the socket
+	}
 	_, err := w.bw.Write(w.hdr[:])
 	if err == nil && len(data) > 0 {
 		_, err = w.bw.Write(data)
 	}
 	if err == nil && w.waiting.Load() == 0 {
+		w.arm()
 		err = w.bw.Flush()
 	}
 	if err != nil {
@@ -485,6 +521,7 @@ func (w *replyWriter) flush() error {
 	if w.err != nil {
 		return w.err
 	}
+	w.arm()
 	w.err = w.bw.Flush()
 	return w.err
 }

@@ -544,6 +544,7 @@ func TestHandleDoesNotAllocate(t *testing.T) {
 			if typ == cmdRead || typ == cmdWrite {
 				j.charge = int64(classSize(int(req.Length)))
 				s.budget.Acquire(context.Background(), j.charge)
+				srv.acquireQueued(context.Background(), j.charge)
 				j.buf = s.pool.get(int(req.Length))
 			}
 			s.pending.Add(1)
