@@ -186,6 +186,7 @@ type simStats struct {
 	fenced, crashes, partitions, timeouts int
 	zombieLanded, voidRecords, maxLog     int
 	lateDeliveries, staleCopies, rogue    int
+	leftoverGaps                          int // crash-leftover gaps Gaps judged (rightly) not lost
 
 	vols, clones, clonesHead, clonesCkpt, clonesSeq, cloneRefused    int
 	checkpoints, ckptRemoved, removes, rmVsClone, rmInFlight         int
@@ -221,6 +222,7 @@ func (s *simStats) add(o *simStats) {
 	s.lateDeliveries += o.lateDeliveries
 	s.staleCopies += o.staleCopies
 	s.rogue += o.rogue
+	s.leftoverGaps += o.leftoverGaps
 	s.maxLog = max(s.maxLog, o.maxLog)
 	s.vols += o.vols
 	s.clones += o.clones
@@ -260,8 +262,8 @@ func (s simStats) String() string {
 		s.seeds, s.steps, s.attaches, s.takeovers, s.fenceRetries, s.attachFromSnap, s.snapshots, s.gcDeleted)
 	fmt.Fprintf(&b, "segments=%d acked=%d moves=%d skips=%d lost-responses=%d mine-after-lost=%d ",
 		s.segments, s.acks, s.moves, s.skips, s.lostResponses, s.mineAfterLost)
-	fmt.Fprintf(&b, "stale-copies-landed=%d fenced-writers=%d crashes=%d partitions=%d timeouts=%d requests-delivered-2+-attaches-late=%d zombie-creates-landed=%d rogue-records=%d void-records=%d max-log=%d",
-		s.staleCopies, s.fenced, s.crashes, s.partitions, s.timeouts, s.lateDeliveries, s.zombieLanded, s.rogue, s.voidRecords, s.maxLog)
+	fmt.Fprintf(&b, "stale-copies-landed=%d fenced-writers=%d crashes=%d partitions=%d timeouts=%d requests-delivered-2+-attaches-late=%d zombie-creates-landed=%d rogue-records=%d void-records=%d max-log=%d leftover-gaps-not-lost=%d",
+		s.staleCopies, s.fenced, s.crashes, s.partitions, s.timeouts, s.lateDeliveries, s.zombieLanded, s.rogue, s.voidRecords, s.maxLog, s.leftoverGaps)
 	fmt.Fprintf(&b, " vols=%d clones=%d clones-made-while-gc-ran=%d clones-started: head=%d checkpoint=%d seq=%d of-a-clone=%d refused=%d clone-attaches=%d checkpoints=%d checkpoints-removed=%d (while-a-clone-of-it-ran=%d) checkpoints-refused-fenced=%d ",
 		s.vols, s.clones, s.clonesDuringGC, s.clonesHead, s.clonesCkpt, s.clonesSeq, s.clonesOfClones, s.cloneRefused, s.cloneAttaches, s.checkpoints, s.ckptRemoved, s.ckptRmVsClone, s.ckptFenced)
 	fmt.Fprintf(&b, "removes=%d (while-a-clone-of-it-ran=%d while-its-requests-flew=%d) gc-runs=%d gc-runs-failed=%d gc-deleted-of-removed-volumes=%d gc-snapshots-deleted=%d gc-snapshots-rewritten=%d gc-removed-checkpoints: marked=%d deleted=%d gc-volumes: protected=%d orphaned=%d ",

@@ -46,6 +46,7 @@ type simSeg struct {
 	dataLen uint64
 	slot    uint64 // current slot, as the driver tracks it from Assign and Moves
 	time    int64  // the record's Time, set at sealing (a move reseals with it unchanged)
+	durable uint64 // the journal's resolved prefix at sealing: the record's watermark (unchanged by a move)
 }
 
 type simWriter struct {
@@ -167,7 +168,7 @@ func (s *sim) attachReplayed(w *simWriter, res simOutcome) {
 	w.fenceSeq, w.fenceEpoch = w.st.Seq+1, w.st.Epoch+1
 	meta := fmt.Appendf(nil, `{"w":%d}`, w.idx)
 	w.fenceTime = max(int64(s.step), w.lastTime+1)
-	obj, err := format.EncodeRecord(&format.Record{Type: format.RecordFence, Seq: w.fenceSeq, Epoch: w.fenceEpoch, Writer: w.id, Volume: v.id, Time: w.fenceTime, Meta: meta}, nil)
+	obj, err := format.EncodeRecord(&format.Record{Type: format.RecordFence, Seq: w.fenceSeq, Epoch: w.fenceEpoch, Writer: w.id, Volume: v.id, Time: w.fenceTime, Durable: w.st.Seq, Meta: meta}, nil)
 	if err != nil {
 		s.failf("encode fence: %v", err)
 		return
@@ -271,7 +272,7 @@ func (s *sim) seal(w *simWriter) {
 	blocks := s.rng.Perm(s.p.blocks)[:k]
 	b := format.NewBuilder(k * simBlock)
 	w.lastTime = max(int64(s.step), w.lastTime+1)
-	seg := &simSeg{id: id, meta: fmt.Appendf(nil, `{"w":%d,"seg":%d}`, w.idx, id), time: w.lastTime}
+	seg := &simSeg{id: id, meta: fmt.Appendf(nil, `{"w":%d,"seg":%d}`, w.idx, id), time: w.lastTime, durable: w.w.Prefix()}
 	for i, blk := range blocks {
 		wr := simWrite{block: uint64(blk)}
 		x := format.Extent{Off: wr.block * simBlock, Len: simBlock}
@@ -305,7 +306,7 @@ func (s *sim) seal(w *simWriter) {
 
 func (s *sim) dataRecord(w *simWriter, seg *simSeg, seq uint64) *format.Record {
 	return &format.Record{Type: format.RecordData, Seq: seq, Epoch: w.w.Epoch(), Writer: w.id, Volume: w.vol.id,
-		Time: seg.time, Extents: seg.exts, Meta: seg.meta}
+		Time: seg.time, Durable: seg.durable, Extents: seg.exts, Meta: seg.meta}
 }
 
 func (s *sim) newSlot(w *simWriter, seq uint64, seg *simSeg, obj []byte) {
