@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,15 +33,24 @@ type Config struct {
 	// the agent attaches; CacheSize bounds it in bytes (default 10 GiB).
 	CacheDir  string
 	CacheSize int64
-	// StateDir holds machine logs (machines/<name>/) and sockets (sock/).
-	// Default: $TMPDIR/urldisk-agent-<ID>.
+	// StateDir holds machine logs (machines/<name>/) and sockets
+	// (sock/<name>/). Default: $TMPDIR/urldisk-agent-<ID>. It must be ours
+	// and private (0700; 0711 when the agent runs as root, so run-as
+	// workloads reach their own directories): Run refuses one another user
+	// created or can write.
 	StateDir string
 	// Listen is the API's listener: "tcp:HOST:PORT" or "unix:/path"
 	// (required).
 	Listen string
-	// Token authenticates every API request (required): clients send
-	// "Authorization: Bearer <token>".
+	// Token authenticates every API request (required, at least
+	// MinTokenLen bytes): clients send "Authorization: Bearer <token>".
 	Token string
+	// TLSCert and TLSKey (PEM files), if set, serve the API over HTTPS
+	// (TCP listeners only); the heartbeat then advertises https://.
+	TLSCert, TLSKey string
+	// TLSCA (PEM file), if set, is the only CA trusted when this agent
+	// calls other agents' https:// APIs; default: the system's roots.
+	TLSCA string
 	// HeartbeatTimeout: a host whose heartbeat did not change for this long
 	// is dead and its machines fail over. Default 10s.
 	HeartbeatTimeout time.Duration
@@ -82,6 +92,13 @@ func (c *Config) setDefaults() error {
 		return errors.New("agent: no API listen address (tcp:HOST:PORT)")
 	case c.Token == "":
 		return errors.New("agent: no API token (--token-file or $URLDISK_TOKEN): the API refuses to run unauthenticated")
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return errors.New("agent: --tls-cert and --tls-key go together")
+	case c.TLSCert != "" && !strings.HasPrefix(c.Listen, "tcp:"):
+		return fmt.Errorf("agent: --tls-cert applies to a tcp: listener, not %q", c.Listen)
+	}
+	if err := checkToken(c.Token); err != nil {
+		return err
 	}
 	if c.CacheSize <= 0 {
 		c.CacheSize = 10 << 30
@@ -134,6 +151,8 @@ type Agent struct {
 	metrics *metrics
 	pools   *pools
 	sockDir string
+	tls     *tls.Config  // the API's; nil: plain HTTP
+	peers   *http.Client // calls other agents' APIs (nudges)
 	started time.Time
 
 	// Set by Run before any goroutine starts; read-only afterwards.
@@ -173,8 +192,15 @@ func New(cfg Config) (*Agent, error) {
 	a.fleet = fleet.New(cfg.Fleet, a.log)
 	a.ops = &fleet.Ops{Fleet: a.fleet, By: "agent " + cfg.ID, Now: cfg.Now, CheckVolume: CheckVolume, DefaultTimeout: cfg.HeartbeatTimeout}
 	a.pools = newPools(a.log)
+	var err error
+	if a.tls, err = cfg.serverTLS(); err != nil {
+		return nil, err
+	}
+	if a.peers, err = NewHTTPClient(cfg.TLSCA); err != nil {
+		return nil, fmt.Errorf("agent: --tls-ca: %w", err)
+	}
 	// The longest socket path must fit sun_path (108 bytes).
-	if p := filepath.Join(a.sockDir, strings.Repeat("x", 63)+".nbd"); len(p) > 107 {
+	if p := filepath.Join(a.machineSockDir(strings.Repeat("x", 63)), nbdSocketName); len(p) > 107 {
 		return nil, fmt.Errorf("agent: state directory %s is too long for unix socket paths (%d > 107 bytes); choose a shorter --state-dir", cfg.StateDir, len(p))
 	}
 	return a, nil
@@ -186,10 +212,8 @@ func New(cfg Config) (*Agent, error) {
 // (so other agents take its machines over at once), and returns. ready, if
 // non-nil, is called with the API's base URL once it listens.
 func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
-	for _, d := range []string{a.cfg.StateDir, a.sockDir, filepath.Join(a.cfg.StateDir, "machines")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return fmt.Errorf("agent: %w", err)
-		}
+	if err := a.stateDirs(); err != nil {
+		return err
 	}
 	c, err := cache.Open(a.cfg.CacheDir, a.cfg.CacheSize, cache.Options{Logger: a.log})
 	if err != nil {
@@ -205,7 +229,11 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 		c.Close()
 		return err
 	}
-	a.apiURL = apiURL(ln)
+	warnCleartext(a.log, ln, a.tls != nil)
+	a.apiURL = apiURL(ln, a.tls != nil)
+	if a.tls != nil {
+		ln = tls.NewListener(ln, a.tls)
+	}
 	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
 
 	if err := a.checkNoTwin(ctx); err != nil {
@@ -345,12 +373,24 @@ func listen(spec string) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: listen %s: %w", spec, err)
 	}
+	if network == "unix" {
+		// The API runs commands on this host: only this user may connect.
+		if err := os.Chmod(addr, 0o600); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("agent: listen %s: set socket mode: %w", spec, err)
+		}
+	}
 	return ln, nil
 }
 
-func apiURL(ln net.Listener) string {
+// apiURL is the base URL the agent advertises in its heartbeat; the
+// scheme tells clients whether to use TLS.
+func apiURL(ln net.Listener, tlsOn bool) string {
 	if u, ok := ln.Addr().(*net.UnixAddr); ok {
 		return "unix:" + u.Name
+	}
+	if tlsOn {
+		return "https://" + ln.Addr().String()
 	}
 	return "http://" + ln.Addr().String()
 }

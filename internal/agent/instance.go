@@ -60,6 +60,14 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 	if err := runtime.Check(p.Spec); err != nil {
 		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
 	}
+	ra, err := resolveRunAs(p.Spec.RunAs)
+	if err != nil {
+		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
+	}
+	sockDir, dir := a.machineSockDir(p.Name), filepath.Join(a.cfg.StateDir, "machines", p.Name)
+	if err := machineDirs(ra, sockDir, dir); err != nil {
+		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
+	}
 	pool, volName, err := a.pools.open(ctx, p.Spec.Volume)
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: open pool: %w", p.Name, err)
@@ -112,8 +120,12 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 		return nil, err
 	}
 	in.srv = srv
-	ln, err := nbd.Listen("unix:" + filepath.Join(a.sockDir, p.Name+".nbd"))
+	ln, err := nbd.Listen("unix:" + filepath.Join(sockDir, nbdSocketName))
 	if err != nil {
+		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
+	}
+	if err := shareSocket(filepath.Join(sockDir, nbdSocketName), ra); err != nil {
+		ln.Close()
 		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
 	}
 	if in.uri, err = nbd.URI(ln.Addr(), volName, false); err != nil {
@@ -134,8 +146,7 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 	}
 	in.m, err = runtime.Start(p.Spec, runtime.Config{
 		Name: p.Name, Host: a.cfg.ID, NBDURI: in.uri,
-		Dir:       filepath.Join(a.cfg.StateDir, "machines", p.Name),
-		SocketDir: a.sockDir, Logger: log,
+		Dir: dir, SocketDir: sockDir, Cred: ra.cred, Home: ra.home, Logger: log,
 	})
 	if err != nil {
 		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -149,7 +149,7 @@ func (a *Agent) nudge(ctx context.Context, hosts ...string) {
 	a.liveMu.Unlock()
 	for _, u := range urls {
 		nctx, cancel := context.WithTimeout(ctx, time.Second)
-		if err := (&Client{BaseURL: u, Token: a.cfg.Token}).Reconcile(nctx); err != nil {
+		if err := (&Client{BaseURL: u, Token: a.cfg.Token, HTTP: a.peers}).Reconcile(nctx); err != nil {
 			a.log.Debug("nudge failed", "api", u, "err", err)
 		}
 		cancel()

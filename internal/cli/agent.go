@@ -4,8 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,18 +21,21 @@ import (
 const (
 	envFleet = "URLDISK_FLEET"
 	envToken = "URLDISK_TOKEN"
+	envTLSCA = "URLDISK_TLS_CA"
 )
 
 // fleetFlags are the flags every fleet command shares.
 type fleetFlags struct {
 	fleetURL  string
 	tokenFile string
+	tlsCA     string
 }
 
 func (f *fleetFlags) register(fs *pflag.FlagSet, withToken bool) {
 	fs.StringVar(&f.fleetURL, "fleet", "", "fleet store URL (usually the pool URL); default $"+envFleet)
 	if withToken {
 		fs.StringVar(&f.tokenFile, "token-file", "", "file holding the agents' API token; default $"+envToken)
+		fs.StringVar(&f.tlsCA, "tls-ca", "", "CA certificate (PEM) trusted for agents' https:// APIs; default $"+envTLSCA+", else the system's")
 	}
 }
 
@@ -62,20 +65,26 @@ func (f *fleetFlags) open(ctx context.Context, g *globals) (*fleet.Fleet, error)
 }
 
 // token returns the API token from --token-file or $URLDISK_TOKEN; "" if
-// neither is given. The token itself never appears in errors.
-func (f *fleetFlags) token() (string, error) {
+// neither is given. It warns on log if the file is readable by others.
+// The token itself never appears in errors.
+func (f *fleetFlags) token(log *slog.Logger) (string, error) {
 	if f.tokenFile != "" {
-		b, err := os.ReadFile(f.tokenFile)
+		t, err := agent.ReadTokenFile(f.tokenFile, log)
 		if err != nil {
 			return "", fmt.Errorf("--token-file: %w", err)
-		}
-		t := strings.TrimSpace(string(b))
-		if t == "" {
-			return "", fmt.Errorf("--token-file %s is empty", f.tokenFile)
 		}
 		return t, nil
 	}
 	return os.Getenv(envToken), nil
+}
+
+// caFile is the CA trusted for agents' https:// APIs: --tls-ca or
+// $URLDISK_TLS_CA ("" for the system's).
+func (f *fleetFlags) caFile() string {
+	if f.tlsCA != "" {
+		return f.tlsCA
+	}
+	return os.Getenv(envTLSCA)
 }
 
 type agentOptions struct {
@@ -85,6 +94,7 @@ type agentOptions struct {
 	cacheSize         string
 	listen            string
 	stateDir          string
+	tlsCert, tlsKey   string
 	heartbeatTimeout  time.Duration
 	heartbeatInterval time.Duration
 	stopGrace         time.Duration
@@ -105,8 +115,13 @@ changes, and reassigns the machines of hosts that stopped heartbeating.
 
 The HTTP API (and /metrics) requires the token on every request:
   Authorization: Bearer <token>
-The token comes from --token-file or $URLDISK_TOKEN; agents of one fleet
-share it. On exit, machines are stopped and their volumes flushed.`,
+The token comes from --token-file or $URLDISK_TOKEN (at least 16 bytes;
+agents of one fleet share it). Whoever holds it can run any command on
+this host as the agent's user (or, for machines with --run-as, as that
+user): treat it like a root password. On a non-loopback --listen, give
+--tls-cert and --tls-key so the token does not cross the network in clear;
+clients then trust --tls-ca / $URLDISK_TLS_CA. On exit, machines are
+stopped and their volumes flushed.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, g, o) },
 	}
@@ -116,7 +131,9 @@ share it. On exit, machines are stopped and their volumes flushed.`,
 	f.StringVar(&o.cacheDir, "cache", defaultCacheDir(), "host read-cache directory (one agent per directory)")
 	f.StringVar(&o.cacheSize, "cache-size", "10G", "read-cache size bound")
 	f.StringVar(&o.listen, "listen", "tcp:127.0.0.1:7410", "API listener: tcp:HOST:PORT or unix:/path")
-	f.StringVar(&o.stateDir, "state-dir", "", "machine logs and sockets (default $TMPDIR/urldisk-agent-ID)")
+	f.StringVar(&o.stateDir, "state-dir", "", "machine logs and sockets, private to this user (default $TMPDIR/urldisk-agent-ID)")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM) for a tcp: API listener")
+	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 10*time.Second, "a host silent this long is dead and its machines fail over")
 	f.DurationVar(&o.heartbeatInterval, "heartbeat-interval", 0, "heartbeat period (default: a fifth of the timeout)")
 	f.DurationVar(&o.stopGrace, "stop-grace", 30*time.Second, "how long a machine may take to stop before it is killed")
@@ -134,7 +151,7 @@ func runAgent(cmd *cobra.Command, g *globals, o *agentOptions) error {
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
-	token, err := o.token()
+	token, err := o.token(g.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
 	}
@@ -153,7 +170,7 @@ func runAgent(cmd *cobra.Command, g *globals, o *agentOptions) error {
 	}
 	a, err := agent.New(agent.Config{
 		ID: o.id, Fleet: store, CacheDir: o.cacheDir, CacheSize: int64(size), StateDir: o.stateDir,
-		Listen: o.listen, Token: token,
+		Listen: o.listen, Token: token, TLSCert: o.tlsCert, TLSKey: o.tlsKey, TLSCA: o.caFile(),
 		HeartbeatTimeout: o.heartbeatTimeout, HeartbeatInterval: o.heartbeatInterval,
 		StopGrace: o.stopGrace, StopWait: o.stopWait, TracePages: tracePages, Logger: g.log,
 	})

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -24,6 +25,7 @@ type fleetCmd struct {
 	fleet *fleet.Fleet
 	ops   *fleet.Ops
 	token string
+	http  *http.Client // for agents' TCP APIs (trusts --tls-ca)
 }
 
 func openFleetCmd(cmd *cobra.Command, g *globals, o *fleetFlags) (*fleetCmd, error) {
@@ -31,12 +33,17 @@ func openFleetCmd(cmd *cobra.Command, g *globals, o *fleetFlags) (*fleetCmd, err
 	if err != nil {
 		return nil, err
 	}
-	token, err := o.token()
+	token, err := o.token(g.log)
 	if err != nil {
 		f.Store().Close()
 		return nil, err
 	}
-	return &fleetCmd{g: g, fleet: f, token: token,
+	hc, err := agent.NewHTTPClient(o.caFile())
+	if err != nil {
+		f.Store().Close()
+		return nil, fmt.Errorf("--tls-ca: %w", err)
+	}
+	return &fleetCmd{g: g, fleet: f, token: token, http: hc,
 		ops: &fleet.Ops{Fleet: f, By: "cli", CheckVolume: agent.CheckVolume}}, nil
 }
 
@@ -58,7 +65,7 @@ func (fc *fleetCmd) nudge(ctx context.Context, hosts ...string) {
 		for _, h := range hosts {
 			if h != "" && hb.Host == h && hb.API != "" && !hb.Down {
 				nctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				if err := (&agent.Client{BaseURL: hb.API, Token: fc.token}).Reconcile(nctx); err != nil {
+				if err := (&agent.Client{BaseURL: hb.API, Token: fc.token, HTTP: fc.http}).Reconcile(nctx); err != nil {
 					fc.g.log.Warn("could not ask the agent to act now; it will within its reconcile interval", "host", h, "err", err)
 				}
 				cancel()

@@ -44,6 +44,7 @@ type machineRunOptions struct {
 	memory  int
 	cpus    int
 	accel   string
+	runAs   string
 	wait    time.Duration
 }
 
@@ -66,7 +67,7 @@ are the command; for --runtime qemu they are extra qemu arguments, and
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			spec := fleet.Spec{Volume: o.volume, Runtime: o.runtime, Args: args[1:], Env: o.env}
+			spec := fleet.Spec{Volume: o.volume, Runtime: o.runtime, Args: args[1:], Env: o.env, RunAs: o.runAs}
 			if o.runtime == fleet.RuntimeQemu || o.kernel != "" {
 				spec.Qemu = &fleet.QemuSpec{Kernel: o.kernel, Initrd: o.initrd, Append: o.append, MemoryMiB: o.memory, CPUs: o.cpus, Accel: o.accel}
 			}
@@ -99,6 +100,7 @@ are the command; for --runtime qemu they are extra qemu arguments, and
 	f.IntVar(&o.memory, "memory", 0, "qemu: memory in MiB (default 512)")
 	f.IntVar(&o.cpus, "cpus", 0, "qemu: virtual CPUs (default 1)")
 	f.StringVar(&o.accel, "accel", "", "qemu: kvm or tcg (default: kvm when /dev/kvm works)")
+	f.StringVar(&o.runAs, "run-as", "", "local user (NAME or UID:GID) the workload runs as; needs agents running as root (default: the agent's user, which can reach every machine's disk and the API token)")
 	f.DurationVar(&o.wait, "wait", 0, "wait this long for the machine to run (0: do not wait)")
 	return cmd
 }

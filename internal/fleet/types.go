@@ -108,7 +108,15 @@ type Spec struct {
 	Env []string `json:"env,omitempty"`
 	// Qemu is required for the qemu runtime and refused for the others.
 	Qemu *QemuSpec `json:"qemu,omitempty"`
+	// RunAs is the local user the workload runs as on every host: a user
+	// name (its primary group and groups) or numeric "UID:GID". The agent
+	// must run as root for it. "" runs the workload as the agent's user,
+	// which can reach everything the agent can (other machines' disks,
+	// the API token).
+	RunAs string `json:"run_as,omitempty"`
 }
+
+var runAsRE = regexp.MustCompile(`^([a-z_][a-z0-9_.-]{0,31}\$?|[0-9]+:[0-9]+)$`)
 
 // Validate checks the spec on its own (not whether the volume exists).
 func (s *Spec) Validate() error {
@@ -122,6 +130,9 @@ func (s *Spec) Validate() error {
 		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
 			return fmt.Errorf("%w: env %q: want KEY=VALUE", ErrInvalid, kv)
 		}
+	}
+	if s.RunAs != "" && !runAsRE.MatchString(s.RunAs) {
+		return fmt.Errorf("%w: run-as %q: want a user name or UID:GID", ErrInvalid, s.RunAs)
 	}
 	switch s.Runtime {
 	case RuntimeProcess:
@@ -163,7 +174,7 @@ func (s *Spec) Equal(o *Spec) bool {
 		}
 		return true
 	}
-	if s.Volume != o.Volume || s.Runtime != o.Runtime || !eq(s.Args, o.Args) || !eq(s.Env, o.Env) {
+	if s.Volume != o.Volume || s.Runtime != o.Runtime || !eq(s.Args, o.Args) || !eq(s.Env, o.Env) || s.RunAs != o.RunAs {
 		return false
 	}
 	if (s.Qemu == nil) != (o.Qemu == nil) {

@@ -60,20 +60,19 @@ func Ensure(perm fs.FileMode, dirs ...string) error {
 }
 
 func ensureOne(dir string, perm fs.FileMode) error {
-	created := false
-	if err := os.Mkdir(dir, perm); err == nil {
-		created = true
-	} else if !errors.Is(err, fs.ErrExist) {
+	if err := os.Mkdir(dir, perm); err != nil && !errors.Is(err, fs.ErrExist) {
 		return fmt.Errorf("create runtime directory: %w", err)
 	}
-	if created {
-		// Mkdir's mode is cut by the umask; set it exactly (Traverse's
-		// search bits are meant).
-		if err := os.Chmod(dir, perm); err != nil {
-			return fmt.Errorf("set mode of runtime directory: %w", err)
-		}
+	if err := Check(dir, perm); err != nil {
+		return err
 	}
-	return Check(dir, perm)
+	// Mkdir's mode is cut by the umask, and an existing directory of ours
+	// may be narrower than perm (0700 where Traverse's search bits are
+	// meant): set it exactly. Check made sure it is ours.
+	if err := os.Chmod(dir, perm); err != nil {
+		return fmt.Errorf("set mode of runtime directory: %w", err)
+	}
+	return nil
 }
 
 // Check returns an error wrapping ErrUnsafe unless dir is a directory (not

@@ -127,7 +127,7 @@ func startQemu(spec fleet.Spec, cfg Config) (*qemu, error) {
 	if err := os.MkdirAll(cfg.SocketDir, 0o700); err != nil {
 		return nil, fmt.Errorf("machine %s: %w", cfg.Name, err)
 	}
-	qmpSock := filepath.Join(cfg.SocketDir, cfg.Name+".qmp")
+	qmpSock := filepath.Join(cfg.SocketDir, "qmp")
 	if err := os.Remove(qmpSock); err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("machine %s: remove old QMP socket: %w", cfg.Name, err)
 	}
@@ -135,7 +135,7 @@ func startQemu(spec fleet.Spec, cfg Config) (*qemu, error) {
 	cmd := exec.Command(QemuBinary, args...)
 	cmd.Env = baseEnv(cfg, spec.Env)
 	cmd.Dir = cfg.Dir
-	c, err := startChild(cmd, filepath.Join(cfg.Dir, "qemu.log"), cfg.Logger)
+	c, err := startChild(cmd, filepath.Join(cfg.Dir, "qemu.log"), cfg.Cred, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: %w", cfg.Name, err)
 	}

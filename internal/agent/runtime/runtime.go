@@ -40,8 +40,15 @@ type Config struct {
 	// Dir is the machine's directory on this host: logs go there
 	// (console.log, qemu.log) and a process runs in it.
 	Dir string
-	// SocketDir holds short-path sockets (the qemu QMP socket).
+	// SocketDir holds short-path sockets (the qemu QMP socket). It must be
+	// writable by Cred's user.
 	SocketDir string
+	// Cred, if set, is the user and groups the workload runs as (the agent
+	// must be root); nil runs it as the agent's user. Dir must be usable
+	// by that user (the process starts in it).
+	Cred *syscall.Credential
+	// Home is $HOME for the workload; "" passes the agent's.
+	Home string
 	// Logger receives lifecycle events; nil discards.
 	Logger *slog.Logger
 }
@@ -112,6 +119,10 @@ func Check(spec fleet.Spec) error {
 func baseEnv(cfg Config, extra []string) []string {
 	var env []string
 	for _, k := range []string{"PATH", "HOME", "LANG", "TZ", "TMPDIR"} {
+		if k == "HOME" && cfg.Home != "" {
+			env = append(env, "HOME="+cfg.Home)
+			continue
+		}
 		if v, ok := os.LookupEnv(k); ok {
 			env = append(env, k+"="+v)
 		}
@@ -133,15 +144,17 @@ type child struct {
 
 // startChild starts cmd in its own process group with output appended to
 // logPath, and a goroutine that reaps it.
-func startChild(cmd *exec.Cmd, logPath string, log *slog.Logger) (*child, error) {
-	out, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+func startChild(cmd *exec.Cmd, logPath string, cred *syscall.Credential, log *slog.Logger) (*child, error) {
+	// O_NOFOLLOW: a run-as workload owns the directory and could leave a
+	// symlink here for the agent to append its output through.
+	out, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("open workload log: %w", err)
 	}
 	cmd.Stdout, cmd.Stderr = out, out
 	// Setpgid: Stop signals the whole group. Pdeathsig: if the agent dies,
 	// its workloads die too (a dead agent serves no NBD anyway).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Credential: cred}
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		return nil, fmt.Errorf("start %s: %w", filepath.Base(cmd.Path), err)
@@ -199,7 +212,7 @@ func startProcess(spec fleet.Spec, cfg Config) (*process, error) {
 	cmd := exec.Command(spec.Args[0], spec.Args[1:]...)
 	cmd.Env = baseEnv(cfg, spec.Env)
 	cmd.Dir = cfg.Dir
-	c, err := startChild(cmd, filepath.Join(cfg.Dir, "console.log"), cfg.Logger)
+	c, err := startChild(cmd, filepath.Join(cfg.Dir, "console.log"), cfg.Cred, cfg.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: %w", cfg.Name, err)
 	}
