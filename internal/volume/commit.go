@@ -17,16 +17,21 @@ import (
 
 // startUpload creates record seq (if absent) in the background, retrying
 // transient errors until the slot is resolved or the volume is abandoned.
+// Called with mu held.
 func (v *Volume) startUpload(seq uint64, obj []byte) {
+	u := v.trackUploadLocked(seq, format.LogKey(v.desc.ID, seq))
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()
 		select {
 		case v.upSem <- struct{}{}:
 		case <-v.ctx.Done():
+			v.uploadDone(u)
 			return
 		}
-		mine := v.upload(seq, obj)
+		v.uploadStarted(u)
+		mine := v.upload(u, obj)
+		v.uploadDone(u)
 		<-v.upSem // free the upload slot before the local cache copy
 		if mine {
 			v.cacheRecord(seq, obj)
@@ -36,18 +41,29 @@ func (v *Volume) startUpload(seq uint64, obj []byte) {
 
 // upload creates the record and reports the outcome to the journal. It
 // returns true if the slot now holds this object (to be cached).
-func (v *Volume) upload(seq uint64, obj []byte) bool {
-	key := format.LogKey(v.desc.ID, seq)
+//
+// Every request has its own deadline (Options.StoreTimeout): a create that
+// timed out may still have landed, and its retry then finds the slot taken
+// and reads it, and the journal judges it ours by the writer id, as after
+// any lost response.
+func (v *Volume) upload(u *upload, obj []byte) bool {
+	seq, key := u.seq, u.key
 	backoff := 25 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := v.pool.store.PutIfAbsent(v.ctx, key, obj)
+		err := v.storeRequest(u, "put-if-absent", len(obj), func(ctx context.Context) error {
+			return v.pool.store.PutIfAbsent(ctx, key, obj)
+		})
 		if err == nil {
 			v.landed(seq) // acknowledge first; caching is off the flush path
 			return true
 		}
 		if errors.Is(err, objstore.ErrExists) {
 			var r *format.Record
-			r, err = v.pool.readRecordAt(v.ctx, v.desc.ID, seq)
+			err = v.storeRequest(u, "get (judge the taken slot)", len(obj), func(ctx context.Context) error {
+				var rerr error
+				r, rerr = v.pool.readRecordAt(ctx, v.desc.ID, seq)
+				return rerr
+			})
 			if err == nil {
 				return v.taken(seq, r)
 			}
@@ -61,6 +77,7 @@ func (v *Volume) upload(seq uint64, obj []byte) bool {
 		if v.ctx.Err() != nil {
 			return false
 		}
+		v.uploadRetries.Add(1)
 		if attempt == 1 || attempt%10 == 0 {
 			v.log.Warn("record upload failed; retrying", "seq", seq, "attempt", attempt, "err", err)
 		}

@@ -64,6 +64,31 @@ type Options struct {
 	// Follow, for read-only volumes, polls the log this often and applies
 	// new records (a read replica). Zero: no following.
 	Follow time.Duration
+	// StoreTimeout is the deadline of one store request of a record upload
+	// (the PutIfAbsent, and the read that judges a taken slot) for an
+	// object of up to 8 MiB; bigger objects get proportionally longer. A
+	// request that gets no answer in time is cancelled and retried with
+	// exponential backoff and jitter (an S3 SDK's own retries run inside
+	// that deadline, so they cannot stretch it). Without it a stalled
+	// store holds an upload, and every flush behind it, forever.
+	// Default 30s.
+	StoreTimeout time.Duration
+	// StallWarn: a record upload (or a Flush) still waiting after this
+	// long is logged once at WARN, naming the operation, and counted as
+	// stalled in Stats until it completes (then logged at INFO).
+	// Default 5s.
+	StallWarn time.Duration
+	// FlushTimeout bounds how long Flush waits for the object store; past
+	// it Flush returns an error wrapping ErrFlushTimeout (EIO over NBD).
+	// The writes stay queued and their uploads go on, so a later Flush can
+	// still succeed; nothing is acknowledged that is not durable.
+	// Zero (the default) or negative waits as long as it takes: an EIO on FLUSH makes
+	// a guest's filesystem abort its journal or remount read-only, turning
+	// a transient store outage into a guest outage, while a stalled FLUSH
+	// resumes by itself once the store answers, like a local disk or a
+	// hard NFS mount. Set it where something above can do better with an
+	// error (e.g. fail over).
+	FlushTimeout time.Duration
 	// Clock and Logger; defaults: wall clock, the pool's logger.
 	Clock  Clock
 	Logger *slog.Logger
@@ -90,6 +115,12 @@ func (o Options) withDefaults(p *Pool) Options {
 	}
 	if o.Readahead <= 0 {
 		o.Readahead = 64
+	}
+	if o.StoreTimeout <= 0 {
+		o.StoreTimeout = 30 * time.Second
+	}
+	if o.StallWarn <= 0 {
+		o.StallWarn = 5 * time.Second
 	}
 	if o.Clock == nil {
 		o.Clock = p.clock
@@ -179,6 +210,14 @@ type Volume struct {
 	lastSnap    uint64 // seq of the newest snapshot written or replayed
 	snapCand    *snapCandidate
 	st          journal.State // replay state at attach
+	// uploads are the record uploads started and not finished, for the
+	// stall watchdog and Stats.
+	uploads map[*upload]struct{}
+
+	// Counters for Stats, updated without mu.
+	uploadRetries   atomic.Uint64
+	requestTimeouts atomic.Uint64
+	flushTimeouts   atomic.Uint64
 }
 
 var _ blockdev.Device = (*Volume)(nil)
@@ -219,7 +258,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		ctx: vctx, cancel: cancel, upSem: make(chan struct{}, o.Uploads), stop: make(chan struct{}),
 		inflight: map[recKey][]*fetchCall{},
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
-		progress: make(chan struct{}), st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
+		progress: make(chan struct{}), uploads: map[*upload]struct{}{}, st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
 	v.seq.init()
 	v.prefetchSem = make(chan struct{}, maxPrefetchProcs)

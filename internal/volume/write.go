@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -182,7 +183,10 @@ func (v *Volume) sealLocked() {
 }
 
 // Flush implements blockdev.Device: it returns once every write completed
-// before the call is inside records that exist in the object store.
+// before the call is inside records that exist in the object store. It
+// logs a WARN if that takes longer than Options.StallWarn, and gives up
+// with ErrFlushTimeout after Options.FlushTimeout (if set), leaving the
+// writes queued.
 func (v *Volume) Flush(ctx context.Context) error {
 	if v.w == nil {
 		return nil
@@ -196,6 +200,19 @@ func (v *Volume) Flush(ctx context.Context) error {
 		v.sealLocked()
 	}
 	target := v.lastSealed
+	if v.durableDone >= target {
+		return nil
+	}
+	start := v.opts.Clock.Now()
+	warn := time.NewTimer(v.opts.StallWarn)
+	defer warn.Stop()
+	var timeout <-chan time.Time
+	if v.opts.FlushTimeout > 0 {
+		t := time.NewTimer(v.opts.FlushTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	stalled := false // logged as stalled: log its end too
 	for v.durableDone < target {
 		if v.fenced {
 			return blockdev.ErrFenced
@@ -203,11 +220,46 @@ func (v *Volume) Flush(ctx context.Context) error {
 		if v.fatal != nil {
 			return v.fatal
 		}
-		if err := v.waitLocked(ctx); err != nil {
-			return fmt.Errorf("flush %s: %w", v.desc.Name, err)
+		ch := v.progress
+		v.mu.Unlock()
+		var err error
+		warnNow := false
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			err = fmt.Errorf("flush %s: %w", v.desc.Name, ctx.Err())
+		case <-warn.C:
+			warnNow = true
+		case <-timeout:
+			err = ErrFlushTimeout
+		}
+		v.mu.Lock()
+		waited := v.opts.Clock.Now().Sub(start).Round(time.Millisecond)
+		switch {
+		case errors.Is(err, ErrFlushTimeout):
+			v.flushTimeouts.Add(1)
+			return fmt.Errorf("flush %s: waited %s for %s: %w", v.desc.Name, waited, v.describeWaitLocked(), err)
+		case err != nil:
+			return err
+		case warnNow && v.durableDone < target:
+			stalled = true
+			v.log.Warn("flush stalled: waiting for the object store", "waited", waited,
+				"waiting_for", v.describeWaitLocked(), "flush_timeout", v.opts.FlushTimeout)
 		}
 	}
+	if stalled {
+		v.log.Info("stalled flush finished", "took", v.opts.Clock.Now().Sub(start).Round(time.Millisecond))
+	}
 	return nil
+}
+
+// describeWaitLocked names what a flush is waiting for: the oldest upload.
+func (v *Volume) describeWaitLocked() string {
+	o := v.oldestUploadLocked()
+	if o == nil {
+		return fmt.Sprintf("%d records", len(v.uploads))
+	}
+	return fmt.Sprintf("%d record uploads (oldest: %s %s, %d attempts)", len(v.uploads), o.op, o.key, o.attempts)
 }
 
 // idleLoop seals the open segment once writes pause for IdleFlush.
