@@ -36,6 +36,10 @@ type serveOptions struct {
 	stopTimeout time.Duration
 	follow      time.Duration
 	compact     time.Duration
+	// storeTimeout and flushTimeout bound waits on a stalled object store
+	// (volume.Options.StoreTimeout, FlushTimeout).
+	storeTimeout time.Duration
+	flushTimeout time.Duration
 }
 
 // defaultCacheDir is the per-host cache: $XDG_CACHE_HOME/urldisk or
@@ -91,6 +95,8 @@ By default serve listens on a unix socket and prints the NBD URI to use:
 	f.StringSliceVar(&o.allow, "allow", nil, "allow-list of export names (default: all served volumes)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", time.Minute, "how long shutdown waits for in-flight requests and the final flush")
 	f.DurationVar(&o.compact, "compact-every", 10*time.Minute, "compact sparsely-live records this often (0: never)")
+	f.DurationVar(&o.storeTimeout, "store-timeout", 30*time.Second, "deadline of one object-store request of a record upload (per 8 MiB); a request that gets no answer is cancelled and retried")
+	f.DurationVar(&o.flushTimeout, "flush-timeout", 0, "fail a FLUSH with EIO after waiting this long for the object store; the data stays queued and a later FLUSH can succeed (0: wait as long as it takes)")
 	f.DurationVar(&o.follow, "follow", 0, "with --read-only: poll the log this often and serve new flushed data (a read replica)")
 	return cmd
 }
@@ -137,6 +143,12 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	}
 	if o.follow > 0 && !o.readOnly {
 		return fmt.Errorf("serve: --follow needs --read-only")
+	}
+	if o.storeTimeout <= 0 {
+		return fmt.Errorf("serve: --store-timeout must be positive, got %s", o.storeTimeout)
+	}
+	if o.flushTimeout < 0 {
+		return fmt.Errorf("serve: --flush-timeout must be 0 (wait) or positive, got %s", o.flushTimeout)
 	}
 	for _, raw := range args {
 		base, pt, err := volume.SplitPoint(raw)
@@ -309,7 +321,8 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 			}
 		}
 	}
-	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log, Follow: o.follow, CompactEvery: o.compact}
+	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log, Follow: o.follow, CompactEvery: o.compact,
+		StoreTimeout: o.storeTimeout, FlushTimeout: o.flushTimeout}
 	if c != nil {
 		opts.Cache = c
 	}

@@ -149,3 +149,22 @@ func TestServeListenProblemsRefusedBeforeAttach(t *testing.T) {
 		t.Errorf("a serve refused for its --listen attached the volume read-write (epoch %d, want 0)", epoch)
 	}
 }
+
+// Bad stall bounds are refused, naming the flag, before attaching.
+func TestServeStallFlagsValidated(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	vol := "file://" + filepath.Join(t.TempDir(), "p", "a")
+	if _, err := runCLI(t, "create", vol, "--size", "1M"); err != nil {
+		t.Fatal(err)
+	}
+	sock := "unix:" + filepath.Join(t.TempDir(), "s.sock")
+	for flag, val := range map[string]string{"--store-timeout": "0s", "--flush-timeout": "-1s"} {
+		_, err := runCLI(t, "serve", "--no-cache", "--listen", sock, flag, val, vol)
+		if err == nil || !strings.Contains(err.Error(), flag) {
+			t.Errorf("serve %s %s: %v, want an error naming the flag", flag, val, err)
+		}
+	}
+	if epoch, _ := volumeEpoch(t, vol); epoch != 0 {
+		t.Errorf("a refused serve attached the volume read-write (epoch %d, want 0)", epoch)
+	}
+}
