@@ -46,6 +46,12 @@ var (
 	ErrLocked = errors.New("cache directory is locked by another user")
 	// ErrClosed is returned by methods called after Close.
 	ErrClosed = errors.New("cache closed")
+	// ErrUnusable is wrapped by Open's errors about the directory itself:
+	// it cannot be created, locked or hold the slab (a read-only or full
+	// filesystem, a file where the directory should be, no permission).
+	// The cache is only an optimisation, so callers run without one (every
+	// read from the object store) and say so, rather than refusing to serve.
+	ErrUnusable = errors.New("cache directory unusable")
 )
 
 // Key names one immutable chunk: chunk Chunk of record Seq of volume Vol.
@@ -156,7 +162,8 @@ type Cache struct {
 // Open opens the cache in dir, creating dir and its files as needed, with
 // room for maxBytes/ChunkSize chunks (rounded down; at least MinSlots). It
 // takes an exclusive lock on dir: if another Cache holds it, the error wraps
-// ErrLocked. A persisted index is loaded if it is valid and matches the slab
+// ErrLocked; if the directory cannot be used (created, locked, or hold the
+// slab), it wraps ErrUnusable. A persisted index is loaded if it is valid and matches the slab
 // size; otherwise the cache starts empty.
 func Open(dir string, maxBytes int64, opts Options) (*Cache, error) {
 	if maxBytes <= 0 {
@@ -171,17 +178,20 @@ func Open(dir string, maxBytes int64, opts Options) (*Cache, error) {
 		return nil, fmt.Errorf("open cache %s: size %d bytes exceeds %d chunks", dir, maxBytes, maxSlots)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("open cache: create dir: %w", err)
+		return nil, fmt.Errorf("open cache %s: %w: create dir: %w", dir, ErrUnusable, err)
 	}
 	lock, err := lockDir(dir)
-	if err != nil {
+	if errors.Is(err, ErrLocked) {
 		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open cache %s: %w: %w", dir, ErrUnusable, err)
 	}
 	capacity := nslots * ChunkSize
 	slab, fresh, err := openSlab(dir, capacity)
 	if err != nil {
 		_ = lock.release()
-		return nil, fmt.Errorf("open cache %s: %w", dir, err)
+		return nil, fmt.Errorf("open cache %s: %w: %w", dir, ErrUnusable, err)
 	}
 	log := opts.Logger
 	if log == nil {
@@ -598,8 +608,13 @@ func (c *Cache) syncLoop(ctx context.Context, interval time.Duration) {
 
 // Close stops the background sync, persists the index, closes the slab and
 // releases the directory lock. It returns the first error; the lock is
-// released regardless. Calls after the first return ErrClosed.
+// released regardless. Calls after the first return ErrClosed. Close of a
+// nil *Cache does nothing, so a caller running without a cache (Open failed
+// with ErrUnusable) can close unconditionally.
 func (c *Cache) Close() error {
+	if c == nil {
+		return nil
+	}
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()

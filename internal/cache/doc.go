@@ -57,7 +57,8 @@
 //     store". On a miss, p's contents are unspecified. Errors from Put mean
 //     "not cached" and are never fatal to the caller.
 //   - If Open fails (errors.Is(err, ErrLocked) when another process holds the
-//     directory), run without a cache rather than failing.
+//     directory, errors.Is(err, ErrUnusable) when the directory is read-only,
+//     full or otherwise unusable), run without a cache rather than failing.
 //   - One Cache per directory per host. The directory may be deleted while no
 //     Cache has it open; Open recreates it. Deleting it under a running Cache
 //     is not supported.

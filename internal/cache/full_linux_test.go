@@ -134,3 +134,35 @@ func TestWriteWarnRepeatsAfterInterval(t *testing.T) {
 		t.Errorf("second WARN does not count the 3 failures since the first:\n%s", logs.String())
 	}
 }
+
+// TestOpenUnusableDir: Open's errors about the directory itself wrap
+// ErrUnusable (callers then run without a cache), a held lock still wraps
+// ErrLocked only, and nonsense sizes wrap neither.
+func TestOpenUnusableDir(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ro := filepath.Join(mountSmallTmpfs(t, "1M"), "cache")
+	if err := os.Mkdir(ro, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-o", "remount,ro", filepath.Dir(ro)).CombinedOutput(); err != nil {
+		t.Fatalf("remount read-only: %v\n%s", err, out)
+	}
+	for _, dir := range []string{file, filepath.Join(file, "sub"), ro} {
+		_, err := Open(dir, MinSlots*ChunkSize, Options{Logger: testLogger(t)})
+		if !errors.Is(err, ErrUnusable) || errors.Is(err, ErrLocked) {
+			t.Errorf("Open(%s): %v, want an error wrapping ErrUnusable", dir, err)
+		}
+	}
+
+	dir := t.TempDir()
+	openTest(t, dir, MinSlots, Options{})
+	if _, err := Open(dir, MinSlots*ChunkSize, Options{Logger: testLogger(t)}); !errors.Is(err, ErrLocked) || errors.Is(err, ErrUnusable) {
+		t.Errorf("second Open: %v, want ErrLocked and not ErrUnusable", err)
+	}
+	if _, err := Open(t.TempDir(), 1, Options{}); err == nil || errors.Is(err, ErrUnusable) {
+		t.Errorf("Open with 1 byte: %v, want a size error not wrapping ErrUnusable", err)
+	}
+}

@@ -204,13 +204,20 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		if err != nil {
 			return fmt.Errorf("--cache-size: %w", err)
 		}
-		if c, err = cache.Open(o.cacheDir, int64(size), cache.Options{Logger: log}); err != nil {
-			if errors.Is(err, cache.ErrLocked) {
-				return fmt.Errorf("serve: %w (another urldisk process uses it: give this one its own --cache DIR, or --no-cache)", err)
-			}
+		c, err = cache.Open(o.cacheDir, int64(size), cache.Options{Logger: log})
+		switch {
+		case errors.Is(err, cache.ErrLocked):
+			return fmt.Errorf("serve: %w (another urldisk process uses it: give this one its own --cache DIR, or --no-cache)", err)
+		case errors.Is(err, cache.ErrUnusable):
+			// The cache only saves GETs: serve without it rather than not
+			// at all, and say so.
+			log.Warn("cache unusable; serving every read from the object store", "dir", o.cacheDir, "err", err)
+			c = nil
+		case err != nil:
 			return fmt.Errorf("serve: %w", err)
+		default:
+			defer c.Close()
 		}
-		defer c.Close()
 	}
 
 	var vols []served

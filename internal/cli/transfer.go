@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -201,18 +202,19 @@ func newExportCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer p.Store().Close()
-			// A private cache makes readahead useful for this one pass.
-			cdir, err := os.MkdirTemp("", "urldisk-export-")
+			// A private cache makes readahead useful for this one pass. It
+			// is only an optimisation: if it cannot be made (read-only or
+			// full $TMPDIR), export reads everything from the store.
+			vopts := volume.Options{ReadOnly: true, Logger: g.log}
+			c, cdir, err := openExportCache(g.log)
 			if err != nil {
-				return err
+				g.log.Warn("export cache unusable; reading every block from the object store", "err", err)
+			} else {
+				defer os.RemoveAll(cdir)
+				defer c.Close()
+				vopts.Cache = c
 			}
-			defer os.RemoveAll(cdir)
-			c, err := cache.Open(cdir, 256<<20, cache.Options{})
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			v, err := p.Open(ctx, name, volume.Options{ReadOnly: true, Cache: c, Logger: g.log})
+			v, err := p.Open(ctx, name, vopts)
 			if err != nil {
 				return err
 			}
@@ -281,4 +283,19 @@ func allZero(p []byte) bool {
 		}
 	}
 	return true
+}
+
+// openExportCache opens a private cache in a new temporary directory for one
+// export pass; the caller closes it and removes dir.
+func openExportCache(log *slog.Logger) (c *cache.Cache, dir string, err error) {
+	dir, err = os.MkdirTemp("", "urldisk-export-")
+	if err != nil {
+		return nil, "", fmt.Errorf("create export cache dir: %w", err)
+	}
+	c, err = cache.Open(dir, 256<<20, cache.Options{Logger: log})
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, "", fmt.Errorf("open export cache: %w", err)
+	}
+	return c, dir, nil
 }
