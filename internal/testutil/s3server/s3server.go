@@ -53,6 +53,7 @@ type Server struct {
 	Dir string
 
 	client *s3.Client
+	proc   *os.Process // the versitygw process, for Signal
 
 	mu      sync.Mutex
 	buckets int // buckets created; guarded by mu
@@ -152,6 +153,9 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	stop := func() {
+		// A test may have stopped it (SIGSTOP, a stalled store): let it
+		// run again so that it can exit.
+		_ = cmd.Process.Signal(syscall.SIGCONT)
 		_ = cmd.Process.Signal(os.Interrupt)
 		select {
 		case <-exited:
@@ -184,7 +188,17 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 		o.BaseEndpoint = aws.String(endpoint)
 		o.UsePathStyle = true
 	})
-	return &Server{Endpoint: endpoint, Dir: dir, client: client}, nil
+	return &Server{Endpoint: endpoint, Dir: dir, client: client, proc: cmd.Process}, nil
+}
+
+// Signal sends sig to the server process: SIGSTOP makes it a stalled store
+// (connections are accepted by the kernel and never answered), SIGCONT
+// resumes it. Start's cleanup resumes a stopped server before stopping it.
+func (s *Server) Signal(sig os.Signal) error {
+	if err := s.proc.Signal(sig); err != nil {
+		return fmt.Errorf("signal versitygw: %w", err)
+	}
+	return nil
 }
 
 // waitReady polls endpoint until it answers HTTP (any status), the server

@@ -1,0 +1,121 @@
+package e2e
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/nbdclient"
+	"github.com/urldisk/urldisk/internal/testutil/s3server"
+)
+
+// nbdEIO is the NBD error value of EIO.
+const nbdEIO = 5
+
+// flushWithin runs cn.Flush, failing t if it has not returned after d (a
+// stalled flush would otherwise hang the test), and returns how long it
+// took and its error.
+func flushWithin(t *testing.T, cn *nbdclient.Conn, d time.Duration) (time.Duration, error) {
+	t.Helper()
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- cn.Flush() }()
+	select {
+	case err := <-done:
+		return time.Since(start), err
+	case <-time.After(d):
+		t.Fatalf("NBD FLUSH has not returned after %s", d)
+		return 0, nil
+	}
+}
+
+// TestStalledStoreFlushEIO stops a real S3 server (versitygw, SIGSTOP: it
+// accepts connections and never answers) under a real `urldisk serve`
+// with --store-timeout 2s --flush-timeout 6s. A FLUSH of a write made
+// meanwhile must fail with EIO after about 6 s (not hang), serve must log
+// a WARN naming the stalled upload within seconds, and once the server
+// runs again (SIGCONT) a second FLUSH succeeds and every write, the one
+// whose flush failed included, reads back, also from a new serve with an
+// empty cache: nothing acknowledged or queued is lost.
+func TestStalledStoreFlushEIO(t *testing.T) {
+	srv := s3server.Start(t) // sets the AWS environment serve inherits
+	vol := volURL(srv.URL, "stall")
+	const flushTimeout = 6 * time.Second
+	s := startServe(t, vol, "--create", "--size", "16M", "--store-timeout", "2s", "--flush-timeout", flushTimeout.String())
+	uri := s.URI("stall")
+	qemuIO(t, uri, nil, "write -P 0xa1 0 1M", "flush")
+
+	cn, err := nbdclient.Dial(uri, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cn.Close()
+	if err := srv.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			srv.Signal(syscall.SIGCONT)
+		}
+	}()
+	stalledAt := time.Now()
+	b2 := bytes.Repeat([]byte{0xb2}, 1<<20)
+	if err := cn.WriteAt(b2, 1<<20); err != nil {
+		t.Fatalf("write while the store is stopped (buffered): %v", err)
+	}
+	took, err := flushWithin(t, cn, flushTimeout+30*time.Second)
+	var nerr *nbdclient.Error
+	if !errors.As(err, &nerr) || nerr.Errno != nbdEIO {
+		t.Fatalf("FLUSH on a stopped store after %s: %v, want EIO", took, err)
+	}
+	if took < flushTimeout-time.Second || took > flushTimeout+10*time.Second {
+		t.Errorf("FLUSH failed after %s, want about --flush-timeout %s", took, flushTimeout)
+	}
+	// The stall WARN names the operation and the record; it came within
+	// seconds (default --stall-warn 5 s after the upload started).
+	const warn = `level=WARN msg="object store stalled: record upload is waiting`
+	if !s.StderrHas(warn) {
+		t.Fatalf("serve logged no stall WARN:\n%s", s.Stderr())
+	}
+	if since := time.Since(stalledAt); since > 25*time.Second {
+		t.Errorf("stall WARN only seen %s after the store stopped", since)
+	}
+	for _, line := range strings.Split(s.Stderr(), "\n") {
+		if strings.Contains(line, warn) && (!strings.Contains(line, "op=put-if-absent") || !strings.Contains(line, "/log/")) {
+			t.Errorf("stall WARN does not name the request and the record: %s", line)
+		}
+	}
+	if !s.StderrHas(`level=WARN msg="flush stalled`) {
+		t.Errorf("serve logged no WARN for the stalled flush:\n%s", s.Stderr())
+	}
+
+	if err := srv.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	if took, err := flushWithin(t, cn, 60*time.Second); err != nil {
+		t.Fatalf("FLUSH after the store resumed (%s): %v", took, err)
+	}
+	if !s.StderrHas("object store recovered") {
+		t.Errorf("serve did not log the recovery:\n%s", s.Stderr())
+	}
+	got := make([]byte, 1<<20)
+	if err := cn.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, b2) {
+		t.Fatalf("read back the write whose flush failed: %v (equal %v)", err, bytes.Equal(got, b2))
+	}
+	cn.Close()
+	qemuIO(t, uri, nil, "read -P 0xa1 0 1M", "read -P 0xb2 1M 1M")
+	s.StopOK()
+
+	// From the object store alone: a new serve with an empty cache.
+	s2 := startServe(t, vol)
+	qemuIO(t, s2.URI("stall"), nil, "read -P 0xa1 0 1M", "read -P 0xb2 1M 1M")
+	s2.StopOK()
+	if strings.Contains(s.Stderr(), "FENCED") {
+		t.Errorf("serve fenced itself:\n%s", s.Stderr())
+	}
+}
