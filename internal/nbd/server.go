@@ -550,3 +550,17 @@ func (s *Server) enterTransmission(c *conn, e *exportEntry) bool {
 	}
 	return c.startTransmission(e)
 }
+
+// FitMaxConns caps a connection limit so that reserve file descriptors
+// stay free for everything else (object-store sockets, cache files, logs)
+// under an RLIMIT_NOFILE of fdLimit: connections that exhaust the
+// descriptors make uploads fail and leave existing clients unanswered.
+// The result is at least minConns, however small the limit.
+func FitMaxConns(want int, fdLimit uint64, reserve int) int {
+	const minConns = 8
+	if fdLimit == 0 || fdLimit > 1<<30 {
+		return want // unknown or effectively unlimited
+	}
+	room := int(fdLimit) - reserve
+	return max(min(want, room), minConns)
+}

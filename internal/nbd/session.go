@@ -52,15 +52,20 @@ import (
 // MaxBufferBytes budget charged for every payload buffer before it is taken
 // from the pool.
 type session struct {
-	c     *conn
-	ctx   context.Context
-	exp   *exportEntry
-	dev   blockdev.Device
-	lim   limits
-	pool  *bufPool
-	r     *bufio.Reader
-	w     *replyWriter
-	stats *errorStats
+	c   *conn
+	ctx context.Context
+	exp *exportEntry
+	// waitCtx ends the reader's waits for buffer budget when replies can
+	// no longer be sent: a blocked reader would otherwise go on taking
+	// budget for requests nobody will read the answer to.
+	waitCtx    context.Context
+	cancelWait context.CancelFunc
+	dev        blockdev.Device
+	lim        limits
+	pool       *bufPool
+	r          *bufio.Reader
+	w          *replyWriter
+	stats      *errorStats
 
 	// Reader-owned (passed on with the reader role on a takeover):
 	hdr         [requestHeaderLen]byte
@@ -134,7 +139,11 @@ func newSession(c *conn, e *exportEntry, nc net.Conn, r *bufio.Reader) *session 
 	s.sendq.init(c.raw)
 	s.watch.t = time.AfterFunc(time.Hour, s.watchInline)
 	s.watch.t.Stop()
-	s.w = newReplyWriter(nc, c.raw, opts.ReplyTimeout, func() { c.raw.Close() })
+	s.waitCtx, s.cancelWait = context.WithCancel(c.ctx)
+	s.w = newReplyWriter(nc, c.raw, opts.ReplyTimeout, func() {
+		c.raw.Close()
+		s.cancelWait()
+	})
 	for i := range opts.MaxInFlight {
 		s.slots <- i
 	}
@@ -151,6 +160,7 @@ func (s *session) run() error {
 		err = <-s.readDone
 	}
 	s.watch.stop()
+	defer s.cancelWait()
 	if err != nil {
 		// The client may have stopped reading; do not let replies to the
 		// requests still in flight block for a whole ReplyTimeout.
@@ -217,14 +227,14 @@ func (s *session) dispatch(req request) error {
 	if (req.Type == cmdRead || req.Type == cmdWrite) && req.Length > 0 {
 		n := int(req.Length)
 		j.charge = int64(classSize(n))
-		if err := s.budget.Acquire(s.ctx, j.charge); err != nil {
+		if err := s.budget.Acquire(s.waitCtx, j.charge); err != nil {
 			s.slots <- j.slot
 			return errConnClosed
 		}
 		// Then the server-wide bound: waiting here stops this reader,
 		// which is the back-pressure on a client asking for more than
 		// its share while others hold buffers.
-		if err := s.c.srv.acquireQueued(s.ctx, j.charge); err != nil {
+		if err := s.c.srv.acquireQueued(s.waitCtx, j.charge); err != nil {
 			s.budget.Release(j.charge)
 			s.slots <- j.slot
 			return errConnClosed
