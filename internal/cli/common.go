@@ -30,7 +30,7 @@ func openPool(ctx context.Context, log *slog.Logger, poolURL string, create bool
 		}
 	}
 	if errors.Is(err, volume.ErrNoPool) {
-		err = fmt.Errorf("%s: %w (create it with `urldisk pool init %s`)", objstore.Redact(poolURL), err, objstore.Redact(poolURL))
+		err = fmt.Errorf("%s: %w: pool not found or not initialised (create it with `urldisk pool init %s`)", objstore.Redact(poolURL), err, objstore.Redact(poolURL))
 	}
 	if err != nil {
 		store.Close()

@@ -31,7 +31,8 @@ import (
 //     link(2)s it to the key, which fails with EEXIST atomically across
 //     processes, removes the temporary name and fsyncs the directory.
 //   - Directories are created on demand, each new one fsynced into its
-//     parent. Delete does not remove emptied directories.
+//     parent; the root too, by the first Put (opening does not create it).
+//     Delete does not remove emptied directories.
 //
 // Temporary files are named ".urldisk-tmp.*"; List never returns them and
 // ValidateKey refuses keys that could collide with them. A temporary file
@@ -49,9 +50,18 @@ type fileStore struct {
 
 var _ Store = (*fileStore)(nil)
 
+// openFileStore does not create dir: a missing directory is an empty store
+// (as an unused S3 prefix is), created by the first Put. So read-only uses
+// (`ls`, `info` of a mistyped pool) leave no directory behind and report
+// "no pool" instead.
 func openFileStore(dir string) (*fileStore, error) {
-	if err := mkdirAllSync(dir); err != nil {
+	fi, err := os.Stat(dir)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
 		return nil, fmt.Errorf("open file://%s: %w", dir, err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("open file://%s: %w", dir, &fs.PathError{Op: "open", Path: dir, Err: syscall.ENOTDIR})
 	}
 	return &fileStore{root: dir}, nil
 }
@@ -246,8 +256,9 @@ func (s *fileStore) List(ctx context.Context, prefix string, fn func(ObjectInfo)
 func (s *fileStore) walk(ctx context.Context, dir, rel, prefix string, fn func(ObjectInfo) error) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
-		if rel != "" && isNotFound(err) {
-			return nil // removed while we walked
+		if isNotFound(err) && (rel != "" || errors.Is(err, fs.ErrNotExist)) {
+			// Removed while we walked, or a root no Put has created yet.
+			return nil
 		}
 		return fmt.Errorf("list %q: %w", prefix, err)
 	}

@@ -50,7 +50,7 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 // the URL's path. Supported forms:
 //
 //	mem://[NAME][/prefix]                in-memory, shared per NAME in this Opener
-//	file:///abs/dir                      a directory, created if missing
+//	file:///abs/dir                      a directory, created by the first write
 //	s3://BUCKET[/prefix][?endpoint=URL&region=R&use_path_style=BOOL]
 //
 // Credentials are never taken from the URL: user info or credential-like

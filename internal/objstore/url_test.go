@@ -2,6 +2,7 @@ package objstore_test
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -82,12 +83,33 @@ func TestOpenS3NeedsRegion(t *testing.T) {
 	}
 }
 
-func TestOpenFileCreatesDir(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "a", "b", "pool")
+// Regression (issue 15): opening a file:// store created its directory, so
+// `ls`/`info` of a mistyped pool left an empty directory behind. Now only
+// the first write creates it; until then the store is empty.
+func TestOpenFileCreatesDirOnFirstWrite(t *testing.T) {
+	base := t.TempDir()
+	dir := filepath.Join(base, "a", "b", "pool")
 	s := open(t, &objstore.Opener{}, "file://"+dir+"/")
 	defer s.Close()
-	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
-		t.Fatalf("pool directory not created: %v", err)
+	if _, err := os.Stat(filepath.Join(base, "a")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("Open created a directory: stat err = %v", err)
+	}
+	if _, err := s.Get(t.Context(), "urldisk-pool.json"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("Get from a store whose directory is missing: %v, want ErrNotFound", err)
+	}
+	if _, err := s.Stat(t.Context(), "urldisk-pool.json"); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("Stat in a store whose directory is missing: %v, want ErrNotFound", err)
+	}
+	if err := s.List(t.Context(), "", func(o objstore.ObjectInfo) error {
+		return fmt.Errorf("listed %s", o.Key)
+	}); err != nil {
+		t.Fatalf("List of a store whose directory is missing: %v, want nothing", err)
+	}
+	if err := s.Delete(t.Context(), "x"); err != nil {
+		t.Fatalf("Delete in a store whose directory is missing: %v", err)
+	}
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("reads created the pool directory: stat err = %v", err)
 	}
 	if err := s.Put(t.Context(), "vols/x/volume.json", []byte("{}")); err != nil {
 		t.Fatal(err)
