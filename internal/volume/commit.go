@@ -197,7 +197,7 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 // fillSlotLocked creates an empty data record of ours at slot seq (replay
 // applies nothing from it), to resolve a slot no segment will be written to.
 func (v *Volume) fillSlotLocked(seq uint64, t int64) {
-	rec := &format.Record{Type: format.RecordData, Seq: seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), Time: t, Volume: v.desc.ID}
+	rec := &format.Record{Type: format.RecordData, Seq: seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), Time: t, Volume: v.desc.ID, Durable: v.w.Prefix()}
 	obj, err := format.EncodeRecord(rec, nil)
 	if err != nil {
 		v.failLocked(fmt.Errorf("fill slot %d: %w", seq, err))

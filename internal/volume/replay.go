@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 
 	"golang.org/x/sync/errgroup"
@@ -33,6 +34,13 @@ type image struct {
 	recordBytes int64  // their total size
 	snapshots   int
 	firstLogSeq uint64
+
+	// snapSeqs are the snapshots listed when the image was loaded; beyond
+	// the records listed after the first gap (up to the replay limit), with
+	// their sizes: what checkGap needs to tell loss from a crash leftover.
+	snapSeqs []uint64
+	beyond   []uint64
+	sizes    map[uint64]int64
 }
 
 func newImage(desc *format.VolumeDesc) *image {
@@ -79,8 +87,30 @@ func (p *Pool) listSeqsAfter(ctx context.Context, prefix string, after uint64, s
 	return seqs, sizes, nil
 }
 
-// loadImage replays volume desc up to (and including) record limit.
+// loadImage replays volume desc up to (and including) record limit. It
+// fails with a *GapError (ErrLogGap) if records the replay needs are
+// missing but were provably acknowledged (see checkGap).
 func (p *Pool) loadImage(ctx context.Context, desc *format.VolumeDesc, limit uint64) (*image, error) {
+	for attempt := 0; ; attempt++ {
+		img, err := p.loadImageOnce(ctx, desc, limit)
+		var ge *GapError
+		if !errors.As(err, &ge) || attempt >= 3 {
+			return img, err
+		}
+		// GC may have written a newer snapshot and collected the records
+		// below it after we listed the snapshots: a gap below a snapshot
+		// we did not see is not loss. Start again from the newest one.
+		snaps, _, lerr := p.listSeqs(ctx, format.SnapPrefix(desc.ID))
+		if lerr != nil {
+			return nil, lerr
+		}
+		if !slices.ContainsFunc(snaps, func(s uint64) bool { return s > ge.Base && s <= limit && !slices.Contains(ge.snaps, s) }) {
+			return img, err
+		}
+	}
+}
+
+func (p *Pool) loadImageOnce(ctx context.Context, desc *format.VolumeDesc, limit uint64) (*image, error) {
 	img := newImage(desc)
 	snaps, _, err := p.listSeqs(ctx, format.SnapPrefix(desc.ID))
 	if err != nil {
@@ -104,6 +134,7 @@ func (p *Pool) loadImage(ctx context.Context, desc *format.VolumeDesc, limit uin
 		img = newImage(desc)
 		img.snapshots = len(snaps)
 	}
+	img.snapSeqs = snaps
 	if !loaded && desc.Parent != nil {
 		return nil, fmt.Errorf("volume %s: clone has no usable initial snapshot", desc.Name)
 	}
@@ -191,7 +222,7 @@ func (p *Pool) readRecordAt(ctx context.Context, id string, seq uint64) (*format
 }
 
 // replayFrom applies the records after img.st.Seq, in order, up to the
-// first gap or limit.
+// first gap or limit, and then fails with a *GapError if that gap is loss.
 func (p *Pool) replayFrom(ctx context.Context, img *image, limit uint64) error {
 	recs, err := p.fetchRecords(ctx, img, limit)
 	if err != nil {
@@ -201,6 +232,45 @@ func (p *Pool) replayFrom(ctx context.Context, img *image, limit uint64) error {
 		if err := p.apply(ctx, img, r); err != nil {
 			return err
 		}
+	}
+	return p.checkGap(ctx, img, limit)
+}
+
+// checkGap decides whether replay stopped at img.st.Seq because the log
+// ends there, because a crashed writer left records after a slot that
+// never landed (nothing from that slot on was acknowledged: replay stops
+// there and the next fence voids the leftovers), or because records were
+// deleted (journal.Gaps: a later record's durable watermark or a snapshot
+// vouches for them). Only the last is an error: replaying past it would
+// silently roll the volume back, and a fence there would void the intact
+// records after it for good.
+func (p *Pool) checkGap(ctx context.Context, img *image, limit uint64) error {
+	head := img.st.Seq
+	if len(img.beyond) == 0 && !slices.ContainsFunc(img.snapSeqs, func(s uint64) bool { return s > head && s <= limit }) {
+		return nil
+	}
+	marks := make([]journal.Mark, len(img.beyond))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(16)
+	for i, s := range img.beyond {
+		g.Go(func() error {
+			r, err := p.readRecord(gctx, format.LogKey(img.desc.ID, s), img.sizes[s])
+			switch {
+			case errors.Is(err, format.ErrCorrupt):
+				marks[i] = journal.Mark{Seq: s} // vouches for nothing; verify reports it
+			case err != nil:
+				return fmt.Errorf("check the log of volume %s after seq %d: %w", img.desc.Name, head, err)
+			default:
+				marks[i] = journal.Mark{Seq: s, Durable: r.Durable}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if gap, lost := journal.FirstLoss(journal.Gaps(head, limit, marks, img.snapSeqs)); lost {
+		return &GapError{Volume: img.desc.Name, Gap: gap, Base: img.snapSeq, snaps: img.snapSeqs}
 	}
 	return nil
 }
@@ -215,12 +285,14 @@ func (p *Pool) fetchRecords(ctx context.Context, img *image, limit uint64) ([]*f
 		return nil, err
 	}
 	var todo []uint64
+	img.beyond, img.sizes = nil, sizes
 	for _, s := range seqs {
-		if s <= img.st.Seq {
+		if s <= img.st.Seq || s > limit {
 			continue
 		}
-		if s != img.st.Seq+uint64(len(todo))+1 || s > limit {
-			break // first gap: prefix consistency
+		if len(img.beyond) > 0 || s != img.st.Seq+uint64(len(todo))+1 {
+			img.beyond = append(img.beyond, s) // after the first gap: prefix consistency stops replay before it
+			continue
 		}
 		todo = append(todo, s)
 	}

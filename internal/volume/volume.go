@@ -298,8 +298,11 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 	store := v.pool.store
 	backoff := 20 * time.Millisecond
 	for attempt := 0; ; attempt++ {
+		// The fence vouches for the head it replayed to (its durable
+		// watermark), so a later deletion of any of those records is
+		// detected as loss rather than replayed around (journal.Gaps).
 		rec := &format.Record{Type: format.RecordFence, Seq: img.st.Seq + 1, Epoch: img.st.Epoch + 1, Writer: id,
-			Time: max(v.opts.Clock.Now().UnixNano(), img.lastTime+1), Volume: v.desc.ID, Meta: meta}
+			Time: max(v.opts.Clock.Now().UnixNano(), img.lastTime+1), Volume: v.desc.ID, Durable: img.st.Seq, Meta: meta}
 		obj, err := format.EncodeRecord(rec, nil)
 		if err != nil {
 			return err
@@ -311,7 +314,14 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 				err = nil // our own fence; the first response was lost
 			} else if rerr == nil {
 				// Another writer got there first: learn its records, try again.
-				if err := v.pool.replayFrom(ctx, img, ^uint64(0)); err != nil {
+				err := v.pool.replayFrom(ctx, img, ^uint64(0))
+				if errors.Is(err, ErrLogGap) {
+					// Our view may be stale and GC may have collected the
+					// records after it: loadImage starts from the newest
+					// snapshot, and still fails if the gap is real loss.
+					img, err = v.pool.loadImage(ctx, v.desc, ^uint64(0))
+				}
+				if err != nil {
 					return err
 				}
 				continue

@@ -160,7 +160,7 @@ func (v *Volume) sealLocked() {
 	}
 	v.lastTime = max(v.opts.Clock.Now().UnixNano(), v.lastTime+1)
 	rec := &format.Record{Type: format.RecordData, Seq: seg.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(),
-		Time: v.lastTime, Volume: v.desc.ID, Extents: seg.exts}
+		Time: v.lastTime, Volume: v.desc.ID, Durable: v.w.Prefix(), Extents: seg.exts}
 	b := seg.b
 	if seg.restore != nil {
 		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = format.RecordRestore, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
