@@ -33,11 +33,16 @@ import (
 const (
 	helperEnv   = "URLDISK_AGENT_TEST_HELPER"
 	helperBytes = 1 << 20
+	// testToken is the in-process agents' API token (MinTokenLen or more).
+	testToken = "agent-test-token-0123456789"
 )
 
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(helperMain())
+	}
+	if os.Getenv(probeEnv) != "" {
+		os.Exit(probeMain())
 	}
 	os.Exit(m.Run())
 }
@@ -136,18 +141,29 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 // startAgent runs an agent on store (the world's, unless given).
 func (w *world) startAgent(id string, store objstore.Store) *testAgent {
 	w.t.Helper()
+	return w.startAgentWith(id, store, nil)
+}
+
+// startAgentWith is startAgent with tweak (if not nil) applied to the
+// agent's Config first.
+func (w *world) startAgentWith(id string, store objstore.Store, tweak func(*Config)) *testAgent {
+	w.t.Helper()
 	if store == nil {
 		store = w.store
 	}
 	logs := &bytes.Buffer{}
 	lw := &lockedWriter{w: logs}
-	a, err := New(Config{
+	cfg := Config{
 		ID: id, Fleet: store, CacheDir: filepath.Join(w.dir, id+"-cache"), CacheSize: 64 << 20,
-		StateDir: filepath.Join(w.dir, id), Listen: "tcp:127.0.0.1:0", Token: "tok",
+		StateDir: filepath.Join(w.dir, id), Listen: "tcp:127.0.0.1:0", Token: testToken,
 		HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: time.Second,
 		StopGrace: 5 * time.Second, StopWait: 10 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(lw, &slog.HandlerOptions{Level: slog.LevelDebug})),
-	})
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	a, err := New(cfg)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -374,22 +390,27 @@ func TestAPI(t *testing.T) {
 	if code, _ := do("POST", "/v1/machines", "", run); code != 401 {
 		t.Fatalf("no token: %d", code)
 	}
-	if code, _ := do("POST", "/v1/machines", "tok2", run); code != 401 {
+	if code, _ := do("POST", "/v1/machines", testToken+"2", run); code != 401 {
 		t.Fatalf("wrong token: %d", code)
+	}
+	// The token is accepted only in the header, never from the URL (which
+	// ends up in logs and proxies' histories).
+	if code, _ := do("GET", "/v1/status?access_token="+testToken+"&token="+testToken, "", ""); code != 401 {
+		t.Fatalf("token in the query string: %d, want 401", code)
 	}
 	if p, _ := w.fleet.Latest(context.Background(), "m"); p != nil {
 		t.Fatalf("refused request wrote %+v", p)
 	}
-	if code, body := do("POST", "/v1/machines", "tok", run); code != 201 {
+	if code, body := do("POST", "/v1/machines", testToken, run); code != 201 {
 		t.Fatalf("run: %d %s", code, body)
 	}
-	if code, body := do("POST", "/v1/machines/m/stop", "tok", ""); code != 200 || !strings.Contains(body, `"state": "stopped"`) {
+	if code, body := do("POST", "/v1/machines/m/stop", testToken, ""); code != 200 || !strings.Contains(body, `"state": "stopped"`) {
 		t.Fatalf("stop: %d %s", code, body)
 	}
-	if code, body := do("POST", "/v1/machines/m/stop", "tok", ""); code != 200 || !strings.Contains(body, `"unchanged": true`) {
+	if code, body := do("POST", "/v1/machines/m/stop", testToken, ""); code != 200 || !strings.Contains(body, `"unchanged": true`) {
 		t.Fatalf("stop again: %d %s", code, body)
 	}
-	c := &Client{BaseURL: a.api, Token: "tok"}
+	c := &Client{BaseURL: a.api, Token: testToken}
 	if err := c.Reconcile(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -409,7 +430,7 @@ func TestTwinRefused(t *testing.T) {
 	w := newWorld(t)
 	w.startAgent("a", nil)
 	twin, err := New(Config{ID: "a", Fleet: w.store, CacheDir: filepath.Join(w.dir, "twin-cache"), StateDir: filepath.Join(w.dir, "twin"),
-		Listen: "tcp:127.0.0.1:0", Token: "tok", HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: time.Second})
+		Listen: "tcp:127.0.0.1:0", Token: testToken, HeartbeatInterval: 100 * time.Millisecond, HeartbeatTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

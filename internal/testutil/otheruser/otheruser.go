@@ -63,7 +63,7 @@ func (u User) Run(t testing.TB, name string, args ...string) {
 // entries in (mode 1777).
 func SharedDir(t testing.TB) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "udshared")
+	dir, err := os.MkdirTemp("", "ud") // short: socket paths under it
 	if err != nil {
 		t.Fatal(err)
 	}
