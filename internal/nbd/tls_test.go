@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"os"
@@ -21,10 +22,12 @@ import (
 // testPKI is a throwaway CA and a server certificate it signed, valid for
 // 127.0.0.1 and localhost.
 type testPKI struct {
-	caPEM    []byte
-	pool     *x509.CertPool
-	server   tls.Certificate
-	certsDir string // libnbd tls-certificates directory (ca-cert.pem)
+	caPEM     []byte
+	pool      *x509.CertPool
+	server    tls.Certificate
+	client    tls.Certificate // a client certificate the CA signed
+	certsDir  string          // libnbd tls-certificates directory (ca-cert.pem)
+	clientDir string          // the same plus client-cert.pem and client-key.pem
 }
 
 func newTestPKI(t testing.TB) *testPKI {
@@ -78,6 +81,38 @@ func newTestPKI(t testing.TB) *testPKI {
 	p.certsDir = t.TempDir()
 	if err := os.WriteFile(filepath.Join(p.certsDir, "ca-cert.pem"), p.caPEM, 0o644); err != nil {
 		t.Fatal(err)
+	}
+
+	ckey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3),
+		Subject:      pkix.Name{CommonName: "urldisk test client"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	cder, err := x509.CreateCertificate(rand.Reader, ctmpl, caCert, &ckey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ckeyDER, err := x509.MarshalPKCS8PrivateKey(ckey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.client = tls.Certificate{Certificate: [][]byte{cder}, PrivateKey: ckey}
+	p.clientDir = t.TempDir()
+	for name, data := range map[string][]byte{
+		"ca-cert.pem":     p.caPEM,
+		"client-cert.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cder}),
+		"client-key.pem":  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ckeyDER}),
+	} {
+		if err := os.WriteFile(filepath.Join(p.clientDir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return p
 }
@@ -251,5 +286,76 @@ func TestTLSBadHandshake(t *testing.T) {
 	c.expectClosed()
 	if err := waitDone(t, done); err == nil || !strings.Contains(err.Error(), "TLS") {
 		t.Errorf("ServeConn: %v, want TLS handshake error", err)
+	}
+}
+
+// TestTLSClientCertificates: with client certificates required
+// (--tls-client-ca), a client without one fails the TLS handshake and
+// never reaches an export, a client with one signed by the CA is served,
+// and nbdinfo (libnbd/GnuTLS) with and without client-cert.pem in its
+// tls-certificates directory behaves the same.
+func TestTLSClientCertificates(t *testing.T) {
+	pki := newTestPKI(t)
+	opts, _ := ramExport(1<<20, false)
+	conf := pki.serverConfig()
+	conf.ClientCAs = pki.pool
+	conf.ClientAuth = tls.RequireAndVerifyClientCert
+	opts.TLSConfig = conf
+	opts.RequireTLS = true
+	srv := newTestServer(t, opts)
+	addr := serveTCP(t, srv)
+
+	dial := func() *testClient {
+		nc, err := net.DialTimeout("tcp", addr.String(), testTimeout)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc.SetDeadline(time.Now().Add(testTimeout))
+		t.Cleanup(func() { nc.Close() })
+		c := &testClient{t: t, nc: nc}
+		c.greet(flagCFixedNewstyle | flagCNoZeroes)
+		c.sendOption(optStartTLS, nil)
+		if r := c.readOptReply(); r.typ != repAck {
+			t.Fatalf("NBD_OPT_STARTTLS: reply %#x", r.typ)
+		}
+		return c
+	}
+
+	// No client certificate: TLS 1.3 reports the refusal on the first read.
+	c := dial()
+	tc := tls.Client(c.nc, &tls.Config{RootCAs: pki.pool, ServerName: "localhost"})
+	err := tc.Handshake()
+	if err == nil {
+		c.nc = tc
+		c.sendOption(optGo, infoData("disk"))
+		_, err = io.ReadFull(tc, make([]byte, optReplyHeadLen))
+	}
+	if err == nil {
+		t.Fatal("a client without a certificate got an option reply over TLS")
+	}
+
+	// A certificate signed by the CA: served.
+	c = dial()
+	tc = tls.Client(c.nc, &tls.Config{RootCAs: pki.pool, ServerName: "localhost", Certificates: []tls.Certificate{pki.client}})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake with a client certificate: %v", err)
+	}
+	c.nc = tc
+	if _, typ := c.info(optGo, "disk"); typ != repAck {
+		t.Fatalf("GO with a client certificate: %#x", typ)
+	}
+	if errno := c.do(0, cmdWrite, 0, 5, []byte("hello")); errno != 0 {
+		t.Fatalf("write with a client certificate: errno %d", errno)
+	}
+
+	uri, err := URI(addr, "disk", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runErr(t, "nbdinfo", "--size", uri+"?tls-certificates="+pki.certsDir); err == nil {
+		t.Errorf("nbdinfo without a client certificate succeeded:\n%s", out)
+	}
+	if out := strings.TrimSpace(run(t, "nbdinfo", "--size", uri+"?tls-certificates="+pki.clientDir)); out != "1048576" {
+		t.Errorf("nbdinfo with a client certificate: size %q, want 1048576", out)
 	}
 }
