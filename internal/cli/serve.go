@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/urldisk/urldisk/internal/blockdev"
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/nbd"
@@ -32,6 +35,9 @@ type serveOptions struct {
 	size        string
 	tlsCert     string
 	tlsKey      string
+	tlsClientCA string
+	maxConns    int
+	handshake   time.Duration
 	allow       []string
 	stopTimeout time.Duration
 	follow      time.Duration
@@ -71,7 +77,16 @@ in-flight requests, flush every volume to the object store and exit 0.
 By default serve listens on a unix socket and prints the NBD URI to use:
   qemu-system-x86_64 -drive file=nbd+unix:///NAME?socket=PATH,format=raw,...
   qemu-img info nbd+unix:///NAME?socket=PATH
-  nbdfuse DIR nbd+unix:///NAME?socket=PATH   (then losetup DIR/nbd)`,
+  nbdfuse DIR nbd+unix:///NAME?socket=PATH   (then losetup DIR/nbd)
+
+With --tls-cert/--tls-key every client must use TLS (NBD_OPT_STARTTLS);
+plaintext is refused. --tls-client-ca also requires client certificates
+signed by that CA.
+
+Exit status: 0 after a clean stop (every volume flushed); 3 when every
+read-write volume was fenced (another writer took it over: writes not yet
+flushed are lost), logged once as "all read-write volumes fenced"; 1 on
+any other error.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return fmt.Errorf("serve: expected at least one volume URL\nusage: %s", cmd.UseLine())
@@ -92,6 +107,9 @@ By default serve listens on a unix socket and prints the NBD URI to use:
 	f.StringVar(&o.size, "size", "", "size of a volume created by --create, e.g. 10G")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM) for TCP listeners")
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	f.StringVar(&o.tlsClientCA, "tls-client-ca", "", "with --tls-cert: require client certificates signed by this CA (PEM)")
+	f.IntVar(&o.maxConns, "max-conns", nbd.DefaultMaxConns, "most NBD connections open at once; more are closed at accept (also capped so 256 file descriptors stay for the store and cache)")
+	f.DurationVar(&o.handshake, "handshake-timeout", nbd.DefaultHandshakeTimeout, "close a connection that has not finished the NBD handshake (TLS included) in this time")
 	f.StringSliceVar(&o.allow, "allow", nil, "allow-list of export names (default: all served volumes)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", time.Minute, "how long shutdown waits for in-flight requests and the final flush")
 	f.DurationVar(&o.compact, "compact-every", 10*time.Minute, "compact sparsely-live records this often (0: never)")
@@ -124,13 +142,15 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	if (o.tlsCert == "") != (o.tlsKey == "") {
 		return fmt.Errorf("serve: --tls-cert and --tls-key go together")
 	}
-	var tlsConf *tls.Config
-	if o.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
-		if err != nil {
-			return fmt.Errorf("serve: load TLS key pair: %w", err)
-		}
-		tlsConf = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if o.maxConns < 1 {
+		return fmt.Errorf("serve: --max-conns %d: want at least 1", o.maxConns)
+	}
+	if o.handshake <= 0 {
+		return fmt.Errorf("serve: --handshake-timeout %v: want a positive duration", o.handshake)
+	}
+	tlsConf, err := serveTLSConfig(o)
+	if err != nil {
+		return err
 	}
 
 	// Check the URLs and export names before attaching anything: attaching
@@ -189,6 +209,16 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		return fmt.Errorf("serve: listen %s: %w", spec, err)
 	}
 	defer ln.Close() // also closed by srv.Shutdown; closing twice is harmless
+	if a, ok := ln.Addr().(*net.TCPAddr); ok && tlsConf == nil && !a.IP.IsLoopback() {
+		log.Warn("serving NBD over TCP on a non-loopback address WITHOUT TLS: anyone who can reach it can read and write the volumes (use --tls-cert/--tls-key)", "addr", a.String())
+	}
+	maxConns := o.maxConns
+	if fdLimit, err := nbd.RaiseFDLimit(); err != nil {
+		log.Warn("could not raise the open-file limit", "err", err)
+	} else {
+		maxConns = nbd.FitMaxConns(o.maxConns, fdLimit, fdReserve)
+	}
+	log.Info("nbd connection limits", "max_conns", maxConns, "handshake_timeout", o.handshake, "fd_reserve", fdReserve)
 	if path, ok := strings.CutPrefix(spec, "unix:"); ok {
 		// Whoever can connect can read and write the disk: by default only
 		// this user (--socket-mode loosens it, e.g. for qemu run as another
@@ -263,7 +293,22 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		exports[name] = nbd.Export{Device: v, Description: fmt.Sprintf("urldisk %s (%s, %s)", objstore.Redact(raw), units.FormatSize(uint64(v.Size())), mode)}
 	}
 
-	srv, err := nbd.NewServer(nbd.Options{Exports: exports, Allow: o.allow, TLSConfig: tlsConf, Logger: log})
+	fenced := make(chan struct{}, 1)
+	srv, err := nbd.NewServer(nbd.Options{
+		Exports:          exports,
+		Allow:            o.allow,
+		TLSConfig:        tlsConf,
+		RequireTLS:       tlsConf != nil,
+		Logger:           log,
+		MaxConns:         maxConns,
+		HandshakeTimeout: o.handshake,
+		OnFenced: func(string) {
+			select {
+			case fenced <- struct{}{}:
+			default:
+			}
+		},
+	})
 	if err != nil {
 		closeAll()
 		return err
@@ -281,9 +326,17 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(context.WithoutCancel(ctx), ln) }()
+	allFenced := make(chan struct{})
+	wctx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go watchFenced(wctx, srv, vols, fenced, allFenced)
+	var exitErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down: finishing in-flight requests, then flushing")
+	case <-allFenced:
+		log.Error("all read-write volumes fenced: another writer took over; refusing new connections and exiting", "exit_code", exitFenced)
+		exitErr = &exitCodeError{code: exitFenced, err: fmt.Errorf("serve: every read-write volume was fenced (another writer took over): %w", blockdev.ErrFenced)}
 	case err := <-serveErr:
 		closeAll()
 		return fmt.Errorf("serve: %w", err)
@@ -297,14 +350,108 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	if err := <-serveErr; err != nil && !errors.Is(err, nbd.ErrServerClosed) {
 		errs = append(errs, err)
 	}
-	if err := closeAll(); err != nil {
+	if err := closeAll(); err != nil && exitErr == nil {
 		errs = append(errs, err)
+	}
+	if exitErr != nil {
+		// Closing fenced volumes fails with ErrFenced: that is the news
+		// already reported, not a second error.
+		return exitErr
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
 	log.Info("stopped cleanly: every volume flushed")
 	return nil
+}
+
+// fdReserve is how many file descriptors serve keeps out of the NBD
+// connection limit for the object store's sockets, the cache and logs.
+const fdReserve = 256
+
+// exitFenced is serve's exit status when every read-write volume was
+// fenced. Documented in serve --help and README.md.
+const exitFenced = 3
+
+// fencePoll is how often serve checks its volumes for fencing that no
+// client request revealed (a background upload found it).
+const fencePoll = time.Second
+
+// exitCodeError carries a process exit status other than 1 to Main.
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+func (e *exitCodeError) Unwrap() error { return e.err }
+func (e *exitCodeError) ExitCode() int { return e.code }
+
+// serveTLSConfig builds the TLS configuration from --tls-cert, --tls-key
+// and --tls-client-ca; nil without TLS.
+func serveTLSConfig(o *serveOptions) (*tls.Config, error) {
+	if o.tlsCert == "" {
+		if o.tlsClientCA != "" {
+			return nil, fmt.Errorf("serve: --tls-client-ca needs --tls-cert and --tls-key")
+		}
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+	if err != nil {
+		return nil, fmt.Errorf("serve: load TLS key pair: %w", err)
+	}
+	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if o.tlsClientCA != "" {
+		pemData, err := os.ReadFile(o.tlsClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("serve: read --tls-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pemData) {
+			return nil, fmt.Errorf("serve: --tls-client-ca %s: no PEM certificate in it", o.tlsClientCA)
+		}
+		conf.ClientCAs = pool
+		conf.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return conf, nil
+}
+
+// watchFenced closes allFenced once every read-write volume in vols is
+// fenced (never if there is none). It checks when the NBD server reports a
+// fenced export (kick) and every fencePoll, since a volume can also learn
+// of the takeover from a background upload; exports found fenced that way
+// are marked on srv so that new clients are refused them.
+func watchFenced(ctx context.Context, srv *nbd.Server, vols []served, kick <-chan struct{}, allFenced chan<- struct{}) {
+	var rw []served
+	for _, s := range vols {
+		if !s.v.ReadOnly() {
+			rw = append(rw, s)
+		}
+	}
+	if len(rw) == 0 {
+		return
+	}
+	t := time.NewTicker(fencePoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-kick:
+		case <-t.C:
+		}
+		n := 0
+		for _, s := range rw {
+			if s.v.Fenced() {
+				srv.MarkFenced(s.name)
+				n++
+			}
+		}
+		if n == len(rw) {
+			close(allFenced)
+			return
+		}
+	}
 }
 
 // attachForServe opens one volume URL for serving.
