@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -24,6 +25,10 @@ func openPool(ctx context.Context, log *slog.Logger, poolURL string, create bool
 	opts := volume.PoolOptions{Logger: log}
 	p, err := volume.OpenPool(ctx, store, opts)
 	if errors.Is(err, volume.ErrNoPool) && create {
+		if err := refuseNestedPool(ctx, poolURL); err != nil {
+			store.Close()
+			return nil, err
+		}
 		p, err = volume.InitPool(ctx, store, opts)
 		if err == nil {
 			log.Info("initialised pool", "pool", objstore.Redact(poolURL))
@@ -37,6 +42,38 @@ func openPool(ctx context.Context, log *slog.Logger, poolURL string, create bool
 		return nil, err
 	}
 	return p, nil
+}
+
+// maxPoolNesting bounds how many enclosing prefixes refuseNestedPool checks
+// (one marker read each).
+const maxPoolNesting = 32
+
+// refuseNestedPool fails if poolURL lies inside an initialised pool. Volume
+// names are one path segment, so `create POOL/a/b` would otherwise
+// initialise a new pool POOL/a inside POOL's namespace and create b there,
+// which is never what was meant. Only called before initialising a pool, so
+// the extra reads cost nothing on the common path.
+func refuseNestedPool(ctx context.Context, poolURL string) error {
+	cur, rel := poolURL, ""
+	for range maxPoolNesting {
+		parent, seg, err := objstore.SplitVolumeURL(cur)
+		if err != nil {
+			return nil // no parent prefix left (or not a name-like segment)
+		}
+		rel = path.Join(seg, rel)
+		store, err := objstore.Open(ctx, parent)
+		if err != nil {
+			return nil
+		}
+		_, err = volume.OpenPool(ctx, store, volume.PoolOptions{})
+		store.Close()
+		if err == nil {
+			return fmt.Errorf("%w: %s lies inside the pool %s, and pools do not nest (volume names are a single path segment: use <pool>/NAME, not <pool>/%s/NAME)",
+				objstore.ErrBadURL, objstore.Redact(poolURL), objstore.Redact(parent), rel)
+		}
+		cur = parent
+	}
+	return nil
 }
 
 // splitVolumeURLIfURL splits s if it looks like a URL (has "://"); a bare

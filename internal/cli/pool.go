@@ -15,6 +15,9 @@ func newPoolCommand(g *globals) *cobra.Command {
 		Args:  exactArgs(1, "a pool URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if err := refuseNestedPool(ctx, args[0]); err != nil {
+				return err
+			}
 			store, err := objstore.Open(ctx, args[0])
 			if err != nil {
 				return err

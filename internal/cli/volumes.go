@@ -15,8 +15,14 @@ import (
 
 type createOptions struct {
 	size      string
-	blockSize uint32
+	blockSize string
 }
+
+// Block sizes the volume format accepts (format.VolumeDesc.Validate).
+const (
+	minBlockSize = 512
+	maxBlockSize = 1 << 20
+)
 
 func newCreateCommand(g *globals) *cobra.Command {
 	o := &createOptions{}
@@ -32,13 +38,19 @@ func newCreateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("--size: %w", err)
 			}
+			// Parsed here rather than as a uint32 flag: units (4K) work,
+			// and 0 is refused instead of meaning the default.
+			bs, err := units.ParsePowerOfTwo(o.blockSize, minBlockSize, maxBlockSize)
+			if err != nil {
+				return fmt.Errorf("--block-size: %w", err)
+			}
 			ctx := cmd.Context()
 			p, name, err := openVolumeURL(ctx, g.log, args[0], true)
 			if err != nil {
 				return err
 			}
 			defer p.Store().Close()
-			d, err := p.Create(ctx, name, volume.CreateOptions{Size: size, BlockSize: o.blockSize})
+			d, err := p.Create(ctx, name, volume.CreateOptions{Size: size, BlockSize: uint32(bs)})
 			if err != nil {
 				return err
 			}
@@ -47,7 +59,7 @@ func newCreateCommand(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&o.size, "size", "", "volume size, e.g. 10G, 512M (a multiple of the block size)")
-	cmd.Flags().Uint32Var(&o.blockSize, "block-size", 4096, "block size in bytes (power of two, 512 to 1M)")
+	cmd.Flags().StringVar(&o.blockSize, "block-size", "4K", "block size: a power of two from 512 to 1M, e.g. 512, 4K, 64K")
 	return cmd
 }
 

@@ -74,3 +74,17 @@ func FormatSize(n uint64) string {
 	s = strings.TrimSuffix(s, ".0")
 	return s + " " + units[i]
 }
+
+// ParsePowerOfTwo parses s as ParseSize does and also requires a power of
+// two in [lo, hi] (block sizes), with an error naming the input and the
+// allowed range.
+func ParsePowerOfTwo(s string, lo, hi uint64) (uint64, error) {
+	n, err := ParseSize(s)
+	if err != nil {
+		return 0, err
+	}
+	if n < lo || n > hi || n&(n-1) != 0 {
+		return 0, fmt.Errorf("invalid size %q: want a power of two from %s to %s", s, FormatSize(lo), FormatSize(hi))
+	}
+	return n, nil
+}
