@@ -4,13 +4,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
+	"time"
 
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
 	"gocloud.dev/blob/s3blob"
 )
+
+// s3ResponseTimeout bounds each attempt's wait for the response headers once
+// its request is sent: a store that accepts connections but never answers
+// (stopped, wedged) fails the attempt instead of holding it forever, so the
+// SDK's retries (its standard retryer: 3 attempts, backoff up to 20 s) add up
+// to a bounded time even for callers without a deadline. It is generous
+// because S3 answers a PUT only after storing the whole body; callers that
+// need a tighter bound give each request a context deadline (the volume's
+// StoreTimeout), which covers all of the SDK's attempts together, so
+// retries can never stretch it.
+const s3ResponseTimeout = 60 * time.Second
+
+// newS3HTTPClient is the SDK's default HTTP client with a response-header
+// timeout per attempt.
+func newS3HTTPClient(responseTimeout time.Duration) *awshttp.BuildableClient {
+	return awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
+		tr.ResponseHeaderTimeout = responseTimeout
+	})
+}
 
 // openS3 opens an s3:// pool root. The AWS configuration (credentials,
 // default region, retries) comes from the SDK's standard chain; the URL only
@@ -26,6 +48,8 @@ func (o *Opener) openS3(ctx context.Context, u *url.URL, q url.Values) (Store, e
 	}
 	if o.HTTPClient != nil {
 		opts = append(opts, config.WithHTTPClient(o.HTTPClient))
+	} else {
+		opts = append(opts, config.WithHTTPClient(newS3HTTPClient(s3ResponseTimeout)))
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
