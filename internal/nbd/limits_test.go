@@ -237,3 +237,22 @@ func TestFencedExportRefusesNewClients(t *testing.T) {
 	default:
 	}
 }
+
+func TestFitMaxConns(t *testing.T) {
+	for _, c := range []struct {
+		want    int
+		limit   uint64
+		reserve int
+		out     int
+	}{
+		{1024, 1 << 20, 256, 1024}, // plenty of descriptors
+		{1024, 1024, 256, 768},     // the reserve comes off the limit
+		{3, 1024, 256, 3},          // a smaller request stands
+		{1024, 100, 256, 8},        // a tiny limit still serves a few
+		{1024, 0, 256, 1024},       // unknown limit
+	} {
+		if got := FitMaxConns(c.want, c.limit, c.reserve); got != c.out {
+			t.Errorf("FitMaxConns(%d, %d, %d) = %d, want %d", c.want, c.limit, c.reserve, got, c.out)
+		}
+	}
+}

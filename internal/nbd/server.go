@@ -555,12 +555,12 @@ func (s *Server) enterTransmission(c *conn, e *exportEntry) bool {
 // stay free for everything else (object-store sockets, cache files, logs)
 // under an RLIMIT_NOFILE of fdLimit: connections that exhaust the
 // descriptors make uploads fail and leave existing clients unanswered.
-// The result is at least minConns, however small the limit.
+// The result is at least 8 (or want, if smaller), however small the limit.
 func FitMaxConns(want int, fdLimit uint64, reserve int) int {
 	const minConns = 8
 	if fdLimit == 0 || fdLimit > 1<<30 {
 		return want // unknown or effectively unlimited
 	}
 	room := int(fdLimit) - reserve
-	return max(min(want, room), minConns)
+	return min(want, max(room, minConns))
 }
