@@ -216,10 +216,14 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 		return err
 	}
 	c, err := cache.Open(a.cfg.CacheDir, a.cfg.CacheSize, cache.Options{Logger: a.log})
-	if err != nil {
-		if errors.Is(err, cache.ErrLocked) {
-			return fmt.Errorf("agent: %w (another urldisk process uses %s: give each agent its own --cache)", err, a.cfg.CacheDir)
-		}
+	switch {
+	case errors.Is(err, cache.ErrLocked):
+		return fmt.Errorf("agent: %w (another urldisk process uses %s: give each agent its own --cache)", err, a.cfg.CacheDir)
+	case errors.Is(err, cache.ErrUnusable):
+		// Machines still run, reading from the store; c stays nil (its
+		// Close is a no-op).
+		a.log.Warn("cache unusable; machines read every block from the object store", "dir", a.cfg.CacheDir, "err", err)
+	case err != nil:
 		return fmt.Errorf("agent: %w", err)
 	}
 	a.cache = c

@@ -73,7 +73,7 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 		return nil, fmt.Errorf("machine %s: open pool: %w", p.Name, err)
 	}
 	attachStart := time.Now()
-	v, err := pool.Open(ctx, volName, volume.Options{Cache: a.cache, Logger: log})
+	v, err := pool.Open(ctx, volName, volume.Options{Cache: a.volumeCache(), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: attach %s: %w", p.Name, objstore.Redact(p.Spec.Volume), err)
 	}
@@ -248,4 +248,14 @@ feed:
 	close(pages)
 	wg.Wait()
 	log.Info("prefetched the previous host's working set", "pages", n, "of", len(tr.Pages), "from", tr.Host, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// volumeCache is the host cache as volumes take it: a nil interface when
+// the agent runs without one (a nil *cache.Cache in the interface would be
+// called).
+func (a *Agent) volumeCache() volume.Cache {
+	if a.cache == nil {
+		return nil
+	}
+	return a.cache
 }
