@@ -86,6 +86,7 @@ Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never the URL.`,
 		newPolicyCommand(g),
 		newGCCommand(g),
 		newDUCommand(g),
+		newVerifyCommand(g),
 		newAgentCommand(g), newMachineCommand(g), newMigrateCommand(g), newDrainCommand(g), newUndrainCommand(g), newHostsCommand(g),
 	)
 	return root
