@@ -1,6 +1,7 @@
-// Package testpki makes a throwaway CA and a server certificate it signed
-// (valid for 127.0.0.1 and localhost), as PEM files, for tests of TLS
-// listeners run as real processes or configured by file name.
+// Package testpki makes a throwaway CA, a server certificate it signed
+// (valid for 127.0.0.1 and localhost) and a client certificate, as PEM
+// files, for tests of TLS listeners run as real processes or configured by
+// file name.
 package testpki
 
 import (
@@ -25,6 +26,11 @@ type PKI struct {
 	CAFile, CertFile, KeyFile string
 	// Pool holds the CA, for in-process clients.
 	Pool *x509.CertPool
+	// CertsDir and ClientDir are libnbd/qemu tls-certificates
+	// directories: CertsDir holds only ca-cert.pem (a client without a
+	// certificate), ClientDir also client-cert.pem and client-key.pem, a
+	// client certificate the CA signed.
+	CertsDir, ClientDir string
 }
 
 // New makes a CA and a server certificate valid for a day.
@@ -66,5 +72,25 @@ func New(t testing.TB) *PKI {
 	must(os.WriteFile(p.CAFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644))
 	must(os.WriteFile(p.CertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644))
 	must(os.WriteFile(p.KeyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600))
+
+	ckey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(err)
+	ctmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(3), Subject: pkix.Name{CommonName: "urldisk test client"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	cder, err := x509.CreateCertificate(rand.Reader, ctmpl, caCert, &ckey.PublicKey, caKey)
+	must(err)
+	ckeyDER, err := x509.MarshalPKCS8PrivateKey(ckey)
+	must(err)
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})
+	p.CertsDir, p.ClientDir = filepath.Join(dir, "nbd-certs"), filepath.Join(dir, "nbd-client")
+	for _, d := range []string{p.CertsDir, p.ClientDir} {
+		must(os.Mkdir(d, 0o700))
+		must(os.WriteFile(filepath.Join(d, "ca-cert.pem"), caPEM, 0o644))
+	}
+	must(os.WriteFile(filepath.Join(p.ClientDir, "client-cert.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cder}), 0o644))
+	must(os.WriteFile(filepath.Join(p.ClientDir, "client-key.pem"), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ckeyDER}), 0o600))
 	return p
 }
