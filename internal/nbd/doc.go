@@ -55,7 +55,16 @@
 //
 // Requests run concurrently: up to Options.MaxInFlight per connection,
 // answered in completion order, with at most Options.MaxBufferBytes of
-// payload buffers held per connection. A client that waits for each reply
+// payload buffers held per connection and Options.MaxQueuedBytes over all
+// connections (a connection over it stops reading requests until buffers
+// are released). A reply write blocked for Options.ReplyTimeout (the client
+// does not read) closes the connection. Serve keeps at most
+// Options.MaxConns connections open and closes further ones at accept.
+//
+// An export whose device fails a call with blockdev.ErrFenced is marked
+// fenced (also by Server.MarkFenced): NBD_OPT_GO and NBD_OPT_INFO for it
+// get NBD_REP_ERR_SHUTDOWN, NBD_OPT_EXPORT_NAME a closed connection, and
+// Options.OnFenced is called once. A client that waits for each reply
 // before sending its next request has its small requests executed by the
 // connection's reader without a hand-off to a worker, unless a device call
 // turns out slow (see session.go).
