@@ -1,28 +1,22 @@
 package nbd
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"io"
-	"math/big"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/testutil/testpki"
 )
 
-// testPKI is a throwaway CA and a server certificate it signed, valid for
-// 127.0.0.1 and localhost.
+// testPKI is testpki's CA, server certificate (valid for 127.0.0.1 and
+// localhost) and client certificate, loaded for in-process use.
 type testPKI struct {
-	caPEM     []byte
 	pool      *x509.CertPool
 	server    tls.Certificate
 	client    tls.Certificate // a client certificate the CA signed
@@ -32,89 +26,16 @@ type testPKI struct {
 
 func newTestPKI(t testing.TB) *testPKI {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	files := testpki.New(t)
+	server, err := tls.LoadX509KeyPair(files.CertFile, files.KeyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "urldisk test CA"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	client, err := tls.LoadX509KeyPair(filepath.Join(files.ClientDir, "client-cert.pem"), filepath.Join(files.ClientDir, "client-key.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &testPKI{
-		caPEM:  pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pool:   x509.NewCertPool(),
-		server: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key},
-	}
-	p.pool.AddCert(caCert)
-	p.certsDir = t.TempDir()
-	if err := os.WriteFile(filepath.Join(p.certsDir, "ca-cert.pem"), p.caPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-
-	ckey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(3),
-		Subject:      pkix.Name{CommonName: "urldisk test client"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	cder, err := x509.CreateCertificate(rand.Reader, ctmpl, caCert, &ckey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ckeyDER, err := x509.MarshalPKCS8PrivateKey(ckey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.client = tls.Certificate{Certificate: [][]byte{cder}, PrivateKey: ckey}
-	p.clientDir = t.TempDir()
-	for name, data := range map[string][]byte{
-		"ca-cert.pem":     p.caPEM,
-		"client-cert.pem": pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cder}),
-		"client-key.pem":  pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: ckeyDER}),
-	} {
-		if err := os.WriteFile(filepath.Join(p.clientDir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p
+	return &testPKI{pool: files.Pool, server: server, client: client, certsDir: files.CertsDir, clientDir: files.ClientDir}
 }
 
 func (p *testPKI) serverConfig() *tls.Config {
