@@ -124,14 +124,17 @@ func (v *View) pick(host, exclude string) (string, error) {
 	return h, nil
 }
 
-// sameVolume reports whether two volume URLs name the same volume.
+// sameVolume reports whether two volume URLs name the same volume. It
+// compares canonical forms (file:// paths cleaned, options sorted), not
+// redacted ones: two spellings of one volume must not pass as two, or two
+// machines would run on it and fence each other.
 func sameVolume(a, b string) bool {
-	pa, na, err1 := objstore.SplitVolumeURL(a)
-	pb, nb, err2 := objstore.SplitVolumeURL(b)
+	ca, err1 := objstore.CanonicalVolumeURL(a)
+	cb, err2 := objstore.CanonicalVolumeURL(b)
 	if err1 != nil || err2 != nil {
 		return a == b
 	}
-	return na == nb && objstore.Redact(pa) == objstore.Redact(pb)
+	return ca == cb
 }
 
 // Run creates machine name with spec on host ("" picks the least loaded

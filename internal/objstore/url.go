@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -178,12 +179,25 @@ func filePath(u *url.URL, q url.Values) (string, error) {
 	if u.Path == "" || !filepath.IsAbs(u.Path) {
 		return "", fmt.Errorf("%w: %s: file URLs need an absolute path (file:///abs/dir)", ErrBadURL, redactURL(u))
 	}
-	for c := range strings.SplitSeq(u.Path, "/") {
-		if c == "." || c == ".." {
-			return "", fmt.Errorf("%w: %s: '.' and '..' are not allowed in file paths", ErrBadURL, redactURL(u))
+	if hasDotDot(u.Path) {
+		return "", fmt.Errorf("%w: %s: '..' is not allowed in file paths", ErrBadURL, redactURL(u))
+	}
+	// "//" and "." are cleaned away, so every spelling of a directory is one
+	// pool (see SplitVolumeURL).
+	return filepath.Clean(u.Path), nil
+}
+
+// hasDotDot reports whether a slash-separated path has a ".." element.
+// Those are refused rather than cleaned: path.Clean resolves "a/.." by
+// text, the kernel through a's symlink, so the two can name different
+// directories.
+func hasDotDot(p string) bool {
+	for c := range strings.SplitSeq(p, "/") {
+		if c == ".." {
+			return true
 		}
 	}
-	return filepath.Clean(u.Path), nil
+	return false
 }
 
 // s3Options are the query options of s3:// URLs.
@@ -303,10 +317,43 @@ func SplitVolumeURL(raw string) (poolURL, name string, err error) {
 		return "", "", fmt.Errorf("split %s: %w", Redact(raw), err)
 	}
 	poolURL = before[:i]
+	if u.Scheme == "file" && !hasDotDot(u.Path) {
+		// One directory, one pool URL: file:///var/tmp//pool,
+		// file:///var/tmp/./pool and file://localhost/var/tmp/pool all
+		// become file:///var/tmp/pool. Otherwise two spellings pass as two
+		// volumes (two machines on one volume, fencing each other).
+		dir := path.Clean(u.Path[:strings.LastIndexByte(u.Path, '/')+1])
+		poolURL = (&url.URL{Scheme: "file", Path: dir}).String()
+		if dir == "/" {
+			poolURL = "file://" // as before: the root is no pool
+		}
+	}
 	if hasQuery {
 		poolURL += "?" + query
 	}
 	return poolURL, name, nil
+}
+
+// CanonicalVolumeURL returns one spelling for every URL of a volume: the
+// pool URL as SplitVolumeURL returns it (file:// paths cleaned), the name,
+// and the query options sorted. Two URLs name the same volume if and only
+// if their canonical forms are equal. The result is not redacted: compare
+// it, do not log it.
+func CanonicalVolumeURL(raw string) (string, error) {
+	poolURL, name, err := SplitVolumeURL(raw)
+	if err != nil {
+		return "", err
+	}
+	base, query, _ := strings.Cut(poolURL, "?")
+	s := strings.TrimSuffix(base, "/") + "/" + name
+	if query != "" {
+		q, err := url.ParseQuery(query)
+		if err != nil {
+			return "", fmt.Errorf("%w: %s: malformed query string", ErrBadURL, Redact(raw))
+		}
+		s += "?" + q.Encode()
+	}
+	return s, nil
 }
 
 // safeOptions are query options whose values may appear in logs.

@@ -204,6 +204,11 @@ func TestSplitVolumeURL(t *testing.T) {
 		{"s3://b/a/b/c/vol.2_x", "s3://b/a/b/c", "vol.2_x"},
 		{"file:///var/lib/urldisk/pool/db", "file:///var/lib/urldisk/pool", "db"},
 		{"file:///db", "file://", "db"},
+		// Regression (issue 16): spellings of one directory are one pool.
+		{"file:///var/tmp//pool/web-1", "file:///var/tmp/pool", "web-1"},
+		{"file:///var/tmp/./pool/web-1", "file:///var/tmp/pool", "web-1"},
+		{"file://localhost/var/tmp/pool//web-1", "file:///var/tmp/pool", "web-1"},
+		{"file:///var/tmp/my%20pool/v", "file:///var/tmp/my%20pool", "v"},
 		{"mem://test/pool/v", "mem://test/pool", "v"},
 		{"mem:///v", "mem://", "v"},
 		{"mem://t/v?", "mem://t?", "v"},
@@ -260,5 +265,62 @@ func TestValidateKey(t *testing.T) {
 		if err := objstore.ValidateKey(k); !errors.Is(err, objstore.ErrBadKey) {
 			t.Errorf("ValidateKey(%q) = %v, want ErrBadKey", k, err)
 		}
+	}
+}
+
+// Regression (issue 16): file:///var/tmp//pool/web-1 and
+// file:///var/tmp/./pool/web-1 were two volumes to the fleet, which let two
+// machines run on one volume.
+func TestCanonicalVolumeURL(t *testing.T) {
+	same := [][]string{
+		{"file:///var/tmp/pool/web-1", "file:///var/tmp//pool/web-1", "file:///var/tmp/./pool/web-1",
+			"file://localhost/var/tmp/pool/web-1", "file:////var/tmp/pool/./web-1"},
+		{"s3://b/p/v?region=r&endpoint=http://h:1", "s3://b/p/v?endpoint=http://h:1&region=r"},
+		{"mem:///v", "mem:///v"},
+	}
+	var canon []string
+	for _, group := range same {
+		want, err := objstore.CanonicalVolumeURL(group[0])
+		if err != nil {
+			t.Fatalf("CanonicalVolumeURL(%q): %v", group[0], err)
+		}
+		for _, u := range group[1:] {
+			if got, err := objstore.CanonicalVolumeURL(u); err != nil || got != want {
+				t.Errorf("CanonicalVolumeURL(%q) = %q, %v; want %q like %q", u, got, err, want, group[0])
+			}
+		}
+		canon = append(canon, want)
+	}
+	for _, u := range []string{"file:///var/tmp/pool/web-2", "file:///var/tmp/pool2/web-1", "file:///var/pool/web-1",
+		"s3://b/p/v?region=other&endpoint=http://h:1", "mem://x/v"} {
+		got, err := objstore.CanonicalVolumeURL(u)
+		if err != nil {
+			t.Fatalf("CanonicalVolumeURL(%q): %v", u, err)
+		}
+		for _, c := range canon {
+			if got == c {
+				t.Errorf("CanonicalVolumeURL(%q) = %q, the same as another volume's", u, got)
+			}
+		}
+	}
+	if _, err := objstore.CanonicalVolumeURL("file:///var/tmp/pool/"); !errors.Is(err, objstore.ErrBadURL) {
+		t.Errorf("CanonicalVolumeURL without a name: %v, want ErrBadURL", err)
+	}
+
+	// The cleaned spellings open the same directory; ".." stays refused,
+	// since the kernel resolves it through symlinks and path.Clean does not.
+	dir := t.TempDir()
+	for _, u := range []string{"file://" + dir + "/./pool", "file://" + dir + "//pool"} {
+		s := open(t, &objstore.Opener{}, u)
+		if err := s.Put(t.Context(), "k", []byte(u)); err != nil {
+			t.Fatalf("Put via %s: %v", u, err)
+		}
+		s.Close()
+		if b, err := os.ReadFile(filepath.Join(dir, "pool", "k")); err != nil || string(b) != u {
+			t.Errorf("Put via %s landed elsewhere: %q, %v", u, b, err)
+		}
+	}
+	if _, err := objstore.Open(t.Context(), "file://"+dir+"/x/../pool"); !errors.Is(err, objstore.ErrBadURL) || !strings.Contains(err.Error(), "'..'") {
+		t.Errorf("Open with '..': %v, want ErrBadURL naming '..'", err)
 	}
 }
