@@ -228,6 +228,7 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 	}
 	a.cache = c
 	a.metrics = newMetrics(c)
+	a.metrics.reg.MustRegister(newVolumeCollector(a.volumeStats))
 	ln, err := listen(a.cfg.Listen)
 	if err != nil {
 		c.Close()

@@ -5,6 +5,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/volume"
 )
 
 // metrics are the agent's Prometheus metrics, in its own registry (no
@@ -104,4 +105,68 @@ func (m *metrics) forMachine(name string) *machineMetrics {
 		errors:   m.ioErrors.MustCurryWith(l),
 		flush:    m.flush.With(l),
 	}
+}
+
+// volumeCollector publishes each running machine's volume.Stats (record
+// uploads and a stalled object store) at scrape time: volumes come and go
+// with their machines, so the values are read when asked, not kept.
+type volumeCollector struct {
+	stats                                                     func() map[string]volume.Stats // by machine name
+	pending, stalled, oldest, retries, timeouts, flushTimeout *prometheus.Desc
+}
+
+func newVolumeCollector(stats func() map[string]volume.Stats) *volumeCollector {
+	d := func(name, help string) *prometheus.Desc {
+		return prometheus.NewDesc(name, help, []string{"machine"}, nil)
+	}
+	return &volumeCollector{
+		stats:        stats,
+		pending:      d("urldisk_agent_volume_pending_uploads", "Record uploads not finished yet (including queued ones), by machine."),
+		stalled:      d("urldisk_agent_volume_stalled_uploads", "Record uploads waiting longer than the stall warning (5 s): the object store does not answer."),
+		oldest:       d("urldisk_agent_volume_oldest_pending_upload_seconds", "Age of the oldest unfinished record upload (0: none)."),
+		retries:      d("urldisk_agent_volume_upload_retries_total", "Record upload requests that failed and were retried."),
+		timeouts:     d("urldisk_agent_volume_store_request_timeouts_total", "Record upload requests cut by the per-request store timeout."),
+		flushTimeout: d("urldisk_agent_volume_flush_timeouts_total", "Flushes that gave up after the flush timeout (EIO; the data stayed queued)."),
+	}
+}
+
+func (c *volumeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.pending, c.stalled, c.oldest, c.retries, c.timeouts, c.flushTimeout} {
+		ch <- d
+	}
+}
+
+func (c *volumeCollector) Collect(ch chan<- prometheus.Metric) {
+	for name, s := range c.stats() {
+		ch <- prometheus.MustNewConstMetric(c.pending, prometheus.GaugeValue, float64(s.PendingUploads), name)
+		ch <- prometheus.MustNewConstMetric(c.stalled, prometheus.GaugeValue, float64(s.StalledUploads), name)
+		ch <- prometheus.MustNewConstMetric(c.oldest, prometheus.GaugeValue, s.OldestPendingAge.Seconds(), name)
+		ch <- prometheus.MustNewConstMetric(c.retries, prometheus.CounterValue, float64(s.UploadRetries), name)
+		ch <- prometheus.MustNewConstMetric(c.timeouts, prometheus.CounterValue, float64(s.RequestTimeouts), name)
+		ch <- prometheus.MustNewConstMetric(c.flushTimeout, prometheus.CounterValue, float64(s.FlushTimeouts), name)
+	}
+}
+
+// volumeStats returns the upload statistics of the running machines'
+// volumes, by machine name.
+func (a *Agent) volumeStats() map[string]volume.Stats {
+	a.mu.Lock()
+	rs := make([]*runner, 0, len(a.runners))
+	for _, r := range a.runners {
+		rs = append(rs, r)
+	}
+	a.mu.Unlock()
+	out := map[string]volume.Stats{}
+	for _, r := range rs {
+		r.mu.Lock()
+		d := r.dev
+		r.mu.Unlock()
+		if d == nil {
+			continue
+		}
+		if v, ok := d.Device.(*volume.Volume); ok {
+			out[r.name] = v.Stats()
+		}
+	}
+	return out
 }
