@@ -85,8 +85,9 @@ type Options struct {
 	// never less than MaxBufferBytes.
 	MaxQueuedBytes int64
 	// ReplyTimeout is how long sending one reply may block because the
-	// client does not read: after it the connection is closed and its
-	// buffers are released. Default 1 minute.
+	// client does not read: after it (at least 7/8 of it, see
+	// replyWriter.arm) the connection is closed and its buffers are
+	// released. Default 1 minute.
 	ReplyTimeout time.Duration
 	// OnFenced, if set, is called (on a goroutine of its own) once per
 	// export when a device call of that export first fails with
