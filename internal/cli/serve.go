@@ -210,7 +210,7 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	}
 	defer ln.Close() // also closed by srv.Shutdown; closing twice is harmless
 	if a, ok := ln.Addr().(*net.TCPAddr); ok && tlsConf == nil && !a.IP.IsLoopback() {
-		log.Warn("serving NBD over TCP on a non-loopback address WITHOUT TLS: anyone who can reach it can read and write the volumes (use --tls-cert/--tls-key)", "addr", a.String())
+		log.Warn("serving NBD over TCP on a non-loopback address WITHOUT TLS: anyone who can reach it can read and write the volumes (use --tls-cert/--tls-key)", "listen", spec, "addr", a.String())
 	}
 	maxConns := o.maxConns
 	if fdLimit, err := nbd.RaiseFDLimit(); err != nil {

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -234,5 +236,48 @@ func TestFencedServeExits(t *testing.T) {
 	if c, err := net.DialTimeout("unix", a.Socket, time.Second); err == nil {
 		c.Close()
 		t.Error("the exited serve's socket still accepts connections")
+	}
+}
+
+// TestServeHardeningFlags: bad values of the hardening flags are refused
+// with errors naming them, and a plaintext TCP listener on a non-loopback
+// address logs one warning naming the address (a loopback one none).
+func TestServeHardeningFlags(t *testing.T) {
+	pki := testpki.New(t)
+	vol := volURL(filePool(t), "f")
+	createVolume(t, vol, "8M")
+	notPEM := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--tls-client-ca", pki.CAFile}, "--tls-client-ca needs --tls-cert and --tls-key"},
+		{[]string{"--tls-cert", pki.CertFile, "--tls-key", pki.KeyFile, "--tls-client-ca", notPEM}, "no PEM certificate"},
+		{[]string{"--tls-cert", pki.CertFile, "--tls-key", pki.KeyFile, "--tls-client-ca", notPEM + ".missing"}, "read --tls-client-ca"},
+		{[]string{"--max-conns", "0"}, "--max-conns 0: want at least 1"},
+		{[]string{"--handshake-timeout", "0s"}, "--handshake-timeout 0s: want a positive duration"},
+	} {
+		args := append([]string{"serve", "--listen", "unix:" + filepath.Join(t.TempDir(), "s.sock"), "--no-cache"}, c.args...)
+		r := runServeBriefly(t, append(args, vol)...)
+		if r.code != 1 || !strings.Contains(r.stderr, c.want) {
+			t.Errorf("want exit 1 saying %q:\n%s", c.want, r)
+		}
+	}
+
+	s := startServe(t, vol, "--listen", "tcp:0.0.0.0:0")
+	if !s.StderrHas("WITHOUT TLS") || !strings.Contains(s.Stderr(), "listen=tcp:0.0.0.0:0") {
+		t.Errorf("no warning naming the non-loopback plaintext listener:\n%s", s.Stderr())
+	}
+	if n := strings.Count(s.Stderr(), "WITHOUT TLS"); n != 1 {
+		t.Errorf("%d plaintext warnings, want 1:\n%s", n, s.Stderr())
+	}
+	s.StopOK()
+	l := startServe(t, vol, "--listen", "tcp:127.0.0.1:0")
+	l.StopOK()
+	if strings.Contains(l.Stderr(), "WITHOUT TLS") {
+		t.Errorf("plaintext warning for a loopback listener:\n%s", l.Stderr())
 	}
 }
