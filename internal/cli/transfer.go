@@ -21,15 +21,15 @@ import (
 
 const transferBlock = 4 << 20
 
-// newProgress returns a byte progress bar on stderr when it is a terminal,
-// else a silent one.
-func newProgress(cmd *cobra.Command, total int64, what string) *progressbar.ProgressBar {
+// newProgress returns a byte progress bar writing to w when stderr is a
+// terminal, else a silent one.
+func newProgress(w io.Writer, total int64, what string) *progressbar.ProgressBar {
 	if !isTerminal(os.Stderr) {
 		return progressbar.DefaultBytesSilent(total, what)
 	}
 	return progressbar.NewOptions64(total,
 		progressbar.OptionSetDescription(what),
-		progressbar.OptionSetWriter(cmd.ErrOrStderr()),
+		progressbar.OptionSetWriter(w),
 		progressbar.OptionShowBytes(true),
 		progressbar.OptionShowTotalBytes(true),
 		progressbar.OptionThrottle(100e6),
@@ -115,7 +115,7 @@ func newImportCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			bar := newProgress(cmd, fileSize, "import")
+			bar := newProgress(cmd.ErrOrStderr(), fileSize, "import")
 			err = importFile(ctx, f, fileSize, v, existed, bar)
 			if cerr := v.Close(context.WithoutCancel(ctx)); err == nil {
 				err = cerr
@@ -167,21 +167,27 @@ func importFile(ctx context.Context, f *os.File, size int64, v *volume.Volume, z
 // writeNonZero writes the runs of p that are not all zeros (in 64 KiB
 // granules); zero runs are skipped, or written as zero extents if zeroHoles.
 func writeNonZero(ctx context.Context, v *volume.Volume, p []byte, off int64, zeroHoles bool) error {
-	const granule = 64 << 10
+	return nonZeroRuns(p, 64<<10, func(i, j int, zero bool) error {
+		switch {
+		case !zero:
+			return v.WriteAt(ctx, p[i:j], off+int64(i))
+		case zeroHoles:
+			return v.WriteZeroes(ctx, off+int64(i), int64(j-i))
+		}
+		return nil
+	})
+}
+
+// nonZeroRuns calls fn for each maximal run p[i:j] of granules that are all
+// zero or all not, in order; the last granule may be short.
+func nonZeroRuns(p []byte, granule int, fn func(i, j int, zero bool) error) error {
 	for i := 0; i < len(p); {
 		j := i
 		zero := allZero(p[i:min(i+granule, len(p))])
 		for j < len(p) && allZero(p[j:min(j+granule, len(p))]) == zero {
 			j = min(j+granule, len(p))
 		}
-		var err error
-		switch {
-		case !zero:
-			err = v.WriteAt(ctx, p[i:j], off+int64(i))
-		case zeroHoles:
-			err = v.WriteZeroes(ctx, off+int64(i), int64(j-i))
-		}
-		if err != nil {
+		if err := fn(i, j, zero); err != nil {
 			return err
 		}
 		i = j
@@ -189,89 +195,131 @@ func writeNonZero(ctx context.Context, v *volume.Volume, p []byte, off int64, ze
 	return nil
 }
 
+// exportOptions are export's arguments and flags.
+type exportOptions struct {
+	url   string // volume URL, optionally URL@POINT
+	file  string // output raw image
+	force bool   // overwrite file if it exists
+}
+
 func newExportCommand(g *globals) *cobra.Command {
-	var force bool
+	var o exportOptions
 	cmd := &cobra.Command{
 		Use:   "export URL FILE",
-		Short: "Copy a volume into a raw image file (sparse: unwritten ranges stay holes)",
+		Short: "Copy a volume into a raw image file (sparse: only written ranges are allocated)",
 		Args:  exactArgs(2, "a volume URL and a file"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], false)
-			if err != nil {
-				return err
-			}
-			defer p.Store().Close()
-			// A private cache makes readahead useful for this one pass. It
-			// is only an optimisation: if it cannot be made (read-only or
-			// full $TMPDIR), export reads everything from the store.
-			vopts := volume.Options{ReadOnly: true, Logger: g.log}
-			c, cdir, err := openExportCache(g.log)
-			if err != nil {
-				g.log.Warn("export cache unusable; reading every block from the object store", "err", err)
-			} else {
-				defer os.RemoveAll(cdir)
-				defer c.Close()
-				vopts.Cache = c
-			}
-			v, err := p.Open(ctx, name, vopts)
-			if err != nil {
-				return err
-			}
-			defer v.Close(ctx)
-			flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
-			if force {
-				flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
-			}
-			out, err := os.OpenFile(args[1], flags, 0o644)
-			if err != nil {
-				if errors.Is(err, os.ErrExist) {
-					return fmt.Errorf("export: %s exists (use --force to overwrite)", args[1])
-				}
-				return fmt.Errorf("export: %w", err)
-			}
-			bar := newProgress(cmd, v.Size(), "export")
-			err = exportVolume(ctx, v, out, bar)
-			if serr := out.Sync(); err == nil {
-				err = serr
-			}
-			if cerr := out.Close(); err == nil {
-				err = cerr
-			}
-			bar.Finish()
-			if err != nil {
-				os.Remove(args[1])
-				return fmt.Errorf("export %s: %w", name, err)
-			}
-			printf(cmd.OutOrStdout(), "exported %s (%s) to %s\n", name, units.FormatSize(uint64(v.Size())), filepath.Clean(args[1]))
-			return nil
+			o.url, o.file = args[0], args[1]
+			return runExport(cmd.Context(), g.log, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().BoolVar(&force, "force", false, "overwrite FILE if it exists")
+	cmd.Flags().BoolVar(&o.force, "force", false, "overwrite FILE if it exists")
 	return cmd
 }
 
-func exportVolume(ctx context.Context, v *volume.Volume, out *os.File, bar *progressbar.ProgressBar) error {
-	size := v.Size()
-	if err := out.Truncate(size); err != nil {
+// runExport copies volume o.url into the raw image o.file. The file is
+// created first, so the commonest mistake (it exists) is reported before a
+// pool is opened or a cache made; on any failure it is removed again.
+func runExport(ctx context.Context, log *slog.Logger, o exportOptions, stdout, stderr io.Writer) error {
+	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
+	if o.force {
+		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
+	}
+	out, err := os.OpenFile(o.file, flags, 0o644)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("export: %s exists (use --force to overwrite)", o.file)
+	}
+	if err != nil {
+		return fmt.Errorf("create export file: %w", err)
+	}
+	name, size, err := exportURL(ctx, log, o.url, out, stderr)
+	if serr := out.Sync(); err == nil && serr != nil {
+		err = fmt.Errorf("sync %s: %w", o.file, serr)
+	}
+	if cerr := out.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close %s: %w", o.file, cerr)
+	}
+	if err != nil {
+		os.Remove(o.file)
 		return err
 	}
+	printf(stdout, "exported %s (%s) to %s\n", name, units.FormatSize(uint64(size)), filepath.Clean(o.file))
+	return nil
+}
+
+// exportURL attaches volume rawURL read-only and copies it into out; it
+// returns the volume's name and size.
+func exportURL(ctx context.Context, log *slog.Logger, rawURL string, out *os.File, stderr io.Writer) (string, int64, error) {
+	p, name, err := openVolumeURL(ctx, log, rawURL, false)
+	if err != nil {
+		return "", 0, err
+	}
+	defer p.Store().Close()
+	// A private cache makes readahead useful for this one pass. It is only
+	// an optimisation: if it cannot be made (read-only or full $TMPDIR),
+	// export reads everything from the store.
+	vopts := volume.Options{ReadOnly: true, Logger: log}
+	c, cdir, err := openExportCache(log)
+	if err != nil {
+		log.Warn("export cache unusable; reading every block from the object store", "err", err)
+	} else {
+		defer os.RemoveAll(cdir)
+		defer c.Close()
+		vopts.Cache = c
+	}
+	v, err := p.Open(ctx, name, vopts)
+	if err != nil {
+		return "", 0, err
+	}
+	defer v.Close(context.WithoutCancel(ctx))
+	if err := exportVolume(ctx, v, out, stderr); err != nil {
+		return "", 0, fmt.Errorf("export %s: %w", name, err)
+	}
+	return name, v.Size(), nil
+}
+
+// exportGranule is the unit in which export looks for zeros inside mapped
+// data: a filesystem block, so a zero page written as data still becomes a
+// hole.
+const exportGranule = 4 << 10
+
+// exportVolume writes v into out, a new or truncated file, as a sparse raw
+// image: out is sized to the volume (all hole), then only the volume's mapped ranges are read and
+// written, so unmapped space costs neither a read nor an allocated block.
+// The progress bar counts mapped bytes, the work actually done.
+func exportVolume(ctx context.Context, v *volume.Volume, out *os.File, stderr io.Writer) error {
+	if err := out.Truncate(v.Size()); err != nil {
+		return fmt.Errorf("size output: %w", err)
+	}
+	var ranges []volume.Range
+	var total int64
+	for r := range v.MappedRanges() {
+		ranges = append(ranges, r)
+		total += r.Len
+	}
+	bar := newProgress(stderr, total, "export")
+	defer bar.Finish()
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(4)
-	for off := int64(0); off < size; off += transferBlock {
-		g.Go(func() error {
-			buf := make([]byte, min(transferBlock, size-off))
-			if err := v.ReadAt(gctx, buf, off); err != nil {
-				return err
-			}
-			if !allZero(buf) {
-				if _, err := out.WriteAt(buf, off); err != nil {
+	for _, r := range ranges {
+		for off := r.Off; off < r.End(); off += transferBlock {
+			n := min(transferBlock, r.End()-off)
+			g.Go(func() error {
+				buf := make([]byte, n)
+				if err := v.ReadAt(gctx, buf, off); err != nil {
 					return err
 				}
-			}
-			bar.Add64(int64(len(buf)))
-			return nil
-		})
+				err := nonZeroRuns(buf, exportGranule, func(i, j int, zero bool) error {
+					if zero {
+						return nil
+					}
+					_, err := out.WriteAt(buf[i:j], off+int64(i))
+					return err
+				})
+				bar.Add64(n)
+				return err
+			})
+		}
 	}
 	return g.Wait()
 }
