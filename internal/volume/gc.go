@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/gcplan"
 	"github.com/urldisk/urldisk/internal/journal"
 	"github.com/urldisk/urldisk/internal/objstore"
 )
@@ -60,73 +61,44 @@ type GCReport struct {
 	DryRun       bool     `json:"dry_run"`
 }
 
-type recRef struct {
-	vol string
-	seq uint64
-}
-
-// gcVol is what the scan learned about one volume.
-type gcVol struct {
-	id      string
-	desc    *format.VolumeDesc // nil if the descriptor is gone
-	name    string             // bound name, "" if none
-	objects []objstore.ObjectInfo
-	logs    map[uint64]objstore.ObjectInfo
-	snaps   map[uint64]objstore.ObjectInfo
-	// removedCkpts are checkpoint labels removed less than the grace period
-	// ago: a clone may still be reading them.
-	removedCkpts []string
-	tombstone    *objstore.ObjectInfo
-	hasDescObj   bool
-	young        bool // some object is younger than the grace period
-	// state: live (named), protected (being created or recently deleted:
-	// marked, nothing deleted), or deleted (collectable).
-	state gcState
-	// base is the newest snapshot older than the retention window: records
-	// at or below it are not needed to replay any retained point.
-	base     uint64
-	hasBase  bool
-	keepSnap map[uint64]string
-}
-
-type gcState int
-
-const (
-	gcLive gcState = iota
-	gcProtected
-	gcDeleted
-)
-
-func (g *gcVol) label() string {
-	if g.name != "" {
-		return g.name
-	}
-	return g.id + " (deleted)"
-}
-
-// poolScan is the mark phase's result: every volume and every record some
-// live map references, with the volumes referencing it.
+// poolScan is the mark phase's result: every volume's listing and, for
+// those GC marks, the records their live maps reference.
 type poolScan struct {
-	vols  map[string]*gcVol
-	marks map[recRef]map[string]bool
-	now   time.Time
+	vols   []*gcplan.Volume
+	params gcplan.Params
 }
 
-func (s *poolScan) mark(r recRef, by string) {
-	m := s.marks[r]
-	if m == nil {
-		m = map[string]bool{}
-		s.marks[r] = m
+// listedObject says what a listed object of a volume is; sub is its key
+// below vols/<id>/.
+func listedObject(oi objstore.ObjectInfo, sub string) gcplan.Object {
+	o := gcplan.Object{Key: oi.Key, Size: oi.Size, ModTime: oi.ModTime, Kind: gcplan.Metadata}
+	switch {
+	case strings.HasPrefix(sub, "log/"), strings.HasPrefix(sub, "snap/"):
+		o.Kind = gcplan.Unrecognised
+		if seq, err := format.ParseSeqKey(oi.Key); err == nil {
+			o.Kind, o.Seq = gcplan.Log, seq
+			if strings.HasPrefix(sub, "snap/") {
+				o.Kind = gcplan.Snap
+			}
+		}
+	case strings.HasPrefix(sub, removedCkptDir):
+		o.Kind, o.Label = gcplan.RemovedCheckpoint, strings.TrimPrefix(sub, removedCkptDir)
+	case strings.HasPrefix(sub, "ckpt/"):
+		o.Kind, o.Label = gcplan.Checkpoint, strings.TrimPrefix(sub, "ckpt/")
+	case sub == tombstoneName:
+		o.Kind = gcplan.Tombstone
+	case sub == "volume.json":
+		o.Kind = gcplan.Descriptor
 	}
-	m[by] = true
+	return o
 }
 
 // scan lists the pool and marks every record referenced by the head,
 // checkpoints and retention window of every live volume, and by the
 // snapshots of volumes being created or recently deleted (a clone may be
-// copying their maps right now).
+// copying their maps right now). What is live is gcplan's decision.
 func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
-	s := &poolScan{vols: map[string]*gcVol{}, marks: map[recRef]map[string]bool{}, now: p.clock.Now()}
+	s := &poolScan{params: gcplan.Params{Now: p.clock.Now(), Grace: o.Grace}}
 	names := map[string]string{} // id -> name
 	if err := p.store.List(ctx, format.NamesPrefix, func(oi objstore.ObjectInfo) error {
 		name := strings.TrimPrefix(oi.Key, format.NamesPrefix)
@@ -146,71 +118,41 @@ func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
 	}); err != nil {
 		return nil, fmt.Errorf("gc: list names: %w", err)
 	}
-	young := func(oi objstore.ObjectInfo) bool { return s.now.Sub(oi.ModTime) < o.Grace }
+	byID := map[string]*gcplan.Volume{}
 	if err := p.store.List(ctx, format.VolsPrefix, func(oi objstore.ObjectInfo) error {
 		rest := strings.TrimPrefix(oi.Key, format.VolsPrefix)
 		id, sub, ok := strings.Cut(rest, "/")
 		if !ok {
 			return nil
 		}
-		g := s.vols[id]
+		g := byID[id]
 		if g == nil {
-			g = &gcVol{id: id, name: names[id], logs: map[uint64]objstore.ObjectInfo{}, snaps: map[uint64]objstore.ObjectInfo{}, keepSnap: map[uint64]string{}}
-			s.vols[id] = g
+			g = &gcplan.Volume{ID: id, Name: names[id]}
+			byID[id] = g
+			s.vols = append(s.vols, g)
 		}
-		g.objects = append(g.objects, oi)
-		g.young = g.young || young(oi)
-		switch {
-		case strings.HasPrefix(sub, "log/"):
-			if seq, err := format.ParseSeqKey(oi.Key); err == nil {
-				g.logs[seq] = oi
-			}
-		case strings.HasPrefix(sub, "snap/"):
-			if seq, err := format.ParseSeqKey(oi.Key); err == nil {
-				g.snaps[seq] = oi
-			}
-		case strings.HasPrefix(sub, removedCkptDir):
-			if young(oi) {
-				g.removedCkpts = append(g.removedCkpts, strings.TrimPrefix(sub, removedCkptDir))
-			}
-		case sub == tombstoneName:
-			t := oi
-			g.tombstone = &t
-		case sub == "volume.json":
-			g.hasDescObj = true
-		}
+		g.Objects = append(g.Objects, listedObject(oi, sub))
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("gc: list volumes: %w", err)
 	}
 	for _, g := range s.vols {
-		switch {
-		case g.name != "" && g.tombstone == nil:
-			g.state = gcLive
-		case g.tombstone != nil && young(*g.tombstone):
-			g.state = gcProtected // recently removed: a clone may be reading it
-		case g.tombstone == nil && g.young:
-			g.state = gcProtected // being created
-		default:
-			g.state = gcDeleted // removed long ago, or orphaned objects
-		}
-		if g.state == gcDeleted || !g.hasDescObj {
-			if g.state != gcProtected {
-				g.state = gcDeleted
-			}
+		st := gcplan.Classify(g, s.params)
+		if !gcplan.NeedsMark(g, st) {
 			continue
 		}
-		d, err := p.descriptor(ctx, g.id)
+		d, err := p.descriptor(ctx, g.ID)
 		if errors.Is(err, objstore.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
-		g.desc = d
-		if err := p.markVolume(ctx, s, g, o); err != nil {
-			return nil, fmt.Errorf("gc: volume %s: %w", g.label(), err)
+		m, err := p.markVolume(ctx, s.params, g, d, st, o)
+		if err != nil {
+			return nil, fmt.Errorf("gc: volume %s: %w", g.Label(), err)
 		}
+		g.Mark = m
 	}
 	return s, nil
 }
@@ -230,24 +172,19 @@ func (p *Pool) snapTime(ctx context.Context, key string) (int64, error) {
 	return h.Time, nil
 }
 
-// markVolume marks the records volume g needs: every map from its
-// retention base to its head (base snapshot, applied records, restore
-// targets) and every checkpoint's map (removed ones too, for a while).
-func (p *Pool) markVolume(ctx context.Context, s *poolScan, g *gcVol, o GCOptions) error {
-	d := g.desc
-	windowStart := s.now.Add(-o.Retention).UnixNano()
-	// Base: the newest snapshot taken before the window (record times of
-	// valid records never go back). Without one, replay from the oldest
-	// snapshot for marking but keep every record (hasBase false).
-	img := newImage(d)
-	snaps := sortedSeqs(g.snaps)
-	for i := len(snaps) - 1; i >= 0 && !g.hasBase; i-- {
-		t, err := p.snapTime(ctx, g.snaps[snaps[i]].Key)
+// gcBase loads the retention base into img: the newest snapshot taken
+// before the window (record times of valid records never go back), or,
+// without one, the oldest loadable snapshot (replayed from for marking, but
+// every record is kept: hasBase false). loaded is false if no snapshot
+// could be loaded.
+func (p *Pool) gcBase(ctx context.Context, img *image, d *format.VolumeDesc, snaps []uint64, keys map[uint64]string, windowStart int64) (_ *image, base uint64, hasBase, loaded bool, _ error) {
+	for i := len(snaps) - 1; i >= 0 && !hasBase; i-- {
+		t, err := p.snapTime(ctx, keys[snaps[i]])
 		if err != nil {
 			if errors.Is(err, format.ErrCorrupt) {
 				continue
 			}
-			return err
+			return nil, 0, false, false, err
 		}
 		if t >= windowStart {
 			continue
@@ -257,45 +194,67 @@ func (p *Pool) markVolume(ctx context.Context, s *poolScan, g *gcVol, o GCOption
 				img = newImage(d)
 				continue
 			}
-			return err
+			return nil, 0, false, false, err
 		}
-		g.base, g.hasBase = snaps[i], true
+		base, hasBase = snaps[i], true
 	}
-	loaded := g.hasBase
+	loaded = hasBase
 	for _, sq := range snaps {
 		if loaded {
 			break
 		}
 		if err := p.loadSnapshot(ctx, img, d.ID, sq, true); err == nil {
-			g.base, loaded = sq, true
+			base, loaded = sq, true
 		} else if !errors.Is(err, format.ErrCorrupt) {
-			return err
+			return nil, 0, false, false, err
 		} else {
 			img = newImage(d)
 		}
 	}
-	if !loaded && d.Parent != nil {
-		if g.state == gcProtected {
-			return nil // removed and partly collected already; everything of it is kept anyway
+	return img, base, hasBase, loaded, nil
+}
+
+// markVolume loads the maps volume g needs: every map from its retention
+// base to its head (base snapshot, applied records, restore targets) and
+// every checkpoint's map (removed ones too, for a while). A nil marking
+// means nothing to mark (a protected clone that never got a snapshot).
+func (p *Pool) markVolume(ctx context.Context, pp gcplan.Params, g *gcplan.Volume, d *format.VolumeDesc, st gcplan.State, o GCOptions) (*gcplan.Marking, error) {
+	windowStart := pp.Now.Add(-o.Retention).UnixNano()
+	keys := map[uint64]string{}
+	var snaps []uint64
+	for _, ob := range g.Objects {
+		if ob.Kind == gcplan.Snap {
+			keys[ob.Seq] = ob.Key
+			snaps = append(snaps, ob.Seq)
 		}
-		return fmt.Errorf("clone has no usable snapshot; refusing to guess what its parent must keep")
 	}
-	g.keepSnap[g.base] = "retention base snapshot"
+	sort.Slice(snaps, func(i, j int) bool { return snaps[i] < snaps[j] })
+	img, base, hasBase, loaded, err := p.gcBase(ctx, newImage(d), d, snaps, keys, windowStart)
+	if err != nil {
+		return nil, err
+	}
+	if !loaded && d.Parent != nil {
+		if st == gcplan.Protected {
+			return nil, nil // removed and partly collected already; everything of it is kept anyway
+		}
+		return nil, fmt.Errorf("clone has no usable snapshot; refusing to guess what its parent must keep")
+	}
+	m := &gcplan.Marking{Base: base, HasBase: hasBase}
 	markMap := func(im *image) {
 		for e := range im.m.All() {
-			s.mark(recRef{im.vols[e.Loc.Vol], e.Loc.Seq}, d.ID)
+			m.Refs = append(m.Refs, gcplan.Ref{Vol: im.vols[e.Loc.Vol], Seq: e.Loc.Seq})
 		}
 	}
 	markMap(img)
 	// Replay base..head: every applied record and every restore target is live.
 	recs, err := p.fetchRecords(ctx, img, ^uint64(0))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, r := range recs {
 		st, v, err := journal.Replay(img.st, r)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		img.st = st
 		if v != journal.Apply {
@@ -304,197 +263,68 @@ func (p *Pool) markVolume(ctx context.Context, s *poolScan, g *gcVol, o GCOption
 		if r.Type == format.RecordRestore {
 			t := newImage(d)
 			if err := p.loadSnapshot(ctx, t, r.RestoreVol, r.RestoreSeq, false); err != nil {
-				return err
+				return nil, err
 			}
 			markMap(t)
 			if r.RestoreVol == d.ID {
-				g.keepSnap[r.RestoreSeq] = "restore target"
+				m.RestoreTargets = append(m.RestoreTargets, r.RestoreSeq)
 			}
 			continue
 		}
-		s.mark(recRef{d.ID, r.Seq}, d.ID)
-	}
-	// Snapshots at or after the base serve attach and retained points.
-	for _, sq := range snaps {
-		if sq >= g.base {
-			if _, ok := g.keepSnap[sq]; !ok {
-				g.keepSnap[sq] = "snapshot inside retention"
-			}
-		}
+		m.Refs = append(m.Refs, gcplan.Ref{Vol: d.ID, Seq: r.Seq})
 	}
 	docs, err := p.listCheckpoints(ctx, d.ID)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for _, l := range g.removedCkpts {
+	for _, l := range gcplan.RemovedToMark(g, pp) {
 		c, err := p.readCheckpointAt(ctx, format.VolsPrefix+d.ID+"/"+removedCkptDir+l)
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
 		if err != nil {
-			return err
+			return nil, err
 		}
 		docs = append(docs, c)
 	}
 	for _, c := range docs {
 		ci, err := p.loadImage(ctx, d, c.Seq)
 		if err != nil {
-			return fmt.Errorf("checkpoint %q: %w", c.Label, err)
+			return nil, fmt.Errorf("checkpoint %q: %w", c.Label, err)
 		}
 		markMap(ci)
-		if _, ok := g.snaps[c.Seq]; ok {
-			g.keepSnap[c.Seq] = "checkpoint " + c.Label
-		}
-		if _, ok := g.keepSnap[ci.snapSeq]; !ok {
-			g.keepSnap[ci.snapSeq] = "checkpoint " + c.Label
-		}
-		// Records between the checkpoint's snapshot and the checkpoint.
-		for sq := ci.snapSeq + 1; sq <= c.Seq; sq++ {
-			s.mark(recRef{d.ID, sq}, d.ID)
-		}
+		m.Checkpoints = append(m.Checkpoints, gcplan.CheckpointMark{Label: c.Label, Seq: c.Seq, SnapSeq: ci.snapSeq})
 	}
-	return nil
+	return m, nil
 }
 
-func sortedSeqs(m map[uint64]objstore.ObjectInfo) []uint64 {
-	out := make([]uint64, 0, len(m))
-	for s := range m {
-		out = append(out, s)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
-	return out
-}
-
-// plan decides, per object, delete or keep (I5). It reads small candidate
-// records' trailers to keep fences.
-func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, error) {
-	rep := &GCReport{KeptByReason: map[string]int{}, DryRun: o.DryRun}
-	keep := func(g *gcVol, oi objstore.ObjectInfo, why string, interesting bool) {
-		rep.KeptByReason[why]++
-		if interesting {
-			rep.Kept = append(rep.Kept, GCItem{Key: oi.Key, Volume: g.label(), Size: oi.Size, Reason: why})
-		}
-	}
-	del := func(g *gcVol, oi objstore.ObjectInfo, why string) {
-		rep.Deleted = append(rep.Deleted, GCItem{Key: oi.Key, Volume: g.label(), Size: oi.Size, Reason: why})
-		rep.DeletedBytes += oi.Size
-	}
-	ids := make([]string, 0, len(s.vols))
-	for id := range s.vols {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		g := s.vols[id]
-		if g.state == gcProtected {
-			why := "volume being created"
-			if g.tombstone != nil {
-				why = "volume removed less than the grace period ago"
+// plan asks gcplan what to delete, reading the type of the records it
+// would delete but cannot judge from their size (fences stay, I4).
+func (p *Pool) plan(ctx context.Context, s *poolScan, o GCOptions) (*GCReport, *gcplan.Plan, error) {
+	in := gcplan.Input{Params: s.params, Volumes: s.vols, Fence: map[gcplan.Ref]bool{}}
+	pl := gcplan.Make(in)
+	if len(pl.NeedType) > 0 {
+		for _, c := range pl.NeedType {
+			r, err := p.readRecord(ctx, c.Object.Key, c.Object.Size)
+			if err != nil {
+				return nil, nil, fmt.Errorf("gc: %w", err)
 			}
-			for _, oi := range g.objects {
-				keep(g, oi, why, false)
-			}
-			continue
+			in.Fence[gcplan.Ref{Vol: c.Volume.ID, Seq: c.Object.Seq}] = r.Type == format.RecordFence
 		}
-		deleted := g.state == gcDeleted
-		remaining := 0
-		var tail []objstore.ObjectInfo // descriptor and tombstone go last
-		for _, oi := range g.objects {
-			young := s.now.Sub(oi.ModTime) < o.Grace
-			sub := strings.TrimPrefix(oi.Key, format.VolsPrefix+id+"/")
-			switch {
-			case strings.HasPrefix(sub, "log/"):
-				seq, err := format.ParseSeqKey(oi.Key)
-				if err != nil {
-					keep(g, oi, "unrecognised key", false)
-					remaining++
-					continue
-				}
-				if !deleted && (!g.hasBase || seq > g.base) {
-					keep(g, oi, "needed to replay the head or retained history", false)
-					remaining++
-					continue
-				}
-				if by := s.marks[recRef{id, seq}]; len(by) > 0 {
-					keep(g, oi, "referenced by a live map"+referrers(s, by), true)
-					remaining++
-					continue
-				}
-				if young {
-					keep(g, oi, "younger than the grace period", true)
-					remaining++
-					continue
-				}
-				if !deleted && oi.Size < 128<<10 {
-					r, err := p.readRecord(ctx, oi.Key, oi.Size)
-					if err != nil {
-						return nil, fmt.Errorf("gc: %w", err)
-					}
-					if r.Type == format.RecordFence {
-						keep(g, oi, "fence (never deleted while the volume exists)", false)
-						remaining++
-						continue
-					}
-				}
-				why := "unreferenced, below the retention base snapshot"
-				if deleted {
-					why = "volume deleted, no clone needs it"
-				}
-				del(g, oi, why)
-			case strings.HasPrefix(sub, "snap/"):
-				seq, _ := format.ParseSeqKey(oi.Key)
-				if why, ok := g.keepSnap[seq]; ok && !deleted {
-					keep(g, oi, why, false)
-					remaining++
-				} else if young {
-					keep(g, oi, "younger than the grace period", false)
-					remaining++
-				} else {
-					del(g, oi, "snapshot superseded")
-				}
-			case strings.HasPrefix(sub, removedCkptDir):
-				if young && !deleted {
-					keep(g, oi, "checkpoint removed less than the grace period ago", false)
-					remaining++
-				} else {
-					del(g, oi, "removed checkpoint")
-				}
-			case strings.HasPrefix(sub, "ckpt/"):
-				if deleted {
-					del(g, oi, "volume deleted")
-				} else {
-					keep(g, oi, "checkpoint", false)
-					remaining++
-				}
-			default:
-				if deleted {
-					tail = append(tail, oi)
-				} else {
-					keep(g, oi, "volume metadata", false)
-					remaining++
-				}
-			}
-		}
-		if deleted && remaining == 0 {
-			for _, oi := range tail {
-				del(g, oi, "volume deleted, nothing left")
-			}
-		}
+		pl = gcplan.Make(in)
 	}
-	return rep, nil
-}
-
-func referrers(s *poolScan, by map[string]bool) string {
-	var names []string
-	for id := range by {
-		if g := s.vols[id]; g != nil {
-			names = append(names, g.label())
-		} else {
-			names = append(names, id)
-		}
+	rep := &GCReport{KeptByReason: pl.KeptByReason, DryRun: o.DryRun}
+	item := func(d gcplan.Decision) GCItem {
+		return GCItem{Key: d.Object.Key, Volume: d.Volume.Label(), Size: d.Object.Size, Reason: d.Reason}
 	}
-	sort.Strings(names)
-	return " (" + strings.Join(names, ", ") + ")"
+	for _, d := range pl.Deleted {
+		rep.Deleted = append(rep.Deleted, item(d))
+		rep.DeletedBytes += d.Object.Size
+	}
+	for _, d := range pl.Kept {
+		rep.Kept = append(rep.Kept, item(d))
+	}
+	return rep, pl, nil
 }
 
 // GC marks every record referenced by a live map of any volume in the pool
@@ -508,7 +338,7 @@ func (p *Pool) GC(ctx context.Context, o GCOptions) (*GCReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep, err := p.plan(ctx, s, o)
+	rep, _, err := p.plan(ctx, s, o)
 	if err != nil {
 		return nil, err
 	}
@@ -555,7 +385,7 @@ func (p *Pool) DU(ctx context.Context, o GCOptions) ([]DUEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	rep, err := p.plan(ctx, s, o)
+	rep, pl, err := p.plan(ctx, s, o)
 	if err != nil {
 		return nil, err
 	}
@@ -564,19 +394,19 @@ func (p *Pool) DU(ctx context.Context, o GCOptions) ([]DUEntry, error) {
 		garbage[it.Key] = true
 	}
 	var out []DUEntry
-	for id, g := range s.vols {
-		e := DUEntry{Name: g.label(), ID: id}
-		for _, oi := range g.objects {
+	for _, g := range s.vols {
+		id := g.ID
+		e := DUEntry{Name: g.Label(), ID: id}
+		for _, oi := range g.Objects {
 			e.StoredBytes += oi.Size
 			if garbage[oi.Key] {
 				e.GarbageBytes += oi.Size
 				continue
 			}
-			seq, err := format.ParseSeqKey(oi.Key)
-			if err != nil || !strings.Contains(oi.Key, "/log/") {
+			if oi.Kind != gcplan.Log {
 				continue
 			}
-			by := s.marks[recRef{id, seq}]
+			by := pl.Marks[gcplan.Ref{Vol: id, Seq: oi.Seq}]
 			switch {
 			case len(by) == 0:
 				e.HistoryBytes += oi.Size
