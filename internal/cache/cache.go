@@ -43,7 +43,9 @@ const (
 var (
 	// ErrLocked is returned by Open when another Cache (in this or another
 	// process) holds the directory. Callers may run without a cache.
-	ErrLocked = errors.New("cache directory is locked by another user")
+	// The holder is usually the same user's other serve or agent, so the
+	// message names a process, not a user.
+	ErrLocked = errors.New("cache directory is in use by another process")
 	// ErrClosed is returned by methods called after Close.
 	ErrClosed = errors.New("cache closed")
 	// ErrUnusable is wrapped by Open's errors about the directory itself:

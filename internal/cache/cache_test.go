@@ -423,6 +423,11 @@ func TestSecondOpenFails(t *testing.T) {
 	if msg := err.Error(); !strings.Contains(msg, dir) || !strings.Contains(msg, fmt.Sprintf("pid %d", os.Getpid())) {
 		t.Errorf("error %q should name the directory and the holder's pid", msg)
 	}
+	// Regression: it said "locked by another user" when the holder was the
+	// same user's other process; it names the process's command line.
+	if msg := err.Error(); strings.Contains(msg, "another user") || !strings.Contains(msg, filepath.Base(os.Args[0])) {
+		t.Errorf("error %q should name the holding process (%s), not another user", msg, os.Args[0])
+	}
 	// The failed Open did not disturb the first cache.
 	k := key("v", 1, 0)
 	wantHit(t, c, k, mustPut(t, c, k, 100), 0, 100)

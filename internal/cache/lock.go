@@ -31,11 +31,7 @@ func lockDir(dir string) (*dirLock, error) {
 	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			holder := "unknown pid"
-			if b, rerr := os.ReadFile(path); rerr == nil && len(strings.TrimSpace(string(b))) > 0 {
-				holder = "pid " + strings.TrimSpace(string(b))
-			}
-			return nil, fmt.Errorf("%w: %s is held by %s", ErrLocked, path, holder)
+			return nil, fmt.Errorf("%w: %s is held by %s", ErrLocked, path, lockHolder(path))
 		}
 		return nil, fmt.Errorf("flock %s: %w", path, err)
 	}
@@ -45,6 +41,30 @@ func lockDir(dir string) (*dirLock, error) {
 		_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 	}
 	return &dirLock{f: f}, nil
+}
+
+// lockHolder describes the process whose pid the lock file at path
+// records: "pid N (its command line)" when /proc still knows it, so whoever
+// hits the lock can tell which of their processes to stop.
+func lockHolder(path string) string {
+	b, err := os.ReadFile(path)
+	pid := strings.TrimSpace(string(b))
+	if err != nil || pid == "" {
+		return "an unknown process"
+	}
+	if _, err := strconv.Atoi(pid); err != nil {
+		return "an unknown process"
+	}
+	cmdline, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+	if args := strings.Fields(strings.ReplaceAll(string(cmdline), "\x00", " ")); err == nil && len(args) > 0 {
+		const maxLen = 120 // a long command line would bury the message
+		s := strings.Join(args, " ")
+		if len(s) > maxLen {
+			s = s[:maxLen] + "..."
+		}
+		return fmt.Sprintf("pid %s (%s)", pid, s)
+	}
+	return "pid " + pid
 }
 
 // release drops the lock and closes the lock file.
