@@ -5,30 +5,30 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/gcplan"
 )
 
-// A model of volume.Pool.GC (internal/volume/gc.go: scan, markVolume,
-// plan), run as a sequence of steps the scheduler interleaves with
-// writers, zombies, clones and removals:
+// Pool GC as a sequence of steps the scheduler interleaves with writers,
+// zombies, clones and removals. The decisions are the real ones: every
+// state, mark and keep/delete verdict comes from internal/gcplan, the
+// package volume.Pool.GC calls; what is simulated here is only the I/O
+// around it (volume/gc.go: scan, markVolume, plan), one request per step:
 //
 //	stage 0  take "now", list names                        scan
 //	stage 1  list vols/ (within listGap steps of stage 0)  scan
 //	         then mark one volume per step                 markVolume
-//	         then plan                                     plan
+//	         then plan (reading candidates' types)         plan
 //	stage 2  delete one object per step                    GC
 //
 // Each step reads the store as it is at that step, as the real code's
-// separate requests do. A volume is live (named, no tombstone), protected
-// (tombstone younger than the grace period, or no tombstone and some
-// object younger than it: being created; marked if its descriptor and a
-// snapshot can be read, nothing of it deleted) or deleted (removed long
-// ago, or an orphaned prefix: collectable except what others' maps
-// reference). Grace: an object is young if it landed fewer than grace
-// steps before "now"; a record is also kept (at delete time) while a
-// request or live writer may still create or read its slot, the stand-in
-// for "no request outlives the grace period".
+// separate requests do. Time is the step: an object's ModTime is the step
+// it landed at (as nanoseconds), and so are the grace period and "now". A
+// record is also kept (at delete time) while a request or live writer may
+// still create or read its slot, the stand-in for "no request outlives
+// the grace period".
 //
 // The checker (liveRefs, checkRecordDelete, checkSnapDelete) states I4/I5
 // independently, at the moment of each deletion: the maps of every point
@@ -36,37 +36,10 @@ import (
 // promises to its head, every checkpoint's, every clone's (their maps name
 // their ancestors' records) and every clone in progress.
 
-type simGCState uint8
-
-const (
-	gcLive simGCState = iota
-	gcProtected
-	gcDeleted
-)
-
-func (st simGCState) String() string { return [...]string{"live", "protected", "deleted"}[st] }
-
+// simGCVol is one listed volume: the planner's view and the sim's.
 type simGCVol struct {
-	v        *simVol
-	named    bool
-	state    simGCState
-	logs     map[uint64]int // seq -> ModTime, as listed
-	snaps    map[uint64]int
-	ckpts    []string
-	rmCkpts  map[string]int // ckpt-removed/<label> -> ModTime, as listed
-	young    []string       // ckpt-removed/ labels younger than the grace period at the listing
-	desc     bool
-	tomb     bool
-	tombBorn int
-	base     uint64
-	hasBase  bool
-	keepSnap map[uint64]string
-}
-
-type simGCDel struct {
-	g   *simGCVol
-	key simKey
-	why string
+	v  *simVol
+	pv *gcplan.Volume
 }
 
 type simGC struct {
@@ -75,16 +48,24 @@ type simGC struct {
 	now     int            // the scan's "now", taken before the names are listed
 	listed  map[simRef]int // ModTime of each listed snapshot
 	names   map[int]bool
+	params  gcplan.Params
 	vols    []*simGCVol
+	byID    map[string]*simVol
 	mark    []*simGCVol // still to mark
-	marks   map[simRef]map[int]bool
-	dels    []simGCDel
+	dels    []gcplan.Decision
 	next    int
 	deleted int
 }
 
+// simGCID is a volume's id as the planner sees it: the listing order.
+func simGCID(v *simVol) string { return fmt.Sprintf("%016x", v.key) }
+
+// simAt is a step as a time, for the planner.
+func simAt(step int) time.Time { return time.Unix(0, int64(step)) }
+
 func (s *sim) startGC() bool {
-	g := &simGC{n: s.nGC, now: s.step, names: map[int]bool{}, marks: map[simRef]map[int]bool{}, listed: map[simRef]int{}}
+	g := &simGC{n: s.nGC, now: s.step, names: map[int]bool{}, listed: map[simRef]int{}, byID: map[string]*simVol{}}
+	g.params = gcplan.Params{Now: simAt(g.now), Grace: time.Duration(s.p.grace)}
 	s.nGC++
 	for _, v := range s.vols {
 		if v.named {
@@ -139,8 +120,38 @@ func (s *sim) gcStep(g *simGC) {
 	}
 }
 
+// simListing is v's objects as a listing of vols/<id>/ returns them, in
+// key order.
+func simListing(v *simVol, id string, listed map[simRef]int) []gcplan.Object {
+	var out []gcplan.Object
+	add := func(sub string, k gcplan.Kind, seq uint64, label string, size, born int) {
+		out = append(out, gcplan.Object{Key: format.VolsPrefix + id + "/" + sub, Kind: k, Seq: seq, Label: label, Size: int64(size), ModTime: simAt(born)})
+	}
+	for _, c := range v.rmCkpts {
+		add("ckpt-removed/"+c.label, gcplan.RemovedCheckpoint, 0, c.label, 64, c.born)
+	}
+	for _, c := range v.ckpts {
+		add("ckpt/"+c.label, gcplan.Checkpoint, 0, c.label, 64, c.born)
+	}
+	if v.tomb {
+		add("deleted", gcplan.Tombstone, 0, "", 64, v.tombBorn)
+	}
+	for seq, born := range v.store.born {
+		add(fmt.Sprintf("log/%016x", seq), gcplan.Log, seq, "", len(v.store.objs[seq]), born)
+	}
+	for _, sn := range v.store.snaps {
+		add(fmt.Sprintf("snap/%016x", sn.seq), gcplan.Snap, sn.seq, "", 64, sn.born)
+		listed[simRef{v.idx, sn.seq}] = sn.born
+	}
+	if v.desc {
+		add("volume.json", gcplan.Descriptor, 0, "", 64, v.descBorn)
+	}
+	slices.SortFunc(out, func(a, b gcplan.Object) int { return strings.Compare(a.Key, b.Key) })
+	return out
+}
+
 // gcListVols lists vols/: every volume with an object, in id order, and
-// judges its state.
+// has the planner judge its state.
 func (s *sim) gcListVols(g *simGC) {
 	vs := slices.Clone(s.vols)
 	slices.SortFunc(vs, func(a, b *simVol) int {
@@ -152,52 +163,27 @@ func (s *sim) gcListVols(g *simGC) {
 		}
 		return 0
 	})
-	young := func(born int) bool { return g.now-born < s.p.grace }
 	for _, v := range vs {
 		if !v.hasObjects() {
 			continue
 		}
-		gv := &simGCVol{v: v, named: g.names[v.idx], logs: maps.Clone(v.store.born), snaps: map[uint64]int{}, rmCkpts: map[string]int{},
-			desc: v.desc, tomb: v.tomb, tombBorn: v.tombBorn, keepSnap: map[uint64]string{}}
-		anyYoung := v.desc && young(v.descBorn) || v.tomb && young(v.tombBorn)
-		for _, born := range gv.logs {
-			anyYoung = anyYoung || young(born)
+		id := simGCID(v)
+		pv := &gcplan.Volume{ID: id, Objects: simListing(v, id, g.listed)}
+		if g.names[v.idx] {
+			pv.Name = v.id
 		}
-		for _, sn := range v.store.snaps {
-			gv.snaps[sn.seq] = sn.born
-			g.listed[simRef{v.idx, sn.seq}] = sn.born
-			anyYoung = anyYoung || young(sn.born)
-		}
-		for _, c := range v.ckpts {
-			gv.ckpts = append(gv.ckpts, c.label)
-			anyYoung = anyYoung || young(c.born)
-		}
-		for _, c := range v.rmCkpts {
-			gv.rmCkpts[c.label] = c.born
-			if young(c.born) {
-				gv.young = append(gv.young, c.label)
-				anyYoung = true
-			}
-		}
-		switch {
-		case gv.named && !gv.tomb:
-			gv.state = gcLive
-		case gv.tomb && young(gv.tombBorn):
-			gv.state = gcProtected // recently removed: a clone may be reading it
-		case !gv.tomb && anyYoung:
-			gv.state = gcProtected // being created
-		default:
-			gv.state = gcDeleted // removed long ago, or orphaned objects
-		}
+		g.byID[id] = v
+		gv := &simGCVol{v: v, pv: pv}
 		g.vols = append(g.vols, gv)
+		st := gcplan.Classify(pv, g.params)
 		switch {
-		case gv.state == gcProtected:
+		case st == gcplan.Protected:
 			s.stats.gcProtected++
-		case gv.state == gcDeleted && !gv.desc && !gv.tomb:
+		case st == gcplan.Deleted && !v.desc && !v.tomb:
 			s.stats.gcOrphans++
 		}
-		if gv.state == gcDeleted || !gv.desc {
-			s.tracef("gc %d: %s is %s; not marked", g.n, v.id, gv.state)
+		if !gcplan.NeedsMark(pv, st) {
+			s.tracef("gc %d: %s is %s; not marked", g.n, v.id, st)
 			continue
 		}
 		g.mark = append(g.mark, gv)
@@ -205,41 +191,49 @@ func (s *sim) gcListVols(g *simGC) {
 	s.tracef("gc %d: %d volumes listed", g.n, len(g.vols))
 }
 
-func (g *simGC) markRef(r simRef, by int) {
-	m := g.marks[r]
-	if m == nil {
-		m = map[int]bool{}
-		g.marks[r] = m
-	}
-	m[by] = true
+// simMarker collects a volume's marking from the sim's maps.
+type simMarker struct {
+	s *sim
+	m *gcplan.Marking
 }
 
-func (g *simGC) markMap(cells map[uint64]simCell, by int) {
+func (mk simMarker) ref(vol int, seq uint64) {
+	mk.m.Refs = append(mk.m.Refs, gcplan.Ref{Vol: simGCID(mk.s.vols[vol]), Seq: seq})
+}
+
+func (mk simMarker) cells(cells map[uint64]simCell) {
 	for _, c := range cells {
 		if !c.zero {
-			g.markRef(simRef{c.vol, c.seq}, by)
+			mk.ref(c.vol, c.seq)
 		}
 	}
 }
 
-// gcMark is markVolume: the descriptor is read now (gone: not marked);
-// the retention base is the newest listed snapshot whose header time is
-// before the window (none: the oldest, and every record is kept); the base
-// map and every record applied from the base to the head are marked, then
-// the map of every checkpoint (listed now) and of every checkpoint removed
-// less than the grace period ago (listed with the volume).
+// gcMark is markVolume's I/O: the descriptor is read now (gone: not
+// marked); the retention base is the newest listed snapshot whose header
+// time is before the window (none: the oldest, and HasBase is false); the
+// base map and every record applied from the base to the head are marked,
+// then the map of every checkpoint (listed now) and of every checkpoint
+// the planner says was removed less than the grace period ago.
 func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 	v := gv.v
 	if !v.desc {
 		return ""
 	}
 	windowStart := int64(g.now - s.p.retention)
-	snaps := slices.Sorted(maps.Keys(gv.snaps))
+	var snaps []uint64
+	for _, o := range gv.pv.Objects {
+		if o.Kind == gcplan.Snap {
+			snaps = append(snaps, o.Seq)
+		}
+	}
+	slices.Sort(snaps)
+	m := &gcplan.Marking{}
 	var (
 		st    State
 		cells = map[uint64]simCell{}
 	)
-	for i := len(snaps) - 1; i >= 0 && !gv.hasBase; i-- {
+	for i := len(snaps) - 1; i >= 0 && !m.HasBase; i-- {
 		sn := v.store.snapAt(snaps[i])
 		if sn == nil {
 			return fmt.Sprintf("read snapshot %d of %s: not found", snaps[i], v.id)
@@ -247,27 +241,27 @@ func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 		if sn.time >= windowStart {
 			continue
 		}
-		gv.base, gv.hasBase = sn.seq, true
+		m.Base, m.HasBase = sn.seq, true
 		st, cells = sn.st, maps.Clone(sn.cells)
 	}
-	loaded := gv.hasBase
+	loaded := m.HasBase
 	if !loaded && len(snaps) > 0 {
 		sn := v.store.snapAt(snaps[0])
 		if sn == nil {
 			return fmt.Sprintf("read snapshot %d of %s: not found", snaps[0], v.id)
 		}
-		gv.base, loaded = sn.seq, true
+		m.Base, loaded = sn.seq, true
 		st, cells = sn.st, maps.Clone(sn.cells)
 	}
 	if !loaded && v.parent != nil {
-		if gv.state == gcProtected {
+		if gcplan.Classify(gv.pv, g.params) == gcplan.Protected {
 			return "" // being created (snapshot 0 not written yet) or partly collected; everything of it is kept
 		}
 		s.failf("gc %d: clone %s has no usable snapshot (listed %v)", g.n, v.id, snaps)
 		return "clone has no usable snapshot"
 	}
-	gv.keepSnap[gv.base] = "retention base snapshot"
-	g.markMap(cells, v.idx)
+	mk := simMarker{s, m}
+	mk.cells(cells)
 	// Replay base..head: a fresh listing, up to the first gap.
 	for seq := st.Seq + 1; ; seq++ {
 		if _, ok := v.store.objs[seq]; !ok {
@@ -284,20 +278,13 @@ func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 			return rerr.Error()
 		}
 		if vd == Apply {
-			g.markRef(simRef{v.idx, seq}, v.idx)
+			mk.ref(v.idx, seq)
 		}
 	}
-	s.tracef("gc %d: %s (%s) marked: window from %d, base %d (has base %v; snapshots %v), head %d",
-		g.n, v.id, gv.state, windowStart, gv.base, gv.hasBase, snaps, st.Seq)
-	for _, sq := range snaps {
-		if sq >= gv.base {
-			if _, ok := gv.keepSnap[sq]; !ok {
-				gv.keepSnap[sq] = "snapshot inside retention"
-			}
-		}
-	}
+	s.tracef("gc %d: %s marked: window from %d, base %d (has base %v; snapshots %v), head %d",
+		g.n, v.id, windowStart, m.Base, m.HasBase, snaps, st.Seq)
 	ckpts := slices.Clone(v.ckpts)
-	for _, l := range gv.young {
+	for _, l := range gcplan.RemovedToMark(gv.pv, g.params) {
 		i := slices.IndexFunc(v.rmCkpts, func(c *simCkpt) bool { return c.label == l })
 		if i < 0 {
 			continue
@@ -318,17 +305,10 @@ func (s *sim) gcMark(g *simGC, gv *simGCVol) string {
 		if err != nil {
 			return err.Error()
 		}
-		g.markMap(cells, v.idx)
-		if _, ok := gv.snaps[c.seq]; ok {
-			gv.keepSnap[c.seq] = "checkpoint " + c.label
-		}
-		if _, ok := gv.keepSnap[snapSeq]; !ok {
-			gv.keepSnap[snapSeq] = "checkpoint " + c.label
-		}
-		for sq := snapSeq + 1; sq <= c.seq; sq++ {
-			g.markRef(simRef{v.idx, sq}, v.idx)
-		}
+		mk.cells(cells)
+		m.Checkpoints = append(m.Checkpoints, gcplan.CheckpointMark{Label: c.label, Seq: c.seq, SnapSeq: snapSeq})
 	}
+	gv.pv.Mark = m
 	return ""
 }
 
@@ -346,115 +326,82 @@ func (s *sim) readLive(v *simVol, seq uint64) (*simRec, string) {
 	return r, ""
 }
 
-// gcPlan is plan: per listed object, delete or keep.
+// gcPlan is plan: the planner decides; the types of the records it asks
+// about are read now, as the real plan reads them.
 func (s *sim) gcPlan(g *simGC) string {
+	in := gcplan.Input{Params: g.params, Fence: map[gcplan.Ref]bool{}}
 	for _, gv := range g.vols {
-		v := gv.v
-		if gv.state == gcProtected {
-			continue
+		in.Volumes = append(in.Volumes, gv.pv)
+	}
+	pl := gcplan.Make(in)
+	if len(pl.NeedType) > 0 {
+		for _, c := range pl.NeedType {
+			r, err := s.readLive(g.byID[c.Volume.ID], c.Object.Seq)
+			if err != "" {
+				return err
+			}
+			in.Fence[gcplan.Ref{Vol: c.Volume.ID, Seq: c.Object.Seq}] = r.r.Type == format.RecordFence
 		}
-		deleted := gv.state == gcDeleted
-		remaining := 0
-		young := func(born int) bool { return g.now-born < s.p.grace }
-		for _, seq := range slices.Sorted(maps.Keys(gv.logs)) {
-			if !deleted && (!gv.hasBase || seq > gv.base) {
-				remaining++
-				continue
+		pl = gcplan.Make(in)
+	}
+	if len(pl.NeedType) > 0 {
+		s.failf("gc %d: the planner still asks for %d record types after reading them", g.n, len(pl.NeedType))
+		return "planner loops"
+	}
+	for _, k := range pl.Kept {
+		switch k.Rule {
+		case gcplan.KeepReferenced:
+			s.stats.gcKeptMarked++
+			if !pl.Marks[gcplan.Ref{Vol: k.Volume.ID, Seq: k.Object.Seq}][k.Volume.ID] {
+				s.stats.gcKeptForOthers++
 			}
-			if by := g.marks[simRef{v.idx, seq}]; len(by) > 0 {
-				s.stats.gcKeptMarked++
-				if !by[v.idx] {
-					s.stats.gcKeptForOthers++
-				}
-				remaining++
-				continue
-			}
-			if young(gv.logs[seq]) {
-				s.stats.gcKeptYoung++
-				remaining++
-				continue
-			}
-			if !deleted {
-				r, err := s.readLive(v, seq)
-				if err != "" {
-					return err
-				}
-				if r.r.Type == format.RecordFence {
-					remaining++
-					continue
-				}
-			}
-			why := "unreferenced, below the retention base snapshot"
-			if deleted {
-				why = "volume deleted, no clone needs it"
-			}
-			g.dels = append(g.dels, simGCDel{gv, simKey{kind: 'l', seq: seq}, why})
-		}
-		for _, sq := range slices.Sorted(maps.Keys(gv.snaps)) {
-			if _, ok := gv.keepSnap[sq]; ok && !deleted {
-				remaining++
-			} else if young(gv.snaps[sq]) {
-				remaining++
-			} else {
-				g.dels = append(g.dels, simGCDel{gv, simKey{kind: 's', seq: sq}, "snapshot superseded"})
-			}
-		}
-		for _, l := range slices.Sorted(maps.Keys(gv.rmCkpts)) {
-			if young(gv.rmCkpts[l]) && !deleted {
-				remaining++
-			} else {
-				g.dels = append(g.dels, simGCDel{gv, simKey{kind: 'r', label: l}, "removed checkpoint"})
-			}
-		}
-		for _, l := range gv.ckpts {
-			if deleted {
-				g.dels = append(g.dels, simGCDel{gv, simKey{kind: 'c', label: l}, "volume deleted"})
-			} else {
-				remaining++
-			}
-		}
-		// The tombstone ("deleted") lists before the descriptor ("volume.json").
-		var tail []simKey
-		for _, k := range []simKey{{kind: 't'}, {kind: 'd'}} {
-			if k.kind == 't' && !gv.tomb || k.kind == 'd' && !gv.desc {
-				continue
-			}
-			if deleted {
-				tail = append(tail, k)
-			} else {
-				remaining++
-			}
-		}
-		if deleted && remaining == 0 {
-			for _, k := range tail {
-				g.dels = append(g.dels, simGCDel{gv, k, "volume deleted, nothing left"})
-			}
+		case gcplan.KeepYoung:
+			s.stats.gcKeptYoung++
 		}
 	}
+	g.dels = pl.Deleted
 	s.tracef("gc %d: planned %d deletions", g.n, len(g.dels))
 	return ""
 }
 
-func (s *sim) gcDelete(g *simGC, d simGCDel) {
-	v := d.g.v
-	if d.key.kind == 'l' && !s.unsafeGC && d.key.seq >= s.gcLow(v) {
+// simKeyOf is the sim's name for a planned deletion.
+func simKeyOf(o gcplan.Object) simKey {
+	switch o.Kind {
+	case gcplan.Log:
+		return simKey{kind: 'l', seq: o.Seq}
+	case gcplan.Snap:
+		return simKey{kind: 's', seq: o.Seq}
+	case gcplan.Checkpoint:
+		return simKey{kind: 'c', label: o.Label}
+	case gcplan.RemovedCheckpoint:
+		return simKey{kind: 'r', label: o.Label}
+	case gcplan.Tombstone:
+		return simKey{kind: 't'}
+	}
+	return simKey{kind: 'd'}
+}
+
+func (s *sim) gcDelete(g *simGC, d gcplan.Decision) {
+	v := g.byID[d.Volume.ID]
+	key := simKeyOf(d.Object)
+	if key.kind == 'l' && !s.unsafeGC && key.seq >= s.gcLow(v) {
 		s.stats.gcKeptGuard++
-		s.tracef("gc %d keeps %s/%s: a request may still create it", g.n, v.id, d.key)
+		s.tracef("gc %d keeps %s/%s: a request may still create it", g.n, v.id, key)
 		return
 	}
 	g.deleted++
-	if d.key.kind == 's' && !s.known[knownSnapRewrite] {
-		if sn := v.store.snapAt(d.key.seq); sn != nil && sn.born != g.listed[simRef{v.idx, d.key.seq}] {
+	if key.kind == 's' && !s.known[knownSnapRewrite] {
+		if sn := v.store.snapAt(key.seq); sn != nil && sn.born != g.listed[simRef{v.idx, key.seq}] {
 			// The key was written again (by a zombie, at a point below the
 			// base) after this run listed it: the delete removes the new,
 			// young object. Nothing needs a snapshot there; not an I5 case.
 			s.stats.gcSnapRewritten++
-			s.tracef("gc %d: %s/%s was rewritten since the listing; deleted young", g.n, v.id, d.key)
+			s.tracef("gc %d: %s/%s was rewritten since the listing; deleted young", g.n, v.id, key)
 			v.store.snaps = slices.DeleteFunc(v.store.snaps, func(o *simSnap) bool { return o == sn })
 			return
 		}
 	}
-	s.deleteKey(v, d.key, fmt.Sprintf("gc %d at step %d (%s)", g.n, s.step, d.why), true)
+	s.deleteKey(v, key, fmt.Sprintf("gc %d at step %d (%s)", g.n, s.step, d.Reason), true)
 }
 
 // --- the independent checker -------------------------------------------------

@@ -21,8 +21,9 @@ package journal
 // of its own; checkpoints (a writer's or offline) and their removal; volume
 // removal (Pool.Remove: tombstone, unbind; nothing deleted: GC protects a
 // volume whose tombstone is younger than the grace period, then collects
-// it); races of both removals with clones in progress (raceClone); and GC runs (a model of
-// internal/volume/gc.go's scan, markVolume and plan) as sequences of steps:
+// it); races of both removals with clones in progress (raceClone); and GC runs (the
+// real planner, internal/gcplan, which volume.Pool.GC calls, driven with
+// simulated I/O standing in for gc.go's scan, markVolume and plan) as sequences of steps:
 // list names, list volumes, mark one volume per step, plan, delete one
 // object per step, all interleaved with the writers, zombies, clones and
 // removals, up to two runs at once. Time is the scheduler's step: records
