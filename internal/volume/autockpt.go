@@ -96,14 +96,14 @@ func pruneAuto(cps []*format.CheckpointDoc, pol format.CheckpointPolicy) []strin
 // written, as its policy says, and prunes old ones.
 func (v *Volume) autoCheckpointLoop(poll time.Duration) {
 	defer v.wg.Done()
-	t := time.NewTicker(poll)
+	t := v.opts.Clock.NewTicker(poll)
 	defer t.Stop()
 	var last time.Time
 	for {
 		select {
 		case <-v.stop:
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		if err := v.autoCheckpointOnce(v.ctx, &last); err != nil && v.ctx.Err() == nil {
 			v.log.Warn("automatic checkpoint failed", "err", err)

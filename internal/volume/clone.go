@@ -74,13 +74,13 @@ func (p *Pool) OpenAt(ctx context.Context, name string, pt Point, o Options) (*V
 // records written since, so readers see a writer's flushed data.
 func (v *Volume) follow(img *image, every time.Duration) {
 	defer v.wg.Done()
-	t := time.NewTicker(every)
+	t := v.opts.Clock.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-v.stop:
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		recs, err := v.pool.fetchRecords(v.ctx, img, ^uint64(0))
 		if err != nil {

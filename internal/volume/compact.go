@@ -114,13 +114,13 @@ func (v *Volume) Compact(ctx context.Context, o CompactOptions) (CompactStats, e
 // compactLoop compacts every interval until the volume closes.
 func (v *Volume) compactLoop(every time.Duration) {
 	defer v.wg.Done()
-	t := time.NewTicker(every)
+	t := v.opts.Clock.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
 		case <-v.stop:
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		if _, err := v.Compact(v.ctx, CompactOptions{}); err != nil && v.ctx.Err() == nil {
 			v.log.Warn("background compaction failed", "err", err)

@@ -17,17 +17,73 @@ import (
 	"github.com/urldisk/urldisk/internal/objstore"
 )
 
-// fakeClock is a settable clock for GC tests.
+// fakeClock is a settable clock: Now and the background loops' tickers
+// move only when the test advances it.
 type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
+	mu      sync.Mutex
+	t       time.Time
+	tickers []*fakeTicker
 }
 
 func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+
+// Advance moves the clock and fires every ticker whose period elapsed (one
+// tick each at most, as a time.Ticker drops ticks nobody read).
 func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.t = c.t.Add(d)
-	c.mu.Unlock()
+	for _, tk := range c.tickers {
+		if tk.stopped || c.t.Before(tk.next) {
+			continue
+		}
+		for !c.t.Before(tk.next) {
+			tk.next = tk.next.Add(tk.every)
+		}
+		select {
+		case tk.c <- c.t:
+		default:
+		}
+	}
+}
+
+func (c *fakeClock) NewTicker(d time.Duration) Ticker {
+	if d <= 0 {
+		panic("fakeClock.NewTicker: non-positive interval")
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tk := &fakeTicker{clock: c, every: d, next: c.t.Add(d), c: make(chan time.Time, 1)}
+	c.tickers = append(c.tickers, tk)
+	return tk
+}
+
+// tickers reports how many live tickers have the given period.
+func (c *fakeClock) tickersOf(d time.Duration) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, tk := range c.tickers {
+		if !tk.stopped && tk.every == d {
+			n++
+		}
+	}
+	return n
+}
+
+type fakeTicker struct {
+	clock   *fakeClock
+	every   time.Duration
+	next    time.Time // guarded by clock.mu
+	stopped bool      // guarded by clock.mu
+	c       chan time.Time
+}
+
+func (t *fakeTicker) C() <-chan time.Time { return t.c }
+func (t *fakeTicker) Stop() {
+	t.clock.mu.Lock()
+	t.stopped = true
+	t.clock.mu.Unlock()
 }
 
 // modTimeStore reports object ModTimes from the fake clock at creation, so

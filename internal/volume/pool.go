@@ -14,8 +14,13 @@ import (
 	"github.com/urldisk/urldisk/internal/objstore"
 )
 
-// Clock tells the time; injected so tests control it.
-type Clock interface{ Now() time.Time }
+// Clock tells the time and paces the volume's background loops; injected
+// so tests control both.
+type Clock interface {
+	Now() time.Time
+	// NewTicker is time.NewTicker on this clock.
+	NewTicker(d time.Duration) Ticker
+}
 
 type wallClock struct{}
 

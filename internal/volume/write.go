@@ -265,13 +265,13 @@ func (v *Volume) describeWaitLocked() string {
 // idleLoop seals the open segment once writes pause for IdleFlush.
 func (v *Volume) idleLoop() {
 	defer v.wg.Done()
-	t := time.NewTicker(max(v.opts.IdleFlush/4, time.Millisecond))
+	t := v.opts.Clock.NewTicker(max(v.opts.IdleFlush/4, time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
 		case <-v.stop:
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 		v.mu.Lock()
 		if v.open != nil && v.opts.Clock.Now().Sub(v.lastWrite) >= v.opts.IdleFlush {
