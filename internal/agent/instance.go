@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -10,11 +9,11 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/agent/runtime"
-	"github.com/urldisk/urldisk/internal/control"
+	"github.com/urldisk/urldisk/internal/blockdev"
+	"github.com/urldisk/urldisk/internal/export"
 	"github.com/urldisk/urldisk/internal/fleet"
 	"github.com/urldisk/urldisk/internal/nbd"
 	"github.com/urldisk/urldisk/internal/objstore"
-	"github.com/urldisk/urldisk/internal/units"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
@@ -27,25 +26,29 @@ type instance struct {
 	vol     *volume.Volume
 	dev     *device
 	trace   *tracer
-	srv     *nbd.Server
+	// exp serves the volume on the machine's NBD socket, with its control
+	// socket (so `urldisk checkpoint/restore/compact` on this host act
+	// through us instead of attaching a second writer), and tells us when
+	// another host fenced it.
+	exp     *export.Export
 	uri     string
 	m       runtime.Machine
 	started time.Time
-	// ctl lets `urldisk checkpoint/restore/compact` on this host act through
-	// us instead of attaching a second writer; nil if it could not start.
-	ctl *control.Server
 
-	serveDone chan error         // Serve's result
-	cancel    context.CancelFunc // ends Serve (hard) and prefetch
-	wg        sync.WaitGroup     // Serve and prefetch goroutines
+	cancel context.CancelFunc // ends prefetch
+	wg     sync.WaitGroup     // the prefetch goroutine
 }
+
+// fenced is closed once the volume is found fenced (another host took it
+// over), by a request or a background upload.
+func (in *instance) fenced() <-chan struct{} { return in.exp.Fenced() }
 
 // ended reports whether the workload exited or the volume was fenced.
 func (in *instance) ended() bool {
 	select {
 	case <-in.m.Done():
 		return true
-	case <-in.dev.Fenced():
+	case <-in.fenced():
 		return true
 	default:
 		return false
@@ -72,54 +75,7 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: open pool: %w", p.Name, err)
 	}
-	attachStart := time.Now()
-	v, err := pool.Open(ctx, volName, volume.Options{Cache: a.volumeCache(), Logger: log})
-	if err != nil {
-		return nil, fmt.Errorf("machine %s: attach %s: %w", p.Name, objstore.Redact(p.Spec.Volume), err)
-	}
-	log.Info("volume attached", "volume", objstore.Redact(p.Spec.Volume), "epoch", v.Epoch(), "took", time.Since(attachStart).Round(time.Millisecond))
-	ictx, cancel := context.WithCancel(context.Background())
-	in := &instance{name: p.Name, spec: p.Spec, version: p.Version, vol: v, cancel: cancel, serveDone: make(chan error, 1)}
-	defer func() {
-		if err != nil {
-			cancel()
-			in.wg.Wait()
-			dctx, dcancel := context.WithTimeout(context.Background(), a.cfg.DetachTimeout)
-			if cerr := v.Close(dctx); cerr != nil {
-				log.Warn("detaching after a failed start", "err", cerr)
-			}
-			dcancel()
-		}
-	}()
-	if ctl, cerr := control.Start(v, log); cerr != nil {
-		log.Warn("no control socket for this volume: checkpoints on this host will be taken offline", "err", cerr)
-	} else {
-		in.ctl = ctl
-		defer func() {
-			if err != nil {
-				ctl.Close(context.Background())
-			}
-		}()
-	}
-	if a.cfg.TracePages > 0 {
-		in.trace = newTracer(tracePageSize, a.cfg.TracePages)
-	}
-	in.dev = newDevice(v, a.metrics.forMachine(p.Name), in.trace, func(t time.Time) {
-		if !prevStop.IsZero() {
-			d := t.Sub(prevStop)
-			a.metrics.downtime.Observe(d.Seconds())
-			log.Info("first request served after the move", "downtime", d.Round(time.Millisecond))
-		}
-		kick(a.kickHeartbeat)
-	})
-	srv, err := nbd.NewServer(nbd.Options{
-		Exports: map[string]nbd.Export{volName: {Device: in.dev, Description: fmt.Sprintf("urldisk machine %s (%s)", p.Name, units.FormatSize(uint64(v.Size())))}},
-		Logger:  log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	in.srv = srv
+	// Listen before attaching: a socket that cannot be made fences no one.
 	ln, err := nbd.Listen("unix:" + filepath.Join(sockDir, nbdSocketName))
 	if err != nil {
 		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
@@ -128,20 +84,60 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 		ln.Close()
 		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
 	}
-	if in.uri, err = nbd.URI(ln.Addr(), volName, false); err != nil {
-		ln.Close()
+	in := &instance{name: p.Name, spec: p.Spec, version: p.Version}
+	if a.cfg.TracePages > 0 {
+		in.trace = newTracer(tracePageSize, a.cfg.TracePages)
+	}
+	attach := func(ctx context.Context) (*volume.Volume, error) {
+		attachStart := time.Now()
+		v, err := pool.Open(ctx, volName, volume.Options{Cache: a.volumeCache(), Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("machine %s: attach %s: %w", p.Name, objstore.Redact(p.Spec.Volume), err)
+		}
+		log.Info("volume attached", "volume", objstore.Redact(p.Spec.Volume), "epoch", v.Epoch(), "took", time.Since(attachStart).Round(time.Millisecond))
+		return v, nil
+	}
+	wrap := func(v *volume.Volume) blockdev.Device {
+		in.dev = newDevice(v, a.metrics.forMachine(p.Name), in.trace, func(t time.Time) {
+			if !prevStop.IsZero() {
+				d := t.Sub(prevStop)
+				a.metrics.downtime.Observe(d.Seconds())
+				log.Info("first request served after the move", "downtime", d.Round(time.Millisecond))
+			}
+			kick(a.kickHeartbeat)
+		})
+		return in.dev
+	}
+	in.exp, err = export.Start(ctx, export.Config{
+		Volumes:         []export.Volume{{Name: volName, Label: "urldisk machine " + p.Name, Open: attach, Device: wrap}},
+		Listener:        ln,
+		ControlOptional: true, // checkpoints then go offline; the machine still runs
+		CloseTimeout:    a.cfg.DetachTimeout,
+		Logger:          log,
+	})
+	if err != nil {
 		return nil, err
 	}
-	in.wg.Add(1)
-	go func() {
-		defer in.wg.Done()
-		in.serveDone <- srv.Serve(ictx, ln)
+	in.vol = in.exp.Volume(volName)
+	ictx, cancel := context.WithCancel(context.Background())
+	in.cancel = cancel
+	defer func() {
+		if err != nil {
+			in.cancel()
+			in.wg.Wait()
+			if serr := in.exp.Shutdown(context.Background()); serr != nil {
+				log.Warn("detaching after a failed start", "err", serr)
+			}
+		}
 	}()
+	if in.uri, err = in.exp.URI(volName); err != nil {
+		return nil, err
+	}
 	if in.trace != nil {
 		in.wg.Add(1)
 		go func() {
 			defer in.wg.Done()
-			a.prefetch(ictx, p, v, log)
+			a.prefetch(ictx, p, in.vol, log)
 		}()
 	}
 	in.m, err = runtime.Start(p.Spec, runtime.Config{
@@ -149,49 +145,38 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 		Dir: dir, SocketDir: sockDir, Cred: ra.cred, Home: ra.home, Logger: log,
 	})
 	if err != nil {
-		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-		srv.Shutdown(sctx)
-		scancel()
 		return nil, err
 	}
 	in.started = a.cfg.Now()
 	return in, nil
 }
 
-// stopInstance stops the workload (graceful, then killed), drains the
-// export, saves the access trace and detaches the volume with a final
-// flush. It returns the flush's error (blockdev.ErrFenced if another host
+// stopInstance stops the workload (graceful, then killed), stops the
+// export (drains the NBD clients, closes the control socket, detaches the
+// volume with a final flush) and saves the access trace. It returns the
+// export's shutdown error (wrapping blockdev.ErrFenced if another host
 // took the volume over).
 func (a *Agent) stopInstance(in *instance, log *slog.Logger) error {
-	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StopGrace+a.cfg.DetachTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.StopGrace+export.DefaultDrainTimeout+a.cfg.DetachTimeout)
 	defer cancel()
 	if err := in.m.Stop(ctx, a.cfg.StopGrace); err != nil {
 		log.Warn("stopping the workload", "err", err)
 	}
-	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
-	if err := in.srv.Shutdown(sctx); err != nil {
-		log.Warn("draining the NBD export", "err", err)
-	}
-	scancel()
 	in.cancel()
 	in.wg.Wait()
-	if err := <-in.serveDone; err != nil && !errors.Is(err, nbd.ErrServerClosed) && !errors.Is(err, context.Canceled) {
-		log.Warn("NBD export ended with an error", "err", err)
+	err := in.exp.Shutdown(ctx)
+	if err != nil {
+		log.Warn("stopping the export", "err", err)
 	}
 	if pages := in.trace.snapshot(); len(pages) > 0 && !in.vol.Fenced() {
 		tctx, tcancel := context.WithTimeout(ctx, 5*time.Second)
-		err := a.fleet.PutTrace(tctx, &fleet.Trace{Name: in.name, Volume: in.spec.Volume, Host: a.cfg.ID, Time: a.cfg.Now().UTC(), PageSize: tracePageSize, Pages: pages})
+		terr := a.fleet.PutTrace(tctx, &fleet.Trace{Name: in.name, Volume: in.spec.Volume, Host: a.cfg.ID, Time: a.cfg.Now().UTC(), PageSize: tracePageSize, Pages: pages})
 		tcancel()
-		if err != nil {
-			log.Warn("could not save the access trace", "err", err)
+		if terr != nil {
+			log.Warn("could not save the access trace", "err", terr)
 		}
 	}
-	dctx, dcancel := context.WithTimeout(ctx, a.cfg.DetachTimeout)
-	defer dcancel()
-	if in.ctl != nil {
-		in.ctl.Close(dctx)
-	}
-	return in.vol.Close(dctx)
+	return err
 }
 
 // prefetchWorkers bounds concurrent prefetch reads.

@@ -157,7 +157,7 @@ func (r *runner) run(ctx context.Context) {
 
 		var ended, fenced <-chan struct{}
 		if inst != nil {
-			ended, fenced = inst.m.Done(), inst.dev.Fenced()
+			ended, fenced = inst.m.Done(), inst.fenced()
 		}
 		var retry <-chan time.Time
 		var timer *time.Timer
@@ -309,7 +309,7 @@ func (r *runner) stopInstance(inst *instance, why string) stopRecord {
 	}
 	fenced := false
 	select {
-	case <-inst.dev.Fenced():
+	case <-inst.fenced():
 		fenced = true
 	default:
 	}

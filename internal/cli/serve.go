@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,10 +18,12 @@ import (
 	"github.com/urldisk/urldisk/internal/blockdev"
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/control"
+	"github.com/urldisk/urldisk/internal/export"
 	"github.com/urldisk/urldisk/internal/nbd"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/rundir"
 	"github.com/urldisk/urldisk/internal/units"
+	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
@@ -119,97 +122,160 @@ any other error.`,
 	return cmd
 }
 
-// served is one attached volume and its export name.
-type served struct {
-	name string
-	v    *volume.Volume
-	ctl  *control.Server // nil for read-only volumes
-}
-
 func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) error {
-	ctx := cmd.Context()
-	log := g.log
-	var createSize uint64
-	if o.create {
-		if o.size == "" {
-			return fmt.Errorf("serve: --create needs --size (e.g. --size 10G)")
-		}
-		var err error
-		if createSize, err = units.ParseSize(o.size); err != nil {
-			return fmt.Errorf("--size: %w", err)
-		}
-	}
-	if (o.tlsCert == "") != (o.tlsKey == "") {
-		return fmt.Errorf("serve: --tls-cert and --tls-key go together")
-	}
-	if o.maxConns < 1 {
-		return fmt.Errorf("serve: --max-conns %d: want at least 1", o.maxConns)
-	}
-	if o.handshake <= 0 {
-		return fmt.Errorf("serve: --handshake-timeout %v: want a positive duration", o.handshake)
-	}
-	tlsConf, err := serveTLSConfig(o)
+	ctx, log := cmd.Context(), g.log
+	plan, err := planServe(o, args)
 	if err != nil {
 		return err
 	}
-
-	// Check the URLs and export names before attaching anything: attaching
-	// read-write fences a volume's writer, and --create creates pools and
-	// volumes.
-	names := map[string]bool{}
-	var first string
-	if o.size != "" && !o.create {
-		return fmt.Errorf("serve: --size only applies with --create")
+	// Listen before attaching, so that a bad or busy --listen fails
+	// without fencing anyone. Clients that connect meanwhile wait.
+	ln, maxConns, err := serveListen(log, o, plan)
+	if err != nil {
+		return err
 	}
-	if o.follow > 0 && !o.readOnly {
-		return fmt.Errorf("serve: --follow needs --read-only")
+	c, err := openServeCache(log, o)
+	if err != nil {
+		ln.Close()
+		return err
 	}
-	if o.storeTimeout <= 0 {
-		return fmt.Errorf("serve: --store-timeout must be positive, got %s", o.storeTimeout)
+	if c != nil {
+		defer c.Close() // after the export's Shutdown: volumes read through it until closed
 	}
-	if o.flushTimeout < 0 {
-		return fmt.Errorf("serve: --flush-timeout must be 0 (wait) or positive, got %s", o.flushTimeout)
+	vols := make([]export.Volume, len(args))
+	for i, raw := range args {
+		vols[i] = export.Volume{Name: plan.names[i], Label: "urldisk " + objstore.Redact(raw), Open: func(ctx context.Context) (*volume.Volume, error) {
+			v, _, err := attachForServe(ctx, g, o, raw, plan.createSize, c)
+			return v, err
+		}}
 	}
-	for _, raw := range args {
-		base, pt, err := volume.SplitPoint(raw)
+	exp, err := export.Start(ctx, export.Config{
+		Volumes:  vols,
+		Listener: ln,
+		NBD: nbd.Options{Allow: o.allow, TLSConfig: plan.tls, RequireTLS: plan.tls != nil,
+			MaxConns: maxConns, HandshakeTimeout: o.handshake},
+		DrainTimeout: o.stopTimeout,
+		CloseTimeout: o.stopTimeout,
+		Logger:       log,
+	})
+	if err != nil {
+		return err
+	}
+	out := cmd.OutOrStdout()
+	for _, name := range exp.Names() {
+		uri, err := exp.URI(name)
 		if err != nil {
+			exp.Shutdown(context.WithoutCancel(ctx)) // the URI error is the news
 			return err
 		}
+		printf(out, "serving %s at %s\n", name, uri)
+	}
+	printf(out, "ready\n")
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down: finishing in-flight requests, then flushing")
+	case <-exp.Fenced():
+		log.Error("all read-write volumes fenced: another writer took over; refusing new connections and exiting", "exit_code", exitFenced)
+		if err := exp.Shutdown(context.WithoutCancel(ctx)); err != nil {
+			// Closing fenced volumes fails with ErrFenced: that is the
+			// news already reported, not a second error.
+			log.Debug("shutdown after fencing", "err", err)
+		}
+		return &exitCodeError{code: exitFenced, err: fmt.Errorf("serve: every read-write volume was fenced (another writer took over): %w", blockdev.ErrFenced)}
+	case <-exp.Done():
+		return fmt.Errorf("serve: %w", exp.Shutdown(context.WithoutCancel(ctx)))
+	}
+	if err := exp.Shutdown(context.WithoutCancel(ctx)); err != nil {
+		return err
+	}
+	log.Info("stopped cleanly: every volume flushed")
+	return nil
+}
+
+// servePlan is what planServe derived from serve's flags and arguments.
+type servePlan struct {
+	names      []string // export name of each argument
+	createSize uint64   // with --create
+	tls        *tls.Config
+}
+
+// planServe checks the flags and the URLs before anything is touched:
+// attaching read-write fences a volume's writer, and --create creates
+// pools and volumes.
+func planServe(o *serveOptions, args []string) (*servePlan, error) {
+	plan := &servePlan{}
+	switch {
+	case o.create && o.size == "":
+		return nil, fmt.Errorf("serve: --create needs --size (e.g. --size 10G)")
+	case o.create:
+		var err error
+		if plan.createSize, err = units.ParseSize(o.size); err != nil {
+			return nil, fmt.Errorf("--size: %w", err)
+		}
+	case o.size != "":
+		return nil, fmt.Errorf("serve: --size only applies with --create")
+	}
+	switch {
+	case (o.tlsCert == "") != (o.tlsKey == ""):
+		return nil, fmt.Errorf("serve: --tls-cert and --tls-key go together")
+	case o.maxConns < 1:
+		return nil, fmt.Errorf("serve: --max-conns %d: want at least 1", o.maxConns)
+	case o.handshake <= 0:
+		return nil, fmt.Errorf("serve: --handshake-timeout %v: want a positive duration", o.handshake)
+	case o.follow > 0 && !o.readOnly:
+		return nil, fmt.Errorf("serve: --follow needs --read-only")
+	case o.storeTimeout <= 0:
+		return nil, fmt.Errorf("serve: --store-timeout must be positive, got %s", o.storeTimeout)
+	case o.flushTimeout < 0:
+		return nil, fmt.Errorf("serve: --flush-timeout must be 0 (wait) or positive, got %s", o.flushTimeout)
+	}
+	var err error
+	if plan.tls, err = serveTLSConfig(o); err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for _, raw := range args {
+		ref, err := volref.Parse(raw)
+		if err != nil {
+			return nil, err
+		}
+		base, pt := ref.URL(), ref.Point
 		if !pt.IsHead() && !o.readOnly {
-			return fmt.Errorf("serve %s: a point in history (@%s) can only be served with --read-only", objstore.Redact(base), pt)
+			return nil, fmt.Errorf("serve %s: a point in history (@%s) can only be served with --read-only", objstore.Redact(base), pt)
 		}
 		if !pt.IsHead() && o.create {
-			return fmt.Errorf("serve %s: --create does not apply to a point in history", objstore.Redact(base))
+			return nil, fmt.Errorf("serve %s: --create does not apply to a point in history", objstore.Redact(base))
 		}
-		_, name, err := objstore.SplitVolumeURL(base)
-		if err != nil {
-			return err
-		}
+		name := ref.Name
 		if names[name] {
-			return fmt.Errorf("serve: two volumes named %q; export names must be unique", name)
+			return nil, fmt.Errorf("serve: two volumes named %q; export names must be unique", name)
 		}
 		names[name] = true
-		if first == "" {
-			first = name
-		}
+		plan.names = append(plan.names, name)
 	}
-	// Listen before attaching too, so that a bad or busy --listen fails
-	// without fencing anyone. Clients that connect meanwhile wait.
+	return plan, nil
+}
+
+// serveListen opens the NBD listener of --listen (default: a socket named
+// after the first volume in our private runtime directory), sets a unix
+// socket's mode, and returns the connection limit that fits the process's
+// file descriptors.
+func serveListen(log *slog.Logger, o *serveOptions, plan *servePlan) (net.Listener, int, error) {
 	spec := o.listen
 	if spec == "" {
-		spec = defaultSocket(first)
+		spec = defaultSocket(plan.names[0])
 		// Another local user could have created the directory first (under
 		// a shared /tmp) and swap our socket for theirs: refuse it.
 		if err := rundir.Ensure(rundir.Private, rundir.Base()); err != nil {
-			return fmt.Errorf("serve: %w", err)
+			return nil, 0, fmt.Errorf("serve: %w", err)
 		}
 	}
 	ln, err := nbd.Listen(spec)
 	if err != nil {
-		return fmt.Errorf("serve: listen %s: %w", spec, err)
+		return nil, 0, fmt.Errorf("serve: listen %s: %w", spec, err)
 	}
-	defer ln.Close() // also closed by srv.Shutdown; closing twice is harmless
-	if a, ok := ln.Addr().(*net.TCPAddr); ok && tlsConf == nil && !a.IP.IsLoopback() {
+	if a, ok := ln.Addr().(*net.TCPAddr); ok && plan.tls == nil && !a.IP.IsLoopback() {
 		log.Warn("serving NBD over TCP on a non-loopback address WITHOUT TLS: anyone who can reach it can read and write the volumes (use --tls-cert/--tls-key)", "listen", spec, "addr", a.String())
 	}
 	maxConns := o.maxConns
@@ -224,145 +290,35 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		// this user (--socket-mode loosens it, e.g. for qemu run as another
 		// user).
 		if err := os.Chmod(path, o.socketMode); err != nil {
-			return fmt.Errorf("serve: set mode of socket %s: %w", path, err)
+			ln.Close()
+			return nil, 0, fmt.Errorf("serve: set mode of socket %s: %w", path, err)
 		}
 	}
+	return ln, maxConns, nil
+}
 
-	var c *cache.Cache
-	if !o.noCache {
-		size, err := units.ParseSize(o.cacheSize)
-		if err != nil {
-			return fmt.Errorf("--cache-size: %w", err)
-		}
-		c, err = cache.Open(o.cacheDir, int64(size), cache.Options{Logger: log})
-		switch {
-		case errors.Is(err, cache.ErrLocked):
-			return fmt.Errorf("serve: %w (another urldisk process uses it: give this one its own --cache DIR, or --no-cache)", err)
-		case errors.Is(err, cache.ErrUnusable):
-			// The cache only saves GETs: serve without it rather than not
-			// at all, and say so.
-			log.Warn("cache unusable; serving every read from the object store", "dir", o.cacheDir, "err", err)
-			c = nil
-		case err != nil:
-			return fmt.Errorf("serve: %w", err)
-		default:
-			defer c.Close()
-		}
+// openServeCache opens the host read cache; nil with --no-cache, or when
+// the directory is unusable (the cache only saves GETs: serve without it
+// rather than not at all, and say so).
+func openServeCache(log *slog.Logger, o *serveOptions) (*cache.Cache, error) {
+	if o.noCache {
+		return nil, nil
 	}
-
-	var vols []served
-	closeAll := func() error {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.stopTimeout)
-		defer cancel()
-		var errs []error
-		for _, s := range vols {
-			if s.ctl != nil {
-				s.ctl.Close(sctx)
-			}
-			if err := s.v.Close(sctx); err != nil {
-				errs = append(errs, fmt.Errorf("close %s: %w", s.name, err))
-			}
-		}
-		return errors.Join(errs...)
-	}
-	exports := map[string]nbd.Export{}
-	for _, raw := range args {
-		v, name, err := attachForServe(ctx, g, o, raw, createSize, c)
-		if err != nil {
-			closeAll()
-			return err
-		}
-		if _, dup := exports[name]; dup {
-			v.Close(ctx)
-			closeAll()
-			return fmt.Errorf("serve: two volumes named %q; export names must be unique", name)
-		}
-		vols = append(vols, served{name: name, v: v})
-		if !v.ReadOnly() {
-			cs, err := control.Start(v, log)
-			if err != nil {
-				closeAll()
-				return err
-			}
-			vols[len(vols)-1].ctl = cs
-		}
-		mode := "read-write"
-		if v.ReadOnly() {
-			mode = "read-only"
-		}
-		exports[name] = nbd.Export{Device: v, Description: fmt.Sprintf("urldisk %s (%s, %s)", objstore.Redact(raw), units.FormatSize(uint64(v.Size())), mode)}
-	}
-
-	fenced := make(chan struct{}, 1)
-	srv, err := nbd.NewServer(nbd.Options{
-		Exports:          exports,
-		Allow:            o.allow,
-		TLSConfig:        tlsConf,
-		RequireTLS:       tlsConf != nil,
-		Logger:           log,
-		MaxConns:         maxConns,
-		HandshakeTimeout: o.handshake,
-		OnFenced: func(string) {
-			select {
-			case fenced <- struct{}{}:
-			default:
-			}
-		},
-	})
+	size, err := units.ParseSize(o.cacheSize)
 	if err != nil {
-		closeAll()
-		return err
+		return nil, fmt.Errorf("--cache-size: %w", err)
 	}
-	out := cmd.OutOrStdout()
-	for _, s := range vols {
-		uri, err := nbd.URI(ln.Addr(), s.name, tlsConf != nil)
-		if err != nil {
-			closeAll()
-			return err
-		}
-		printf(out, "serving %s at %s\n", s.name, uri)
+	c, err := cache.Open(o.cacheDir, int64(size), cache.Options{Logger: log})
+	switch {
+	case errors.Is(err, cache.ErrLocked):
+		return nil, fmt.Errorf("serve: %w (another urldisk process uses it: give this one its own --cache DIR, or --no-cache)", err)
+	case errors.Is(err, cache.ErrUnusable):
+		log.Warn("cache unusable; serving every read from the object store", "dir", o.cacheDir, "err", err)
+		return nil, nil
+	case err != nil:
+		return nil, fmt.Errorf("serve: %w", err)
 	}
-	printf(out, "ready\n")
-
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(context.WithoutCancel(ctx), ln) }()
-	allFenced := make(chan struct{})
-	wctx, stopWatch := context.WithCancel(ctx)
-	defer stopWatch()
-	go watchFenced(wctx, srv, vols, fenced, allFenced)
-	var exitErr error
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down: finishing in-flight requests, then flushing")
-	case <-allFenced:
-		log.Error("all read-write volumes fenced: another writer took over; refusing new connections and exiting", "exit_code", exitFenced)
-		exitErr = &exitCodeError{code: exitFenced, err: fmt.Errorf("serve: every read-write volume was fenced (another writer took over): %w", blockdev.ErrFenced)}
-	case err := <-serveErr:
-		closeAll()
-		return fmt.Errorf("serve: %w", err)
-	}
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.stopTimeout)
-	defer cancel()
-	var errs []error
-	if err := srv.Shutdown(sctx); err != nil {
-		errs = append(errs, err)
-	}
-	if err := <-serveErr; err != nil && !errors.Is(err, nbd.ErrServerClosed) {
-		errs = append(errs, err)
-	}
-	if err := closeAll(); err != nil && exitErr == nil {
-		errs = append(errs, err)
-	}
-	if exitErr != nil {
-		// Closing fenced volumes fails with ErrFenced: that is the news
-		// already reported, not a second error.
-		return exitErr
-	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	log.Info("stopped cleanly: every volume flushed")
-	return nil
+	return c, nil
 }
 
 // fdReserve is how many file descriptors serve keeps out of the NBD
@@ -372,10 +328,6 @@ const fdReserve = 256
 // exitFenced is serve's exit status when every read-write volume was
 // fenced. Documented in serve --help and README.md.
 const exitFenced = 3
-
-// fencePoll is how often serve checks its volumes for fencing that no
-// client request revealed (a background upload found it).
-const fencePoll = time.Second
 
 // exitCodeError carries a process exit status other than 1 to Main.
 type exitCodeError struct {
@@ -416,51 +368,14 @@ func serveTLSConfig(o *serveOptions) (*tls.Config, error) {
 	return conf, nil
 }
 
-// watchFenced closes allFenced once every read-write volume in vols is
-// fenced (never if there is none). It checks when the NBD server reports a
-// fenced export (kick) and every fencePoll, since a volume can also learn
-// of the takeover from a background upload; exports found fenced that way
-// are marked on srv so that new clients are refused them.
-func watchFenced(ctx context.Context, srv *nbd.Server, vols []served, kick <-chan struct{}, allFenced chan<- struct{}) {
-	var rw []served
-	for _, s := range vols {
-		if !s.v.ReadOnly() {
-			rw = append(rw, s)
-		}
-	}
-	if len(rw) == 0 {
-		return
-	}
-	t := time.NewTicker(fencePoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-kick:
-		case <-t.C:
-		}
-		n := 0
-		for _, s := range rw {
-			if s.v.Fenced() {
-				srv.MarkFenced(s.name)
-				n++
-			}
-		}
-		if n == len(rw) {
-			close(allFenced)
-			return
-		}
-	}
-}
-
 // attachForServe opens one volume URL for serving.
 func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string, createSize uint64, c *cache.Cache) (*volume.Volume, string, error) {
-	raw, pt, err := volume.SplitPoint(raw)
+	ref, err := volref.Parse(raw)
 	if err != nil {
 		return nil, "", err
 	}
-	p, name, err := openVolumeURL(ctx, g.log, raw, o.create)
+	raw, pt, name := ref.URL(), ref.Point, ref.Name
+	p, err := openPool(ctx, g.log, ref.Pool, o.create)
 	if err != nil {
 		return nil, "", err
 	}
