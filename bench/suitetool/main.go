@@ -29,8 +29,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/units"
+	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
@@ -60,18 +60,15 @@ var log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: sl
 
 // openOrCreate opens the volume at rawURL, creating pool and volume.
 func openOrCreate(ctx context.Context, rawURL string, size uint64, o volume.Options) (*volume.Volume, error) {
-	poolURL, name, err := objstore.SplitVolumeURL(rawURL)
+	ref, err := volref.ParseHead(rawURL)
 	if err != nil {
 		return nil, err
 	}
-	store, err := objstore.Open(ctx, poolURL)
-	if err != nil {
-		return nil, err
-	}
+	name := ref.Name
 	popts := volume.PoolOptions{Logger: log}
-	p, err := volume.OpenPool(ctx, store, popts)
+	p, err := volume.OpenPoolURL(ctx, ref.Pool, popts)
 	if errors.Is(err, volume.ErrNoPool) {
-		p, err = volume.InitPool(ctx, store, popts)
+		p, err = volume.InitPoolURL(ctx, ref.Pool, popts)
 	}
 	if err != nil {
 		return nil, err
@@ -152,10 +149,11 @@ func attach(args []string) error {
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	logFile := fs.String("log", "", "append serve's stderr here")
 	_ = fs.Parse(args)
-	_, name, err := objstore.SplitVolumeURL(*url)
+	ref, err := volref.ParseHead(*url)
 	if err != nil {
 		return err
 	}
+	name := ref.Name
 	_ = os.Remove(*sock)
 	cmd := exec.Command(*bin, "serve", *url, "--listen", "unix:"+*sock, "--cache", *cacheDir, "--cache-size", "1G")
 	if *logFile != "" {

@@ -190,7 +190,7 @@ func New(cfg Config) (*Agent, error) {
 		runners:       map[string]*runner{},
 	}
 	a.fleet = fleet.New(cfg.Fleet, a.log)
-	a.ops = &fleet.Ops{Fleet: a.fleet, By: "agent " + cfg.ID, Now: cfg.Now, CheckVolume: CheckVolume, DefaultTimeout: cfg.HeartbeatTimeout}
+	a.ops = &fleet.Ops{Fleet: a.fleet, By: "agent " + cfg.ID, Now: cfg.Now, ResolveVolume: ResolveVolume, DefaultTimeout: cfg.HeartbeatTimeout}
 	a.pools = newPools(a.log)
 	var err error
 	if a.tls, err = cfg.serverTLS(); err != nil {

@@ -102,7 +102,7 @@ func newWorld(t *testing.T) *world {
 		t.Fatal(err)
 	}
 	w.fleet = fleet.New(w.store, nil)
-	w.ops = &fleet.Ops{Fleet: w.fleet, By: "test", CheckVolume: CheckVolume}
+	w.ops = &fleet.Ops{Fleet: w.fleet, By: "test", ResolveVolume: ResolveVolume}
 	return w
 }
 

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
@@ -23,37 +24,37 @@ func newPools(log *slog.Logger) *pools { return &pools{log: log, m: map[string]*
 
 // open returns the pool of a volume URL and the volume's name.
 func (ps *pools) open(ctx context.Context, volumeURL string) (*volume.Pool, string, error) {
-	poolURL, name, err := objstore.SplitVolumeURL(volumeURL)
+	ref, err := volref.ParseHead(volumeURL)
 	if err != nil {
 		return nil, "", err
 	}
 	ps.mu.Lock()
-	p, ok := ps.m[poolURL]
+	p, ok := ps.m[ref.Pool]
 	ps.mu.Unlock()
 	if ok {
-		return p, name, nil
+		return p, ref.Name, nil
 	}
-	p, err = OpenPool(ctx, poolURL, ps.log)
+	p, err = volume.OpenPoolURL(ctx, ref.Pool, volume.PoolOptions{Logger: ps.log})
 	if err != nil {
 		return nil, "", err
 	}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
-	if q, ok := ps.m[poolURL]; ok { // lost a race to open it
-		p.Store().Close()
-		return q, name, nil
+	if q, ok := ps.m[ref.Pool]; ok { // lost a race to open it
+		p.Close()
+		return q, ref.Name, nil
 	}
-	ps.m[poolURL] = p
-	return p, name, nil
+	ps.m[ref.Pool] = p
+	return p, ref.Name, nil
 }
 
-// close closes every pool's store.
+// close closes every pool (and so its store).
 func (ps *pools) close() error {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	var errs []error
 	for u, p := range ps.m {
-		if err := p.Store().Close(); err != nil {
+		if err := p.Close(); err != nil {
 			errs = append(errs, fmt.Errorf("close pool %s: %w", objstore.Redact(u), err))
 		}
 		delete(ps.m, u)
@@ -61,35 +62,22 @@ func (ps *pools) close() error {
 	return errors.Join(errs...)
 }
 
-// OpenPool opens the pool at poolURL (which must be initialised).
-func OpenPool(ctx context.Context, poolURL string, log *slog.Logger) (*volume.Pool, error) {
-	store, err := objstore.Open(ctx, poolURL)
+// ResolveVolume returns the id of the volume volumeURL names, failing
+// unless it exists in an initialised pool. It is what
+// fleet.Ops.ResolveVolume wants: every spelling of one volume gives one id.
+func ResolveVolume(ctx context.Context, volumeURL string) (string, error) {
+	ref, err := volref.ParseHead(volumeURL)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
-	p, err := volume.OpenPool(ctx, store, volume.PoolOptions{Logger: log})
+	p, err := volume.OpenPoolURL(ctx, ref.Pool, volume.PoolOptions{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
-		store.Close()
-		if errors.Is(err, volume.ErrNoPool) {
-			return nil, fmt.Errorf("%s: %w (create it with `urldisk pool init`)", objstore.Redact(poolURL), err)
-		}
-		return nil, err
+		return "", err
 	}
-	return p, nil
-}
-
-// CheckVolume fails unless volumeURL names an existing volume in an
-// initialised pool. It is what fleet.Ops.CheckVolume wants.
-func CheckVolume(ctx context.Context, volumeURL string) error {
-	poolURL, name, err := objstore.SplitVolumeURL(volumeURL)
+	defer p.Close()
+	d, err := p.Resolve(ctx, ref.Name)
 	if err != nil {
-		return err
+		return "", err
 	}
-	p, err := OpenPool(ctx, poolURL, slog.New(slog.DiscardHandler))
-	if err != nil {
-		return err
-	}
-	defer p.Store().Close()
-	_, err = p.Resolve(ctx, name)
-	return err
+	return d.ID, nil
 }

@@ -12,36 +12,25 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
 // openPool opens the pool at poolURL; with create it initialises an empty
-// store as a pool first.
+// store as a pool first. The pool owns its store: Close it.
 func openPool(ctx context.Context, log *slog.Logger, poolURL string, create bool) (*volume.Pool, error) {
-	store, err := objstore.Open(ctx, poolURL)
-	if err != nil {
-		return nil, err
-	}
 	opts := volume.PoolOptions{Logger: log}
-	p, err := volume.OpenPool(ctx, store, opts)
+	p, err := volume.OpenPoolURL(ctx, poolURL, opts)
 	if errors.Is(err, volume.ErrNoPool) && create {
 		if err := refuseNestedPool(ctx, poolURL); err != nil {
-			store.Close()
 			return nil, err
 		}
-		p, err = volume.InitPool(ctx, store, opts)
+		p, err = volume.InitPoolURL(ctx, poolURL, opts)
 		if err == nil {
 			log.Info("initialised pool", "pool", objstore.Redact(poolURL))
 		}
 	}
-	if errors.Is(err, volume.ErrNoPool) {
-		err = fmt.Errorf("%s: %w: pool not found or not initialised (create it with `urldisk pool init %s`)", objstore.Redact(poolURL), err, objstore.Redact(poolURL))
-	}
-	if err != nil {
-		store.Close()
-		return nil, err
-	}
-	return p, nil
+	return p, err
 }
 
 // maxPoolNesting bounds how many enclosing prefixes refuseNestedPool checks
@@ -56,18 +45,15 @@ const maxPoolNesting = 32
 func refuseNestedPool(ctx context.Context, poolURL string) error {
 	cur, rel := poolURL, ""
 	for range maxPoolNesting {
-		parent, seg, err := objstore.SplitVolumeURL(cur)
+		ref, err := volref.ParseHead(cur)
 		if err != nil {
 			return nil // no parent prefix left (or not a name-like segment)
 		}
-		rel = path.Join(seg, rel)
-		store, err := objstore.Open(ctx, parent)
-		if err != nil {
-			return nil
-		}
-		_, err = volume.OpenPool(ctx, store, volume.PoolOptions{})
-		store.Close()
+		parent := ref.Pool
+		rel = path.Join(ref.Name, rel)
+		p, err := volume.OpenPoolURL(ctx, parent, volume.PoolOptions{Logger: slog.New(slog.DiscardHandler)})
 		if err == nil {
+			p.Close()
 			return fmt.Errorf("%w: %s lies inside the pool %s, and pools do not nest (volume names are a single path segment: use <pool>/NAME, not <pool>/%s/NAME)",
 				objstore.ErrBadURL, objstore.Redact(poolURL), objstore.Redact(parent), rel)
 		}
@@ -76,26 +62,27 @@ func refuseNestedPool(ctx context.Context, poolURL string) error {
 	return nil
 }
 
-// splitVolumeURLIfURL splits s if it looks like a URL (has "://"); a bare
-// name returns ("", "", nil).
-func splitVolumeURLIfURL(s string) (string, string, error) {
+// parseRefIfURL parses s if it looks like a URL (has "://"); a bare name
+// returns a zero Ref and false.
+func parseRefIfURL(s string) (volref.Ref, bool, error) {
 	if !strings.Contains(s, "://") {
-		return "", "", nil
+		return volref.Ref{}, false, nil
 	}
-	return objstore.SplitVolumeURL(s)
+	r, err := volref.ParseHead(s)
+	return r, err == nil, err
 }
 
-// openVolumeURL splits a volume URL and opens its pool.
+// openVolumeURL parses a volume URL (no point) and opens its pool.
 func openVolumeURL(ctx context.Context, log *slog.Logger, rawURL string, create bool) (*volume.Pool, string, error) {
-	poolURL, name, err := objstore.SplitVolumeURL(rawURL)
+	ref, err := volref.ParseHead(rawURL)
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := openPool(ctx, log, poolURL, create)
+	p, err := openPool(ctx, log, ref.Pool, create)
 	if err != nil {
 		return nil, "", err
 	}
-	return p, name, nil
+	return p, ref.Name, nil
 }
 
 // withPool opens the pool at rawURL for the duration of fn.
@@ -105,7 +92,7 @@ func withPool(cmd *cobra.Command, g *globals, rawURL string, fn func(ctx context
 	if err != nil {
 		return err
 	}
-	defer p.Store().Close()
+	defer p.Close()
 	return fn(ctx, p)
 }
 
@@ -116,14 +103,14 @@ func withVolume(cmd *cobra.Command, g *globals, rawURL string, fn func(ctx conte
 	if err != nil {
 		return err
 	}
-	defer p.Store().Close()
+	defer p.Close()
 	return fn(ctx, p, name)
 }
 
 // withWriter attaches volume name read-write for fn, then closes it
 // (flushing); the first error wins.
 func withWriter(ctx context.Context, g *globals, p *volume.Pool, name string, fn func(v *volume.Volume) error) error {
-	v, err := p.Open(ctx, name, volume.Options{Logger: g.log})
+	v, err := p.Open(ctx, name, volume.Options{Logger: oneShotLogger(g.log)})
 	if err != nil {
 		return err
 	}
@@ -132,6 +119,37 @@ func withWriter(ctx context.Context, g *globals, p *volume.Pool, name string, fn
 		err = cerr
 	}
 	return err
+}
+
+// oneShotLogger is log for a volume attached by a one-shot command
+// (import, export, offline restore/compact): the volume's lifecycle INFO
+// lines ("attached read-write", "restored") are noise there, since the
+// command prints its own result, so they go out at DEBUG. Warnings and
+// errors are unchanged.
+func oneShotLogger(log *slog.Logger) *slog.Logger {
+	return slog.New(demoteInfo{log.Handler()})
+}
+
+// demoteInfo is a slog.Handler that passes INFO records on as DEBUG.
+type demoteInfo struct{ h slog.Handler }
+
+func (d demoteInfo) Enabled(ctx context.Context, l slog.Level) bool {
+	return d.h.Enabled(ctx, demote(l))
+}
+
+func (d demoteInfo) Handle(ctx context.Context, r slog.Record) error {
+	r.Level = demote(r.Level)
+	return d.h.Handle(ctx, r)
+}
+
+func (d demoteInfo) WithAttrs(as []slog.Attr) slog.Handler { return demoteInfo{d.h.WithAttrs(as)} }
+func (d demoteInfo) WithGroup(n string) slog.Handler       { return demoteInfo{d.h.WithGroup(n)} }
+
+func demote(l slog.Level) slog.Level {
+	if l == slog.LevelInfo {
+		return slog.LevelDebug
+	}
+	return l
 }
 
 // writeJSON prints v as indented JSON on the command's output.

@@ -44,7 +44,7 @@ func openFleetCmd(cmd *cobra.Command, g *globals, o *fleetFlags) (*fleetCmd, err
 		return nil, fmt.Errorf("--tls-ca: %w", err)
 	}
 	return &fleetCmd{g: g, fleet: f, token: token, http: hc,
-		ops: &fleet.Ops{Fleet: f, By: "cli", CheckVolume: agent.CheckVolume}}, nil
+		ops: &fleet.Ops{Fleet: f, By: "cli", ResolveVolume: agent.ResolveVolume}}, nil
 }
 
 func (fc *fleetCmd) close() { fc.fleet.Store().Close() }

@@ -10,8 +10,8 @@ import (
 
 	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/format"
-	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/units"
+	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
@@ -224,24 +224,24 @@ func newCloneCommand(g *globals) *cobra.Command {
 		Args:  exactArgs(2, "a source volume URL (optionally @point) and a new volume name or URL in the same pool"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			srcURL, pt, err := volume.SplitPoint(args[0])
+			sref, err := volref.Parse(args[0])
 			if err != nil {
 				return err
 			}
-			p, src, err := openVolumeURL(ctx, g.log, srcURL, false)
+			p, err := openPool(ctx, g.log, sref.Pool, false)
 			if err != nil {
 				return err
 			}
-			defer p.Store().Close()
+			defer p.Close()
+			src, pt := sref.Name, sref.Point
 			dst := args[1]
-			if dpool, dname, err := splitVolumeURLIfURL(dst); err != nil {
+			if dref, isURL, err := parseRefIfURL(dst); err != nil {
 				return err
-			} else if dname != "" {
-				spool, _, _ := objstore.SplitVolumeURL(srcURL)
-				if dpool != spool {
-					return fmt.Errorf("clone: %s is not in the pool of %s; clones live in their source's pool", objstore.Redact(args[1]), objstore.Redact(srcURL))
+			} else if isURL {
+				if dref.Pool != sref.Pool {
+					return fmt.Errorf("clone: %s is not in the pool of %s; clones live in their source's pool", dref, sref)
 				}
-				dst = dname
+				dst = dref.Name
 			}
 			start := time.Now()
 			d, err := p.Clone(ctx, src, pt, dst)

@@ -85,7 +85,7 @@ func newImportCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer p.Store().Close()
+			defer p.Close()
 			existed := true
 			d, err := p.Resolve(ctx, name)
 			if errors.Is(err, volume.ErrNotFound) {
@@ -254,7 +254,7 @@ func exportURL(ctx context.Context, log *slog.Logger, rawURL string, out *os.Fil
 	if err != nil {
 		return "", 0, err
 	}
-	defer p.Store().Close()
+	defer p.Close()
 	// A private cache makes readahead useful for this one pass. It is only
 	// an optimisation: if it cannot be made (read-only or full $TMPDIR),
 	// export reads everything from the store.

@@ -58,7 +58,7 @@ func runVerify(ctx context.Context, g *globals, out io.Writer, rawURL string, o 
 	if err != nil {
 		return uncheckable(fmt.Errorf("verify: %w", err))
 	}
-	defer p.Store().Close()
+	defer p.Close()
 	rep, err := p.Verify(ctx, name, volume.VerifyOptions{Deep: o.deep})
 	if err != nil {
 		return uncheckable(err)

@@ -49,7 +49,7 @@ func newCreateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			defer p.Store().Close()
+			defer p.Close()
 			d, err := p.Create(ctx, name, volume.CreateOptions{Size: size, BlockSize: uint32(bs)})
 			if err != nil {
 				return err

@@ -9,19 +9,24 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 )
 
 // Ops are the fleet operations behind the CLI and the agent API: they
 // validate requests, choose hosts and write placement versions. Safe for
-// concurrent use if CheckVolume is.
+// concurrent use if ResolveVolume is.
 type Ops struct {
 	Fleet *Fleet
 	// By names the writer in the placements it writes ("cli", "agent h1").
 	By string
 	// Now tells the time; nil means time.Now.
 	Now func() time.Time
-	// CheckVolume, if set, fails unless the URL names an existing volume.
-	CheckVolume func(ctx context.Context, url string) error
+	// ResolveVolume, if set, returns the id of the volume a URL names, or
+	// fails unless it names an existing volume. The fleet does not open
+	// pools itself (that is the volume engine's, a layer it does not
+	// import); the id it returns is recorded in the placement and is what
+	// tells two machines' volumes apart.
+	ResolveVolume func(ctx context.Context, url string) (id string, err error)
 	// DefaultTimeout judges heartbeats that state no timeout. Zero: 10s.
 	DefaultTimeout time.Duration
 }
@@ -124,17 +129,33 @@ func (v *View) pick(host, exclude string) (string, error) {
 	return h, nil
 }
 
-// sameVolume reports whether two volume URLs name the same volume. It
-// compares canonical forms (file:// paths cleaned, options sorted), not
-// redacted ones: two spellings of one volume must not pass as two, or two
-// machines would run on it and fence each other.
-func sameVolume(a, b string) bool {
-	ca, err1 := objstore.CanonicalVolumeURL(a)
-	cb, err2 := objstore.CanonicalVolumeURL(b)
-	if err1 != nil || err2 != nil {
-		return a == b
+// sameVolume reports whether placement p uses the volume url, whose id
+// is id ("" if unknown). Ids decide when both are known: every spelling
+// of a volume resolves to its one id. Otherwise (placements written before
+// ids were recorded) the canonical URLs are compared, never redacted ones:
+// two spellings of one volume must not pass as two, or two machines would
+// run on it and fence each other.
+func sameVolume(p *Placement, url, id string) bool {
+	if p.VolumeID != "" && id != "" {
+		return p.VolumeID == id
 	}
-	return ca == cb
+	ra, err1 := volref.ParseHead(p.Spec.Volume)
+	rb, err2 := volref.ParseHead(url)
+	if err1 != nil || err2 != nil {
+		return p.Spec.Volume == url
+	}
+	return ra.URL() == rb.URL()
+}
+
+// volumeUser returns the machine other than name that uses the volume url
+// (id: see sameVolume).
+func (v *View) volumeUser(name, url, id string) (string, bool) {
+	for n, p := range v.Placements {
+		if n != name && p.State != Deleted && sameVolume(p, url, id) {
+			return n, true
+		}
+	}
+	return "", false
 }
 
 // Run creates machine name with spec on host ("" picks the least loaded
@@ -150,22 +171,30 @@ func (o *Ops) Run(ctx context.Context, name string, spec Spec, host string) (*Pl
 	if err != nil {
 		return nil, err
 	}
-	for n, p := range v.Placements {
-		if n != name && p.State != Deleted && sameVolume(p.Spec.Volume, spec.Volume) {
-			return nil, fmt.Errorf("%w: %s is the volume of machine %q", ErrVolumeInUse, objstore.Redact(spec.Volume), n)
-		}
+	// By URL first (no I/O), then by id once the volume is resolved.
+	if n, ok := v.volumeUser(name, spec.Volume, ""); ok {
+		return nil, fmt.Errorf("%w: %s is the volume of machine %q", ErrVolumeInUse, objstore.Redact(spec.Volume), n)
 	}
 	if host, err = v.pick(host, ""); err != nil {
 		return nil, err
 	}
-	if o.CheckVolume != nil {
-		if err := o.CheckVolume(ctx, spec.Volume); err != nil {
+	var id string
+	if o.ResolveVolume != nil {
+		if id, err = o.ResolveVolume(ctx, spec.Volume); err != nil {
 			return nil, fmt.Errorf("%w: volume %s: %w", ErrInvalid, objstore.Redact(spec.Volume), err)
+		}
+		if n, ok := v.volumeUser(name, spec.Volume, id); ok {
+			return nil, fmt.Errorf("%w: %s is the volume of machine %q (volume id %s)", ErrVolumeInUse, objstore.Redact(spec.Volume), n, id)
 		}
 	}
 	now := o.now()
 	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
-		return NextRun(cur, name, spec, host, now)
+		p, err := NextRun(cur, name, spec, host, now)
+		if err != nil {
+			return nil, err
+		}
+		p.VolumeID = id
+		return p, nil
 	})
 }
 

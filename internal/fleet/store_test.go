@@ -242,11 +242,11 @@ func TestOps(t *testing.T) {
 	f := New(memStore(t), nil)
 	clk := &fixedClock{t: t0}
 	missing := errors.New("volume not found")
-	ops := &Ops{Fleet: f, By: "test", Now: clk.Now, CheckVolume: func(_ context.Context, url string) error {
+	ops := &Ops{Fleet: f, By: "test", Now: clk.Now, ResolveVolume: func(_ context.Context, url string) (string, error) {
 		if strings.HasSuffix(url, "/nope") {
-			return missing
+			return "", missing
 		}
-		return nil
+		return "id-" + url, nil
 	}}
 	beat := func(host string, down bool) {
 		if err := f.PutHeartbeat(ctx, &Heartbeat{Host: host, Seq: 1, Time: clk.Now(), Timeout: 2 * time.Second, Down: down}); err != nil {

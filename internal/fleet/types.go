@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 )
 
 // Errors returned by this package; match them with errors.Is.
@@ -123,7 +123,7 @@ func (s *Spec) Validate() error {
 	if s.Volume == "" {
 		return fmt.Errorf("%w: missing volume URL", ErrInvalid)
 	}
-	if _, _, err := objstore.SplitVolumeURL(s.Volume); err != nil {
+	if _, err := volref.ParseHead(s.Volume); err != nil {
 		return fmt.Errorf("%w: volume: %w", ErrInvalid, err)
 	}
 	for _, kv := range s.Env {
@@ -191,6 +191,11 @@ type Placement struct {
 	// read version N.
 	Version uint64 `json:"version"`
 	Spec    Spec   `json:"spec"`
+	// VolumeID is the id of the volume Spec.Volume was bound to when the
+	// machine was created (the pool's names/<name>), so two URL spellings
+	// of one volume are one volume. "" in placements written before it
+	// was recorded, or by an Ops without ResolveVolume.
+	VolumeID string `json:"volume_id,omitempty"`
 	// Host is the agent that should run the machine (or starts it next,
 	// when stopped).
 	Host  string `json:"host"`

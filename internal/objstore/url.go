@@ -183,7 +183,7 @@ func filePath(u *url.URL, q url.Values) (string, error) {
 		return "", fmt.Errorf("%w: %s: '..' is not allowed in file paths", ErrBadURL, redactURL(u))
 	}
 	// "//" and "." are cleaned away, so every spelling of a directory is one
-	// pool (see SplitVolumeURL).
+	// pool (see CanonicalURL).
 	return filepath.Clean(u.Path), nil
 }
 
@@ -262,7 +262,6 @@ func parseS3(u *url.URL, q url.Values) (s3Config, error) {
 var (
 	validBucket = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 	validRegion = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
-	validName   = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
 )
 
 // isCredentialOption reports whether a query option name looks like it
@@ -277,83 +276,32 @@ func isCredentialOption(k string) bool {
 	return false
 }
 
-// ValidateVolumeName reports whether name is a valid volume name: 1 to 128
-// characters of [a-zA-Z0-9._-], starting with a letter or digit. The error
-// wraps ErrBadURL, since a name is the last element of a volume URL.
-func ValidateVolumeName(name string) error {
-	if !validName.MatchString(name) {
-		return fmt.Errorf("%w: invalid volume name %q (want [a-zA-Z0-9][a-zA-Z0-9._-]{0,127})", ErrBadURL, name)
-	}
-	return nil
-}
-
-// SplitVolumeURL splits a volume URL "<pool>/<name>[?query]" into the pool
-// URL (with the query kept) and the volume name, the last path element:
-//
-//	s3://b/pool/web-1?region=us-east-1  →  s3://b/pool?region=us-east-1, web-1
-//	mem:///web-1                        →  mem://, web-1
-//
-// The name must satisfy ValidateVolumeName. Errors wrap ErrBadURL and never
-// echo credentials. SplitVolumeURL does not check the pool URL's scheme or
-// options; Open does.
-func SplitVolumeURL(raw string) (poolURL, name string, err error) {
-	u, _, err := parseURL(raw)
-	if err != nil {
-		return "", "", err
-	}
-	before, query, hasQuery := strings.Cut(raw, "?")
-	authStart := strings.Index(before, "://")
-	if authStart < 0 {
-		return "", "", fmt.Errorf("%w: %s: not a scheme://... URL", ErrBadURL, Redact(raw))
-	}
-	authStart += len("://")
-	pathStart := strings.IndexByte(before[authStart:], '/')
-	if pathStart < 0 || u.Path == "" || strings.HasSuffix(u.Path, "/") {
-		return "", "", fmt.Errorf("%w: %s: no volume name (want <pool>/<name>)", ErrBadURL, Redact(raw))
-	}
-	i := strings.LastIndexByte(before, '/')
-	name = before[i+1:]
-	if err := ValidateVolumeName(name); err != nil {
-		return "", "", fmt.Errorf("split %s: %w", Redact(raw), err)
-	}
-	poolURL = before[:i]
-	if u.Scheme == "file" && !hasDotDot(u.Path) {
-		// One directory, one pool URL: file:///var/tmp//pool,
-		// file:///var/tmp/./pool and file://localhost/var/tmp/pool all
-		// become file:///var/tmp/pool. Otherwise two spellings pass as two
-		// volumes (two machines on one volume, fencing each other).
-		dir := path.Clean(u.Path[:strings.LastIndexByte(u.Path, '/')+1])
-		poolURL = (&url.URL{Scheme: "file", Path: dir}).String()
-		if dir == "/" {
-			poolURL = "file://" // as before: the root is no pool
-		}
-	}
-	if hasQuery {
-		poolURL += "?" + query
-	}
-	return poolURL, name, nil
-}
-
-// CanonicalVolumeURL returns one spelling for every URL of a volume: the
-// pool URL as SplitVolumeURL returns it (file:// paths cleaned), the name,
-// and the query options sorted. Two URLs name the same volume if and only
-// if their canonical forms are equal. The result is not redacted: compare
-// it, do not log it.
-func CanonicalVolumeURL(raw string) (string, error) {
-	poolURL, name, err := SplitVolumeURL(raw)
+// CanonicalURL returns one spelling for every spelling of a store URL (a
+// pool's or a volume's): file:// paths cleaned ("//", "." and a localhost
+// host dropped, so file:///var/tmp//pool, file:///var/tmp/./pool and
+// file://localhost/var/tmp/pool are one), and query options sorted. A
+// file:// path with ".." is left as written (Open refuses it). It applies
+// the checks every URL gets (no credentials, no fragment; errors wrap
+// ErrBadURL and never echo a secret), not the scheme's own: Open does
+// those. The result is not redacted: compare or open it, do not log it.
+func CanonicalURL(raw string) (string, error) {
+	u, q, err := parseURL(raw)
 	if err != nil {
 		return "", err
 	}
-	base, query, _ := strings.Cut(poolURL, "?")
-	s := strings.TrimSuffix(base, "/") + "/" + name
-	if query != "" {
-		q, err := url.ParseQuery(query)
-		if err != nil {
-			return "", fmt.Errorf("%w: %s: malformed query string", ErrBadURL, Redact(raw))
+	base, _, _ := strings.Cut(raw, "?")
+	if u.Scheme == "file" && !hasDotDot(u.Path) && (u.Host == "" || u.Host == "localhost") {
+		// Otherwise two spellings pass as two volumes: two machines on one
+		// volume, fencing each other.
+		base = "file://"
+		if p := path.Clean("/" + u.Path); p != "/" {
+			base += (&url.URL{Path: p}).EscapedPath()
 		}
-		s += "?" + q.Encode()
 	}
-	return s, nil
+	if len(q) > 0 {
+		return base + "?" + q.Encode(), nil
+	}
+	return base, nil
 }
 
 // safeOptions are query options whose values may appear in logs.

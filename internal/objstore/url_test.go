@@ -196,42 +196,28 @@ func TestClosedStore(t *testing.T) {
 	}
 }
 
-func TestSplitVolumeURL(t *testing.T) {
-	for _, tc := range []struct{ in, pool, name string }{
-		{"s3://b/pool/web-1?endpoint=http://127.0.0.1:7070&region=us-east-1&use_path_style=true",
-			"s3://b/pool?endpoint=http://127.0.0.1:7070&region=us-east-1&use_path_style=true", "web-1"},
-		{"s3://b/web-1", "s3://b", "web-1"},
-		{"s3://b/a/b/c/vol.2_x", "s3://b/a/b/c", "vol.2_x"},
-		{"file:///var/lib/urldisk/pool/db", "file:///var/lib/urldisk/pool", "db"},
-		{"file:///db", "file://", "db"},
-		// Regression (issue 16): spellings of one directory are one pool.
-		{"file:///var/tmp//pool/web-1", "file:///var/tmp/pool", "web-1"},
-		{"file:///var/tmp/./pool/web-1", "file:///var/tmp/pool", "web-1"},
-		{"file://localhost/var/tmp/pool//web-1", "file:///var/tmp/pool", "web-1"},
-		{"file:///var/tmp/my%20pool/v", "file:///var/tmp/my%20pool", "v"},
-		{"mem://test/pool/v", "mem://test/pool", "v"},
-		{"mem:///v", "mem://", "v"},
-		{"mem://t/v?", "mem://t?", "v"},
-		{"s3://b/p/" + strings.Repeat("a", 128), "s3://b/p", strings.Repeat("a", 128)},
+func TestCanonicalURL(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"file:///var/tmp//pool/web-1", "file:///var/tmp/pool/web-1"},
+		{"file:///var/tmp/./pool/", "file:///var/tmp/pool"},
+		{"file://localhost/var/tmp/pool", "file:///var/tmp/pool"},
+		{"file:///var/tmp/my%20pool", "file:///var/tmp/my%20pool"},
+		{"file:///x/../pool", "file:///x/../pool"}, // left for Open to refuse
+		{"s3://b/p?region=r&endpoint=http://h:1", "s3://b/p?endpoint=http%3A%2F%2Fh%3A1&region=r"},
+		{"mem://", "mem://"},
+		{"mem://t?", "mem://t"},
 	} {
-		pool, name, err := objstore.SplitVolumeURL(tc.in)
-		if err != nil || pool != tc.pool || name != tc.name {
-			t.Errorf("SplitVolumeURL(%q) = %q, %q, %v; want %q, %q", tc.in, pool, name, err, tc.pool, tc.name)
+		if got, err := objstore.CanonicalURL(tc.in); err != nil || got != tc.want {
+			t.Errorf("CanonicalURL(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
 		}
 	}
-	for _, in := range []string{
-		"s3://b", "s3://b/", "s3://b/pool/", "mem://", "mem://x",
-		"s3://b/pool/-leading-dash", "s3://b/pool/.hidden", "s3://b/pool/a%20b",
-		"s3://b/pool/" + strings.Repeat("a", 129), "s3://b/pool/ü",
-		"s3://k:" + secret + "@b/pool/v", "s3://b/pool/v?secret=" + secret,
-		"pool/v", "",
-	} {
-		_, _, err := objstore.SplitVolumeURL(in)
+	for _, in := range []string{"s3://k:" + secret + "@b/pool", "s3://b/pool?secret=" + secret, "pool/v", "", "file:///x#y"} {
+		_, err := objstore.CanonicalURL(in)
 		if !errors.Is(err, objstore.ErrBadURL) {
-			t.Errorf("SplitVolumeURL(%q): err = %v, want ErrBadURL", in, err)
+			t.Errorf("CanonicalURL(%q): err = %v, want ErrBadURL", in, err)
 		}
 		if err != nil && strings.Contains(err.Error(), secret) {
-			t.Errorf("SplitVolumeURL(%q): error echoes the secret: %v", in, err)
+			t.Errorf("CanonicalURL(%q): error echoes the secret: %v", in, err)
 		}
 	}
 }
@@ -268,45 +254,8 @@ func TestValidateKey(t *testing.T) {
 	}
 }
 
-// Regression (issue 16): file:///var/tmp//pool/web-1 and
-// file:///var/tmp/./pool/web-1 were two volumes to the fleet, which let two
-// machines run on one volume.
-func TestCanonicalVolumeURL(t *testing.T) {
-	same := [][]string{
-		{"file:///var/tmp/pool/web-1", "file:///var/tmp//pool/web-1", "file:///var/tmp/./pool/web-1",
-			"file://localhost/var/tmp/pool/web-1", "file:////var/tmp/pool/./web-1"},
-		{"s3://b/p/v?region=r&endpoint=http://h:1", "s3://b/p/v?endpoint=http://h:1&region=r"},
-		{"mem:///v", "mem:///v"},
-	}
-	var canon []string
-	for _, group := range same {
-		want, err := objstore.CanonicalVolumeURL(group[0])
-		if err != nil {
-			t.Fatalf("CanonicalVolumeURL(%q): %v", group[0], err)
-		}
-		for _, u := range group[1:] {
-			if got, err := objstore.CanonicalVolumeURL(u); err != nil || got != want {
-				t.Errorf("CanonicalVolumeURL(%q) = %q, %v; want %q like %q", u, got, err, want, group[0])
-			}
-		}
-		canon = append(canon, want)
-	}
-	for _, u := range []string{"file:///var/tmp/pool/web-2", "file:///var/tmp/pool2/web-1", "file:///var/pool/web-1",
-		"s3://b/p/v?region=other&endpoint=http://h:1", "mem://x/v"} {
-		got, err := objstore.CanonicalVolumeURL(u)
-		if err != nil {
-			t.Fatalf("CanonicalVolumeURL(%q): %v", u, err)
-		}
-		for _, c := range canon {
-			if got == c {
-				t.Errorf("CanonicalVolumeURL(%q) = %q, the same as another volume's", u, got)
-			}
-		}
-	}
-	if _, err := objstore.CanonicalVolumeURL("file:///var/tmp/pool/"); !errors.Is(err, objstore.ErrBadURL) {
-		t.Errorf("CanonicalVolumeURL without a name: %v, want ErrBadURL", err)
-	}
-
+// The cleaned spellings of a file:// pool open one directory (issue 16).
+func TestFileURLSpellingsOpenOneDirectory(t *testing.T) {
 	// The cleaned spellings open the same directory; ".." stays refused,
 	// since the kernel resolves it through symlinks and path.Clean does not.
 	dir := t.TempDir()

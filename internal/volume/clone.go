@@ -7,7 +7,7 @@ import (
 
 	"github.com/urldisk/urldisk/internal/blockdev"
 	"github.com/urldisk/urldisk/internal/format"
-	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 )
 
 // Clone creates volume dst in the same pool whose initial state is src at
@@ -15,7 +15,7 @@ import (
 // only an extent-map snapshot and a descriptor are written, O(map) and
 // independent of the disk size.
 func (p *Pool) Clone(ctx context.Context, src string, pt Point, dst string) (*format.VolumeDesc, error) {
-	if err := objstore.ValidateVolumeName(dst); err != nil {
+	if err := volref.ValidateName(dst); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	sd, err := p.Resolve(ctx, src)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/urldisk/urldisk/internal/journal"
+	"github.com/urldisk/urldisk/internal/volref"
 )
 
 var (
@@ -17,8 +18,10 @@ var (
 	// ErrNoConditionalCreate: the pool's store does not honour
 	// create-if-absent, so a single writer cannot be guaranteed.
 	ErrNoConditionalCreate = errors.New("object store does not support conditional create; read-write attach refused")
-	// ErrInvalid: bad arguments (size, block size, name).
-	ErrInvalid = errors.New("invalid argument")
+	// ErrInvalid: bad arguments (size, block size, name). It is
+	// volref.ErrInvalid, so a bad point or label is the same mistake
+	// whether the URL parser or the engine finds it.
+	ErrInvalid = volref.ErrInvalid
 	// ErrLogGap: records a replay needs are missing from the volume's log,
 	// and later records or snapshots prove they were acknowledged (deleted,
 	// or lost by the store). Opening past them would silently roll the

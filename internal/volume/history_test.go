@@ -177,7 +177,7 @@ func TestFollowReplica(t *testing.T) {
 	if err := w.WriteAt(ctx, fill('y', 10), 0); err != nil || w.Flush(ctx) != nil {
 		t.Fatalf("writer disturbed by replica: %v", err)
 	}
-	if _, _, err := SplitPoint("file:///p/v@x:y"); err == nil {
+	if _, err := ParsePoint("x:y"); !errors.Is(err, ErrInvalid) {
 		t.Fatal("bad point accepted")
 	}
 }

@@ -4,95 +4,25 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 )
 
 // Point names a point in a volume's history: a checkpoint label, a log
-// sequence number, or a time. The zero Point is the head.
-type Point struct {
-	Label string
-	Seq   uint64 // valid when HasSeq
-	// HasSeq distinguishes seq 0 from "no seq".
-	HasSeq bool
-	Time   time.Time
-}
+// sequence number, or a time. The zero Point is the head. The volume URL's
+// syntax, the point's included, belongs to volref.
+type Point = volref.Point
 
-// IsHead reports whether p names the head (no point given).
-func (p Point) IsHead() bool { return p.Label == "" && !p.HasSeq && p.Time.IsZero() }
+// ValidateLabel checks a checkpoint label (volref.ValidateLabel).
+func ValidateLabel(label string) error { return volref.ValidateLabel(label) }
 
-func (p Point) String() string {
-	switch {
-	case p.Label != "":
-		return p.Label
-	case p.HasSeq:
-		return strconv.FormatUint(p.Seq, 10)
-	case !p.Time.IsZero():
-		return p.Time.UTC().Format(time.RFC3339Nano)
-	}
-	return "head"
-}
-
-var labelRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
-
-// ValidateLabel checks a checkpoint label: 1 to 128 of [a-zA-Z0-9._-],
-// starting with a letter or digit, and not all digits (that would be a seq).
-func ValidateLabel(label string) error {
-	if !labelRE.MatchString(label) {
-		return fmt.Errorf("%w: checkpoint label %q: want 1-128 characters of [a-zA-Z0-9._-] starting with a letter or digit", ErrInvalid, label)
-	}
-	if _, err := strconv.ParseUint(label, 10, 64); err == nil {
-		return fmt.Errorf("%w: checkpoint label %q: all digits would read as a sequence number", ErrInvalid, label)
-	}
-	return nil
-}
-
-// ParsePoint parses what follows '@' in NAME@POINT: digits are a sequence
-// number, an RFC 3339 time is a time, anything else a checkpoint label.
-func ParsePoint(s string) (Point, error) {
-	if s == "" {
-		return Point{}, fmt.Errorf("%w: empty point after '@'", ErrInvalid)
-	}
-	if n, err := strconv.ParseUint(s, 10, 64); err == nil {
-		return Point{Seq: n, HasSeq: true}, nil
-	}
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return Point{Time: t}, nil
-	}
-	if strings.ContainsAny(s, ":") {
-		return Point{}, fmt.Errorf("%w: point %q is neither a sequence number, an RFC 3339 time (2026-11-28T10:00:00Z) nor a label", ErrInvalid, s)
-	}
-	if err := ValidateLabel(s); err != nil {
-		return Point{}, err
-	}
-	return Point{Label: s}, nil
-}
-
-// SplitPoint splits "URL@POINT" (the point follows the last path element,
-// before any query) into the plain volume URL and the point.
-func SplitPoint(raw string) (string, Point, error) {
-	base, query, hasQuery := strings.Cut(raw, "?")
-	slash := strings.LastIndexByte(base, '/')
-	at := strings.LastIndexByte(base, '@')
-	if at < 0 || at < slash {
-		return raw, Point{}, nil
-	}
-	pt, err := ParsePoint(base[at+1:])
-	if err != nil {
-		return "", Point{}, err
-	}
-	out := base[:at]
-	if hasQuery {
-		out += "?" + query
-	}
-	return out, pt, nil
-}
+// ParsePoint parses what follows '@' in NAME@POINT (volref.ParsePoint).
+func ParsePoint(s string) (Point, error) { return volref.ParsePoint(s) }
 
 // readCheckpoint returns checkpoint label of volume id.
 func (p *Pool) readCheckpoint(ctx context.Context, id, label string) (*format.CheckpointDoc, error) {

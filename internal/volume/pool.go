@@ -12,6 +12,7 @@ import (
 
 	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 )
 
 // Clock tells the time and paces the volume's background loops; injected
@@ -28,7 +29,9 @@ func (wallClock) Now() time.Time { return time.Now() }
 
 // Pool is an object-store prefix holding volumes. Safe for concurrent use.
 type Pool struct {
-	store     objstore.Store
+	store objstore.Store
+	// ownStore: the pool opened the store from a URL and closes it.
+	ownStore  bool
 	marker    format.PoolMarker
 	clock     Clock
 	log       *slog.Logger
@@ -108,6 +111,49 @@ func OpenPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Poo
 	return p, nil
 }
 
+// OpenPoolURL opens the object store at poolURL and the pool in it. The
+// pool owns the store: Close closes it. A missing pool marker is an error
+// wrapping ErrNoPool that says how to create the pool.
+func OpenPoolURL(ctx context.Context, poolURL string, opts PoolOptions) (*Pool, error) {
+	return openPoolURL(ctx, poolURL, opts, OpenPool)
+}
+
+// InitPoolURL is InitPool on the object store at poolURL; the pool owns the
+// store, as with OpenPoolURL.
+func InitPoolURL(ctx context.Context, poolURL string, opts PoolOptions) (*Pool, error) {
+	return openPoolURL(ctx, poolURL, opts, InitPool)
+}
+
+func openPoolURL(ctx context.Context, poolURL string, opts PoolOptions, open func(context.Context, objstore.Store, PoolOptions) (*Pool, error)) (*Pool, error) {
+	store, err := objstore.Open(ctx, poolURL)
+	if err != nil {
+		return nil, err
+	}
+	p, err := open(ctx, store, opts)
+	if err != nil {
+		store.Close()
+		if errors.Is(err, ErrNoPool) {
+			return nil, fmt.Errorf("%s: %w: pool not found or not initialised (create it with `urldisk pool init %s`)", objstore.Redact(poolURL), err, objstore.Redact(poolURL))
+		}
+		return nil, err
+	}
+	p.ownStore = true
+	return p, nil
+}
+
+// Close closes the pool's store if the pool opened it (OpenPoolURL,
+// InitPoolURL); a store passed to OpenPool or InitPool stays the caller's.
+// Volumes opened from the pool must be closed first.
+func (p *Pool) Close() error {
+	if !p.ownStore {
+		return nil
+	}
+	if err := p.store.Close(); err != nil {
+		return fmt.Errorf("close pool store: %w", err)
+	}
+	return nil
+}
+
 // Store returns the pool's object store.
 func (p *Pool) Store() objstore.Store { return p.store }
 
@@ -130,7 +176,7 @@ type CreateOptions struct {
 
 // Create makes a new empty volume called name.
 func (p *Pool) Create(ctx context.Context, name string, o CreateOptions) (*format.VolumeDesc, error) {
-	if err := objstore.ValidateVolumeName(name); err != nil {
+	if err := volref.ValidateName(name); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if o.BlockSize == 0 {
@@ -186,7 +232,7 @@ func (p *Pool) bind(ctx context.Context, d *format.VolumeDesc, initialSnap []byt
 
 // Resolve returns the descriptor of the volume called name.
 func (p *Pool) Resolve(ctx context.Context, name string) (*format.VolumeDesc, error) {
-	if err := objstore.ValidateVolumeName(name); err != nil {
+	if err := volref.ValidateName(name); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	b, err := p.store.Get(ctx, format.NameKey(name))
