@@ -9,7 +9,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/urldisk/urldisk/internal/control"
-	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/units"
 	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
@@ -38,7 +37,7 @@ another host (unflushed writes there are not included).`,
 					return err
 				}
 				how := "by the serving process"
-				var c *format.CheckpointDoc
+				var c *volume.Checkpoint
 				if served {
 					c = rep.Checkpoint
 				} else {
@@ -183,10 +182,10 @@ func newPolicyCommand(g *globals) *cobra.Command {
 			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
 				set := cmd.Flags().Changed("every") || cmd.Flags().Changed("keep-hourly") || cmd.Flags().Changed("keep-daily") || off
 				if set {
-					pol := format.CheckpointPolicy{EverySeconds: int64(every / time.Second), KeepHourly: hourly, KeepDaily: daily}
+					pol := volume.Policy{Every: every.Truncate(time.Second), KeepHourly: hourly, KeepDaily: daily}
 					if off {
-						pol = format.CheckpointPolicy{}
-					} else if pol.EverySeconds <= 0 {
+						pol = volume.Policy{}
+					} else if pol.Every <= 0 {
 						return fmt.Errorf("policy: --every must be at least 1s (or use --off)")
 					}
 					if err := p.SetPolicy(ctx, name, pol); err != nil {
@@ -201,10 +200,10 @@ func newPolicyCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if pol.EverySeconds == 0 {
+				if pol.Off() {
 					printf(cmd.OutOrStdout(), "%s: automatic checkpoints off\n", name)
 				} else {
-					printf(cmd.OutOrStdout(), "%s: checkpoint every %v while written; keep %d hourly, %d daily\n", name, time.Duration(pol.EverySeconds)*time.Second, pol.KeepHourly, pol.KeepDaily)
+					printf(cmd.OutOrStdout(), "%s: checkpoint every %v while written; keep %d hourly, %d daily\n", name, pol.Every, pol.KeepHourly, pol.KeepDaily)
 				}
 				return nil
 			})

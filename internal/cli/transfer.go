@@ -111,7 +111,7 @@ func newImportCommand(g *globals) *cobra.Command {
 			if d.Size < uint64(fileSize) {
 				return fmt.Errorf("import: %s (%d bytes) does not fit volume %s (%d bytes)", args[0], fileSize, name, d.Size)
 			}
-			v, err := p.Open(ctx, name, volume.Options{Logger: g.log})
+			v, err := p.Open(ctx, name, volume.Options{Logger: oneShotLogger(g.log)})
 			if err != nil {
 				return err
 			}
@@ -258,7 +258,7 @@ func exportURL(ctx context.Context, log *slog.Logger, rawURL string, out *os.Fil
 	// A private cache makes readahead useful for this one pass. It is only
 	// an optimisation: if it cannot be made (read-only or full $TMPDIR),
 	// export reads everything from the store.
-	vopts := volume.Options{ReadOnly: true, Logger: log}
+	vopts := volume.Options{ReadOnly: true, Logger: oneShotLogger(log)}
 	c, cdir, err := openExportCache(log)
 	if err != nil {
 		log.Warn("export cache unusable; reading every block from the object store", "err", err)

@@ -130,15 +130,7 @@ func newInfoCommand(g *globals) *cobra.Command {
 				printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
 				printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)
 				printf(w, "epoch:       %d\n", in.Epoch)
-				if in.Writer != nil {
-					if in.Writer.Host != "" {
-						printf(w, "writer:      %s (host %s, pid %d, attached %s)\n", in.Writer.ID, in.Writer.Host, in.Writer.PID, in.Writer.Attached.Format(time.RFC3339))
-					} else {
-						printf(w, "writer:      %s\n", in.Writer.ID)
-					}
-				} else {
-					printf(w, "writer:      none yet\n")
-				}
+				printf(w, "writer:      %s\n", describeWriter(in.Writer))
 				printf(w, "snapshots:   %d (newest at seq %d)\n", in.Snapshots, in.SnapSeq)
 				if !in.LastWrite.IsZero() {
 					printf(w, "last record: %s\n", in.LastWrite.Format(time.RFC3339Nano))
@@ -165,5 +157,26 @@ func newRmCommand(g *globals) *cobra.Command {
 				return nil
 			})
 		},
+	}
+}
+
+// describeWriter says who holds the volume's epoch: the writer if it may
+// still run, "none (last: ...)" once its process on this host has exited
+// (an import, a stopped serve: the log records no detach).
+func describeWriter(wi *volume.WriterInfo) string {
+	if wi == nil {
+		return "none yet"
+	}
+	s := wi.ID
+	if wi.Host != "" {
+		s = fmt.Sprintf("%s (host %s, pid %d, attached %s)", wi.ID, wi.Host, wi.PID, wi.Attached.Format(time.RFC3339))
+	}
+	switch {
+	case wi.Running == nil:
+		return s
+	case *wi.Running:
+		return s + ", running"
+	default:
+		return "none (last: " + s + ", exited)"
 	}
 }

@@ -20,7 +20,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/rundir"
 	"github.com/urldisk/urldisk/internal/volume"
 )
@@ -51,10 +50,10 @@ type Request struct {
 
 // Reply is the holder's answer.
 type Reply struct {
-	Checkpoint *format.CheckpointDoc `json:"checkpoint,omitempty"`
-	Seq        uint64                `json:"seq,omitempty"`
-	Compact    *volume.CompactStats  `json:"compact,omitempty"`
-	Error      string                `json:"error,omitempty"`
+	Checkpoint *volume.Checkpoint   `json:"checkpoint,omitempty"`
+	Seq        uint64               `json:"seq,omitempty"`
+	Compact    *volume.CompactStats `json:"compact,omitempty"`
+	Error      string               `json:"error,omitempty"`
 }
 
 // Server serves one volume's control socket until Close.

@@ -264,7 +264,7 @@ func TestServeBadInput(t *testing.T) {
 		{"invalid volume name", []string{pool + "/bad%20name"}, "invalid volume name", ""},
 		{"create without size", []string{"--create", volURL(pool, "b")}, "--create needs --size", filepath.Join(dir, "pool", "names", "b")},
 		{"bad size", []string{"--create", "--size", "lots", volURL(pool, "b")}, "--size", filepath.Join(dir, "pool", "names", "b")},
-		{"missing volume", []string{volURL(pool, "missing")}, `volume "missing": volume not found`, filepath.Join(dir, "pool", "names", "missing")},
+		{"missing volume", []string{volURL(pool, "missing")}, `volume not found: "missing"`, filepath.Join(dir, "pool", "names", "missing")},
 		{"missing pool", []string{volURL(other, "v")}, "no urldisk pool", filepath.Join(dir, "other", "names")},
 		{"duplicate name", []string{"--create", "--size", "8M", volURL(pool, "a"), volURL(other2, "a")}, `two volumes named "a"`, filepath.Join(dir, "other2")},
 		{"same volume twice", []string{volURL(pool, "a"), volURL(pool, "a")}, `two volumes named "a"`, ""},

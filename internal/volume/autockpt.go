@@ -15,21 +15,19 @@ import (
 // AutoPrefix starts the labels of automatic checkpoints.
 const AutoPrefix = "auto-"
 
-// SetPolicy stores volume name's automatic-checkpoint policy; a policy with
-// EverySeconds 0 turns automatic checkpoints off. Writers pick it up within
-// a minute.
-func (p *Pool) SetPolicy(ctx context.Context, name string, pol format.CheckpointPolicy) error {
-	if pol.EverySeconds < 0 || pol.KeepHourly < 0 || pol.KeepDaily < 0 {
-		return fmt.Errorf("%w: policy values must not be negative", ErrInvalid)
-	}
-	if pol.EverySeconds > 0 && pol.KeepHourly == 0 && pol.KeepDaily == 0 {
-		return fmt.Errorf("%w: a policy that keeps nothing would delete every automatic checkpoint", ErrInvalid)
+// SetPolicy stores volume name's automatic-checkpoint policy; the zero
+// Policy turns automatic checkpoints off. Writers pick it up within a
+// minute.
+func (p *Pool) SetPolicy(ctx context.Context, name string, pol Policy) error {
+	if err := pol.validate(); err != nil {
+		return err
 	}
 	d, err := p.Resolve(ctx, name)
 	if err != nil {
 		return err
 	}
-	b, err := format.EncodeDoc(format.KindPolicy, &pol)
+	doc := pol.doc()
+	b, err := format.EncodeDoc(format.KindPolicy, &doc)
 	if err != nil {
 		return err
 	}
@@ -37,7 +35,13 @@ func (p *Pool) SetPolicy(ctx context.Context, name string, pol format.Checkpoint
 }
 
 // Policy returns volume id's policy (the zero policy if none is set).
-func (p *Pool) Policy(ctx context.Context, id string) (format.CheckpointPolicy, error) {
+func (p *Pool) Policy(ctx context.Context, id string) (Policy, error) {
+	d, err := p.policyDoc(ctx, id)
+	return policyOf(d), err
+}
+
+// policyDoc reads volume id's stored policy document.
+func (p *Pool) policyDoc(ctx context.Context, id string) (format.CheckpointPolicy, error) {
 	var pol format.CheckpointPolicy
 	b, err := p.store.Get(ctx, format.PolicyKey(id))
 	if errors.Is(err, objstore.ErrNotFound) {
@@ -112,7 +116,7 @@ func (v *Volume) autoCheckpointLoop(poll time.Duration) {
 }
 
 func (v *Volume) autoCheckpointOnce(ctx context.Context, last *time.Time) error {
-	pol, err := v.pool.Policy(ctx, v.desc.ID)
+	pol, err := v.pool.policyDoc(ctx, v.desc.ID)
 	if err != nil || pol.EverySeconds <= 0 {
 		return err
 	}

@@ -61,10 +61,10 @@ func TestAutoCheckpoints(t *testing.T) {
 	if _, err := p.Create(ctx, "a", CreateOptions{Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.SetPolicy(ctx, "a", format.CheckpointPolicy{EverySeconds: 3600, KeepHourly: 3}); err != nil {
+	if err := p.SetPolicy(ctx, "a", Policy{Every: time.Hour, KeepHourly: 3}); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.SetPolicy(ctx, "a", format.CheckpointPolicy{EverySeconds: 60}); err == nil {
+	if err := p.SetPolicy(ctx, "a", Policy{Every: time.Minute}); err == nil {
 		t.Fatal("policy keeping nothing accepted")
 	}
 	v, err := p.Open(ctx, "a", Options{PolicyPoll: -1, Clock: clock})

@@ -43,7 +43,7 @@ func (p *Pool) snapshotImage(ctx context.Context, img *image) error {
 // the log (so a writer elsewhere is not disturbed), writes a snapshot at the
 // head and the label. Writes a live writer has not flushed are not included;
 // use Volume.Checkpoint on the writer for flush-then-checkpoint.
-func (p *Pool) Checkpoint(ctx context.Context, name, label string) (*format.CheckpointDoc, error) {
+func (p *Pool) Checkpoint(ctx context.Context, name, label string) (*Checkpoint, error) {
 	if err := ValidateLabel(label); err != nil {
 		return nil, err
 	}
@@ -59,12 +59,15 @@ func (p *Pool) Checkpoint(ctx context.Context, name, label string) (*format.Chec
 		return nil, err
 	}
 	c := &format.CheckpointDoc{Label: label, Seq: img.st.Seq, Time: p.clock.Now().UTC()}
-	return c, p.putCheckpoint(ctx, d.ID, c)
+	if err := p.putCheckpoint(ctx, d.ID, c); err != nil {
+		return nil, err
+	}
+	return checkpointOf(c), nil
 }
 
 // Checkpoint flushes the volume and labels the point it flushed to. It is
 // O(map), not O(disk): a snapshot of the extent map plus a small document.
-func (v *Volume) Checkpoint(ctx context.Context, label string) (*format.CheckpointDoc, error) {
+func (v *Volume) Checkpoint(ctx context.Context, label string) (*Checkpoint, error) {
 	if err := ValidateLabel(label); err != nil {
 		return nil, err
 	}
@@ -91,7 +94,7 @@ func (v *Volume) Checkpoint(ctx context.Context, label string) (*format.Checkpoi
 		return nil, err
 	}
 	v.log.Info("checkpoint", "label", label, "seq", c.seq)
-	return doc, nil
+	return checkpointOf(doc), nil
 }
 
 // stillOwner reads the records after seq and fails with ErrFenced if one
@@ -154,7 +157,7 @@ func (v *Volume) durableClone(ctx context.Context) (*snapCandidate, error) {
 
 // CheckpointInfo is a checkpoint as `urldisk checkpoints` lists it.
 type CheckpointInfo struct {
-	format.CheckpointDoc
+	Checkpoint
 	// UniqueBytes are stored bytes referenced by this checkpoint and by no
 	// other checkpoint nor the head.
 	UniqueBytes uint64 `json:"unique_bytes"`
@@ -196,7 +199,7 @@ func (p *Pool) Checkpoints(ctx context.Context, name string) ([]CheckpointInfo, 
 	}
 	out := make([]CheckpointInfo, len(docs))
 	for i, c := range docs {
-		out[i].CheckpointDoc = *c
+		out[i].Checkpoint = *checkpointOf(c)
 		for k, n := range maps[i+1] {
 			shared := false
 			for j, m := range maps {
@@ -249,7 +252,7 @@ func (p *Pool) RemoveCheckpoint(ctx context.Context, name, label string) error {
 	key := format.CheckpointPrefix(d.ID) + label
 	b, err := p.store.Get(ctx, key)
 	if errors.Is(err, objstore.ErrNotFound) {
-		return fmt.Errorf("checkpoint %q: %w", label, ErrNotFound)
+		return notFound("checkpoint", label)
 	}
 	if err != nil {
 		return fmt.Errorf("remove checkpoint %q: %w", label, err)

@@ -50,6 +50,11 @@ type WriterInfo struct {
 	Host     string    `json:"host"`
 	PID      int       `json:"pid"`
 	Attached time.Time `json:"attached"`
+	// Running: whether that process still runs, when this host can tell
+	// (it is this host's); nil when the writer is on another host. The log
+	// records no detach, so a writer that closed (an import, a stopped
+	// serve) still owns the epoch until the next one fences it.
+	Running *bool `json:"running,omitempty"`
 }
 
 // Info replays the named volume (without attaching) and describes it.
@@ -104,6 +109,9 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 		var fm fenceMeta
 		if json.Unmarshal(img.fenceMeta, &fm) == nil {
 			wi.Host, wi.PID, wi.Attached = fm.Host, fm.PID, fm.Time
+			if running, known := writerRunning(fm.Host, fm.PID, fm.Time); known {
+				wi.Running = &running
+			}
 		}
 		in.Writer = wi
 	}

@@ -34,7 +34,7 @@ func (p *Pool) readCheckpointAt(ctx context.Context, key string) (*format.Checkp
 	label := key[strings.LastIndexByte(key, '/')+1:]
 	b, err := p.store.Get(ctx, key)
 	if errors.Is(err, objstore.ErrNotFound) {
-		return nil, fmt.Errorf("checkpoint %q: %w", label, ErrNotFound)
+		return nil, notFound("checkpoint", label)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint %q: %w", label, err)

@@ -237,7 +237,7 @@ func (p *Pool) Resolve(ctx context.Context, name string) (*format.VolumeDesc, er
 	}
 	b, err := p.store.Get(ctx, format.NameKey(name))
 	if errors.Is(err, objstore.ErrNotFound) {
-		return nil, fmt.Errorf("volume %q: %w", name, ErrNotFound)
+		return nil, notFound("volume", name)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("resolve %q: %w", name, err)
