@@ -9,7 +9,7 @@
 // and the reconcile loop; the reconcile loop creates one runner goroutine
 // per machine that concerns this host (Run waits for them); each running
 // machine's instance owns its NBD Serve goroutine and its prefetch
-// goroutine, and its runtime.Machine owns the child's waiter. Run stops
+// goroutine, and its workload.Machine owns the child's waiter. Run stops
 // them all in that order when its context ends, then writes a last
 // heartbeat marked down.
 //

@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/urldisk/urldisk/internal/agent/runtime"
+	"github.com/urldisk/urldisk/internal/agent/workload"
 	"github.com/urldisk/urldisk/internal/blockdev"
 	"github.com/urldisk/urldisk/internal/export"
 	"github.com/urldisk/urldisk/internal/fleet"
@@ -32,7 +32,7 @@ type instance struct {
 	// another host fenced it.
 	exp     *export.Export
 	uri     string
-	m       runtime.Machine
+	m       workload.Machine
 	started time.Time
 
 	cancel context.CancelFunc // ends prefetch
@@ -60,7 +60,7 @@ func (in *instance) ended() bool {
 // machine's access trace, and starts the workload. On error everything it
 // did is undone.
 func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop time.Time, log *slog.Logger) (_ *instance, err error) {
-	if err := runtime.Check(p.Spec); err != nil {
+	if err := workload.Check(workloadSpec(p.Spec)); err != nil {
 		return nil, fmt.Errorf("machine %s: %w", p.Name, err)
 	}
 	ra, err := resolveRunAs(p.Spec.RunAs)
@@ -140,7 +140,7 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 			a.prefetch(ictx, p, in.vol, log)
 		}()
 	}
-	in.m, err = runtime.Start(p.Spec, runtime.Config{
+	in.m, err = workload.Start(workloadSpec(p.Spec), workload.Config{
 		Name: p.Name, Host: a.cfg.ID, NBDURI: in.uri,
 		Dir: dir, SocketDir: sockDir, Cred: ra.cred, Home: ra.home, Logger: log,
 	})

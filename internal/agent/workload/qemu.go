@@ -1,4 +1,4 @@
-package runtime
+package workload
 
 import (
 	"context"
@@ -13,60 +13,100 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/urldisk/urldisk/internal/fleet"
 )
 
-// QemuBinary is the emulator the qemu runtime runs.
+// QemuBinary is the emulator of qemu workloads.
 const QemuBinary = "qemu-system-x86_64"
 
 // qemuQuitGrace is how long Stop waits after QMP quit before SIGKILL.
 const qemuQuitGrace = 5 * time.Second
 
-// QemuArgs returns qemu-system-x86_64's arguments for a machine: a direct
-// kernel boot with the NBD export as an NVMe disk (drive d0), the serial
-// console appended to consoleLog, QMP on qmpSock, no display and no
-// default devices; then the spec's extra arguments.
-func QemuArgs(q fleet.QemuSpec, extra []string, nbdURI, name, consoleLog, qmpSock, accel string) []string {
-	mem := q.MemoryMiB
+// VM is one qemu-system-x86_64 run: a direct kernel boot with Drive as an
+// NVMe disk (drive d0), no display and no default devices. The agent's
+// qemu workloads and the test helper testutil/vmimage both build their
+// command lines with it, so tests boot the VMs machines get.
+type VM struct {
+	// Name is qemu's -name; "" gives none.
+	Name string
+	// Accel is "kvm" or "tcg"; kvm adds -cpu host (TCG keeps qemu's
+	// default CPU model, which boots faster there than -cpu max).
+	Accel string
+	// MemoryMiB is the guest memory, 0 meaning 512; CPUs 0 means 1.
+	MemoryMiB, CPUs int
+	// Kernel is the bzImage to boot; Initrd and Append are optional.
+	Kernel, Initrd, Append string
+	// Drive is -drive file=: an NBD URI or an image path; DriveFormat ""
+	// means raw.
+	Drive, DriveFormat string
+	// NVMeSerial is the disk's serial number (cut to NVMe's 20 characters).
+	NVMeSerial string
+	// ConsoleLog is the file the serial console is appended to; "" sends
+	// it to qemu's stdout.
+	ConsoleLog string
+	// QMPSocket is the unix socket QMP listens on; "" gives no QMP.
+	QMPSocket string
+	// NoReboot makes a guest reboot (or panic, with panic=-1) exit qemu.
+	NoReboot bool
+	// Extra are further qemu arguments, last.
+	Extra []string
+}
+
+// Args returns qemu-system-x86_64's arguments (without the program name).
+func (vm VM) Args() []string {
+	mem := vm.MemoryMiB
 	if mem == 0 {
 		mem = 512
 	}
-	cpus := q.CPUs
+	cpus := vm.CPUs
 	if cpus == 0 {
 		cpus = 1
 	}
-	args := []string{
-		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-		"-name", name,
-		"-accel", accel,
-		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
-		"-kernel", q.Kernel,
+	format := vm.DriveFormat
+	if format == "" {
+		format = "raw"
 	}
-	if q.Initrd != "" {
-		args = append(args, "-initrd", q.Initrd)
-	}
-	if q.Append != "" {
-		args = append(args, "-append", q.Append)
+	args := []string{"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none"}
+	if vm.Name != "" {
+		args = append(args, "-name", vm.Name)
 	}
 	args = append(args,
-		"-drive", "file="+qemuEscape(nbdURI)+",format=raw,if=none,id=d0,cache=none",
-		"-device", "nvme,drive=d0,serial="+nvmeSerial(name),
-		"-chardev", "file,id=serial0,path="+qemuEscape(consoleLog)+",append=on",
-		"-serial", "chardev:serial0",
-		"-qmp", "unix:"+qemuEscape(qmpSock)+",server=on,wait=off",
+		"-accel", vm.Accel,
+		"-m", strconv.Itoa(mem), "-smp", strconv.Itoa(cpus),
+		"-kernel", vm.Kernel,
 	)
-	if accel == "kvm" {
+	if vm.Initrd != "" {
+		args = append(args, "-initrd", vm.Initrd)
+	}
+	if vm.Append != "" {
+		args = append(args, "-append", vm.Append)
+	}
+	args = append(args,
+		"-drive", "file="+qemuEscape(vm.Drive)+",format="+format+",if=none,id=d0,cache=none",
+		"-device", "nvme,drive=d0,serial="+qemuEscape(nvmeSerial(vm.NVMeSerial)),
+	)
+	if vm.ConsoleLog != "" {
+		args = append(args,
+			"-chardev", "file,id=serial0,path="+qemuEscape(vm.ConsoleLog)+",append=on",
+			"-serial", "chardev:serial0")
+	} else {
+		args = append(args, "-serial", "stdio")
+	}
+	if vm.QMPSocket != "" {
+		args = append(args, "-qmp", "unix:"+qemuEscape(vm.QMPSocket)+",server=on,wait=off")
+	}
+	if vm.NoReboot {
+		args = append(args, "-no-reboot")
+	}
+	if vm.Accel == "kvm" {
 		args = append(args, "-cpu", "host")
 	}
-	return append(args, extra...)
+	return append(args, vm.Extra...)
 }
 
 // qemuEscape doubles commas, qemu's escape inside option values.
 func qemuEscape(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
-// nvmeSerial makes an NVMe serial number (at most 20 characters) from a
-// machine name.
+// nvmeSerial cuts a serial number to NVMe's 20 characters.
 func nvmeSerial(name string) string {
 	if len(name) > 20 {
 		name = name[:20]
@@ -77,7 +117,7 @@ func nvmeSerial(name string) string {
 // Accel returns "kvm" when /dev/kvm can create a VM and the CPU has
 // hardware virtualisation, else "tcg".
 func Accel() string {
-	if kvmUsable() {
+	if KVMUsable() {
 		return "kvm"
 	}
 	return "tcg"
@@ -85,9 +125,11 @@ func Accel() string {
 
 var hwVirt = regexp.MustCompile(`(?m)^flags\s*:.*\b(vmx|svm)\b`)
 
-// kvmUsable checks /proc/cpuinfo for vmx/svm (some sandboxes offer a
-// /dev/kvm a stock guest cannot run on) and that /dev/kvm creates a VM.
-func kvmUsable() bool {
+// KVMUsable reports whether qemu can use KVM here: /proc/cpuinfo has vmx
+// or svm (some sandboxes offer a paravirtual /dev/kvm that creates VMs but
+// cannot run a stock qemu guest: qemu aborts setting MSRs, or the guest
+// never prints a line) and /dev/kvm creates a VM.
+func KVMUsable() bool {
 	cpuinfo, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil || !hwVirt.Match(cpuinfo) {
 		return false
@@ -113,13 +155,13 @@ func kvmUsable() bool {
 	return true
 }
 
-// qemu is a RuntimeQemu machine.
+// qemu is a KindQemu machine.
 type qemu struct {
 	*child
 	qmpSock string
 }
 
-func startQemu(spec fleet.Spec, cfg Config) (*qemu, error) {
+func startQemu(spec Spec, cfg Config) (*qemu, error) {
 	accel := spec.Qemu.Accel
 	if accel == "" {
 		accel = Accel()
@@ -131,8 +173,15 @@ func startQemu(spec fleet.Spec, cfg Config) (*qemu, error) {
 	if err := os.Remove(qmpSock); err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("machine %s: remove old QMP socket: %w", cfg.Name, err)
 	}
-	args := QemuArgs(*spec.Qemu, spec.Args, cfg.NBDURI, cfg.Name, filepath.Join(cfg.Dir, "console.log"), qmpSock, accel)
-	cmd := exec.Command(QemuBinary, args...)
+	q := spec.Qemu
+	vm := VM{
+		Name: cfg.Name, Accel: accel, MemoryMiB: q.MemoryMiB, CPUs: q.CPUs,
+		Kernel: q.Kernel, Initrd: q.Initrd, Append: q.Append,
+		Drive: cfg.NBDURI, NVMeSerial: cfg.Name,
+		ConsoleLog: filepath.Join(cfg.Dir, "console.log"), QMPSocket: qmpSock,
+		Extra: spec.Args,
+	}
+	cmd := exec.Command(QemuBinary, vm.Args()...)
 	cmd.Env = baseEnv(cfg, spec.Env)
 	cmd.Dir = cfg.Dir
 	c, err := startChild(cmd, filepath.Join(cfg.Dir, "qemu.log"), cfg.Cred, cfg.Logger)

@@ -7,14 +7,12 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"regexp"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
+	"github.com/urldisk/urldisk/internal/agent/workload"
 )
 
 // AccelEnv names an environment variable that forces qemu's accelerator
@@ -35,39 +33,11 @@ func Accel() string {
 	if a := os.Getenv(AccelEnv); a != "" {
 		return a
 	}
-	if kvmUsable() {
+	if workload.KVMUsable() {
 		return "kvm"
 	}
 	return "tcg"
 }
-
-func kvmUsable() bool {
-	cpuinfo, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil || !hwVirt.Match(cpuinfo) {
-		return false
-	}
-	const (
-		kvmGetAPIVersion = 0xAE00 // _IO(KVMIO, 0x00)
-		kvmCreateVM      = 0xAE01 // _IO(KVMIO, 0x01)
-	)
-	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return false
-	}
-	defer unix.Close(fd)
-	v, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmGetAPIVersion, 0)
-	if errno != 0 || v != 12 {
-		return false
-	}
-	vm, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmCreateVM, 0)
-	if errno != 0 {
-		return false
-	}
-	unix.Close(int(vm))
-	return true
-}
-
-var hwVirt = regexp.MustCompile(`(?m)^flags\s*:.*\b(vmx|svm)\b`)
 
 // VM describes one qemu-system-x86_64 run: a direct kernel boot (no
 // firmware disk, no initramfs) with Drive as an NVMe disk that is the root
@@ -97,47 +67,27 @@ func (vm VM) KernelCmdline() string {
 	return strings.Join(append(words, vm.Append...), " ")
 }
 
-// Args returns qemu-system-x86_64's arguments (without the program name).
+// Args returns qemu-system-x86_64's arguments (without the program name),
+// built by agent/workload's builder, so the tests boot the command line
+// the agent gives qemu machines: here with -no-reboot, one CPU, and the
+// NVMe serial "urldisk".
 func (vm VM) Args() []string {
-	mem := vm.MemoryMiB
-	if mem == 0 {
-		mem = 512
-	}
 	accel := vm.Accel
 	if accel == "" {
 		accel = Accel()
 	}
-	format := vm.Format
-	if format == "" {
-		format = "raw"
-	}
-	serial := "stdio"
-	if vm.SerialLog != "" {
-		serial = "file:" + vm.SerialLog
-	}
-	args := []string{
-		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
-		"-accel", accel, "-smp", "1", "-m", strconv.Itoa(mem),
-		"-no-reboot",
-		"-kernel", vm.Kernel,
-		"-append", vm.KernelCmdline(),
-		// A comma inside an option value is written twice.
-		"-drive", "file=" + strings.ReplaceAll(vm.Drive, ",", ",,") + ",format=" + format + ",if=none,id=d0,cache=none",
-		"-device", "nvme,drive=d0,serial=urldisk",
-		"-serial", serial,
-	}
-	if accel == "kvm" {
-		// TCG keeps qemu's default CPU model: it boots faster there than
-		// -cpu max.
-		args = append(args, "-cpu", "host")
-	}
-	return append(args, vm.ExtraArgs...)
+	return workload.VM{
+		Accel: accel, MemoryMiB: vm.MemoryMiB, CPUs: 1,
+		Kernel: vm.Kernel, Append: vm.KernelCmdline(),
+		Drive: vm.Drive, DriveFormat: vm.Format, NVMeSerial: "urldisk",
+		ConsoleLog: vm.SerialLog, NoReboot: true, Extra: vm.ExtraArgs,
+	}.Args()
 }
 
 // Command returns the qemu command for vm, bound to ctx: when ctx ends
 // qemu gets SIGTERM, then SIGKILL 5 s later.
 func (vm VM) Command(ctx context.Context) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "qemu-system-x86_64", vm.Args()...)
+	cmd := exec.CommandContext(ctx, workload.QemuBinary, vm.Args()...)
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
 	return cmd

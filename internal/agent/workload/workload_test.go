@@ -1,9 +1,10 @@
-package runtime
+package workload
 
 import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,13 +14,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/urldisk/urldisk/internal/fleet"
 )
 
-func TestQemuArgs(t *testing.T) {
-	q := fleet.QemuSpec{Kernel: "/k/vmlinuz", Initrd: "/k/initrd", Append: "root=/dev/nvme0n1 console=ttyS0", MemoryMiB: 256, CPUs: 2}
-	got := QemuArgs(q, []string{"-no-reboot"}, "nbd+unix:///vm?socket=/run/a,b.sock", "a-very-long-machine-name-indeed", "/d/console.log", "/s/m.qmp", "tcg")
+func TestVMArgs(t *testing.T) {
+	got := VM{Name: "a-very-long-machine-name-indeed", Accel: "tcg", MemoryMiB: 256, CPUs: 2,
+		Kernel: "/k/vmlinuz", Initrd: "/k/initrd", Append: "root=/dev/nvme0n1 console=ttyS0",
+		Drive: "nbd+unix:///vm?socket=/run/a,b.sock", NVMeSerial: "a-very-long-machine-name-indeed",
+		ConsoleLog: "/d/console.log", QMPSocket: "/s/m.qmp", Extra: []string{"-no-reboot"}}.Args()
 	want := []string{
 		"-nodefaults", "-no-user-config", "-display", "none", "-monitor", "none",
 		"-name", "a-very-long-machine-name-indeed",
@@ -36,10 +37,10 @@ func TestQemuArgs(t *testing.T) {
 		"-no-reboot",
 	}
 	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("QemuArgs:\n got %q\nwant %q", got, want)
+		t.Fatalf("VM.Args:\n got %q\nwant %q", got, want)
 	}
 	// Defaults, and kvm adds -cpu host.
-	got = QemuArgs(fleet.QemuSpec{Kernel: "/k"}, nil, "nbd+unix:///v?socket=/s", "m", "/c", "/q", "kvm")
+	got = VM{Name: "m", Accel: "kvm", Kernel: "/k", Drive: "nbd+unix:///v?socket=/s", NVMeSerial: "m", ConsoleLog: "/c", QMPSocket: "/q"}.Args()
 	joined := strings.Join(got, " ")
 	for _, w := range []string{"-m 512", "-smp 1", "-accel kvm", "-cpu host", "serial=m"} {
 		if !strings.Contains(joined, w) {
@@ -197,7 +198,7 @@ func TestQMPTimeoutAndBadGreeting(t *testing.T) {
 func startShell(t *testing.T, script string, env ...string) Machine {
 	t.Helper()
 	dir := t.TempDir()
-	m, err := Start(fleet.Spec{Runtime: fleet.RuntimeProcess, Args: []string{"/bin/sh", "-c", script}, Env: env},
+	m, err := Start(Spec{Kind: KindProcess, Args: []string{"/bin/sh", "-c", script}, Env: env},
 		Config{Name: "m1", Host: "h1", NBDURI: "nbd+unix:///v?socket=/x", Dir: dir, SocketDir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -210,7 +211,7 @@ func TestProcessEnvAndExit(t *testing.T) {
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "do-not-leak")
 	t.Setenv("URLDISK_TOKEN", "do-not-leak-either")
 	dir := t.TempDir()
-	m, err := Start(fleet.Spec{Runtime: fleet.RuntimeProcess, Args: []string{"/bin/sh", "-c", "env; exit 3"}, Env: []string{"EXTRA=1"}},
+	m, err := Start(Spec{Kind: KindProcess, Args: []string{"/bin/sh", "-c", "env; exit 3"}, Env: []string{"EXTRA=1"}},
 		Config{Name: "m1", Host: "h1", NBDURI: "nbd+unix:///v?socket=/x", Dir: dir, SocketDir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -279,13 +280,48 @@ func TestProcessStop(t *testing.T) {
 }
 
 func TestCheck(t *testing.T) {
-	if err := Check(fleet.Spec{Runtime: fleet.RuntimeProcess, Args: []string{"/nonexistent/cmd"}}); err == nil || !strings.Contains(err.Error(), "/nonexistent/cmd") {
+	if err := Check(Spec{Kind: KindProcess, Args: []string{"/nonexistent/cmd"}}); err == nil || !strings.Contains(err.Error(), "/nonexistent/cmd") {
 		t.Fatalf("Check of a missing command: %v", err)
 	}
-	if err := Check(fleet.Spec{Runtime: fleet.RuntimeProcess, Args: []string{"sh"}}); err != nil {
+	if err := Check(Spec{Kind: KindProcess, Args: []string{"sh"}}); err != nil {
 		t.Fatal(err)
 	}
-	if err := Check(fleet.Spec{Runtime: fleet.RuntimeQemu, Qemu: &fleet.QemuSpec{Kernel: "/nonexistent/vmlinuz"}}); err == nil || !strings.Contains(err.Error(), "vmlinuz") {
+	if err := Check(Spec{Kind: KindQemu, Qemu: &QemuSpec{Kernel: "/nonexistent/vmlinuz"}}); err == nil || !strings.Contains(err.Error(), "vmlinuz") {
 		t.Fatalf("Check of a missing kernel: %v", err)
+	}
+}
+
+// The test helper's VMs (testutil/vmimage) use the same builder: console on
+// stdout, no QMP, a qcow2 image, -no-reboot.
+func TestVMArgsForAnImage(t *testing.T) {
+	got := strings.Join(VM{Accel: "tcg", Kernel: "/k", Append: "init=/init", Drive: "/img/a.qcow2", DriveFormat: "qcow2", NVMeSerial: "urldisk", NoReboot: true}.Args(), " ")
+	for _, w := range []string{"-serial stdio", "-no-reboot", "file=/img/a.qcow2,format=qcow2,", "serial=urldisk", "-append init=/init"} {
+		if !strings.Contains(got, w) {
+			t.Errorf("args %q lack %q", got, w)
+		}
+	}
+	for _, w := range []string{"-name", "-qmp", "-chardev", "-cpu host"} {
+		if strings.Contains(got, w) {
+			t.Errorf("args %q have %q", got, w)
+		}
+	}
+	if (Accel() == "kvm") != KVMUsable() {
+		t.Errorf("Accel() = %q but KVMUsable() = %v", Accel(), KVMUsable())
+	}
+}
+
+func TestStartRefusesBadSpecs(t *testing.T) {
+	dir := t.TempDir()
+	for _, s := range []Spec{
+		{Kind: "lxc", Args: []string{"/bin/true"}},
+		{Kind: KindProcess},
+		{Kind: KindQemu},
+	} {
+		if _, err := Start(s, Config{Name: "m", Dir: dir}); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Start(%+v): %v, want ErrInvalid", s, err)
+		}
+		if err := Check(s); !errors.Is(err, ErrInvalid) {
+			t.Errorf("Check(%+v): %v, want ErrInvalid", s, err)
+		}
 	}
 }

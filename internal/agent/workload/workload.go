@@ -1,13 +1,16 @@
-// Package runtime starts and stops the workloads of urldisk machines: a
-// process given the NBD URI of its volume (RuntimeProcess), or a qemu VM
-// whose NVMe root disk is that NBD export (RuntimeQemu).
+// Package workload starts and stops the workloads of urldisk machines: a
+// process given the NBD URI of its volume (KindProcess), or a qemu VM whose
+// NVMe root disk is that NBD export (KindQemu). It takes its own Spec, not
+// the fleet's: the agent converts a placement's spec, so this package
+// knows nothing of placements (and testutil/vmimage can share its qemu
+// command line and KVM check).
 //
 // Start returns a Machine that owns one goroutine (the child's waiter),
 // which ends when the child exits; Stop always makes the child exit (a
 // graceful request first, SIGKILL after the grace time). Children run in
 // their own process group, get SIGKILL if the agent dies, and see only a
 // minimal environment (never the agent's credentials).
-package runtime
+package workload
 
 import (
 	"context"
@@ -20,8 +23,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/urldisk/urldisk/internal/fleet"
 )
 
 // Environment variables a machine's process is given.
@@ -30,6 +31,59 @@ const (
 	EnvMachine = "URLDISK_MACHINE"
 	EnvHost    = "URLDISK_HOST"
 )
+
+// Kinds of workload.
+const (
+	// KindProcess runs Spec.Args as a command with EnvNBDURI in its
+	// environment.
+	KindProcess = "process"
+	// KindQemu runs QemuBinary with the volume as its NVMe root disk;
+	// Spec.Args are extra qemu arguments.
+	KindQemu = "qemu"
+)
+
+// ErrInvalid: a spec this package cannot run (unknown kind, missing
+// command or qemu settings).
+var ErrInvalid = errors.New("invalid workload spec")
+
+// Spec is what a machine runs.
+type Spec struct {
+	// Kind is KindProcess or KindQemu.
+	Kind string
+	// Args: for a process, the command and its arguments; for qemu, extra
+	// qemu arguments.
+	Args []string
+	// Env adds KEY=VALUE pairs to the minimal environment.
+	Env []string
+	// Qemu is the VM of KindQemu.
+	Qemu *QemuSpec
+}
+
+// QemuSpec is a qemu workload's VM. Paths are local to this host.
+type QemuSpec struct {
+	Kernel, Initrd, Append string
+	// MemoryMiB is the guest memory, 0 meaning 512; CPUs 0 means 1.
+	MemoryMiB, CPUs int
+	// Accel forces "kvm" or "tcg"; "" means Accel().
+	Accel string
+}
+
+// check refuses a spec Start could not run.
+func (s *Spec) check() error {
+	switch s.Kind {
+	case KindProcess:
+		if len(s.Args) == 0 || s.Args[0] == "" {
+			return fmt.Errorf("%w: a process needs a command", ErrInvalid)
+		}
+	case KindQemu:
+		if s.Qemu == nil || s.Qemu.Kernel == "" {
+			return fmt.Errorf("%w: qemu needs a kernel", ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("%w: unknown kind %q (want %s or %s)", ErrInvalid, s.Kind, KindProcess, KindQemu)
+	}
+	return nil
+}
 
 // Config is what Start needs besides the spec.
 type Config struct {
@@ -71,32 +125,35 @@ type Machine interface {
 }
 
 // Start starts the workload of spec.
-func Start(spec fleet.Spec, cfg Config) (Machine, error) {
+func Start(spec Spec, cfg Config) (Machine, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := spec.check(); err != nil {
+		return nil, fmt.Errorf("machine %s: %w", cfg.Name, err)
 	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("machine %s: %w", cfg.Name, err)
 	}
-	switch spec.Runtime {
-	case fleet.RuntimeProcess:
-		return startProcess(spec, cfg)
-	case fleet.RuntimeQemu:
+	if spec.Kind == KindQemu {
 		return startQemu(spec, cfg)
 	}
-	return nil, fmt.Errorf("%w: unknown runtime %q", fleet.ErrInvalid, spec.Runtime)
+	return startProcess(spec, cfg)
 }
 
 // Check verifies on this host what Start will need (the command or qemu
 // and the kernel exist), so a machine that cannot start fails before its
 // volume is attached.
-func Check(spec fleet.Spec) error {
-	switch spec.Runtime {
-	case fleet.RuntimeProcess:
+func Check(spec Spec) error {
+	if err := spec.check(); err != nil {
+		return err
+	}
+	switch spec.Kind {
+	case KindProcess:
 		if _, err := exec.LookPath(spec.Args[0]); err != nil {
 			return fmt.Errorf("command %q: %w", spec.Args[0], err)
 		}
-	case fleet.RuntimeQemu:
+	case KindQemu:
 		if _, err := exec.LookPath(QemuBinary); err != nil {
 			return fmt.Errorf("%s not found (install the Debian package qemu-system-x86): %w", QemuBinary, err)
 		}
@@ -108,8 +165,6 @@ func Check(spec fleet.Spec) error {
 				return fmt.Errorf("qemu: %w", err)
 			}
 		}
-	default:
-		return fmt.Errorf("%w: unknown runtime %q", fleet.ErrInvalid, spec.Runtime)
 	}
 	return nil
 }
@@ -205,10 +260,10 @@ func (c *child) finish(ctx context.Context, grace time.Duration) error {
 	return ctx.Err()
 }
 
-// process is a RuntimeProcess machine.
+// process is a KindProcess machine.
 type process struct{ *child }
 
-func startProcess(spec fleet.Spec, cfg Config) (*process, error) {
+func startProcess(spec Spec, cfg Config) (*process, error) {
 	cmd := exec.Command(spec.Args[0], spec.Args[1:]...)
 	cmd.Env = baseEnv(cfg, spec.Env)
 	cmd.Dir = cfg.Dir
