@@ -184,7 +184,13 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 		}
 		return &exitCodeError{code: exitFenced, err: fmt.Errorf("serve: every read-write volume was fenced (another writer took over): %w", blockdev.ErrFenced)}
 	case <-exp.Done():
-		return fmt.Errorf("serve: %w", exp.Shutdown(context.WithoutCancel(ctx)))
+		// The NBD server stopped by itself (its listener failed):
+		// Shutdown returns why, and flushes what clients wrote.
+		err := exp.Shutdown(context.WithoutCancel(ctx))
+		if err == nil {
+			err = errors.New("nbd server stopped")
+		}
+		return fmt.Errorf("serve: %w", err)
 	}
 	if err := exp.Shutdown(context.WithoutCancel(ctx)); err != nil {
 		return err
