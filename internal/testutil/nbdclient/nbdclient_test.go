@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,9 +59,31 @@ func TestAgainstOurServer(t *testing.T) {
 		t.Fatalf("failed flush: %v", err)
 	}
 	c.Close()
-	c2, err := Dial(uri, time.Second)
+	// A fenced export is refused to new clients (the server marks it fenced
+	// after the first ErrFenced), with the server's reason in the error.
+	if _, err := Dial(uri, time.Second); err == nil || !strings.Contains(err.Error(), "fenced") {
+		t.Fatalf("re-dial of a fenced export: %v, want a refusal naming the fence", err)
+	}
+	disk2 := nbdtest.NewRAMDisk(1<<20, 4096, false)
+	disk2.SetBytes(8192, want)
+	srv2, err := nbd.NewServer(nbd.Options{Exports: map[string]nbd.Export{"d": {Device: disk2}}})
 	if err != nil {
-		t.Fatalf("re-dial: %v", err)
+		t.Fatal(err)
+	}
+	ln2, err := nbd.Listen("unix:" + filepath.Join(t.TempDir(), "s2.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done2 := make(chan error, 1)
+	go func() { done2 <- srv2.Serve(ctx, ln2) }()
+	defer func() { cancel(); <-done2 }()
+	uri2, err := nbd.URI(ln2.Addr(), "d", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := Dial(uri2, time.Second)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
 	}
 	if err := c2.ReadAt(got, 8192); err != nil || !bytes.Equal(got, want) {
 		t.Fatalf("read on a second connection: %v", err)
