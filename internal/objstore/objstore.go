@@ -3,8 +3,9 @@
 // small file:// backend of its own with an atomic create-if-absent (link(2)).
 //
 // Open (or Opener.Open, which shares mem:// buckets) turns a pool root URL
-// into a Store; SplitVolumeURL splits a volume URL into pool and name;
-// Redact makes any URL safe to log. Probe tells whether a store's
+// into a Store; CanonicalURL gives every spelling of a store URL one form;
+// Redact makes any URL safe to log. Volume URLs (<pool>/<name>) are
+// volref's, not this package's. Probe tells whether a store's
 // PutIfAbsent is really conditional: callers must refuse read-write use of a
 // pool where it is not.
 //
