@@ -90,98 +90,107 @@ type stopRecord struct {
 var errSuperseded = errors.New("superseded by a newer placement")
 
 // run is the runner's goroutine. When ctx ends (the agent stops) it stops
-// the instance, flushing the volume, and returns.
+// the instance, flushing the volume, and returns. What to do at each step
+// is decideRun's (decide.go); run only performs it.
 func (r *runner) run(ctx context.Context) {
 	self := r.a.cfg.ID
 	var (
-		inst     *instance
-		finished uint64 // newest version whose instance ended by itself: not restarted
-		acked    uint64 // newest version acked
-		last     stopRecord
-		failures int
-		retryAt  time.Time
+		inst *instance
+		st   runState
+		last stopRecord // the last stop here, for the ack
 	)
 	for {
 		p := r.latest()
-		// The workload ended by itself, or another host fenced the volume.
-		if inst != nil && inst.ended() {
-			last = r.stopInstance(inst, "ended")
-			finished = inst.version
+		next, do := decideRun(st, r.observe(ctx, p, inst))
+		st = next
+		if do.stop != "" {
+			last = r.stopInstance(inst, do.stop)
 			inst = nil
 		}
-		// What runs here must go: moved, stopped, deleted, or changed.
-		if inst != nil && p != nil && p.Version != inst.version {
-			if p.RunsOn(self) && p.Spec.Equal(&inst.spec) {
-				inst.version = p.Version // e.g. moved away and back before we noticed
-				r.setStatus(func(st *fleet.MachineStatus) { st.Version = p.Version })
-			} else {
-				last = r.stopInstance(inst, p.Reason)
-				inst = nil
-			}
+		if do.adopt {
+			inst.version = p.Version
+			r.setStatus(func(ms *fleet.MachineStatus) { ms.Version = p.Version })
 		}
-		// Tell the new host we have let go.
-		if inst == nil && p != nil && p.From == self && !p.RunsOn(self) && acked < p.Version {
+		if do.ack {
 			if err := r.ack(ctx, p, last); err != nil {
 				r.log.Warn("could not write the stop ack; the new host attaches after its wait", "version", p.Version, "err", err)
 			}
-			acked = p.Version // tried for a heartbeat timeout: the new host's bounded wait covers the rest
 		}
-		if inst == nil && p != nil && !p.RunsOn(self) {
-			failures, retryAt = 0, time.Time{}
-			// Report only machines placed here (stopped ones included).
-			if (p.Host != self || p.State == fleet.Deleted) && r.statusName() != "" {
-				r.clearStatus()
-			}
+		if do.clearStatus {
+			r.clearStatus()
 		}
-		// Start what should run here.
-		if inst == nil && p.RunsOn(self) && p.Version > finished && !r.a.cfg.Now().Before(retryAt) && ctx.Err() == nil {
-			var err error
-			inst, err = r.start(ctx, p)
-			switch {
-			case errors.Is(err, errSuperseded) || (err != nil && ctx.Err() != nil):
+		if do.start {
+			var again bool
+			inst, st, again = r.tryStart(ctx, p, st)
+			if again {
 				continue
-			case err != nil:
-				failures++
-				backoff := min(time.Duration(1<<min(failures-1, 5))*time.Second, 30*time.Second)
-				retryAt = r.a.cfg.Now().Add(backoff)
-				r.a.metrics.starts.WithLabelValues("failed").Inc()
-				r.log.Error("machine failed to start; retrying", "version", p.Version, "err", err, "retry_in", backoff)
-				r.setStatus(func(st *fleet.MachineStatus) {
-					*st = fleet.MachineStatus{Version: p.Version, Phase: fleet.PhaseFailed, Error: err.Error()}
-				})
-			default:
-				failures = 0
-				r.a.metrics.starts.WithLabelValues("ok").Inc()
 			}
 		}
-
-		var ended, fenced <-chan struct{}
-		if inst != nil {
-			ended, fenced = inst.m.Done(), inst.fenced()
-		}
-		var retry <-chan time.Time
-		var timer *time.Timer
-		if inst == nil && p.RunsOn(self) && p.Version > finished {
-			timer = time.NewTimer(max(retryAt.Sub(r.a.cfg.Now()), 0))
-			retry = timer.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-r.wake:
-		case <-ended:
-		case <-fenced:
-		case <-retry:
-		}
-		if timer != nil {
-			timer.Stop()
-		}
-		if ctx.Err() != nil {
+		retryIn, retry := st.retryIn(p, self, inst != nil, r.a.cfg.Now())
+		if !r.wait(ctx, inst, retryIn, retry) {
 			if inst != nil {
 				r.stopInstance(inst, "agent stopping")
 			}
 			return
 		}
 	}
+}
+
+// observe is what decideRun sees now.
+func (r *runner) observe(ctx context.Context, p *fleet.Placement, inst *instance) runObs {
+	o := runObs{self: r.a.cfg.ID, p: p, now: r.a.cfg.Now(), stopping: ctx.Err() != nil}
+	// An instance here is reported (start and stop set its status).
+	o.reported = inst != nil || r.statusName() != ""
+	if inst != nil {
+		o.inst = &runInst{version: inst.version, spec: &inst.spec, ended: inst.ended()}
+	}
+	return o
+}
+
+// tryStart starts p and records the outcome; again says to decide afresh
+// at once (superseded by a newer placement, or the agent is stopping).
+func (r *runner) tryStart(ctx context.Context, p *fleet.Placement, st runState) (*instance, runState, bool) {
+	inst, err := r.start(ctx, p)
+	switch {
+	case errors.Is(err, errSuperseded) || (err != nil && ctx.Err() != nil):
+		return nil, st, true
+	case err != nil:
+		var backoff time.Duration
+		st, backoff = st.startFailed(r.a.cfg.Now())
+		r.a.metrics.starts.WithLabelValues("failed").Inc()
+		r.log.Error("machine failed to start; retrying", "version", p.Version, "err", err, "retry_in", backoff)
+		r.setStatus(func(ms *fleet.MachineStatus) {
+			*ms = fleet.MachineStatus{Version: p.Version, Phase: fleet.PhaseFailed, Error: err.Error()}
+		})
+		return nil, st, false
+	}
+	st.failures = 0
+	r.a.metrics.starts.WithLabelValues("ok").Inc()
+	return inst, st, false
+}
+
+// wait blocks until something may change the decision: a newer placement,
+// the instance ending or being fenced, the retry time (if retry), or ctx
+// ending (then it returns false).
+func (r *runner) wait(ctx context.Context, inst *instance, retryIn time.Duration, retry bool) bool {
+	var ended, fenced <-chan struct{}
+	if inst != nil {
+		ended, fenced = inst.m.Done(), inst.fenced()
+	}
+	var retryC <-chan time.Time
+	if retry {
+		timer := time.NewTimer(retryIn)
+		defer timer.Stop()
+		retryC = timer.C
+	}
+	select {
+	case <-ctx.Done():
+	case <-r.wake:
+	case <-ended:
+	case <-fenced:
+	case <-retryC:
+	}
+	return ctx.Err() == nil
 }
 
 func (r *runner) statusName() string {
