@@ -2,14 +2,12 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -48,6 +46,28 @@ func openFleetCmd(cmd *cobra.Command, g *globals, o *fleetFlags) (*fleetCmd, err
 }
 
 func (fc *fleetCmd) close() { fc.fleet.Store().Close() }
+
+// withFleet opens the fleet o names for the duration of fn.
+func withFleet(cmd *cobra.Command, g *globals, o *fleetFlags, fn func(ctx context.Context, fc *fleetCmd) error) error {
+	fc, err := openFleetCmd(cmd, g, o)
+	if err != nil {
+		return err
+	}
+	defer fc.close()
+	return fn(cmd.Context(), fc)
+}
+
+// withFleetView reads the fleet's current view (heartbeats, drain marks,
+// placements) for fn.
+func withFleetView(cmd *cobra.Command, g *globals, o *fleetFlags, fn func(v *fleet.View) error) error {
+	return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+		v, err := fc.ops.View(ctx)
+		if err != nil {
+			return err
+		}
+		return fn(v)
+	})
+}
 
 // nudge asks the agents of hosts to reconcile now (if we have the token);
 // without it they notice within a reconcile interval.
@@ -185,49 +205,51 @@ each running machine to serve its first request on its new host and prints
 how long it was down (old stop → new first I/O).`,
 		Args: exactArgs(1, "a HOST"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			fc, err := openFleetCmd(cmd, g, o)
-			if err != nil {
-				return err
-			}
-			defer fc.close()
-			out := cmd.OutOrStdout()
-			res, err := fc.ops.Drain(ctx, args[0])
-			if err != nil {
-				return fmt.Errorf("drain %s: %w", args[0], err)
-			}
-			printf(out, "draining %s: %d machine(s) to move\n", args[0], len(res))
-			for _, r := range res {
-				if r.Placement != nil {
-					fc.nudge(ctx, r.Placement.Host, r.Placement.From)
-				}
-			}
-			var errs []error
-			for _, r := range res {
-				switch {
-				case r.Err != nil:
-					errs = append(errs, fmt.Errorf("%s: %w", r.Name, r.Err))
-					printf(out, "%s\t%s → ?\tNOT MOVED: %v\n", r.Name, r.From, r.Err)
-				case r.Placement == nil:
-					printf(out, "%s\tmoved or removed meanwhile\n", r.Name)
-				case r.Placement.State != fleet.Running || wait <= 0:
-					printf(out, "%s\t%s → %s\t%s\n", r.Name, r.From, r.To, r.Placement.State)
-				default:
-					st, err := fc.awaitRunning(ctx, r.Placement, wait)
-					if err != nil {
-						errs = append(errs, err)
-						printf(out, "%s\t%s → %s\t%v\n", r.Name, r.From, r.To, err)
-						continue
-					}
-					printf(out, "%s\t%s → %s\t%s\n", r.Name, r.From, r.To, describeRun(st))
-				}
-			}
-			return errors.Join(errs...)
+			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+				return runDrain(ctx, fc, cmd.OutOrStdout(), args[0], wait)
+			})
 		},
 	}
 	o.register(cmd.Flags(), true)
 	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "wait this long for each machine to run on its new host (0: do not wait)")
 	return cmd
+}
+
+// runDrain marks host draining, moves its machines and reports each: where
+// it went and, waiting up to wait for it to run there, its downtime. The
+// machines that could not be moved are the error.
+func runDrain(ctx context.Context, fc *fleetCmd, out io.Writer, host string, wait time.Duration) error {
+	res, err := fc.ops.Drain(ctx, host)
+	if err != nil {
+		return fmt.Errorf("drain %s: %w", host, err)
+	}
+	printf(out, "draining %s: %d machine(s) to move\n", host, len(res))
+	for _, r := range res {
+		if r.Placement != nil {
+			fc.nudge(ctx, r.Placement.Host, r.Placement.From)
+		}
+	}
+	var errs []error
+	for _, r := range res {
+		switch {
+		case r.Err != nil:
+			errs = append(errs, fmt.Errorf("%s: %w", r.Name, r.Err))
+			printf(out, "%s\t%s → ?\tNOT MOVED: %v\n", r.Name, r.From, r.Err)
+		case r.Placement == nil:
+			printf(out, "%s\tmoved or removed meanwhile\n", r.Name)
+		case r.Placement.State != fleet.Running || wait <= 0:
+			printf(out, "%s\t%s → %s\t%s\n", r.Name, r.From, r.To, r.Placement.State)
+		default:
+			st, err := fc.awaitRunning(ctx, r.Placement, wait)
+			if err != nil {
+				errs = append(errs, err)
+				printf(out, "%s\t%s → %s\t%v\n", r.Name, r.From, r.To, err)
+				continue
+			}
+			printf(out, "%s\t%s → %s\t%s\n", r.Name, r.From, r.To, describeRun(st))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func newUndrainCommand(g *globals) *cobra.Command {
@@ -237,25 +259,27 @@ func newUndrainCommand(g *globals) *cobra.Command {
 		Short: "Let machines be placed on a drained host again",
 		Args:  exactArgs(1, "a HOST"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			fc, err := openFleetCmd(cmd, g, o)
-			if err != nil {
-				return err
-			}
-			defer fc.close()
-			if err := fc.fleet.SetDraining(cmd.Context(), args[0], false); err != nil {
-				return err
-			}
-			printf(cmd.OutOrStdout(), "%s accepts machines again\n", args[0])
-			return nil
+			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+				if err := fc.fleet.SetDraining(ctx, args[0], false); err != nil {
+					return err
+				}
+				printf(cmd.OutOrStdout(), "%s accepts machines again\n", args[0])
+				return nil
+			})
 		},
 	}
 	o.register(cmd.Flags(), false)
 	return cmd
 }
 
+// hostsOptions are the hosts command's flags.
+type hostsOptions struct {
+	fleet  fleetFlags
+	asJSON bool
+}
+
 func newHostsCommand(g *globals) *cobra.Command {
-	o := &fleetFlags{}
-	var asJSON bool
+	o := &hostsOptions{}
 	cmd := &cobra.Command{
 		Use:   "hosts",
 		Short: "List the fleet's hosts: live/dead/draining, machines, cache use and hit rate",
@@ -264,74 +288,72 @@ heartbeat is older than its heartbeat timeout (judged by this machine's
 clock) or its agent stopped.`,
 		Args: exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fc, err := openFleetCmd(cmd, g, o)
-			if err != nil {
-				return err
-			}
-			defer fc.close()
-			v, err := fc.ops.View(cmd.Context())
-			if err != nil {
-				return err
-			}
-			type hostRow struct {
-				Host     string           `json:"host"`
-				State    string           `json:"state"`
-				Draining bool             `json:"draining"`
-				Running  int              `json:"running"`
-				Placed   int              `json:"placed"`
-				Cache    fleet.CacheStats `json:"cache"`
-				HitRate  float64          `json:"hit_rate"`
-				LastBeat time.Time        `json:"last_heartbeat"`
-				API      string           `json:"api"`
-				Fenced   uint64           `json:"fenced"`
-			}
-			load := fleet.Load(v.Placements)
-			var rows []hostRow
-			for _, h := range v.Hosts() {
-				hb := v.Heartbeats[h]
-				st := v.State(h).String()
-				if hb.Down {
-					st = "dead (stopped)"
-				}
-				rows = append(rows, hostRow{Host: h, State: st, Draining: v.Draining[h], Running: hb.Running(), Placed: load[h],
-					Cache: hb.Cache, HitRate: hb.Cache.HitRate(), LastBeat: hb.Time, API: hb.API, Fenced: hb.Fenced})
-			}
-			for h := range v.Draining {
-				if _, ok := v.Heartbeats[h]; !ok {
-					rows = append(rows, hostRow{Host: h, State: "unknown", Draining: true})
-				}
-			}
-			sort.Slice(rows, func(i, j int) bool { return rows[i].Host < rows[j].Host })
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
-			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			printf(tw, "HOST\tSTATE\tMACHINES\tCACHE\tHIT RATE\tLAST HEARTBEAT\tAPI\n")
-			for _, r := range rows {
-				state := r.State
-				if r.Draining {
-					state = strings.TrimPrefix(state+",draining", "live,")
-				}
-				age := "-"
-				if !r.LastBeat.IsZero() {
-					age = v.Now.Sub(r.LastBeat).Round(time.Millisecond).String() + " ago"
-				}
-				running := fmt.Sprintf("%d running", r.Running)
-				if r.State != "live" {
-					running += " at last report"
-				}
-				printf(tw, "%s\t%s\t%s, %d placed\t%s / %s\t%.1f%% (%d hits, %d misses)\t%s\t%s\n",
-					r.Host, state, running, r.Placed,
-					units.FormatSize(uint64(r.Cache.Bytes)), units.FormatSize(uint64(r.Cache.Capacity)),
-					100*r.HitRate, r.Cache.Hits, r.Cache.Misses, age, orDash(r.API))
-			}
-			return tw.Flush()
+			return withFleetView(cmd, g, &o.fleet, func(v *fleet.View) error {
+				return printHosts(cmd.OutOrStdout(), v, o.asJSON)
+			})
 		},
 	}
-	o.register(cmd.Flags(), false)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	o.fleet.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// hostRow is one host as `urldisk hosts` lists it.
+type hostRow struct {
+	Host     string           `json:"host"`
+	State    string           `json:"state"`
+	Draining bool             `json:"draining"`
+	Running  int              `json:"running"`
+	Placed   int              `json:"placed"`
+	Cache    fleet.CacheStats `json:"cache"`
+	HitRate  float64          `json:"hit_rate"`
+	LastBeat time.Time        `json:"last_heartbeat"`
+	API      string           `json:"api"`
+	Fenced   uint64           `json:"fenced"`
+}
+
+// hostRows lists every host of v, sorted: those that heartbeat, and
+// drained ones that never did (state unknown).
+func hostRows(v *fleet.View) []hostRow {
+	load := fleet.Load(v.Placements)
+	var rows []hostRow
+	for _, h := range v.Hosts() {
+		hb := v.Heartbeats[h]
+		st := v.State(h).String()
+		if hb.Down {
+			st = "dead (stopped)"
+		}
+		rows = append(rows, hostRow{Host: h, State: st, Draining: v.Draining[h], Running: hb.Running(), Placed: load[h],
+			Cache: hb.Cache, HitRate: hb.Cache.HitRate(), LastBeat: hb.Time, API: hb.API, Fenced: hb.Fenced})
+	}
+	for h := range v.Draining {
+		if _, ok := v.Heartbeats[h]; !ok {
+			rows = append(rows, hostRow{Host: h, State: "unknown", Draining: true})
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Host < rows[j].Host })
+	return rows
+}
+
+// printHosts prints v's hosts as JSON or a table; heartbeat ages are
+// judged at v.Now.
+func printHosts(w io.Writer, v *fleet.View, asJSON bool) error {
+	return printListing(w, asJSON, hostRows(v), "HOST\tSTATE\tMACHINES\tCACHE\tHIT RATE\tLAST HEARTBEAT\tAPI", func(r hostRow) string {
+		state := r.State
+		if r.Draining {
+			state = strings.TrimPrefix(state+",draining", "live,")
+		}
+		age := "-"
+		if !r.LastBeat.IsZero() {
+			age = v.Now.Sub(r.LastBeat).Round(time.Millisecond).String() + " ago"
+		}
+		running := fmt.Sprintf("%d running", r.Running)
+		if r.State != "live" {
+			running += " at last report"
+		}
+		return fmt.Sprintf("%s\t%s\t%s, %d placed\t%s / %s\t%.1f%% (%d hits, %d misses)\t%s\t%s",
+			r.Host, state, running, r.Placed,
+			units.FormatSize(uint64(r.Cache.Bytes)), units.FormatSize(uint64(r.Cache.Capacity)),
+			100*r.HitRate, r.Cache.Hits, r.Cache.Misses, age, orDash(r.API))
+	})
 }

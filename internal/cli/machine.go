@@ -1,12 +1,12 @@
 package cli
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -48,6 +48,30 @@ type machineRunOptions struct {
 	wait    time.Duration
 }
 
+// spec is the machine the flags describe, running args.
+func (o *machineRunOptions) spec(args []string) fleet.Spec {
+	spec := fleet.Spec{Volume: o.volume, Runtime: o.runtime, Args: args, Env: o.env, RunAs: o.runAs}
+	if o.runtime == fleet.RuntimeQemu || o.kernel != "" {
+		spec.Qemu = &fleet.QemuSpec{Kernel: o.kernel, Initrd: o.initrd, Append: o.append, MemoryMiB: o.memory, CPUs: o.cpus, Accel: o.accel}
+	}
+	return spec
+}
+
+// runMachine creates machine name running spec (on host, or the least
+// loaded live host) and waits up to wait for it to run.
+func runMachine(ctx context.Context, fc *fleetCmd, out io.Writer, name string, spec fleet.Spec, host string, wait time.Duration) error {
+	p, err := fc.ops.Run(ctx, name, spec, host)
+	if err != nil {
+		return fmt.Errorf("machine run %s: %w", name, err)
+	}
+	fc.nudge(ctx, p.Host)
+	printf(out, "machine %s: version %d, %s on %s\n", p.Name, p.Version, p.State, p.Host)
+	if wait > 0 {
+		return fc.waitRunning(ctx, out, p, wait)
+	}
+	return nil
+}
+
 func newMachineRunCommand(g *globals) *cobra.Command {
 	o := &machineRunOptions{}
 	cmd := &cobra.Command{
@@ -66,26 +90,9 @@ are the command; for --runtime qemu they are extra qemu arguments, and
 			return nil
 		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			spec := fleet.Spec{Volume: o.volume, Runtime: o.runtime, Args: args[1:], Env: o.env, RunAs: o.runAs}
-			if o.runtime == fleet.RuntimeQemu || o.kernel != "" {
-				spec.Qemu = &fleet.QemuSpec{Kernel: o.kernel, Initrd: o.initrd, Append: o.append, MemoryMiB: o.memory, CPUs: o.cpus, Accel: o.accel}
-			}
-			fc, err := openFleetCmd(cmd, g, &o.fleetFlags)
-			if err != nil {
-				return err
-			}
-			defer fc.close()
-			p, err := fc.ops.Run(ctx, args[0], spec, o.host)
-			if err != nil {
-				return fmt.Errorf("machine run %s: %w", args[0], err)
-			}
-			fc.nudge(ctx, p.Host)
-			printf(cmd.OutOrStdout(), "machine %s: version %d, %s on %s\n", p.Name, p.Version, p.State, p.Host)
-			if o.wait > 0 {
-				return fc.waitRunning(ctx, cmd.OutOrStdout(), p, o.wait)
-			}
-			return nil
+			return withFleet(cmd, g, &o.fleetFlags, func(ctx context.Context, fc *fleetCmd) error {
+				return runMachine(ctx, fc, cmd.OutOrStdout(), args[0], o.spec(args[1:]), o.host, o.wait)
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -106,7 +113,7 @@ are the command; for --runtime qemu they are extra qemu arguments, and
 }
 
 // machineChange builds the stop, start and rm commands.
-func machineChange(g *globals, use, short string, change func(fc *fleetCmd, cmd *cobra.Command, name string) (*fleet.Placement, error)) *cobra.Command {
+func machineChange(g *globals, use, short string, change func(ctx context.Context, fc *fleetCmd, name string) (*fleet.Placement, error)) *cobra.Command {
 	o := &fleetFlags{}
 	var wait time.Duration
 	cmd := &cobra.Command{
@@ -114,30 +121,10 @@ func machineChange(g *globals, use, short string, change func(fc *fleetCmd, cmd 
 		Short: short,
 		Args:  exactArgs(1, "a machine NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			fc, err := openFleetCmd(cmd, g, o)
-			if err != nil {
-				return err
-			}
-			defer fc.close()
-			p, err := change(fc, cmd, args[0])
-			out := cmd.OutOrStdout()
-			if errors.Is(err, fleet.ErrNoChange) {
-				printf(out, "machine %s: already %s on %s (version %d)\n", p.Name, p.State, p.Host, p.Version)
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("machine %s %s: %w", use, args[0], err)
-			}
-			fc.nudge(ctx, p.Host, p.From)
-			printf(out, "machine %s: version %d, %s on %s\n", p.Name, p.Version, p.State, p.Host)
-			if wait > 0 {
-				if p.State == fleet.Running {
-					return fc.waitRunning(ctx, out, p, wait)
-				}
-				return fc.waitStopped(ctx, out, p, wait)
-			}
-			return nil
+			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+				p, err := change(ctx, fc, args[0])
+				return reportChange(ctx, fc, cmd.OutOrStdout(), use, args[0], p, err, wait)
+			})
 		},
 	}
 	o.register(cmd.Flags(), true)
@@ -145,97 +132,121 @@ func machineChange(g *globals, use, short string, change func(fc *fleetCmd, cmd 
 	return cmd
 }
 
+// reportChange reports the outcome of machine command use on name (p, err
+// from the fleet) and waits up to wait for the host to act on it.
+func reportChange(ctx context.Context, fc *fleetCmd, out io.Writer, use, name string, p *fleet.Placement, err error, wait time.Duration) error {
+	if errors.Is(err, fleet.ErrNoChange) {
+		printf(out, "machine %s: already %s on %s (version %d)\n", p.Name, p.State, p.Host, p.Version)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("machine %s %s: %w", use, name, err)
+	}
+	fc.nudge(ctx, p.Host, p.From)
+	printf(out, "machine %s: version %d, %s on %s\n", p.Name, p.Version, p.State, p.Host)
+	switch {
+	case wait <= 0:
+		return nil
+	case p.State == fleet.Running:
+		return fc.waitRunning(ctx, out, p, wait)
+	default:
+		return fc.waitStopped(ctx, out, p, wait)
+	}
+}
+
 func newMachineStopCommand(g *globals) *cobra.Command {
 	return machineChange(g, "stop", "Stop a machine (flushing its volume); it stays placed on its host",
-		func(fc *fleetCmd, cmd *cobra.Command, name string) (*fleet.Placement, error) {
-			return fc.ops.Stop(cmd.Context(), name)
+		func(ctx context.Context, fc *fleetCmd, name string) (*fleet.Placement, error) {
+			return fc.ops.Stop(ctx, name)
 		})
 }
 
 func newMachineStartCommand(g *globals) *cobra.Command {
 	return machineChange(g, "start", "Start a stopped machine on its host (or the least loaded live host if its own is gone)",
-		func(fc *fleetCmd, cmd *cobra.Command, name string) (*fleet.Placement, error) {
-			return fc.ops.Start(cmd.Context(), name)
+		func(ctx context.Context, fc *fleetCmd, name string) (*fleet.Placement, error) {
+			return fc.ops.Start(ctx, name)
 		})
 }
 
 func newMachineRmCommand(g *globals) *cobra.Command {
 	return machineChange(g, "rm", "Remove a machine (stopping it); its volume stays",
-		func(fc *fleetCmd, cmd *cobra.Command, name string) (*fleet.Placement, error) {
-			return fc.ops.Remove(cmd.Context(), name)
+		func(ctx context.Context, fc *fleetCmd, name string) (*fleet.Placement, error) {
+			return fc.ops.Remove(ctx, name)
 		})
 }
 
+// machineLsOptions are machine ls's flags.
+type machineLsOptions struct {
+	fleet  fleetFlags
+	asJSON bool
+	all    bool // include removed machines
+}
+
 func newMachineLsCommand(g *globals) *cobra.Command {
-	o := &fleetFlags{}
-	var asJSON, all bool
+	o := &machineLsOptions{}
 	cmd := &cobra.Command{
 		Use:   "ls",
 		Short: "List machines: name, desired state, host, what the host reports",
 		Args:  exactArgs(0, "no arguments"),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx := cmd.Context()
-			fc, err := openFleetCmd(cmd, g, o)
-			if err != nil {
-				return err
-			}
-			defer fc.close()
-			v, err := fc.ops.View(ctx)
-			if err != nil {
-				return err
-			}
-			type row struct {
-				Name    string               `json:"name"`
-				State   fleet.State          `json:"state"`
-				Host    string               `json:"host"`
-				Version uint64               `json:"version"`
-				Runtime string               `json:"runtime"`
-				Volume  string               `json:"volume"`
-				Actual  fleet.Phase          `json:"actual,omitempty"`
-				Status  *fleet.MachineStatus `json:"status,omitempty"`
-			}
-			var rows []row
-			for _, p := range v.Placements {
-				if p.State == fleet.Deleted && !all {
-					continue
-				}
-				r := row{Name: p.Name, State: p.State, Host: p.Host, Version: p.Version, Runtime: p.Spec.Runtime, Volume: objstore.Redact(p.Spec.Volume)}
-				if hb := v.Heartbeats[p.Host]; hb != nil {
-					if st, ok := hb.Machine(p.Name); ok {
-						r.Actual, r.Status = st.Phase, &st
-					}
-				}
-				rows = append(rows, r)
-			}
-			sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
-			out := cmd.OutOrStdout()
-			if asJSON {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(rows)
-			}
-			tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-			printf(tw, "NAME\tSTATE\tHOST\tVERSION\tACTUAL\tRUNTIME\tVOLUME\n")
-			for _, r := range rows {
-				actual := string(r.Actual)
-				if actual == "" {
-					actual = "-"
-				}
-				if r.Status != nil && r.Status.Phase == fleet.PhaseExited {
-					actual = fmt.Sprintf("exited(%d)", r.Status.ExitCode)
-				}
-				if v.State(r.Host) != fleet.HostLive && r.State == fleet.Running {
-					actual += " (host " + v.State(r.Host).String() + ")"
-				}
-				printf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", r.Name, r.State, r.Host, r.Version, actual, r.Runtime, r.Volume)
-			}
-			return tw.Flush()
+			return withFleetView(cmd, g, &o.fleet, func(v *fleet.View) error {
+				return printMachines(cmd.OutOrStdout(), v, o.all, o.asJSON)
+			})
 		},
 	}
-	o.register(cmd.Flags(), false)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().BoolVar(&all, "all", false, "include removed machines")
+	o.fleet.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&o.all, "all", false, "include removed machines")
 	return cmd
+}
+
+// machineRow is one machine as `urldisk machine ls` lists it.
+type machineRow struct {
+	Name    string               `json:"name"`
+	State   fleet.State          `json:"state"`
+	Host    string               `json:"host"`
+	Version uint64               `json:"version"`
+	Runtime string               `json:"runtime"`
+	Volume  string               `json:"volume"`
+	Actual  fleet.Phase          `json:"actual,omitempty"`
+	Status  *fleet.MachineStatus `json:"status,omitempty"`
+}
+
+// machineRows lists v's machines by name, with what their hosts report;
+// removed ones only with all. Volume URLs are redacted.
+func machineRows(v *fleet.View, all bool) []machineRow {
+	var rows []machineRow
+	for _, p := range v.Placements {
+		if p.State == fleet.Deleted && !all {
+			continue
+		}
+		r := machineRow{Name: p.Name, State: p.State, Host: p.Host, Version: p.Version, Runtime: p.Spec.Runtime, Volume: objstore.Redact(p.Spec.Volume)}
+		if hb := v.Heartbeats[p.Host]; hb != nil {
+			if st, ok := hb.Machine(p.Name); ok {
+				r.Actual, r.Status = st.Phase, &st
+			}
+		}
+		rows = append(rows, r)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Name < rows[j].Name })
+	return rows
+}
+
+// printMachines prints v's machines as JSON or a table.
+func printMachines(w io.Writer, v *fleet.View, all, asJSON bool) error {
+	return printListing(w, asJSON, machineRows(v, all), "NAME\tSTATE\tHOST\tVERSION\tACTUAL\tRUNTIME\tVOLUME", func(r machineRow) string {
+		actual := string(r.Actual)
+		if actual == "" {
+			actual = "-"
+		}
+		if r.Status != nil && r.Status.Phase == fleet.PhaseExited {
+			actual = fmt.Sprintf("exited(%d)", r.Status.ExitCode)
+		}
+		if v.State(r.Host) != fleet.HostLive && r.State == fleet.Running {
+			actual += " (host " + v.State(r.Host).String() + ")"
+		}
+		return fmt.Sprintf("%s\t%s\t%s\t%d\t%s\t%s\t%s", r.Name, r.State, r.Host, r.Version, actual, r.Runtime, r.Volume)
+	})
 }
 
 func newMigrateCommand(g *globals) *cobra.Command {
@@ -250,32 +261,33 @@ the old writer) and starts it. Waits until the new host serves the machine's
 first request and prints the downtime (old stop → new first I/O).`,
 		Args: exactArgs(2, "a machine NAME and a HOST"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			fc, err := openFleetCmd(cmd, g, o)
-			if err != nil {
-				return err
-			}
-			defer fc.close()
-			out := cmd.OutOrStdout()
-			p, err := fc.ops.Migrate(ctx, args[0], args[1])
-			if errors.Is(err, fleet.ErrNoChange) {
-				printf(out, "machine %s is already on %s\n", args[0], args[1])
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("migrate %s to %s: %w", args[0], args[1], err)
-			}
-			fc.nudge(ctx, p.Host, p.From)
-			printf(out, "machine %s: version %d moves %s → %s\n", p.Name, p.Version, orDash(p.From), p.Host)
-			if p.State != fleet.Running || wait <= 0 {
-				return nil
-			}
-			return fc.waitRunning(ctx, out, p, wait)
+			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+				return runMigrate(ctx, fc, cmd.OutOrStdout(), args[0], args[1], wait)
+			})
 		},
 	}
 	o.register(cmd.Flags(), true)
 	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "wait this long for the machine to run on the new host (0: do not wait)")
 	return cmd
+}
+
+// runMigrate moves machine name to host and, waiting up to wait, reports
+// its downtime there.
+func runMigrate(ctx context.Context, fc *fleetCmd, out io.Writer, name, host string, wait time.Duration) error {
+	p, err := fc.ops.Migrate(ctx, name, host)
+	if errors.Is(err, fleet.ErrNoChange) {
+		printf(out, "machine %s is already on %s\n", name, host)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("migrate %s to %s: %w", name, host, err)
+	}
+	fc.nudge(ctx, p.Host, p.From)
+	printf(out, "machine %s: version %d moves %s → %s\n", p.Name, p.Version, orDash(p.From), p.Host)
+	if p.State != fleet.Running || wait <= 0 {
+		return nil
+	}
+	return fc.waitRunning(ctx, out, p, wait)
 }
 
 func orDash(s string) string {
