@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -80,15 +79,9 @@ func newCheckpointsCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					return writeJSON(cmd, cps)
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "LABEL\tSEQ\tTIME\tUNIQUE")
-				for _, c := range cps {
-					fmt.Fprintf(tw, "%s\t%d\t%s\t%s\n", c.Label, c.Seq, c.Time.Format(time.RFC3339), units.FormatSize(c.UniqueBytes))
-				}
-				return tw.Flush()
+				return printListing(cmd.OutOrStdout(), asJSON, cps, "LABEL\tSEQ\tTIME\tUNIQUE", func(c volume.CheckpointInfo) string {
+					return fmt.Sprintf("%s\t%d\t%s\t%s", c.Label, c.Seq, c.Time.Format(time.RFC3339), units.FormatSize(c.UniqueBytes))
+				})
 			})
 		},
 	}
@@ -322,16 +315,10 @@ func newDUCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					return writeJSON(cmd, es)
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE")
 				f := func(n int64) string { return units.FormatSize(uint64(n)) }
-				for _, e := range es {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.Name, f(e.StoredBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
-				}
-				return tw.Flush()
+				return printListing(cmd.OutOrStdout(), asJSON, es, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE", func(e volume.DUEntry) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", e.Name, f(e.StoredBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
+				})
 			})
 		},
 	}

@@ -94,3 +94,47 @@ func regexpMatch(t *testing.T, re, s string) bool {
 	t.Helper()
 	return regexp.MustCompile(re).MatchString(s)
 }
+
+// TestVolumeListings: ls, checkpoints and du print aligned tables or JSON
+// arrays, an empty listing as [] (not null, which scripts iterating the
+// result choke on).
+func TestVolumeListings(t *testing.T) {
+	pool := "file://" + t.TempDir() + "/pool"
+	mustRun(t, "pool", "init", pool)
+	for _, args := range [][]string{{"ls", pool, "--json"}, {"du", pool, "--json"}} {
+		if out := mustRun(t, args...); strings.TrimSpace(out) != "[]" {
+			t.Errorf("%v of an empty pool = %q, want []", args, out)
+		}
+	}
+	mustRun(t, "create", pool+"/a", "--size", "1M")
+	mustRun(t, "create", pool+"/b", "--size", "2M")
+	if out := mustRun(t, "checkpoints", pool+"/a", "--json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("checkpoints --json without any = %q, want []", out)
+	}
+	mustRun(t, "checkpoint", pool+"/a", "first")
+
+	lines := strings.Split(strings.TrimSpace(mustRun(t, "ls", pool)), "\n")
+	if len(lines) != 3 || !regexpMatch(t, `^NAME +SIZE +ID +CREATED +PARENT$`, lines[0]) ||
+		!regexpMatch(t, `^a +1 MiB +[0-9a-f]+ +\S+ +-$`, lines[1]) || !regexpMatch(t, `^b +2 MiB `, lines[2]) {
+		t.Errorf("ls table:\n%s", strings.Join(lines, "\n"))
+	}
+	var vols []struct{ Name string }
+	if err := json.Unmarshal([]byte(mustRun(t, "ls", pool, "--json")), &vols); err != nil || len(vols) != 2 || vols[1].Name != "b" {
+		t.Errorf("ls --json: %v %+v", err, vols)
+	}
+	lines = strings.Split(strings.TrimSpace(mustRun(t, "checkpoints", pool+"/a")), "\n")
+	if len(lines) != 2 || !regexpMatch(t, `^LABEL +SEQ +TIME +UNIQUE$`, lines[0]) || !regexpMatch(t, `^first +\d+ +\S+ +0 B$`, lines[1]) {
+		t.Errorf("checkpoints table:\n%s", strings.Join(lines, "\n"))
+	}
+	var cps []struct {
+		Label string
+		Seq   uint64
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, "checkpoints", pool+"/a", "--json")), &cps); err != nil || len(cps) != 1 || cps[0].Label != "first" {
+		t.Errorf("checkpoints --json: %v %+v", err, cps)
+	}
+	lines = strings.Split(strings.TrimSpace(mustRun(t, "du", pool)), "\n")
+	if len(lines) != 3 || !regexpMatch(t, `^VOLUME +STORED +EXCLUSIVE +SHARED +HISTORY +GARBAGE$`, lines[0]) {
+		t.Errorf("du table:\n%s", strings.Join(lines, "\n"))
+	}
+}

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -75,19 +74,13 @@ func newLsCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if asJSON {
-					return writeJSON(cmd, vols)
-				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "NAME\tSIZE\tID\tCREATED\tPARENT")
-				for _, d := range vols {
+				return printListing(cmd.OutOrStdout(), asJSON, vols, "NAME\tSIZE\tID\tCREATED\tPARENT", func(d *volume.Desc) string {
 					parent := "-"
 					if d.Parent != nil {
 						parent = fmt.Sprintf("%s@%d", d.Parent.ID, d.Parent.Seq)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Name, units.FormatSize(d.Size), d.ID, d.Created.Format(time.RFC3339), parent)
-				}
-				return tw.Flush()
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", d.Name, units.FormatSize(d.Size), d.ID, d.Created.Format(time.RFC3339), parent)
+				})
 			})
 		},
 	}

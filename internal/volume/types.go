@@ -70,3 +70,9 @@ func notFound(what, name string) error { return &notFoundError{what, name} }
 func (e *notFoundError) Error() string { return fmt.Sprintf("%s not found: %q", e.what, e.name) }
 
 func (e *notFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// Desc describes a volume: name, id, size, block size, parent, creation
+// time. It is the stored volume.json document for now, under a name of
+// this package so that callers need not import format and the two can
+// part later.
+type Desc = format.VolumeDesc
