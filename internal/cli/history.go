@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,30 +24,11 @@ head is checkpointed by reading the log, which never disturbs a writer on
 another host (unflushed writes there are not included).`,
 		Args: exactArgs(2, "a volume URL and a label"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := volume.ValidateLabel(args[1]); err != nil {
+				return err
+			}
 			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				if err := volume.ValidateLabel(args[1]); err != nil {
-					return err
-				}
-				d, err := p.Resolve(ctx, name)
-				if err != nil {
-					return err
-				}
-				rep, served, err := control.Call(ctx, d.ID, "checkpoint", control.Request{Label: args[1]})
-				if err != nil {
-					return err
-				}
-				how := "by the serving process"
-				var c *volume.Checkpoint
-				if served {
-					c = rep.Checkpoint
-				} else {
-					how = "offline"
-					if c, err = p.Checkpoint(ctx, name, args[1]); err != nil {
-						return err
-					}
-				}
-				printf(cmd.OutOrStdout(), "checkpoint %s of %s at seq %d (%s)\n", c.Label, name, c.Seq, how)
-				return nil
+				return runCheckpoint(ctx, p, cmd.OutOrStdout(), name, args[1])
 			})
 		},
 	}
@@ -103,27 +85,7 @@ read-write, which fences any writer elsewhere.`,
 				return err
 			}
 			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				d, err := p.Resolve(ctx, name)
-				if err != nil {
-					return err
-				}
-				rep, served, err := control.Call(ctx, d.ID, "restore", control.Request{Point: args[1]})
-				if err != nil {
-					return err
-				}
-				seq := uint64(0)
-				if served {
-					seq = rep.Seq
-				} else {
-					if err := withWriter(ctx, g, p, name, func(v *volume.Volume) (err error) {
-						seq, err = v.Restore(ctx, pt)
-						return err
-					}); err != nil {
-						return err
-					}
-				}
-				printf(cmd.OutOrStdout(), "restored %s to %s (seq %d)\n", name, pt, seq)
-				return nil
+				return runRestore(ctx, g, p, cmd.OutOrStdout(), name, args[1], pt)
 			})
 		},
 	}
@@ -136,31 +98,88 @@ func newCompactCommand(g *globals) *cobra.Command {
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				d, err := p.Resolve(ctx, name)
-				if err != nil {
-					return err
-				}
-				rep, served, err := control.Call(ctx, d.ID, "compact", control.Request{})
-				if err != nil {
-					return err
-				}
-				var st volume.CompactStats
-				if served {
-					st = *rep.Compact
-				} else {
-					if err := withWriter(ctx, g, p, name, func(v *volume.Volume) (err error) {
-						st, err = v.Compact(ctx, volume.CompactOptions{})
-						return err
-					}); err != nil {
-						return err
-					}
-				}
-				printf(cmd.OutOrStdout(), "compacted %s: %d records rewritten, %s live copied, %s dead left for gc\n",
-					name, st.Records, units.FormatSize(uint64(st.LiveBytes)), units.FormatSize(uint64(st.DeadBytes)))
-				return nil
+				return runCompact(ctx, g, p, cmd.OutOrStdout(), name)
 			})
 		},
 	}
+}
+
+// viaHolder asks the process on this host that holds volume name
+// read-write (serve, the agent: its control socket) to do op, so no second
+// writer fences it; when none does, offline does the work instead. served
+// says which happened; rep is the holder's reply.
+func viaHolder(ctx context.Context, p *volume.Pool, name, op string, req control.Request, offline func() error) (rep *control.Reply, served bool, err error) {
+	d, err := p.Resolve(ctx, name)
+	if err != nil {
+		return nil, false, err
+	}
+	rep, served, err = control.Call(ctx, d.ID, op, req)
+	if err != nil || served {
+		return rep, served, err
+	}
+	return nil, false, offline()
+}
+
+// runCheckpoint labels volume name's current state: through its local
+// holder (flush, then label), else offline at the durable head (reading
+// the log, which disturbs no writer elsewhere).
+func runCheckpoint(ctx context.Context, p *volume.Pool, out io.Writer, name, label string) error {
+	var c *volume.Checkpoint
+	rep, served, err := viaHolder(ctx, p, name, "checkpoint", control.Request{Label: label}, func() (err error) {
+		c, err = p.Checkpoint(ctx, name, label)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	how := "offline"
+	if served {
+		c, how = rep.Checkpoint, "by the serving process"
+	}
+	printf(out, "checkpoint %s of %s at seq %d (%s)\n", c.Label, name, c.Seq, how)
+	return nil
+}
+
+// runRestore resets volume name to pt (spelled raw for the holder):
+// through its local holder, else by attaching read-write, which fences a
+// writer elsewhere.
+func runRestore(ctx context.Context, g *globals, p *volume.Pool, out io.Writer, name, raw string, pt volume.Point) error {
+	var seq uint64
+	rep, served, err := viaHolder(ctx, p, name, "restore", control.Request{Point: raw}, func() error {
+		return withWriter(ctx, g, p, name, func(v *volume.Volume) (err error) {
+			seq, err = v.Restore(ctx, pt)
+			return err
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if served {
+		seq = rep.Seq
+	}
+	printf(out, "restored %s to %s (seq %d)\n", name, pt, seq)
+	return nil
+}
+
+// runCompact rewrites volume name's sparsely-live records: through its
+// local holder, else by attaching read-write.
+func runCompact(ctx context.Context, g *globals, p *volume.Pool, out io.Writer, name string) error {
+	var st volume.CompactStats
+	rep, served, err := viaHolder(ctx, p, name, "compact", control.Request{}, func() error {
+		return withWriter(ctx, g, p, name, func(v *volume.Volume) (err error) {
+			st, err = v.Compact(ctx, volume.CompactOptions{})
+			return err
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if served {
+		st = *rep.Compact
+	}
+	printf(out, "compacted %s: %d records rewritten, %s live copied, %s dead left for gc\n",
+		name, st.Records, units.FormatSize(uint64(st.LiveBytes)), units.FormatSize(uint64(st.DeadBytes)))
+	return nil
 }
 
 func newPolicyCommand(g *globals) *cobra.Command {
