@@ -60,76 +60,119 @@ func dataRanges(f *os.File, size int64) [][2]int64 {
 	return out
 }
 
+// importOptions are import's arguments and flags.
+type importOptions struct {
+	file string // raw image to read
+	url  string // volume URL (created if missing)
+	size string // --size of a volume to create; "" for the file's size
+	// sizeBytes is size parsed by validate (0: unset).
+	sizeBytes uint64
+}
+
+// validate parses the flags before anything is opened, so a bad --size is
+// refused whether or not the volume exists.
+func (o *importOptions) validate() error {
+	if o.size == "" {
+		return nil
+	}
+	n, err := units.ParseSize(o.size)
+	if err != nil {
+		return fmt.Errorf("--size: %w", err)
+	}
+	if n == 0 {
+		return fmt.Errorf("--size: a volume cannot be empty")
+	}
+	o.sizeBytes = n
+	return nil
+}
+
 func newImportCommand(g *globals) *cobra.Command {
-	var sizeFlag string
+	o := &importOptions{}
 	cmd := &cobra.Command{
 		Use:   "import FILE URL",
 		Short: "Copy a raw disk image into a volume (created if missing; holes and zeros stay unstored)",
 		Args:  exactArgs(2, "a raw image file and a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			f, err := os.Open(args[0])
-			if err != nil {
-				return fmt.Errorf("import: %w", err)
-			}
-			defer f.Close()
-			fi, err := f.Stat()
-			if err != nil {
-				return fmt.Errorf("import: %w", err)
-			}
-			if !fi.Mode().IsRegular() {
-				return fmt.Errorf("import: %s is not a regular file", args[0])
-			}
-			fileSize := fi.Size()
-			p, name, err := openVolumeURL(ctx, g.log, args[1], true)
-			if err != nil {
+			o.file, o.url = args[0], args[1]
+			if err := o.validate(); err != nil {
 				return err
 			}
-			defer p.Close()
-			existed := true
-			d, err := p.Resolve(ctx, name)
-			if errors.Is(err, volume.ErrNotFound) {
-				existed = false
-				size := uint64(fileSize+4095) &^ 4095
-				if sizeFlag != "" {
-					if size, err = units.ParseSize(sizeFlag); err != nil {
-						return fmt.Errorf("--size: %w", err)
-					}
-				}
-				if size < uint64(fileSize) {
-					return fmt.Errorf("import: --size %s is smaller than %s (%d bytes)", sizeFlag, args[0], fileSize)
-				}
-				if size == 0 {
-					return fmt.Errorf("import: %s is empty", args[0])
-				}
-				if d, err = p.Create(ctx, name, volume.CreateOptions{Size: size}); err != nil {
-					return err
-				}
-			} else if err != nil {
-				return err
-			}
-			if d.Size < uint64(fileSize) {
-				return fmt.Errorf("import: %s (%d bytes) does not fit volume %s (%d bytes)", args[0], fileSize, name, d.Size)
-			}
-			v, err := p.Open(ctx, name, volume.Options{Logger: oneShotLogger(g.log)})
-			if err != nil {
-				return err
-			}
-			bar := newProgress(cmd.ErrOrStderr(), fileSize, "import")
-			err = importFile(ctx, f, fileSize, v, existed, bar)
-			if cerr := v.Close(context.WithoutCancel(ctx)); err == nil {
-				err = cerr
-			}
-			bar.Finish()
-			if err != nil {
-				return fmt.Errorf("import %s: %w", args[0], err)
-			}
-			printf(cmd.OutOrStdout(), "imported %s (%s) into %s\n", args[0], units.FormatSize(uint64(fileSize)), name)
-			return nil
+			return runImport(cmd.Context(), g.log, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().StringVar(&sizeFlag, "size", "", "size of the volume to create (default: the file's size rounded up to 4 KiB)")
+	cmd.Flags().StringVar(&o.size, "size", "", "size of the volume to create (default: the file's size rounded up to 4 KiB)")
 	return cmd
+}
+
+// runImport copies the raw image o.file into volume o.url, creating the
+// volume if it is missing. Into an existing volume, the image's holes and
+// zeros are written as zeros (the volume may hold older data there).
+func runImport(ctx context.Context, log *slog.Logger, o *importOptions, stdout, stderr io.Writer) error {
+	f, err := os.Open(o.file)
+	if err != nil {
+		return fmt.Errorf("open import file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat import file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("import: %s is not a regular file", o.file)
+	}
+	fileSize := fi.Size()
+	p, name, err := openVolumeURL(ctx, log, o.url, true)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	existed, err := importTarget(ctx, p, name, o, fileSize)
+	if err != nil {
+		return err
+	}
+	v, err := p.Open(ctx, name, volume.Options{Logger: oneShotLogger(log)})
+	if err != nil {
+		return err
+	}
+	bar := newProgress(stderr, fileSize, "import")
+	err = importFile(ctx, f, fileSize, v, existed, bar)
+	if cerr := v.Close(context.WithoutCancel(ctx)); err == nil {
+		err = cerr
+	}
+	bar.Finish()
+	if err != nil {
+		return fmt.Errorf("import %s: %w", o.file, err)
+	}
+	printf(stdout, "imported %s (%s) into %s\n", o.file, units.FormatSize(uint64(fileSize)), name)
+	return nil
+}
+
+// importTarget makes sure volume name can take fileSize bytes, creating it
+// (o.sizeBytes, or the file's size rounded up to 4 KiB) if it is missing;
+// it reports whether it existed.
+func importTarget(ctx context.Context, p *volume.Pool, name string, o *importOptions, fileSize int64) (existed bool, err error) {
+	d, err := p.Resolve(ctx, name)
+	if err == nil {
+		if d.Size < uint64(fileSize) {
+			return true, fmt.Errorf("import: %s (%d bytes) does not fit volume %s (%d bytes)", o.file, fileSize, name, d.Size)
+		}
+		return true, nil
+	}
+	if !errors.Is(err, volume.ErrNotFound) {
+		return false, err
+	}
+	size := uint64(fileSize+4095) &^ 4095
+	if o.sizeBytes != 0 {
+		size = o.sizeBytes
+	}
+	switch {
+	case size < uint64(fileSize):
+		return false, fmt.Errorf("import: --size %s is smaller than %s (%d bytes)", o.size, o.file, fileSize)
+	case size == 0:
+		return false, fmt.Errorf("import: %s is empty", o.file)
+	}
+	_, err = p.Create(ctx, name, volume.CreateOptions{Size: size})
+	return false, err
 }
 
 func importFile(ctx context.Context, f *os.File, size int64, v *volume.Volume, zeroHoles bool, bar *progressbar.ProgressBar) error {

@@ -157,3 +157,49 @@ func TestExportRefusesExistingFileFirst(t *testing.T) {
 		t.Fatalf("failed export left %s behind (stat: %v)", fresh, serr)
 	}
 }
+
+// TestImportBadInput: each mistake is refused naming what was wrong, and
+// a refused import creates no volume.
+func TestImportBadInput(t *testing.T) {
+	dir := t.TempDir()
+	pool := "file://" + filepath.Join(dir, "pool")
+	img := filepath.Join(dir, "in.raw")
+	if err := os.WriteFile(img, bytes.Repeat([]byte{1}, 3<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty.raw")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "create", pool+"/small", "--size", "1M")
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"import", filepath.Join(dir, "missing.raw"), pool + "/v"}, "missing.raw: no such file"},
+		{[]string{"import", dir, pool + "/v"}, "is not a regular file"},
+		{[]string{"import", img, pool + "/v", "--size", "lots"}, "--size"},
+		{[]string{"import", img, pool + "/v", "--size", "0"}, "--size: a volume cannot be empty"},
+		{[]string{"import", img, pool + "/v", "--size", "1M"}, "--size 1M is smaller than"},
+		{[]string{"import", empty, pool + "/v"}, "empty.raw is empty"},
+		{[]string{"import", img, pool + "/small"}, "does not fit volume small"},
+		{[]string{"import", img, pool + "/small", "--size", "x"}, "--size"},
+		{[]string{"import", img}, "expected a raw image file and a volume URL"},
+	}
+	for _, c := range cases {
+		_, err := run(t, context.Background(), c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("urldisk %v: %v, want an error saying %q", c.args, err, c.want)
+		}
+	}
+	if out := mustRun(t, "ls", pool); strings.Contains(out, "\nv ") {
+		t.Errorf("a refused import created the volume:\n%s", out)
+	}
+	out := mustRun(t, "import", img, pool+"/v", "--size", "8M")
+	if !strings.Contains(out, "imported "+img+" (3 MiB) into v") {
+		t.Errorf("import: %q", out)
+	}
+	if info := mustRun(t, "info", pool+"/v"); !strings.Contains(info, "8 MiB") {
+		t.Errorf("import --size 8M made:\n%s", info)
+	}
+}
