@@ -1,11 +1,13 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urldisk/urldisk/internal/volume"
 )
@@ -89,5 +91,49 @@ func TestPolicyCommand(t *testing.T) {
 	}
 	if out := mustRun(t, "policy", pool+"/a", "--off"); !strings.Contains(out, "automatic checkpoints off") {
 		t.Fatalf("policy --off: %s", out)
+	}
+}
+
+// TestPrintInfo: the human form of info names lineage (a deleted ancestor
+// as such), redacts the URL, and says whether the last writer still runs.
+func TestPrintInfo(t *testing.T) {
+	yes, no := true, false
+	at := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	in := &volume.Info{Name: "kid", ID: "k1", Size: 1 << 20, BlockSize: 4096, Created: at, Epoch: 3,
+		Lineage: []volume.Ancestor{{ID: "p1", Name: "parent", Seq: 7}, {ID: "g1", Seq: 2, Gone: true}}}
+	for _, c := range []struct {
+		writer *volume.WriterInfo
+		want   string
+	}{
+		{nil, "writer:      none yet\n"},
+		{&volume.WriterInfo{ID: "w", Host: "h", PID: 42, Attached: at, Running: &yes}, "writer:      w (host h, pid 42, attached 2026-12-01T10:00:00Z), running\n"},
+		{&volume.WriterInfo{ID: "w", Host: "h", PID: 42, Attached: at, Running: &no}, "writer:      none (last: w (host h, pid 42, attached 2026-12-01T10:00:00Z), exited)\n"},
+		{&volume.WriterInfo{ID: "w", Host: "other", PID: 42, Attached: at}, "writer:      w (host other, pid 42, attached 2026-12-01T10:00:00Z)\n"},
+	} {
+		in.Writer = c.writer
+		var b bytes.Buffer
+		printInfo(&b, "s3://b/p/kid?endpoint=http://h:1", in)
+		out := b.String()
+		if !strings.Contains(out, c.want) {
+			t.Errorf("writer %+v: info lacks %q:\n%s", c.writer, c.want, out)
+		}
+		for _, want := range []string{"parent:      parent (p1) at seq 7\n", "  ancestor:  (deleted) (g1) at seq 2\n", "size:        1 MiB (1048576 bytes)\n"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("info lacks %q:\n%s", want, out)
+			}
+		}
+	}
+}
+
+// TestRmSaysObjectsStayUntilGC: rm's help and output say that its objects
+// stay until gc (it said "Delete a volume and its objects").
+func TestRmSaysObjectsStayUntilGC(t *testing.T) {
+	pool := "file://" + filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "create", pool+"/a", "--size", "1M")
+	if help := mustRun(t, "rm", "--help"); !strings.Contains(help, "its objects at the next gc") {
+		t.Errorf("rm --help:\n%s", help)
+	}
+	if out := mustRun(t, "rm", pool+"/a"); !strings.Contains(out, "`urldisk gc` frees its objects") {
+		t.Errorf("rm: %q", out)
 	}
 }

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -103,31 +104,7 @@ func newInfoCommand(g *globals) *cobra.Command {
 				if asJSON {
 					return writeJSON(cmd, in)
 				}
-				w := cmd.OutOrStdout()
-				printf(w, "volume:      %s\n", objstore.Redact(args[0]))
-				printf(w, "id:          %s\n", in.ID)
-				printf(w, "size:        %s (%d bytes)\n", units.FormatSize(in.Size), in.Size)
-				printf(w, "block size:  %d\n", in.BlockSize)
-				printf(w, "created:     %s\n", in.Created.Format(time.RFC3339))
-				for i, a := range in.Lineage {
-					what := "parent:     "
-					if i > 0 {
-						what = "  ancestor: "
-					}
-					name := a.Name
-					if a.Gone {
-						name = "(deleted)"
-					}
-					printf(w, "%s %s (%s) at seq %d\n", what, name, a.ID, a.Seq)
-				}
-				printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
-				printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)
-				printf(w, "epoch:       %d\n", in.Epoch)
-				printf(w, "writer:      %s\n", describeWriter(in.Writer))
-				printf(w, "snapshots:   %d (newest at seq %d)\n", in.Snapshots, in.SnapSeq)
-				if !in.LastWrite.IsZero() {
-					printf(w, "last record: %s\n", in.LastWrite.Format(time.RFC3339Nano))
-				}
+				printInfo(cmd.OutOrStdout(), args[0], in)
 				return nil
 			})
 		},
@@ -136,10 +113,38 @@ func newInfoCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
+// printInfo prints in, the volume at rawURL (shown redacted), for people.
+func printInfo(w io.Writer, rawURL string, in *volume.Info) {
+	printf(w, "volume:      %s\n", objstore.Redact(rawURL))
+	printf(w, "id:          %s\n", in.ID)
+	printf(w, "size:        %s (%d bytes)\n", units.FormatSize(in.Size), in.Size)
+	printf(w, "block size:  %d\n", in.BlockSize)
+	printf(w, "created:     %s\n", in.Created.Format(time.RFC3339))
+	for i, a := range in.Lineage {
+		what := "parent:     "
+		if i > 0 {
+			what = "  ancestor: "
+		}
+		name := a.Name
+		if a.Gone {
+			name = "(deleted)"
+		}
+		printf(w, "%s %s (%s) at seq %d\n", what, name, a.ID, a.Seq)
+	}
+	printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
+	printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)
+	printf(w, "epoch:       %d\n", in.Epoch)
+	printf(w, "writer:      %s\n", describeWriter(in.Writer))
+	printf(w, "snapshots:   %d (newest at seq %d)\n", in.Snapshots, in.SnapSeq)
+	if !in.LastWrite.IsZero() {
+		printf(w, "last record: %s\n", in.LastWrite.Format(time.RFC3339Nano))
+	}
+}
+
 func newRmCommand(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "rm URL",
-		Short: "Delete a volume and its objects",
+		Short: "Remove a volume: its name at once, its objects at the next gc after the grace period",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
