@@ -182,50 +182,78 @@ func runCompact(ctx context.Context, g *globals, p *volume.Pool, out io.Writer, 
 	return nil
 }
 
+// policyOptions are policy's flags.
+type policyOptions struct {
+	every         time.Duration
+	hourly, daily int
+	off           bool
+	// changed: --every or a --keep flag was given (set, not just show).
+	changed bool
+}
+
+// validate returns the policy the flags ask to set, or nil to only show
+// the current one.
+func (o *policyOptions) validate() (*volume.Policy, error) {
+	switch {
+	case o.off && o.changed:
+		return nil, fmt.Errorf("policy: --off and --every/--keep-hourly/--keep-daily exclude each other")
+	case o.off:
+		return &volume.Policy{}, nil
+	case !o.changed:
+		return nil, nil
+	case o.every < time.Second:
+		return nil, fmt.Errorf("policy: --every must be at least 1s (or use --off)")
+	}
+	return &volume.Policy{Every: o.every.Truncate(time.Second), KeepHourly: o.hourly, KeepDaily: o.daily}, nil
+}
+
 func newPolicyCommand(g *globals) *cobra.Command {
-	var every time.Duration
-	var hourly, daily int
-	var off bool
+	o := &policyOptions{}
 	cmd := &cobra.Command{
 		Use:   "policy URL [--every 1h --keep-hourly 24 --keep-daily 7 | --off]",
 		Short: "Show or set a volume's automatic-checkpoint policy (taken by its writer while written)",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			f := cmd.Flags()
+			o.changed = f.Changed("every") || f.Changed("keep-hourly") || f.Changed("keep-daily")
+			set, err := o.validate()
+			if err != nil {
+				return err
+			}
 			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				set := cmd.Flags().Changed("every") || cmd.Flags().Changed("keep-hourly") || cmd.Flags().Changed("keep-daily") || off
-				if set {
-					pol := volume.Policy{Every: every.Truncate(time.Second), KeepHourly: hourly, KeepDaily: daily}
-					if off {
-						pol = volume.Policy{}
-					} else if pol.Every <= 0 {
-						return fmt.Errorf("policy: --every must be at least 1s (or use --off)")
-					}
-					if err := p.SetPolicy(ctx, name, pol); err != nil {
-						return err
-					}
-				}
-				d, err := p.Resolve(ctx, name)
-				if err != nil {
-					return err
-				}
-				pol, err := p.Policy(ctx, d.ID)
-				if err != nil {
-					return err
-				}
-				if pol.Off() {
-					printf(cmd.OutOrStdout(), "%s: automatic checkpoints off\n", name)
-				} else {
-					printf(cmd.OutOrStdout(), "%s: checkpoint every %v while written; keep %d hourly, %d daily\n", name, pol.Every, pol.KeepHourly, pol.KeepDaily)
-				}
-				return nil
+				return runPolicy(ctx, p, cmd.OutOrStdout(), name, set)
 			})
 		},
 	}
-	cmd.Flags().DurationVar(&every, "every", time.Hour, "checkpoint interval while the volume is written")
-	cmd.Flags().IntVar(&hourly, "keep-hourly", 24, "keep the newest automatic checkpoint of this many recent hours")
-	cmd.Flags().IntVar(&daily, "keep-daily", 7, "and of this many recent days")
-	cmd.Flags().BoolVar(&off, "off", false, "turn automatic checkpoints off")
+	cmd.Flags().DurationVar(&o.every, "every", time.Hour, "checkpoint interval while the volume is written")
+	cmd.Flags().IntVar(&o.hourly, "keep-hourly", 24, "keep the newest automatic checkpoint of this many recent hours")
+	cmd.Flags().IntVar(&o.daily, "keep-daily", 7, "and of this many recent days")
+	cmd.Flags().BoolVar(&o.off, "off", false, "turn automatic checkpoints off")
 	return cmd
+}
+
+// runPolicy stores set as volume name's policy (unless nil), then prints
+// the policy in force.
+func runPolicy(ctx context.Context, p *volume.Pool, out io.Writer, name string, set *volume.Policy) error {
+	if set != nil {
+		if err := p.SetPolicy(ctx, name, *set); err != nil {
+			return err
+		}
+	}
+	d, err := p.Resolve(ctx, name)
+	if err != nil {
+		return err
+	}
+	pol, err := p.Policy(ctx, d.ID)
+	if err != nil {
+		return err
+	}
+	if pol.Off() {
+		printf(out, "%s: automatic checkpoints off\n", name)
+		return nil
+	}
+	printf(out, "%s: checkpoint every %v while written; keep %d hourly, %d daily\n", name, pol.Every, pol.KeepHourly, pol.KeepDaily)
+	return nil
 }
 
 func newCloneCommand(g *globals) *cobra.Command {

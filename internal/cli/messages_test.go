@@ -80,6 +80,7 @@ func TestPolicyCommand(t *testing.T) {
 		{"--every", "500ms"},
 		{"--keep-hourly", "0", "--keep-daily", "0"},
 		{"--keep-daily", "-1"},
+		{"--off", "--every", "1h"},
 	} {
 		_, err := run(t, context.Background(), append([]string{"policy", pool + "/a"}, bad...)...)
 		if err == nil {
