@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -293,39 +295,40 @@ func newCloneCommand(g *globals) *cobra.Command {
 	}
 }
 
+// gcOptions are gc's flags.
+type gcOptions struct {
+	volume.GCOptions
+	asJSON, verbose bool
+}
+
+// validate refuses negative windows (the API reads them as "none"; on the
+// command line 0 says that).
+func (o *gcOptions) validate() error {
+	if o.Grace < 0 || o.Retention < 0 {
+		return fmt.Errorf("gc: --grace and --retention must not be negative (0 means none)")
+	}
+	return nil
+}
+
 func newGCCommand(g *globals) *cobra.Command {
-	var o volume.GCOptions
-	var asJSON, verbose bool
+	o := &gcOptions{}
 	cmd := &cobra.Command{
 		Use:   "gc POOL",
 		Short: "Delete records no live map needs (heads, checkpoints, clones, retention window)",
 		Args:  exactArgs(1, "a pool URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.validate(); err != nil {
+				return err
+			}
 			return withPool(cmd, g, args[0], func(ctx context.Context, p *volume.Pool) error {
-				rep, err := p.GC(ctx, explicitZero(o))
+				rep, err := p.GC(ctx, explicitZero(o.GCOptions))
 				if err != nil {
 					return err
 				}
-				if asJSON {
+				if o.asJSON {
 					return writeJSON(cmd, rep)
 				}
-				w := cmd.OutOrStdout()
-				verb := "deleted"
-				if o.DryRun {
-					verb = "would delete"
-				}
-				if verbose {
-					for _, it := range rep.Deleted {
-						printf(w, "%s %s (%s): %s\n", verb, it.Key, units.FormatSize(uint64(it.Size)), it.Reason)
-					}
-					for _, it := range rep.Kept {
-						printf(w, "kept %s (%s): %s\n", it.Key, it.Volume, it.Reason)
-					}
-				}
-				printf(w, "%s %d objects (%s)\n", verb, len(rep.Deleted), units.FormatSize(uint64(rep.DeletedBytes)))
-				for why, n := range rep.KeptByReason {
-					printf(w, "kept %d: %s\n", n, why)
-				}
+				printGC(cmd.OutOrStdout(), rep, o.verbose)
 				return nil
 			})
 		},
@@ -333,9 +336,30 @@ func newGCCommand(g *globals) *cobra.Command {
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "report without deleting")
 	cmd.Flags().DurationVar(&o.Grace, "grace", time.Hour, "never delete objects younger than this")
 	cmd.Flags().DurationVar(&o.Retention, "retention", volume.DefaultRetention, "keep every point of this window readable and clonable")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.Flags().BoolVarP(&verbose, "verbose", "v", false, "list each object deleted and each referenced object kept")
+	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&o.verbose, "verbose", "v", false, "list each object deleted and each referenced object kept")
 	return cmd
+}
+
+// printGC prints what gc deleted (or would, in a dry run) and why it kept
+// the rest, reasons in a stable order; verbose lists every object.
+func printGC(w io.Writer, rep *volume.GCReport, verbose bool) {
+	verb := "deleted"
+	if rep.DryRun {
+		verb = "would delete"
+	}
+	if verbose {
+		for _, it := range rep.Deleted {
+			printf(w, "%s %s (%s): %s\n", verb, it.Key, units.FormatSize(uint64(it.Size)), it.Reason)
+		}
+		for _, it := range rep.Kept {
+			printf(w, "kept %s (%s): %s\n", it.Key, it.Volume, it.Reason)
+		}
+	}
+	printf(w, "%s %d objects (%s)\n", verb, len(rep.Deleted), units.FormatSize(uint64(rep.DeletedBytes)))
+	for _, why := range slices.Sorted(maps.Keys(rep.KeptByReason)) {
+		printf(w, "kept %d: %s\n", rep.KeptByReason[why], why)
+	}
 }
 
 // explicitZero maps flags set to 0 to the API's "negative means none".

@@ -5,6 +5,7 @@ import (
 	"context"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 
 	"github.com/urldisk/urldisk/internal/volume"
@@ -57,5 +58,42 @@ func TestOfflineHistoryCommands(t *testing.T) {
 	}
 	if _, err := run(t, ctx, "checkpoint", pool+"/a", "bad label"); err == nil {
 		t.Fatal("checkpoint with a bad label accepted")
+	}
+}
+
+// TestPrintGC: the summary says deleted or would delete, lists objects
+// only with -v, and prints kept reasons sorted (map order made the output
+// differ from run to run).
+func TestPrintGC(t *testing.T) {
+	rep := &volume.GCReport{
+		Deleted:      []volume.GCItem{{Key: "vols/x/log/1", Volume: "a", Size: 4096, Reason: "overwritten"}},
+		Kept:         []volume.GCItem{{Key: "vols/x/log/2", Volume: "a", Reason: "head"}},
+		KeptByReason: map[string]int{"zeta": 1, "alpha": 2, "mid": 3},
+		DeletedBytes: 4096,
+		DryRun:       true,
+	}
+	var b bytes.Buffer
+	printGC(&b, rep, false)
+	want := "would delete 1 objects (4 KiB)\nkept 2: alpha\nkept 3: mid\nkept 1: zeta\n"
+	if b.String() != want {
+		t.Fatalf("gc summary:\n%s\nwant:\n%s", b.String(), want)
+	}
+	b.Reset()
+	rep.DryRun = false
+	printGC(&b, rep, true)
+	for _, line := range []string{"deleted vols/x/log/1 (4 KiB): overwritten\n", "kept vols/x/log/2 (a): head\n", "deleted 1 objects (4 KiB)\n"} {
+		if !strings.Contains(b.String(), line) {
+			t.Errorf("gc -v lacks %q:\n%s", line, b.String())
+		}
+	}
+	pool := "file://" + filepath.Join(t.TempDir(), "pool")
+	mustRun(t, "pool", "init", pool)
+	for _, bad := range [][]string{{"--grace", "-1h"}, {"--retention", "-1s"}} {
+		if _, err := run(t, context.Background(), append([]string{"gc", pool}, bad...)...); err == nil || !strings.Contains(err.Error(), "must not be negative") {
+			t.Errorf("gc %v: %v", bad, err)
+		}
+	}
+	if out := mustRun(t, "gc", pool, "--dry-run"); !strings.HasPrefix(out, "would delete 0 objects") {
+		t.Errorf("gc --dry-run of an empty pool: %q", out)
 	}
 }
