@@ -264,35 +264,48 @@ func newCloneCommand(g *globals) *cobra.Command {
 		Short: "Create a volume sharing another's data from its head or any retained point (O(1) in disk size)",
 		Args:  exactArgs(2, "a source volume URL (optionally @point) and a new volume name or URL in the same pool"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
-			sref, err := volref.Parse(args[0])
+			sref, dst, err := cloneArgs(args[0], args[1])
 			if err != nil {
 				return err
 			}
-			p, err := openPool(ctx, g.log, sref.Pool, false)
+			p, err := openPool(cmd.Context(), g.log, sref.Pool, false)
 			if err != nil {
 				return err
 			}
 			defer p.Close()
-			src, pt := sref.Name, sref.Point
-			dst := args[1]
-			if dref, isURL, err := parseRefIfURL(dst); err != nil {
-				return err
-			} else if isURL {
-				if dref.Pool != sref.Pool {
-					return fmt.Errorf("clone: %s is not in the pool of %s; clones live in their source's pool", dref, sref)
-				}
-				dst = dref.Name
-			}
-			start := time.Now()
-			d, err := p.Clone(ctx, src, pt, dst)
-			if err != nil {
-				return err
-			}
-			printf(cmd.OutOrStdout(), "cloned %s@%s to %s (id %s, parent seq %d) in %v\n", src, pt, d.Name, d.ID, d.Parent.Seq, time.Since(start).Round(time.Millisecond))
-			return nil
+			return runClone(cmd.Context(), p, cmd.OutOrStdout(), sref, dst)
 		},
 	}
+}
+
+// cloneArgs parses clone's source (a volume URL, optionally @point) and
+// destination: a name, or a URL that must be in the source's pool.
+func cloneArgs(src, dst string) (volref.Ref, string, error) {
+	sref, err := volref.Parse(src)
+	if err != nil {
+		return volref.Ref{}, "", err
+	}
+	dref, isURL, err := parseRefIfURL(dst)
+	switch {
+	case err != nil:
+		return volref.Ref{}, "", err
+	case !isURL:
+		return sref, dst, nil
+	case dref.Pool != sref.Pool:
+		return volref.Ref{}, "", fmt.Errorf("clone: %s is not in the pool of %s; clones live in their source's pool", dref, sref)
+	}
+	return sref, dref.Name, nil
+}
+
+// runClone clones sref (its head or point) to a new volume dst of its pool.
+func runClone(ctx context.Context, p *volume.Pool, out io.Writer, sref volref.Ref, dst string) error {
+	start := time.Now()
+	d, err := p.Clone(ctx, sref.Name, sref.Point, dst)
+	if err != nil {
+		return err
+	}
+	printf(out, "cloned %s@%s to %s (id %s, parent seq %d) in %v\n", sref.Name, sref.Point, d.Name, d.ID, d.Parent.Seq, time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // gcOptions are gc's flags.

@@ -97,3 +97,25 @@ func TestPrintGC(t *testing.T) {
 		t.Errorf("gc --dry-run of an empty pool: %q", out)
 	}
 }
+
+// TestCloneCommand: a clone by name or by URL in the same pool, from a
+// checkpoint; a destination in another pool is refused naming both.
+func TestCloneCommand(t *testing.T) {
+	dir := t.TempDir()
+	pool := "file://" + filepath.Join(dir, "pool")
+	mustRun(t, "create", pool+"/a", "--size", "1M")
+	mustRun(t, "checkpoint", pool+"/a", "c1")
+	if out := mustRun(t, "clone", pool+"/a@c1", "b"); !regexp.MustCompile(`^cloned a@c1 to b \(id [0-9a-f]+, parent seq \d+\) in `).MatchString(out) {
+		t.Errorf("clone by name: %q", out)
+	}
+	if out := mustRun(t, "clone", pool+"/a", pool+"/c"); !strings.HasPrefix(out, "cloned a@") || !strings.Contains(out, " to c ") {
+		t.Errorf("clone by URL: %q", out)
+	}
+	other := "file://" + filepath.Join(dir, "other") + "/d"
+	if _, err := run(t, context.Background(), "clone", pool+"/a", other); err == nil || !strings.Contains(err.Error(), "is not in the pool of") {
+		t.Errorf("clone into another pool: %v", err)
+	}
+	if out := mustRun(t, "ls", pool); !strings.Contains(out, "\nb ") || !strings.Contains(out, "\nc ") {
+		t.Errorf("ls after clones:\n%s", out)
+	}
+}
