@@ -196,8 +196,9 @@ func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, i
 }
 
 // putObject uploads data as one PutObject: what gocloud's s3blob sends for
-// objects below the multipart threshold (same content type, If-None-Match
-// and request checksums, as the client is configured), without its copies.
+// objects below the multipart threshold (same content type and
+// If-None-Match), without its copies, and without hashing the body with
+// SHA-256 (see putIntegrity).
 func (s *bucketStore) putObject(ctx context.Context, key string, data []byte, ifNotExist bool) error {
 	in := &s3.PutObjectInput{
 		Bucket:        aws.String(s.bucket),
@@ -209,7 +210,9 @@ func (s *bucketStore) putObject(ctx context.Context, key string, data []byte, if
 	if ifNotExist {
 		in.IfNoneMatch = aws.String("*")
 	}
-	_, err := s.s3.PutObject(ctx, in)
+	sum, unsigned := putIntegrity(data)
+	in.ChecksumCRC32C = aws.String(sum)
+	_, err := s.s3.PutObject(ctx, in, unsigned)
 	return err
 }
 

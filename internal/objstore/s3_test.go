@@ -2,8 +2,11 @@ package objstore_test
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"strings"
@@ -189,5 +192,107 @@ func TestS3TruncatedBodyIsAnError(t *testing.T) {
 	}
 	if _, err := s.Get(t.Context(), "k"); err == nil {
 		t.Fatalf("Get of a truncated body succeeded")
+	}
+}
+
+// tamperClient passes requests to the server, keeping the headers of each
+// PUT and, if corrupt is set, flipping one byte of its body (same length) on
+// the way, as a faulty network or proxy would.
+type tamperClient struct {
+	next http.Client
+
+	mu      sync.Mutex
+	puts    []http.Header // guarded by mu
+	corrupt bool          // guarded by mu
+}
+
+func (c *tamperClient) Do(r *http.Request) (*http.Response, error) {
+	if r.Method != http.MethodPut {
+		return c.next.Do(r)
+	}
+	c.mu.Lock()
+	c.puts = append(c.puts, r.Header.Clone())
+	corrupt := c.corrupt
+	c.mu.Unlock()
+	if corrupt && r.Body != nil {
+		body, err := io.ReadAll(r.Body)
+		r.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		body[len(body)/2] ^= 0x40
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	}
+	return c.next.Do(r)
+}
+
+func (c *tamperClient) takePuts() []http.Header {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.puts
+	c.puts = nil
+	return p
+}
+
+// TestS3PutUnsignedWithCRC32C: a PutObject body is not hashed with SHA-256
+// for the signature (x-amz-content-sha256: UNSIGNED-PAYLOAD) but carries its
+// CRC-32C, which versitygw checks: the data round-trips, and a body
+// corrupted in transit is refused and leaves no object behind.
+func TestS3PutUnsignedWithCRC32C(t *testing.T) {
+	srv := s3server.Start(t)
+	tc := &tamperClient{}
+	s := open(t, &objstore.Opener{HTTPClient: tc}, srv.URL)
+	defer s.Close()
+	ctx := t.Context()
+
+	data := make([]byte, 1<<20+123)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	if err := s.PutIfAbsent(ctx, "unsigned/a", data); err != nil {
+		t.Fatalf("PutIfAbsent: %v", err)
+	}
+	puts := tc.takePuts()
+	if len(puts) != 1 {
+		t.Fatalf("%d PUTs sent, want 1", len(puts))
+	}
+	h := puts[0]
+	if got := h.Get("X-Amz-Content-Sha256"); got != "UNSIGNED-PAYLOAD" {
+		t.Errorf("x-amz-content-sha256 = %q, want UNSIGNED-PAYLOAD", got)
+	}
+	var want [4]byte
+	binary.BigEndian.PutUint32(want[:], crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli)))
+	if got := h.Get("X-Amz-Checksum-Crc32c"); got != base64.StdEncoding.EncodeToString(want[:]) {
+		t.Errorf("x-amz-checksum-crc32c = %q, want %q", got, base64.StdEncoding.EncodeToString(want[:]))
+	}
+	for k := range h {
+		if k2 := strings.ToLower(k); strings.HasPrefix(k2, "x-amz-checksum-") && k2 != "x-amz-checksum-crc32c" {
+			t.Errorf("extra checksum header %s: %q (computed for nothing)", k, h.Get(k))
+		}
+	}
+	if !strings.Contains(h.Get("Authorization"), "x-amz-checksum-crc32c") {
+		t.Errorf("the checksum header is not signed: Authorization %q", h.Get("Authorization"))
+	}
+	got, err := s.Get(ctx, "unsigned/a")
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Get after unsigned PUT: %v (equal %v)", err, bytes.Equal(got, data))
+	}
+
+	tc.mu.Lock()
+	tc.corrupt = true
+	tc.mu.Unlock()
+	for _, put := range []func() error{
+		func() error { return s.PutIfAbsent(ctx, "unsigned/b", data) },
+		func() error { return s.Put(ctx, "unsigned/b", data) },
+	} {
+		if err := put(); err == nil {
+			t.Fatalf("PUT of a body corrupted in transit succeeded")
+		} else {
+			t.Logf("corrupted body refused: %v", err)
+		}
+		if _, err := s.Stat(ctx, "unsigned/b"); !errors.Is(err, objstore.ErrNotFound) {
+			t.Fatalf("Stat after the refused PUT: %v, want ErrNotFound", err)
+		}
 	}
 }
