@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,6 +25,40 @@ const (
 	maxBlockSize = 1 << 20
 )
 
+// validate parses the flags into the volume to create.
+func (o *createOptions) validate() (volume.CreateOptions, error) {
+	if o.size == "" {
+		return volume.CreateOptions{}, fmt.Errorf("create: --size is required (e.g. --size 10G)")
+	}
+	size, err := units.ParseSize(o.size)
+	if err != nil {
+		return volume.CreateOptions{}, fmt.Errorf("--size: %w", err)
+	}
+	// Parsed here rather than as a uint32 flag: units (4K) work, and 0 is
+	// refused instead of meaning the default.
+	bs, err := units.ParsePowerOfTwo(o.blockSize, minBlockSize, maxBlockSize)
+	if err != nil {
+		return volume.CreateOptions{}, fmt.Errorf("--block-size: %w", err)
+	}
+	return volume.CreateOptions{Size: size, BlockSize: uint32(bs)}, nil
+}
+
+// runCreate creates the volume rawURL names (initialising its pool if
+// needed).
+func runCreate(ctx context.Context, log *slog.Logger, out io.Writer, rawURL string, co volume.CreateOptions) error {
+	p, name, err := openVolumeURL(ctx, log, rawURL, true)
+	if err != nil {
+		return err
+	}
+	defer p.Close()
+	d, err := p.Create(ctx, name, co)
+	if err != nil {
+		return err
+	}
+	printf(out, "created %s: %s (%d bytes), id %s\n", d.Name, units.FormatSize(d.Size), d.Size, d.ID)
+	return nil
+}
+
 func newCreateCommand(g *globals) *cobra.Command {
 	o := &createOptions{}
 	cmd := &cobra.Command{
@@ -31,31 +66,11 @@ func newCreateCommand(g *globals) *cobra.Command {
 		Short: "Create an empty volume (the pool is initialised if needed)",
 		Args:  exactArgs(1, "a volume URL"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if o.size == "" {
-				return fmt.Errorf("create: --size is required (e.g. --size 10G)")
-			}
-			size, err := units.ParseSize(o.size)
-			if err != nil {
-				return fmt.Errorf("--size: %w", err)
-			}
-			// Parsed here rather than as a uint32 flag: units (4K) work,
-			// and 0 is refused instead of meaning the default.
-			bs, err := units.ParsePowerOfTwo(o.blockSize, minBlockSize, maxBlockSize)
-			if err != nil {
-				return fmt.Errorf("--block-size: %w", err)
-			}
-			ctx := cmd.Context()
-			p, name, err := openVolumeURL(ctx, g.log, args[0], true)
+			co, err := o.validate()
 			if err != nil {
 				return err
 			}
-			defer p.Close()
-			d, err := p.Create(ctx, name, volume.CreateOptions{Size: size, BlockSize: uint32(bs)})
-			if err != nil {
-				return err
-			}
-			printf(cmd.OutOrStdout(), "created %s: %s (%d bytes), id %s\n", d.Name, units.FormatSize(d.Size), d.Size, d.ID)
-			return nil
+			return runCreate(cmd.Context(), g.log, cmd.OutOrStdout(), args[0], co)
 		},
 	}
 	cmd.Flags().StringVar(&o.size, "size", "", "volume size, e.g. 10G, 512M (a multiple of the block size)")
