@@ -6,13 +6,20 @@
 //	s3raw mkbucket -endpoint http://127.0.0.1:PORT BUCKET
 //	s3raw bench -endpoint http://127.0.0.1:PORT -bucket BUCKET [-dur 2s] [-workers 8]
 //
-// bench prints one JSON object with three measurements:
+// bench prints one JSON object with four measurements:
 //
 //	put4m: PutObject of 4 MiB objects (If-None-Match: *, fresh keys, like
 //	       urldisk's record uploads) from -workers goroutines; MB/s
 //	put4k: PutObject of 4 KiB objects, one at a time; latency mean/p50/p99
 //	get4m: GetObject of whole 4 MiB objects (those put4m wrote) from
 //	       -workers goroutines; MB/s
+//	get4k: ranged GetObject of 4 KiB at a random 4 KiB-aligned offset of one
+//	       of those objects, one at a time; latency mean/p50/p99 (what one
+//	       cold 4k read of a disk costs at least)
+//
+// -endpoint may be a proxy in front of the store (bench/s3proxy): the
+// suite's remote profile measures the store through the same proxy as
+// urldisk and s3backer.
 //
 // Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never
 // from flags. This is a benchmark helper, not part of urldisk.
@@ -27,6 +34,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"os"
 	"slices"
 	"sync"
@@ -108,6 +116,10 @@ type Result struct {
 	Put4KOps       int     `json:"put4k_ops"`
 	Get4MMBps      float64 `json:"get4m_mbps"`
 	Get4MOps       int     `json:"get4m_ops"`
+	Get4KMeanUs    float64 `json:"get4k_mean_us"`
+	Get4KP50Us     float64 `json:"get4k_p50_us"`
+	Get4KP99Us     float64 `json:"get4k_p99_us"`
+	Get4KOps       int     `json:"get4k_ops"`
 	Workers        int     `json:"workers"`
 	DurationSecond float64 `json:"duration_s"`
 }
@@ -166,25 +178,11 @@ func bench(args []string) error {
 	r.Put4MMBps = float64(n.Load()) * float64(len(big)) / el / 1e6
 
 	// 4 KiB PUT latency, one at a time.
-	var lat []time.Duration
-	end := time.Now().Add(*dur)
-	for i := 0; time.Now().Before(end); i++ {
-		s := time.Now()
-		if err := put(fmt.Sprintf("small/%d", i), small); err != nil {
-			return fmt.Errorf("put 4 KiB: %w", err)
-		}
-		lat = append(lat, time.Since(s))
+	put4k, err := latencies(*dur, func(i int) error { return put(fmt.Sprintf("small/%d", i), small) })
+	if err != nil {
+		return fmt.Errorf("put 4 KiB: %w", err)
 	}
-	slices.Sort(lat)
-	var sum time.Duration
-	for _, d := range lat {
-		sum += d
-	}
-	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
-	r.Put4KOps = len(lat)
-	r.Put4KMeanUs = us(sum) / float64(len(lat))
-	r.Put4KP50Us = us(lat[len(lat)/2])
-	r.Put4KP99Us = us(lat[min(len(lat)-1, len(lat)*99/100)])
+	r.Put4KOps, r.Put4KMeanUs, r.Put4KP50Us, r.Put4KP99Us = put4k.n, put4k.mean, put4k.p50, put4k.p99
 
 	// 4 MiB GET throughput over the objects written above.
 	var got atomic.Int64
@@ -214,8 +212,64 @@ func bench(args []string) error {
 	r.Get4MOps = int(got.Load() / int64(len(big)))
 	r.Get4MMBps = float64(got.Load()) / el / 1e6
 
+	// Ranged 4 KiB GET latency, one at a time, at random aligned offsets
+	// of the big objects (seeded: the same reads every run).
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	buf := make([]byte, 4<<10)
+	get4k, err := latencies(*dur, func(int) error {
+		w := rng.IntN(*workers)
+		key := fmt.Sprintf("big/%d-%d", w, rng.IntN(wrote[w]))
+		off := rng.IntN(len(big)/len(buf)) * len(buf)
+		out, err := c.GetObject(ctx, &s3.GetObjectInput{Bucket: bucket, Key: aws.String(*prefix + key),
+			Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+len(buf)-1))})
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		if _, err := io.ReadFull(out.Body, buf); err != nil {
+			return fmt.Errorf("read %s at %d: %w", key, off, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("ranged get 4 KiB: %w", err)
+	}
+	r.Get4KOps, r.Get4KMeanUs, r.Get4KP50Us, r.Get4KP99Us = get4k.n, get4k.mean, get4k.p50, get4k.p99
+
 	enc := json.NewEncoder(os.Stdout)
 	return enc.Encode(r)
+}
+
+// latency is a summary of one-at-a-time request latencies, in µs.
+type latency struct {
+	n              int
+	mean, p50, p99 float64
+}
+
+// latencies calls fn(0), fn(1), ... one at a time until d has passed (at
+// least once) and summarizes how long the calls took.
+func latencies(d time.Duration, fn func(i int) error) (latency, error) {
+	var lat []time.Duration
+	end := time.Now().Add(d)
+	for i := 0; i == 0 || time.Now().Before(end); i++ {
+		s := time.Now()
+		if err := fn(i); err != nil {
+			return latency{}, err
+		}
+		lat = append(lat, time.Since(s))
+	}
+	slices.Sort(lat)
+	var sum time.Duration
+	for _, x := range lat {
+		sum += x
+	}
+	us := func(d time.Duration) float64 { return float64(d) / 1e3 }
+	return latency{
+		n:    len(lat),
+		mean: us(sum) / float64(len(lat)),
+		p50:  us(lat[len(lat)/2]),
+		p99:  us(lat[min(len(lat)-1, len(lat)*99/100)]),
+	}, nil
 }
 
 // parallel runs fn(worker, i) for i = 0, 1, ... on each of n workers until d
