@@ -130,7 +130,7 @@ func BenchmarkSeqRead1MCold(b *testing.B) {
 }
 
 func BenchmarkSeqWrite1MFlush(b *testing.B) {
-	for name, url := range benchBackends(b) {
+	for name, url := range writeBenchBackends(b) {
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
 			const size = 1 << 30
@@ -156,7 +156,7 @@ func BenchmarkSeqWrite1MFlush(b *testing.B) {
 }
 
 func BenchmarkWrite4KFlushLatency(b *testing.B) {
-	for name, url := range benchBackends(b) {
+	for name, url := range writeBenchBackends(b) {
 		b.Run(name, func(b *testing.B) {
 			ctx := context.Background()
 			_, v := benchVolume(b, url, 64<<20, Options{})
