@@ -156,7 +156,7 @@ func (v *Volume) compactRecord(ctx context.Context, seq uint64) (copied, skipped
 	v.mu.Unlock()
 	for _, e := range pieces {
 		buf := make([]byte, e.Len)
-		if err := v.readPiece(ctx, piece{dst: buf, vol: v.desc.ID, seq: seq, off: e.Loc.Off}, 1); err != nil {
+		if err := v.readPiece(ctx, piece{dst: buf, vol: v.desc.ID, seq: seq, off: e.Loc.Off}, 1, nil); err != nil {
 			return copied, skipped, err
 		}
 		c, s, err := v.rewrite(ctx, e, buf)

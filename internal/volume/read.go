@@ -61,10 +61,11 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 	if end := start + uint64(len(p)); pos < end {
 		pieces = append(pieces, piece{dst: p[pos-start:], zero: true})
 	}
+	end := off + int64(len(p))
+	sequential := v.seq.follows(off, end)
 	ahead := 1
-	if v.seq.follows(off, off+int64(len(p))) {
+	if sequential {
 		ahead = v.opts.Readahead
-		v.prefetchAfter(off + int64(len(p)))
 	}
 	// Serve what the cache has first, then fetch the rest: pieces from
 	// different records (a range written out of order, or by several
@@ -80,24 +81,83 @@ func (v *Volume) ReadAt(ctx context.Context, p []byte, off int64) error {
 			misses = append(misses, rest)
 		}
 	}
+	if sequential {
+		// Before this read waits for its own misses, so the windows after
+		// it are on their way meanwhile.
+		v.readAhead(off, end)
+	}
+	if len(misses) == 0 {
+		return nil
+	}
+	// A large miss is fetched as several ranged GETs in parallel (one per
+	// window), not one long serial response: a store's bandwidth is per
+	// stream.
+	span := uint64(ahead) * format.ChunkSize
+	if !sequential {
+		span = splitChunks * format.ChunkSize
+	}
+	misses = splitPieces(misses, span)
 	var err error
+	var waited bool
 	switch len(misses) {
-	case 0:
 	case 1:
-		err = v.readPiece(ctx, misses[0], ahead)
+		var w atomic.Bool
+		err = v.readPiece(ctx, misses[0], ahead, &w)
+		waited = w.Load()
 	default:
+		w := new(atomic.Bool) // shared by the closures (only on this cold path)
 		g, gctx := errgroup.WithContext(ctx)
 		g.SetLimit(maxParallelFetches)
 		ra := ahead // assigned once, so the closures copy it (ahead stays on the stack)
 		for _, pc := range misses {
-			g.Go(func() error { return v.readPiece(gctx, pc, ra) })
+			g.Go(func() error { return v.readPiece(gctx, pc, ra, w) })
 		}
 		err = g.Wait()
+		waited = w.Load()
 	}
 	if err != nil {
 		return fmt.Errorf("read %s at %d: %w", v.desc.Name, off, err)
 	}
+	if sequential && waited {
+		v.readWaited(off, end)
+	}
 	return nil
+}
+
+// splitChunks is the size, in chunks, of the parallel GETs a large random
+// read is split into (1 MiB; sequential reads split at readahead windows).
+const splitChunks = 16
+
+// splitPieces splits the pieces longer than span bytes at record offsets
+// that are multiples of span, so each part is fetched by its own GET in
+// parallel with the others. Pieces up to span stay whole (one GET), even
+// when they straddle a boundary.
+func splitPieces(pieces []piece, span uint64) []piece {
+	long := false
+	for _, pc := range pieces {
+		if uint64(len(pc.dst)) > span {
+			long = true
+			break
+		}
+	}
+	if !long {
+		return pieces
+	}
+	out := make([]piece, 0, len(pieces)+4)
+	for _, pc := range pieces {
+		for uint64(len(pc.dst)) > span {
+			n := span - pc.off%span
+			part := pc
+			part.dst = pc.dst[:n]
+			out = append(out, part)
+			pc.dst = pc.dst[n:]
+			pc.off += n
+		}
+		if len(pc.dst) > 0 {
+			out = append(out, pc)
+		}
+	}
+	return out
 }
 
 // seqDetector recognises sequential reads: a read is sequential if it
@@ -132,97 +192,6 @@ func (d *seqDetector) follows(off, end int64) bool {
 	return hit
 }
 
-// Readahead across records: a sequential stream keeps prefetchWindows
-// record windows (Readahead chunks each) ahead of its reads in flight, in
-// the background, so more GETs run at once than the reader's queue depth
-// alone would start (at QD8 x 1 MiB only two 4 MiB windows would be).
-const (
-	prefetchWindows  = 4
-	maxPrefetchProcs = 4
-)
-
-// prefetchAfter starts, if none is running for it, a background fetch into
-// the cache of the records that map the range after a sequential read
-// ending at end. Best effort: nothing waits for it, readers that miss
-// while it runs share its GETs, and it gives up on any error.
-func (v *Volume) prefetchAfter(end int64) {
-	if v.cache == nil {
-		return
-	}
-	span := int64(prefetchWindows * v.opts.Readahead * format.ChunkSize)
-	to := min(end+span, v.Size())
-	done := v.prefetchedTo.Load()
-	if done >= to && done <= end+2*span {
-		return // this stream's readahead is already that far
-	}
-	from := end
-	if done > end && done < to {
-		from = done // continue where it got to
-	}
-	select {
-	case v.prefetchSem <- struct{}{}:
-	default:
-		return // enough prefetching in flight
-	}
-	if !v.prefetchedTo.CompareAndSwap(done, to) {
-		<-v.prefetchSem
-		return // another read of the stream just moved it
-	}
-	go func() {
-		defer func() { <-v.prefetchSem }()
-		v.prefetch(from, to)
-	}()
-}
-
-// prefetch fetches the record windows holding [from, to) that the cache
-// lacks.
-func (v *Volume) prefetch(from, to int64) {
-	if from >= to {
-		return
-	}
-	type win struct {
-		key   cache.Key
-		first uint32
-	}
-	var wins []win
-	seen := map[win]bool{}
-	ahead := uint64(v.opts.Readahead)
-	v.mu.Lock()
-	if v.usableLocked() != nil {
-		v.mu.Unlock()
-		return
-	}
-	v.m.Lookup(uint64(from), uint64(to-from), func(e extmap.Extent) bool {
-		if e.Loc.Vol == 0 && v.pending[e.Loc.Seq] != nil {
-			return true // still in memory
-		}
-		for c := e.Loc.Off / format.ChunkSize; c*format.ChunkSize < e.Loc.Off+e.Len; c = c - c%ahead + ahead {
-			w := win{cache.Key{Vol: v.vols[e.Loc.Vol], Seq: e.Loc.Seq, Chunk: uint32(c)}, uint32(c - c%ahead)}
-			k := w
-			k.key.Chunk = w.first
-			if !seen[k] {
-				seen[k] = true
-				wins = append(wins, w)
-			}
-		}
-		return true
-	})
-	v.mu.Unlock()
-	for _, w := range wins {
-		if v.ctx.Err() != nil {
-			return
-		}
-		if h, ok := v.cache.(interface{ Has(cache.Key) bool }); ok && h.Has(w.key) {
-			continue // cached already
-		}
-		c, err := v.fetchChunk(v.ctx, w.key, w.first, int(ahead))
-		if err != nil {
-			return
-		}
-		c.release()
-	}
-}
-
 // maxParallelFetches bounds the concurrent fetches of one read.
 const maxParallelFetches = 8
 
@@ -250,7 +219,7 @@ func (v *Volume) readCached(pc piece) piece {
 // ahead when there is a cache to keep the extra ones), and the piece's
 // later chunks are then copied from that fetch rather than read back from
 // the cache.
-func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int) error {
+func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int, waited *atomic.Bool) error {
 	dst, off := pc.dst, pc.off
 	var fc *fetchCall // the latest fetch made for this piece; fc.frames[i] is chunk fcFirst+i
 	var fcFirst uint64
@@ -286,7 +255,7 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int) error {
 					first = uint32(chunk - chunk%uint64(ahead))
 					count = max(ahead, int(uint64(chunk)-uint64(first))+need)
 				}
-				c, err := v.fetchChunk(ctx, key, first, count)
+				c, err := v.fetchChunk(ctx, key, first, count, waited)
 				if err != nil {
 					return err
 				}
@@ -325,6 +294,7 @@ type fetchCall struct {
 	first  uint32
 	count  int
 	done   chan struct{}
+	filled chan struct{} // closed once the frames are in the cache (or will not be)
 	frames [][]byte
 	sums   []cache.Sums // per frame, for the cache
 	err    error
@@ -360,7 +330,9 @@ var (
 // covers it, or a new GET of chunks first .. first+count-1 (first <=
 // key.Chunk < first+count). On success the caller must release the
 // returned call; its frames hold key.Chunk at index key.Chunk-first.
-func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, count int) (*fetchCall, error) {
+// waited, if not nil, is set when the caller had to wait for the store (a
+// new GET, or one still in progress), which is what grows the readahead.
+func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, count int, waited *atomic.Bool) (*fetchCall, error) {
 	rk := recKey{key.Vol, key.Seq}
 	v.fmu.Lock()
 	for _, c := range v.inflight[rk] {
@@ -371,9 +343,16 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 		v.fmu.Unlock()
 		select {
 		case <-c.done:
-		case <-ctx.Done():
-			c.release()
-			return nil, ctx.Err()
+		default:
+			if waited != nil {
+				waited.Store(true)
+			}
+			select {
+			case <-c.done:
+			case <-ctx.Done():
+				c.release()
+				return nil, ctx.Err()
+			}
 		}
 		if c.err == nil && int(key.Chunk-c.first) < len(c.frames) {
 			return c, nil
@@ -387,10 +366,13 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 		v.fmu.Lock()
 		break
 	}
-	c := &fetchCall{first: first, count: count, done: make(chan struct{})}
+	c := &fetchCall{first: first, count: count, done: make(chan struct{}), filled: make(chan struct{})}
 	c.refs.Store(1)
 	v.inflight[rk] = append(v.inflight[rk], c)
 	v.fmu.Unlock()
+	if waited != nil {
+		waited.Store(true)
+	}
 
 	k := key
 	k.Chunk = first
@@ -403,10 +385,11 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 	}
 	if c.err != nil || v.cache == nil {
 		v.unregister(rk, c)
+		close(c.filled)
 		if c.err != nil {
 			c.release()
 			if first != key.Chunk {
-				return v.fetchChunk(ctx, key, key.Chunk, count-int(key.Chunk-first))
+				return v.fetchChunk(ctx, key, key.Chunk, count-int(key.Chunk-first), waited)
 			}
 			return nil, c.err
 		}
@@ -420,6 +403,7 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 		defer c.release()
 		v.cacheFrames(key, c)
 		v.unregister(rk, c)
+		close(c.filled)
 	}()
 	return c, nil
 }

@@ -55,6 +55,11 @@ type Options struct {
 	// chunk. Default 64 (4 MiB: a whole default-sized record), so reads of
 	// a record in any order, and concurrent readers, share one GET.
 	Readahead int
+	// ReadaheadBytes bounds the readahead windows in flight (fetched and
+	// not yet in the cache) of all sequential streams together: their
+	// memory. A stream's depth grows while its reads still wait for the
+	// store, up to this. Default 64 MiB (16 default windows).
+	ReadaheadBytes int64
 	// CompactEvery runs Compact this often in the background (read-write
 	// volumes). Zero: never automatically.
 	CompactEvery time.Duration
@@ -116,6 +121,9 @@ func (o Options) withDefaults(p *Pool) Options {
 	if o.Readahead <= 0 {
 		o.Readahead = 64
 	}
+	if o.ReadaheadBytes <= 0 {
+		o.ReadaheadBytes = 64 << 20
+	}
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 30 * time.Second
 	}
@@ -176,9 +184,8 @@ type Volume struct {
 	upSem  chan struct{}
 	stop   chan struct{} // stops the idle loop
 
-	seq          seqDetector   // sequential-read detection
-	prefetchedTo atomic.Int64  // volume offset the stream's readahead has been started up to
-	prefetchSem  chan struct{} // bounds background prefetches
+	seq seqDetector // sequential-read detection
+	ra  readahead   // sequential streams' readahead (readahead.go)
 
 	fmu      sync.Mutex
 	inflight map[recKey][]*fetchCall // fetches in progress per record; guarded by fmu
@@ -261,7 +268,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		progress: make(chan struct{}), uploads: map[*upload]struct{}{}, st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
 	v.seq.init()
-	v.prefetchSem = make(chan struct{}, maxPrefetchProcs)
+	v.ra.init(o.Readahead*format.ChunkSize, o.ReadaheadBytes)
 	if !o.ReadOnly {
 		if err := v.attachWriter(ctx, img); err != nil {
 			cancel()

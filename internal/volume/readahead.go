@@ -1,0 +1,268 @@
+package volume
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/extmap"
+	"github.com/urldisk/urldisk/internal/format"
+)
+
+// Readahead sized to the bandwidth-delay product.
+//
+// One GET delivers at most the store's per-stream bandwidth B, after its
+// first-byte latency L: a window of W bytes takes L + W/B, so a sequential
+// reader is only as fast as the store when about B*L/W + 1 windows are in
+// flight at once, and more than that when the reader is faster than one
+// stream (the store gives parallel requests their own bandwidth). Neither B
+// nor L is known in advance, and they change, so each sequential stream
+// starts raInitialWindows windows ahead of its reads and doubles that depth
+// whenever a read of the stream still had to wait for the store (the pipe
+// was not full), up to the memory budget (Options.ReadaheadBytes). Once
+// the readahead stays ahead, reads find their data in the cache and the
+// depth stops growing. Random reads start no readahead: each stays one GET.
+//
+// Every window in flight holds one slot of the volume's budget from its
+// GET until its frames are in the cache (the pooled buffer is reused
+// then), so the readahead's memory is bounded whatever the streams do.
+const (
+	raInitialWindows = 4
+	// raStreams is how many sequential streams are tracked at once (nbdcopy
+	// reads with several connections, each working through its own region;
+	// a VM's reads interleave several files).
+	raStreams = 8
+)
+
+// raStream is one sequential stream's readahead.
+type raStream struct {
+	pos   int64  // highest end of the stream's reads
+	next  int64  // volume offset readahead has been issued up to
+	depth int    // windows kept ahead of pos
+	used  uint64 // last use (ra.tick), to replace the least recently used
+}
+
+// readahead is a volume's readahead state.
+type readahead struct {
+	mu      sync.Mutex // guards streams, tick and recent
+	streams [raStreams]raStream
+	tick    uint64
+	// recent are the windows started last (a ring): a window is started
+	// before its fetch registers, and the volume steps of a stream overlap
+	// at records' edges, so this keeps a window from being started twice.
+	recent   [4 * raStreams]cache.Key
+	nrecent  int
+	slots    chan struct{} // one per window in flight: the memory budget
+	maxDepth int
+
+	issued   atomic.Uint64 // windows started
+	inflight atomic.Int32
+	peak     atomic.Int32 // most windows in flight at once
+	deepest  atomic.Int32 // largest depth any stream reached
+}
+
+// ReadaheadStats say what the readahead did since attach.
+type ReadaheadStats struct {
+	// Windows is the number of record windows fetched ahead of reads.
+	Windows uint64
+	// PeakInFlight is the most windows that were in flight at once.
+	PeakInFlight int
+	// DeepestStream is the largest depth (windows ahead) a stream reached.
+	DeepestStream int
+}
+
+// ReadaheadStats reports the readahead's counters. Safe for concurrent use.
+func (v *Volume) ReadaheadStats() ReadaheadStats {
+	return ReadaheadStats{
+		Windows:       v.ra.issued.Load(),
+		PeakInFlight:  int(v.ra.peak.Load()),
+		DeepestStream: int(v.ra.deepest.Load()),
+	}
+}
+
+func (ra *readahead) init(windowBytes int, budget int64) {
+	ra.maxDepth = max(1, int(budget/int64(windowBytes)))
+	ra.slots = make(chan struct{}, ra.maxDepth)
+	for i := range ra.streams {
+		ra.streams[i].pos = -1
+	}
+}
+
+// stream returns the stream a sequential read of [off, end) belongs to:
+// the one whose reads ended nearest to off (within the reordering a queue
+// of concurrent reads causes), or else the least recently used slot, reset
+// for a new stream. Called with ra.mu held.
+func (ra *readahead) stream(off, end, win int64) *raStream {
+	ra.tick++
+	reach := max(seqSlack*(end-off), win)
+	var best, lru *raStream
+	bestDist := int64(-1)
+	for i := range ra.streams {
+		s := &ra.streams[i]
+		if lru == nil || s.used < lru.used {
+			lru = s
+		}
+		if s.pos < 0 {
+			continue
+		}
+		d := off - s.pos
+		if d < 0 {
+			d = -d
+		}
+		if d <= reach && (bestDist < 0 || d < bestDist) {
+			best, bestDist = s, d
+		}
+	}
+	if best == nil {
+		best = lru
+		*best = raStream{pos: end, next: end, depth: raInitialWindows}
+	}
+	best.used = ra.tick
+	best.pos = max(best.pos, end)
+	return best
+}
+
+// readAhead keeps the stream of a sequential read of [off, end) depth
+// windows ahead: it starts, in the background, the GETs of the record
+// windows mapping the volume range after the stream's reads that are
+// neither cached nor being fetched, as far as the budget allows. Nothing
+// waits for them; readers that miss meanwhile share their GETs.
+func (v *Volume) readAhead(off, end int64) {
+	if v.cache == nil {
+		return // fetched windows would have nowhere to stay
+	}
+	win := int64(v.opts.Readahead) * format.ChunkSize
+	ra := &v.ra
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	s := ra.stream(off, end, win)
+	to := min(s.pos+int64(s.depth)*win, v.Size())
+	for from := max(s.next, end); from < to; from += win {
+		if !v.issueWindows(from, min(from+win, to)) {
+			s.next = from // the budget is spent: the next read continues here
+			return
+		}
+		s.next = min(from+win, to)
+	}
+}
+
+// readWaited tells the readahead that a sequential read of [off, end) had
+// to wait for the store: its stream was not far enough ahead, so it goes
+// twice as deep (within the budget), and issues the extra windows now.
+func (v *Volume) readWaited(off, end int64) {
+	if v.cache == nil {
+		return
+	}
+	win := int64(v.opts.Readahead) * format.ChunkSize
+	ra := &v.ra
+	ra.mu.Lock()
+	s := ra.stream(off, end, win)
+	if s.depth < ra.maxDepth {
+		s.depth = min(2*s.depth, ra.maxDepth)
+		if d := int32(s.depth); d > ra.deepest.Load() {
+			ra.deepest.Store(d) // under ra.mu: no lost update
+		}
+	}
+	ra.mu.Unlock()
+	v.readAhead(off, end)
+}
+
+// started reports whether window k (its first chunk) was started lately,
+// and records it if not. Called with ra.mu held.
+func (ra *readahead) started(k cache.Key) bool {
+	for _, r := range ra.recent {
+		if r == k {
+			return true
+		}
+	}
+	ra.recent[ra.nrecent%len(ra.recent)] = k
+	ra.nrecent++
+	return false
+}
+
+// issueWindows starts the GETs of the record windows (Readahead chunks,
+// aligned within their record) that map [from, to) and are neither cached
+// nor being fetched. It returns false if the budget ran out first (the
+// windows it did start stay started: the next call skips them). Called
+// with v.ra.mu held.
+func (v *Volume) issueWindows(from, to int64) bool {
+	ahead := uint64(v.opts.Readahead)
+	var wbuf [8]cache.Key // each the first chunk of a window
+	wins := wbuf[:0]
+	v.mu.Lock()
+	if v.usableLocked() != nil {
+		v.mu.Unlock()
+		return true
+	}
+	v.m.Lookup(uint64(from), uint64(to-from), func(e extmap.Extent) bool {
+		if e.Loc.Vol == 0 && v.pending[e.Loc.Seq] != nil {
+			return true // still in memory
+		}
+		for c := e.Loc.Off / format.ChunkSize; c*format.ChunkSize < e.Loc.Off+e.Len; c = c - c%ahead + ahead {
+			k := cache.Key{Vol: v.vols[e.Loc.Vol], Seq: e.Loc.Seq, Chunk: uint32(c)}
+			// The window's first chunk it covers: the cache check below
+			// looks at it, and the window starts at its aligned base.
+			dup := false
+			for _, w := range wins {
+				if w.Vol == k.Vol && w.Seq == k.Seq && uint64(w.Chunk)/ahead == c/ahead {
+					dup = true
+					break
+				}
+			}
+			if !dup {
+				wins = append(wins, k)
+			}
+		}
+		return true
+	})
+	v.mu.Unlock()
+	ra := &v.ra
+	for _, k := range wins {
+		if v.ctx.Err() != nil {
+			return true
+		}
+		if h, ok := v.cache.(interface{ Has(cache.Key) bool }); ok && h.Has(k) {
+			continue
+		}
+		first := uint32(uint64(k.Chunk) - uint64(k.Chunk)%ahead)
+		if v.fetching(k) {
+			continue
+		}
+		select {
+		case ra.slots <- struct{}{}:
+		default:
+			return false
+		}
+		if ra.started(cache.Key{Vol: k.Vol, Seq: k.Seq, Chunk: first}) {
+			<-ra.slots
+			continue
+		}
+		ra.issued.Add(1)
+		if n := ra.inflight.Add(1); n > ra.peak.Load() {
+			for p := ra.peak.Load(); n > p && !ra.peak.CompareAndSwap(p, n); p = ra.peak.Load() {
+			}
+		}
+		go func() {
+			defer func() { ra.inflight.Add(-1); <-ra.slots }()
+			c, err := v.fetchChunk(v.ctx, k, first, int(ahead), nil)
+			if err != nil {
+				return // best effort: a reader that needs it fetches it and reports
+			}
+			<-c.filled // the buffer is the budget's until the cache has the frames
+			c.release()
+		}()
+	}
+	return true
+}
+
+// fetching reports whether a fetch in progress covers the chunk.
+func (v *Volume) fetching(k cache.Key) bool {
+	v.fmu.Lock()
+	defer v.fmu.Unlock()
+	for _, c := range v.inflight[recKey{k.Vol, k.Seq}] {
+		if c.covers(k.Chunk) {
+			return true
+		}
+	}
+	return false
+}
