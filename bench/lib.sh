@@ -3,7 +3,8 @@
 #   LOGTAG   prefix of log lines, e.g. nbd-fio
 #   repo     repository root
 #   WORKDIR  scratch directory (pool, caches, sockets, logs)
-#   OUT      results directory (fio JSON under $OUT/json)
+#   OUT      results directory (fio JSON under $OUT/json, or under
+#            $RES/json if RES is set: suite.sh's per-profile results)
 # The helpers below use these globals (set by the caller before use):
 #   bin, ud_rev        set by build_urldisk
 #   ud_url, ud_sock, cache   urldisk serve's volume URL, socket and cache dir
@@ -108,7 +109,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime+stime of the se
 run_fio() {
 	local target=$1 job=$2 rep=$3
 	shift 3
-	local f=$OUT/json/$job.$target.$rep.json pid t0
+	local f=${RES:-$OUT}/json/$job.$target.$rep.json pid t0
 	pid=$(server_pid "$target")
 	t0=$(cpu_ticks "$pid")
 	# shellcheck disable=SC2086 # FIOARGS are word lists

@@ -5,12 +5,17 @@ usage: suite-report.py OUTDIR                 print the section
        suite-report.py --splice DOC REPORT    put REPORT's generated part into DOC's
                                               suite section (added if missing)
 
-OUTDIR holds meta, json/JOB.TARGET.REP.json (+ .cpu, as nbd-fio.sh writes
-them) and raw/ (s3raw.REP.json, history.txt, records.txt, attach.txt,
-mem.txt, memfill.json).
+OUTDIR holds meta (common: machine, versions, profiles=...) and one
+directory per profile (loopback, remote) with its own meta (targets, store,
+s3backer_mount, elapsed), json/JOB.TARGET.REP.json (+ .cpu, as nbd-fio.sh
+writes them) and raw/ (s3raw.REP.json, history.txt, records.txt,
+attach.txt, mem.txt, memfill.json, serve-hwm.txt). The section has the
+common set-up, then per profile the issue-10 headline figures next to raw
+S3 and s3backer, and the full table.
 """
 import importlib.util
 import json
+import math
 import os
 import re
 import statistics
@@ -31,6 +36,10 @@ def p99(d):
     return d["lat_ns"]["percentile"]["99.000000"] / 1e3
 
 
+def p50(d):
+    return d["lat_ns"]["percentile"]["50.000000"] / 1e3
+
+
 def wf_lat(j):
     """mean write + mean flush latency (µs) of a --fsync=1 job."""
     sync = j.get("sync", {}).get("lat_ns", {}).get("mean", 0)
@@ -44,6 +53,8 @@ METRICS = [
     ("randread-qd1", "p99 latency (µs)", lambda j: p99(j["read"]), False),
     ("randread-qd32", "IOPS", lambda j: j["read"]["iops"], True),
     ("randread-qd32", "p99 latency (µs)", lambda j: p99(j["read"]), False),
+    ("randread-cold-qd1", "p50 latency (µs)", lambda j: p50(j["read"]), False),
+    ("randread-cold-qd1", "IOPS", lambda j: j["read"]["iops"], True),
     ("seqread-cold", "MB/s", lambda j: j["read"]["bw_bytes"] / 1e6, True),
     ("seqread-warm", "MB/s", lambda j: j["read"]["bw_bytes"] / 1e6, True),
     ("seqwrite", "MB/s incl. final flush", lambda j: j["write"]["bw_bytes"] / 1e6, True),
@@ -54,6 +65,7 @@ METRICS = [
 DESCR = {
     "randread-qd1": "4k randread QD1, warm",
     "randread-qd32": "4k randread QD32, warm",
+    "randread-cold-qd1": "4k randread QD1, cold (restarted, caches emptied)",
     "seqread-cold": "1M seqread QD8, cold (restarted, caches emptied)",
     "seqread-warm": "1M seqread QD8, warm",
     "seqwrite": "1M seqwrite QD8 + flush",
@@ -66,39 +78,76 @@ def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
 
-def load(outdir):
-    meta, runs = load_fio(outdir)
-    fio = {}
-    allruns = {}
-    for job, metric, fn, _ in METRICS:
-        for t in TARGETS:
-            vals = [fn(j) for rep, j, _ in runs.get((job, t), []) if rep > 0]
-            allruns[(job, metric, t)] = vals
-            fio[(job, metric, t)] = med(vals)
-    raw = []
-    rd = os.path.join(outdir, "raw")
-    for name in sorted(os.listdir(rd)):
-        if name.startswith("s3raw.") and name.endswith(".json"):
-            with open(os.path.join(rd, name)) as f:
-                raw.append(json.load(f))
-    hist = {}  # (op, size) -> [(wall ms, in-process text)]
-    with open(os.path.join(rd, "history.txt")) as f:
+def fmtx(x):
+    """fmt, with a dash for a missing value."""
+    return "—" if x is None or math.isnan(x) else fmt(x)
+
+
+def read_meta(path):
+    meta = {}
+    with open(path) as f:
         for line in f:
-            parts = line.split()
-            if len(parts) >= 4:
-                hist.setdefault((parts[0], parts[1]), []).append((float(parts[3]), parts[4] if len(parts) > 4 else ""))
-    with open(os.path.join(rd, "attach.txt")) as f:
-        attach = [float(x) for x in f.read().split()]
-    mem = {}
-    with open(os.path.join(rd, "mem.txt")) as f:
-        for line in f:
-            k, v = line.split(":")
-            mem[k.strip()] = int(v.split()[0]) / 1024  # kB -> MiB
-    with open(os.path.join(rd, "memfill.json")) as f:
-        memfill = json.load(f)["jobs"][0]["write"]["bw_bytes"] / 1e6
-    with open(os.path.join(rd, "records.txt")) as f:
-        records = f.read().strip()
-    return meta, runs, fio, allruns, raw, hist, attach, mem, memfill, records
+            k, _, v = line.rstrip("\n").partition("=")
+            meta[k] = v
+    return meta
+
+
+class Profile:
+    """The results of one profile: OUTDIR/PROFILE (json/, raw/, meta)."""
+
+    def __init__(self, outdir, name, common):
+        d = os.path.join(outdir, name)
+        self.name = name
+        self.meta = read_meta(os.path.join(d, "meta"))
+        self.common = common
+        self.targets = self.meta["targets"].split()
+        _, self.runs = load_fio(d)  # reads clk_tck from the profile's meta
+        self.fio, self.allruns = {}, {}
+        for job, metric, fn, _ in METRICS:
+            for t in TARGETS:
+                vals = [fn(j) for rep, j, _ in self.runs.get((job, t), []) if rep > 0]
+                self.allruns[(job, metric, t)] = vals
+                self.fio[(job, metric, t)] = med(vals)
+        rd = os.path.join(d, "raw")
+        self.raw = []
+        for name in sorted(os.listdir(rd)):
+            if name.startswith("s3raw.") and name.endswith(".json"):
+                with open(os.path.join(rd, name)) as f:
+                    self.raw.append(json.load(f))
+        self.rawm = {k: med([r[k] for r in self.raw if k in r]) for k in RAWKEYS}
+        self.hist = {}  # (op, size) -> [(wall ms, in-process text)]
+        with open(os.path.join(rd, "history.txt")) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 4:
+                    self.hist.setdefault((parts[0], parts[1]), []).append(
+                        (float(parts[3]), parts[4] if len(parts) > 4 else ""))
+        with open(os.path.join(rd, "attach.txt")) as f:
+            self.attach = [float(x) for x in f.read().split()]
+        self.mem = {}
+        with open(os.path.join(rd, "mem.txt")) as f:
+            for line in f:
+                k, v = line.split(":")
+                self.mem[k.strip()] = int(v.split()[0]) / 1024  # kB -> MiB
+        with open(os.path.join(rd, "memfill.json")) as f:
+            self.memfill = json.load(f)["jobs"][0]["write"]["bw_bytes"] / 1e6
+        with open(os.path.join(rd, "records.txt")) as f:
+            self.records = f.read().strip()
+        self.serve_hwm = float("nan")
+        try:
+            with open(os.path.join(rd, "serve-hwm.txt")) as f:
+                xs = [int(x) / 1024 for x in f.read().split()]
+            if xs:
+                self.serve_hwm = max(xs)
+        except FileNotFoundError:
+            pass
+
+    def F(self, job, metric, t):
+        return self.fio.get((job, metric, t), float("nan"))
+
+
+RAWKEYS = ("put4m_mbps", "put4k_mean_us", "put4k_p50_us", "put4k_p99_us", "get4m_mbps",
+           "get4k_mean_us", "get4k_p50_us", "get4k_p99_us")
 
 
 def dur_ms(s):
@@ -108,140 +157,197 @@ def dur_ms(s):
     return float(m.group(1)) * (1 if m.group(2) == "ms" else 1000)
 
 
+def ok(b):
+    if b is None:
+        return ""
+    return "met" if b else "**missed**"
+
+
+def headline(p, P):
+    """The four figures of issue 10 for profile P, next to raw S3 and s3backer."""
+    r = P.rawm
+    p(f"| figure | raw S3, same endpoint | urldisk | s3backer | urldisk / raw | target | | urldisk ahead of s3backer |")
+    p("|---|---:|---:|---:|---:|---|---|---|")
+
+    def line(name, rawname, rawv, job, metric, scale, target, good, higher):
+        u = P.F(job, metric, "urldisk") * scale
+        s = P.F(job, metric, "s3backer") * scale
+        ratio = u / rawv if rawv else float("nan")
+        ahead = None if math.isnan(s) or math.isnan(u) else (u > s if higher else u < s)
+        met = None if math.isnan(ratio) else good(ratio)
+        p(f"| {name} | {fmtx(rawv)} ({rawname}) | {fmtx(u)} | {fmtx(s)} | {fmtx(ratio)}× | {target} | {ok(met)} | "
+          f"{'' if ahead is None else ('yes' if ahead else '**no**')} |")
+
+    line("cold 1M seqread QD8: MB/s", "4 MiB GET ×8", r["get4m_mbps"], "seqread-cold", "MB/s", 1,
+         "≥ 0.7× raw", lambda x: x >= 0.7, True)
+    line("1M seqwrite QD8 + flush: MB/s", "4 MiB PUT ×8", r["put4m_mbps"], "seqwrite", "MB/s incl. final flush", 1,
+         "≥ 0.8× raw", lambda x: x >= 0.8, True)
+    line("cold 4k randread QD1: p50 latency (ms)", "ranged 4 KiB GET p50", r["get4k_p50_us"] / 1e3,
+         "randread-cold-qd1", "p50 latency (µs)", 1e-3, "≤ 1.3× raw", lambda x: x <= 1.3, False)
+    line("4k write + flush QD1: mean latency (ms)", "4 KiB PUT p50", r["put4k_p50_us"] / 1e3,
+         "randwrite-qd1", "mean write+flush latency (µs)", 1e-3, "≤ 1.3× raw", lambda x: x <= 1.3, False)
+    p(f"| peak RSS of `urldisk serve` (MiB): bench volume over all jobs / writing {P.common['mem_size']} in full "
+      f"| — | {fmtx(P.serve_hwm)} / {fmtx(P.mem.get('VmHWM', float('nan')))} | — | — | < 256 MiB | "
+      f"{ok(max(P.serve_hwm, P.mem.get('VmHWM', 0)) < 256)} | |")
+
+
+def full_table(p, P, local):
+    """Every measure for profile P. local is the loopback profile (for nbdkit
+    on the remote profile: nbdkit never talks to the object store)."""
+    nk = local if local is not None else P
+    nkname = "nbdkit" if nk is P else "nbdkit (loopback run)"
+    p(f"| measure | urldisk | {nkname} | s3backer | raw S3 | urldisk / peer | target | |")
+    p("|---|---:|---:|---:|---:|---:|---|---|")
+
+    def row(name, job, metric, peer_val=None, peer_name="", target="", good=None, rawv=None):
+        u, s = P.F(job, metric, "urldisk"), P.F(job, metric, "s3backer")
+        n = nk.F(job, metric, "nbdkit")
+        pv = peer_val if peer_val is not None else n
+        pn = peer_name or "nbdkit"
+        ratio = u / pv if pv and not math.isnan(pv) else float("nan")
+        met = None if good is None or math.isnan(ratio) else good(ratio)
+        p(f"| {name} | {fmtx(u)} | {fmtx(n)} | {fmtx(s)} | {fmtx(rawv)} | "
+          f"{'n/a' if math.isnan(ratio) else f'{ratio:.2f}× {pn}'} | {target} | {ok(met)} |")
+
+    row("4k randread QD1 warm: mean latency (µs)", "randread-qd1", "mean latency (µs)",
+        target="≤ 1.5× nbdkit", good=lambda x: x <= 1.5)
+    row("4k randread QD1 warm: IOPS", "randread-qd1", "IOPS")
+    row("4k randread QD32 warm: IOPS", "randread-qd32", "IOPS", target="≥ 0.8× nbdkit", good=lambda x: x >= 0.8)
+    row("4k randread QD1 cold: p50 latency (µs) (raw: ranged 4 KiB GET p50)", "randread-cold-qd1", "p50 latency (µs)",
+        P.rawm["get4k_p50_us"], "ranged GET", "≤ 1.3× ranged GET", lambda x: x <= 1.3, P.rawm["get4k_p50_us"])
+    row("1M seqread cold: MB/s (raw: 4 MiB GET ×8)", "seqread-cold", "MB/s", P.rawm["get4m_mbps"], "raw GET",
+        "≥ 0.7× raw GET", lambda x: x >= 0.7, P.rawm["get4m_mbps"])
+    row("1M seqread warm: MB/s", "seqread-warm", "MB/s")
+    row("1M seqwrite + flush: MB/s (raw: 4 MiB PUT ×8)", "seqwrite", "MB/s incl. final flush", P.rawm["put4m_mbps"],
+        "raw PUT", "≥ 0.8× raw PUT", lambda x: x >= 0.8, P.rawm["put4m_mbps"])
+    row("… same, vs s3backer --blockCacheSync", "seqwrite", "MB/s incl. final flush",
+        P.F("seqwrite", "MB/s incl. final flush", "s3backer"), "s3backer", "≥ 2× s3backer", lambda x: x >= 2)
+    row("4k write+flush QD1: mean latency (µs) (raw: one 4 KiB PUT, p50)", "randwrite-qd1",
+        "mean write+flush latency (µs)", P.rawm["put4k_p50_us"], "4 KiB PUT", "≤ 1.3× one 4 KiB PUT",
+        lambda x: x <= 1.3, P.rawm["put4k_p50_us"])
+    row("4k write+flush QD1: IOPS", "randwrite-qd1", "write IOPS")
+    row("4k randwrite QD32, flush every 64: durable IOPS", "randwrite-qd32", "durable write IOPS",
+        P.F("randwrite-qd32", "durable write IOPS", "s3backer"), "s3backer", "≥ 20× s3backer", lambda x: x >= 20)
+
+    def hist_row(op, size, target, limit):
+        xs = [w for w, _ in P.hist.get((op, size), [])]
+        inproc = [dur_ms(s) for _, s in P.hist.get((op, size), []) if dur_ms(s) is not None]
+        m = med(xs)
+        extra = f" (in-process {fmtx(med(inproc))})" if inproc else ""
+        p(f"| `urldisk {op}`, {size} sparse volume: ms, whole CLI run{extra} | {fmtx(m)} | — | — | — | — | "
+          f"{target} | {ok(m < limit) if limit else ''} |")
+
+    for size in ("1G", "32G"):
+        hist_row("checkpoint", size, "< 50 ms, flat in size" if P.name == "loopback" else "", 50 if P.name == "loopback" else 0)
+        hist_row("clone", size, "< 50 ms, flat in size" if P.name == "loopback" else "", 50 if P.name == "loopback" else 0)
+    info_ms = med([w for (op, _), v in P.hist.items() if op == "info" for w, _ in v])
+    p(f"| `urldisk info` (for scale: process start, AWS config, pool and volume lookup): ms | {fmtx(info_ms)} "
+      "| — | — | — | — | | |")
+    am = med(P.attach)
+    limit = P.name == "loopback"
+    p(f"| attach, {P.common['records']} records, empty cache: ms from exec of `urldisk serve` to NBD_OPT_GO answered "
+      f"| {fmtx(am)} | — | — | — | — | {'< 200 ms' if limit else ''} | {ok(am < 200) if limit else ''} |")
+    rss = P.mem.get("VmRSS", float("nan"))
+    p(f"| `urldisk serve` RSS after writing {P.common['mem_size']} (whole volume) + flush: MiB "
+      f"(peak {fmtx(P.mem.get('VmHWM', float('nan')))}) | {fmtx(rss)} | — | — | — | — | < 256 MiB | {ok(rss < 256)} |")
+    p("")
+    r = P.rawm
+    p(f"Raw S3 medians: 4 MiB PUT ×8 {fmtx(r['put4m_mbps'])} MB/s; 4 KiB PUT latency mean "
+      f"{fmtx(r['put4k_mean_us'])} µs, p50 {fmtx(r['put4k_p50_us'])} µs, p99 {fmtx(r['put4k_p99_us'])} µs; "
+      f"4 MiB GET ×8 {fmtx(r['get4m_mbps'])} MB/s; ranged 4 KiB GET latency mean {fmtx(r['get4k_mean_us'])} µs, "
+      f"p50 {fmtx(r['get4k_p50_us'])} µs, p99 {fmtx(r['get4k_p99_us'])} µs. Attach volume: {P.records}. "
+      f"Memory volume filled at {fmtx(P.memfill)} MB/s (fio 1M QD8 + flush, one run).")
+    p("")
+
+
+def details(p, P):
+    p(f"Server process CPU time during the measured runs ({P.name}; utime+stime, median), per I/O:")
+    p("")
+    p("| job | " + " | ".join(f"{t} CPU µs/op" for t in P.targets) + " |")
+    p("|---|" + "---:|" * len(P.targets))
+    for job in DESCR:
+        cells = []
+        for t in P.targets:
+            a = []
+            for rep, j, cpu in P.runs.get((job, t), []):
+                if rep == 0:
+                    continue
+                ops = sum(j[d]["total_ios"] for d in ("read", "write", "sync") if d in j)
+                a.append(cpu / ops * 1e6 if ops else 0.0)
+            cells.append(fmtx(med(a)))
+        p(f"| {DESCR[job]} | " + " | ".join(cells) + " |")
+    p("")
+    p(f"All runs ({P.name}, in order):")
+    p("")
+    p("| job | metric | " + " | ".join(P.targets) + " |")
+    p("|---|---|" + "---|" * len(P.targets))
+    for job, metric, _, _ in METRICS:
+        cells = [" / ".join(fmtx(x) for x in P.allruns[(job, metric, t)]) for t in P.targets]
+        p(f"| {job} | {metric} | " + " | ".join(cells) + " |")
+    pad = " |" * (len(P.targets) - 1)
+    for k, name in (("put4m_mbps", "4 MiB PUT ×8 MB/s"), ("put4k_mean_us", "4 KiB PUT mean µs"),
+                    ("put4k_p99_us", "4 KiB PUT p99 µs"), ("get4m_mbps", "4 MiB GET ×8 MB/s"),
+                    ("get4k_p50_us", "ranged 4 KiB GET p50 µs")):
+        p(f"| raw S3 | {name} | " + " / ".join(fmtx(r.get(k, float('nan'))) for r in P.raw) + pad)
+    for (op, size), v in sorted(P.hist.items()):
+        p(f"| {op} {size} | CLI ms | " + " / ".join(fmtx(w) for w, _ in v) + pad)
+    p(f"| attach | ms | " + " / ".join(fmtx(x) for x in P.attach) + pad)
+    p("")
+
+
 def report(outdir):
-    meta, runs, fio, allruns, raw, hist, attach, mem, memfill, records = load(outdir)
-    rawm = {k: med([r[k] for r in raw]) for k in ("put4m_mbps", "put4k_mean_us", "put4k_p50_us", "put4k_p99_us", "get4m_mbps")}
-    F = lambda job, metric, t: fio[(job, metric, t)]
+    meta = read_meta(os.path.join(outdir, "meta"))
+    profs = [Profile(outdir, name, meta) for name in meta["profiles"].split()]
+    local = next((P for P in profs if P.name == "loopback"), None)
     out = []
     p = out.append
-    ok = lambda b: "met" if b else "**missed**"
 
     p(HEADER)
     p("")
     p(BEGIN)
     p("")
-    p(f"Produced by `{meta['cmd']}` on {meta['date']} (took {meta['elapsed']} s).")
+    p(f"Produced by `{meta['cmd']}` on {meta['date']} (took {meta['elapsed']} s: "
+      + ", ".join(f"{P.name} {P.meta['elapsed']} s" for P in profs) + ").")
     p("")
     p(f"- **Machine:** {meta['nproc']} CPUs, {meta['cpu']}, {meta['mem']} RAM, Linux {meta['kernel']}; "
       f"load average at the end {meta['load']} (other engineers' tests were running)")
     p(f"- **Versions:** urldisk {meta['urldisk']}, {meta['go']}, versitygw {meta['versitygw']}, "
       f"{meta['s3backer']}, {meta['nbdkit']}, libnbd {meta['libnbd']}, {meta['fio']}")
-    p(f"- **Object store:** `{meta['versitygw_cmd']}` on loopback, the same instance for urldisk, "
-      "s3backer and raw S3; its directory is on the same disk, and nothing drops the OS page cache.")
-    p(f"- **urldisk:** `{meta['urldisk_serve']}`")
-    p(f"- **nbdkit:** `{meta['nbdkit_serve']}`")
-    p(f"- **s3backer:** `{meta['s3backer_mount']}` (for the prefill, the same without `--blockCacheSync`, "
-      "then unmounted, which flushes)")
-    p(f"- **raw S3:** `bench/s3raw` (AWS SDK for Go v2, the client configuration urldisk uses): "
-      "PutObject of 4 MiB with `If-None-Match: *` from 8 workers, PutObject of 4 KiB one at a time, "
-      "GetObject of whole 4 MiB objects from 8 workers; 2 s each")
-    p(f"- **fio:** " + "; ".join(f"{t}: `{meta['fio.' + t]}`" for t in TARGETS)
+    p(f"- **Object store:** `{meta['versitygw_cmd']}` on loopback, one instance for the whole run; its directory "
+      "is on the same disk, and nothing drops the OS page cache. Profiles: "
+      + "; ".join(f"**{P.name}**: {P.meta['store']}" for P in profs) + ".")
+    p(f"- **urldisk:** `{profs[0].meta['urldisk_serve']}` (bucket prefix = profile)")
+    p(f"- **nbdkit:** `{meta['nbdkit_serve']}` (loopback profile only: it does not use the object store)")
+    for P in profs:
+        p(f"- **s3backer ({P.name}):** `{P.meta['s3backer_mount']}` (for the prefill, the same without "
+          "`--blockCacheSync`, then unmounted, which flushes)")
+    p(f"- **raw S3:** `bench/s3raw` (AWS SDK for Go v2, the client configuration urldisk uses) on each profile's "
+      "endpoint: PutObject of 4 MiB with `If-None-Match: *` from 8 workers, PutObject of 4 KiB one at a time, "
+      "GetObject of whole 4 MiB objects from 8 workers, ranged GetObject of 4 KiB one at a time; 2 s each")
+    p(f"- **fio:** " + "; ".join(f"{t}: `{profs[0].meta.get('fio.' + t, local.meta.get('fio.' + t, '') if local else '')}`"
+                                 for t in TARGETS)
       + f"; working set {meta['size']} = the whole device, first written with the same random data through "
       "each target and read once.")
-    p(f"- **Method:** everything {meta['reps']}×, fio runs interleaved urldisk/nbdkit/s3backer, **median** shown; "
-      f"time-based jobs {meta['runtime']} s. MB = 10^6 bytes. Ratios are urldisk / the named peer.")
+    p(f"- **Method:** everything {meta['reps']}× per profile, fio runs interleaved urldisk/nbdkit/s3backer, "
+      f"**median** shown; time-based jobs {meta['runtime']} s. MB = 10^6 bytes. Ratios are urldisk / the named peer. "
+      "Latency ratios compare urldisk's p50 (cold read) or mean (write+flush) with the store's p50.")
     p("")
-    p("| measure | urldisk | nbdkit | s3backer | raw S3 | urldisk / peer | target | |")
-    p("|---|---:|---:|---:|---:|---:|---|---|")
-
-    def row(name, job, metric, peer_val=None, peer_name="", target="", met=None, rawv=None):
-        u, n, s = (F(job, metric, t) for t in TARGETS)
-        pv = peer_val if peer_val is not None else n
-        pn = peer_name or "nbdkit"
-        ratio = f"{u / pv:.2f}× {pn}" if pv else "n/a"
-        p(f"| {name} | {fmt(u)} | {fmt(n)} | {fmt(s)} | {fmt(rawv) if rawv is not None else '—'} | {ratio} | {target} | "
-          f"{ok(met) if met is not None else ''} |")
-        return u / pv if pv else float("nan")
-
-    r = F("randread-qd1", "mean latency (µs)", "urldisk") / F("randread-qd1", "mean latency (µs)", "nbdkit")
-    row("4k randread QD1 warm: mean latency (µs)", "randread-qd1", "mean latency (µs)",
-        target="≤ 1.5× nbdkit", met=r <= 1.5)
-    row("4k randread QD1 warm: IOPS", "randread-qd1", "IOPS")
-    r32 = F("randread-qd32", "IOPS", "urldisk") / F("randread-qd32", "IOPS", "nbdkit")
-    row("4k randread QD32 warm: IOPS", "randread-qd32", "IOPS", target="≥ 0.8× nbdkit", met=r32 >= 0.8)
-    rc = F("seqread-cold", "MB/s", "urldisk") / rawm["get4m_mbps"]
-    row("1M seqread cold: MB/s (raw: 4 MiB GET ×8)", "seqread-cold", "MB/s", rawm["get4m_mbps"], "raw GET",
-        "≥ 0.7× raw GET", rc >= 0.7, rawm["get4m_mbps"])
-    row("1M seqread warm: MB/s", "seqread-warm", "MB/s")
-    su = F("seqwrite", "MB/s incl. final flush", "urldisk")
-    rw_raw = su / rawm["put4m_mbps"]
-    rw_s3b = su / F("seqwrite", "MB/s incl. final flush", "s3backer")
-    row("1M seqwrite + flush: MB/s (raw: 4 MiB PUT ×8)", "seqwrite", "MB/s incl. final flush", rawm["put4m_mbps"],
-        "raw PUT", "≥ 0.8× raw PUT", rw_raw >= 0.8, rawm["put4m_mbps"])
-    row("… same, vs s3backer --blockCacheSync", "seqwrite", "MB/s incl. final flush",
-        F("seqwrite", "MB/s incl. final flush", "s3backer"), "s3backer", "≥ 2× s3backer", rw_s3b >= 2)
-    rl = F("randwrite-qd1", "mean write+flush latency (µs)", "urldisk") / rawm["put4k_mean_us"]
-    row("4k write+flush QD1: mean latency (µs) (raw: one 4 KiB PUT)", "randwrite-qd1",
-        "mean write+flush latency (µs)", rawm["put4k_mean_us"], "4 KiB PUT", "≤ 1.3× one 4 KiB PUT", rl <= 1.3,
-        rawm["put4k_mean_us"])
-    row("4k write+flush QD1: IOPS", "randwrite-qd1", "write IOPS")
-    rd = F("randwrite-qd32", "durable write IOPS", "urldisk") / F("randwrite-qd32", "durable write IOPS", "s3backer")
-    row("4k randwrite QD32, flush every 64: durable IOPS", "randwrite-qd32", "durable write IOPS",
-        F("randwrite-qd32", "durable write IOPS", "s3backer"), "s3backer", "≥ 20× s3backer", rd >= 20)
-
-    def hist_row(op, size, target, limit):
-        xs = [w for w, _ in hist.get((op, size), [])]
-        inproc = [dur_ms(s) for _, s in hist.get((op, size), []) if dur_ms(s) is not None]
-        m = med(xs)
-        extra = f" (in-process {fmt(med(inproc))})" if inproc else ""
-        p(f"| `urldisk {op}`, {size} sparse volume: ms, whole CLI run{extra} | {fmt(m)} | — | — | — | — | "
-          f"{target} | {ok(m < limit) if limit else ''} |")
-        return m
-
-    for size in ("1G", "32G"):
-        hist_row("checkpoint", size, "< 50 ms, flat in size", 50)
-        hist_row("clone", size, "< 50 ms, flat in size", 50)
-    info_ms = med([w for (op, _), v in hist.items() if op == "info" for w, _ in v])
-    p(f"| `urldisk info` (for scale: process start, AWS config, pool and volume lookup): ms | {fmt(info_ms)} "
-      "| — | — | — | — | | |")
-    am = med(attach)
-    p(f"| attach, {meta['records']} records, empty cache: ms from exec of `urldisk serve` to NBD_OPT_GO answered "
-      f"| {fmt(am)} | — | — | — | — | < 200 ms | {ok(am < 200)} |")
-    rss = mem.get("VmRSS", float("nan"))
-    p(f"| `urldisk serve` RSS after writing {meta['mem_size']} (whole volume) + flush: MiB (peak {fmt(mem.get('VmHWM', float('nan')))}) "
-      f"| {fmt(rss)} | — | — | — | — | < 256 MiB | {ok(rss < 256)} |")
+    for P in profs:
+        p(f"### Profile: {P.name} ({P.meta['store']})")
+        p("")
+        headline(p, P)
+        p("")
+        full_table(p, P, local)
+    p("<details><summary>CPU per I/O, every run, fio arguments</summary>")
     p("")
-    p(f"Raw S3 medians: 4 MiB PUT ×8 {fmt(rawm['put4m_mbps'])} MB/s; 4 KiB PUT latency mean "
-      f"{fmt(rawm['put4k_mean_us'])} µs, p50 {fmt(rawm['put4k_p50_us'])} µs, p99 {fmt(rawm['put4k_p99_us'])} µs; "
-      f"4 MiB GET ×8 {fmt(rawm['get4m_mbps'])} MB/s. Attach volume: {records}. "
-      f"Memory volume filled at {fmt(memfill)} MB/s (fio 1M QD8 + flush, one run).")
-    p("")
-
-    # Server CPU per op.
-    p("Server process CPU time during the measured runs (utime+stime, median), per I/O:")
-    p("")
-    p("| job | urldisk CPU µs/op | nbdkit CPU µs/op | s3backer CPU µs/op |")
-    p("|---|---:|---:|---:|")
-    for job in DESCR:
-        cells = []
-        for t in TARGETS:
-            a = []
-            for rep, j, cpu in runs.get((job, t), []):
-                if rep == 0:
-                    continue
-                ops = sum(j[d]["total_ios"] for d in ("read", "write", "sync") if d in j)
-                a.append(cpu / ops * 1e6 if ops else 0.0)
-            cells.append(fmt(med(a)))
-        p(f"| {DESCR[job]} | " + " | ".join(cells) + " |")
-    p("")
-    p("All runs (in order):")
-    p("")
-    p("| job | metric | urldisk | nbdkit | s3backer |")
-    p("|---|---|---|---|---|")
-    for job, metric, _, _ in METRICS:
-        cells = [" / ".join(fmt(x) for x in allruns[(job, metric, t)]) for t in TARGETS]
-        p(f"| {job} | {metric} | " + " | ".join(cells) + " |")
-    for k, name in (("put4m_mbps", "4 MiB PUT ×8 MB/s"), ("put4k_mean_us", "4 KiB PUT mean µs"),
-                    ("put4k_p99_us", "4 KiB PUT p99 µs"), ("get4m_mbps", "4 MiB GET ×8 MB/s")):
-        p(f"| raw S3 | {name} | " + " / ".join(fmt(r[k]) for r in raw) + " | | |")
-    for (op, size), v in sorted(hist.items()):
-        p(f"| {op} {size} | CLI ms | " + " / ".join(fmt(w) for w, _ in v) + " | | |")
-    p(f"| attach | ms | " + " / ".join(fmt(x) for x in attach) + " | | |")
-    p("")
+    for P in profs:
+        details(p, P)
     p("fio arguments per job (after the target's):")
     p("")
     for job in DESCR:
         p(f"- `{job}`: `{meta['args.' + job]}`")
+    p("")
+    p("</details>")
     p("")
     p(END)
     return "\n".join(out) + "\n"
