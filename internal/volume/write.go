@@ -227,7 +227,7 @@ func (v *Volume) Flush(ctx context.Context) error {
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			err = fmt.Errorf("flush %s: %w", v.desc.Name, ctx.Err())
+			err = ctx.Err()
 		case <-warn.C:
 			warnNow = true
 		case <-timeout:
@@ -238,9 +238,9 @@ func (v *Volume) Flush(ctx context.Context) error {
 		switch {
 		case errors.Is(err, ErrFlushTimeout):
 			v.flushTimeouts.Add(1)
-			return fmt.Errorf("flush %s: waited %s for %s: %w", v.desc.Name, waited, v.describeWaitLocked(), err)
+			return v.flushWaitErrLocked(waited, err)
 		case err != nil:
-			return err
+			return v.flushWaitErrLocked(waited, err)
 		case warnNow && v.durableDone < target:
 			stalled = true
 			v.log.Warn("flush stalled: waiting for the object store", "waited", waited,
@@ -251,6 +251,18 @@ func (v *Volume) Flush(ctx context.Context) error {
 		v.log.Info("stalled flush finished", "took", v.opts.Clock.Now().Sub(start).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// flushWaitErrLocked is the error of a Flush that gave up (cause: its
+// context's error or ErrFlushTimeout) after waiting for the uploads: it
+// names the oldest one, the record every later one waits behind in the
+// sequence order, and wraps that upload's last store error too, so the
+// caller learns why the pipeline is stuck (errors.Is/As reach both).
+func (v *Volume) flushWaitErrLocked(waited time.Duration, cause error) error {
+	if o := v.oldestUploadLocked(); o != nil && o.lastErr != nil {
+		return fmt.Errorf("flush %s: waited %s for %s: %w; last error: %w", v.desc.Name, waited, v.describeWaitLocked(), cause, o.lastErr)
+	}
+	return fmt.Errorf("flush %s: waited %s for %s: %w", v.desc.Name, waited, v.describeWaitLocked(), cause)
 }
 
 // describeWaitLocked names what a flush is waiting for: the oldest upload.

@@ -1,0 +1,139 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/objstore/faultstore"
+)
+
+// errDenied stands for a store error that retrying does not cure (say a
+// revoked permission).
+var errDenied = errors.New("access denied (injected, permanent)")
+
+// TestFlushFailsMidPipeline: eight records are uploading at once and the
+// fourth fails on every attempt. The flush covering them reports that
+// error (wrapped, with ErrFlushTimeout, naming the record), a later write's
+// flush is not acknowledged either, and after the writer closes and the
+// volume is reattached every acknowledged write reads back, the three
+// records before the failure (landed, in sequence) are visible, and nothing
+// from the failed record on is (the log prefix ends at its slot).
+func TestFlushFailsMidPipeline(t *testing.T) {
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) { runFlushFailsMidPipeline(t, url) })
+	}
+}
+
+func runFlushFailsMidPipeline(t *testing.T, url string) {
+	ctx := context.Background()
+	const chunk = 64 << 10 // SegmentBytes: every write below seals one record
+	const size = 16 * chunk
+	inner := openStore(t, url)
+	desc, err := initPool(t, inner).Create(ctx, "pipe", CreateOptions{Size: size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g gate
+	var failKey string // set before the gate closes, read by uploads after
+	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if op != faultstore.OpPutIfAbsent || !isLogKey(key) {
+			return nil
+		}
+		g.pass()
+		if key == failKey {
+			return errDenied
+		}
+		return nil
+	}})
+	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := pool.Open(ctx, "pipe", Options{SegmentBytes: chunk, Uploads: 8, IdleFlush: -1,
+		FlushTimeout: 500 * time.Millisecond, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(i int, b byte) {
+		t.Helper()
+		if err := w.WriteAt(ctx, bytes.Repeat([]byte{b}, chunk), int64(i)*chunk); err != nil {
+			t.Fatalf("write region %d: %v", i, err)
+		}
+	}
+	for i := range 8 {
+		write(i, 0xa0+byte(i)) // acknowledged by the flush below
+	}
+	if err := w.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	w.mu.Lock()
+	next := w.w.Next()
+	w.mu.Unlock()
+	failKey = format.LogKey(desc.ID, next+3)
+
+	g.close()
+	for i := range 8 {
+		write(i, 0xb0+byte(i)) // region i: record next+i
+	}
+	g.waitHeld(t, 8) // all eight in flight at once
+	g.open()
+	// The seven others land; the failed one keeps retrying.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		if st := w.Stats(); st.PendingUploads == 1 && st.UploadRetries > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("uploads did not settle to the one failing: %+v", w.Stats())
+		}
+	}
+	err = w.Flush(ctx)
+	if !errors.Is(err, ErrFlushTimeout) || !errors.Is(err, errDenied) || !strings.Contains(err.Error(), failKey) {
+		t.Fatalf("flush with record %s failing: %v; want ErrFlushTimeout wrapping the store's error and naming the record", failKey, err)
+	}
+	write(8, 0xc8) // record next+8: lands, but behind the failed one
+	if err := w.Flush(ctx); !errors.Is(err, ErrFlushTimeout) {
+		t.Fatalf("flush of a write after the failure: %v; want ErrFlushTimeout (not acknowledged)", err)
+	}
+	for _, s := range []uint64{0, 1, 2, 4, 5, 6, 7, 8} {
+		key := format.LogKey(desc.ID, next+s)
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+			if _, err := inner.Stat(ctx, key); err == nil {
+				break
+			} else if !errors.Is(err, objstore.ErrNotFound) || time.Now().After(deadline) {
+				t.Fatalf("record %s after the failure: %v", key, err)
+			}
+		}
+	}
+	if err := w.Close(ctx); !errors.Is(err, ErrFlushTimeout) {
+		t.Fatalf("close with a record failing: %v; want ErrFlushTimeout", err)
+	}
+	if _, err := inner.Stat(ctx, failKey); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("the failing record %s exists: %v", failKey, err)
+	}
+
+	r, err := initPool(t, inner).Open(ctx, "pipe", Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	got := readAll(t, r)
+	want := make([]byte, size)
+	for i := range 8 {
+		b := 0xa0 + byte(i) // acknowledged
+		if i < 3 {
+			b = 0xb0 + byte(i) // landed before the gap
+		}
+		copy(want[i*chunk:], bytes.Repeat([]byte{b}, chunk))
+	}
+	for i := range size / chunk {
+		if !bytes.Equal(got[i*chunk:(i+1)*chunk], want[i*chunk:(i+1)*chunk]) {
+			t.Errorf("region %d after reattach reads %#x..., want %#x...", i, got[i*chunk], want[i*chunk])
+		}
+	}
+}
