@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"container/list"
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,14 +109,26 @@ func (d *device) Flush(ctx context.Context) error {
 }
 
 // tracer keeps the most recently touched pages of a volume, at most max,
-// in recency order. Safe for concurrent use; a nil *tracer records nothing.
+// and remembers when each was first touched in this run. Its snapshot
+// lists them in first-touch order: the order a machine that starts again
+// (a migrated machine boots on its new host) will need them in, so the
+// next host's prefetch fetches them in that order. The recency bound keeps
+// the recent working set of a long-running machine rather than only its
+// boot. Safe for concurrent use; a nil *tracer records nothing.
 type tracer struct {
 	pageSize int64
 	max      int
 
 	mu    sync.Mutex
-	order *list.List               // of uint64 page numbers, least recent first; guarded by mu
+	order *list.List               // of *tracedPage, least recently touched first; guarded by mu
 	pages map[uint64]*list.Element // guarded by mu
+	next  uint64                   // first-touch sequence of the next new page; guarded by mu
+}
+
+// tracedPage is a page in a tracer.
+type tracedPage struct {
+	page  uint64
+	first uint64 // first-touch sequence number (lower: touched earlier)
 }
 
 func newTracer(pageSize int64, max int) *tracer {
@@ -140,25 +154,32 @@ func (t *tracer) touch(off, n int64) {
 			t.order.MoveToBack(e)
 			continue
 		}
-		t.pages[pg] = t.order.PushBack(pg)
+		t.pages[pg] = t.order.PushBack(&tracedPage{page: pg, first: t.next})
+		t.next++
 		if t.order.Len() > t.max {
 			old := t.order.Front()
 			t.order.Remove(old)
-			delete(t.pages, old.Value.(uint64))
+			delete(t.pages, old.Value.(*tracedPage).page)
 		}
 	}
 }
 
-// snapshot returns the recorded pages, least recent first.
+// snapshot returns the recorded pages in the order they were first
+// touched.
 func (t *tracer) snapshot() []uint64 {
 	if t == nil {
 		return nil
 	}
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := make([]uint64, 0, t.order.Len())
+	tps := make([]*tracedPage, 0, t.order.Len())
 	for e := t.order.Front(); e != nil; e = e.Next() {
-		out = append(out, e.Value.(uint64))
+		tps = append(tps, e.Value.(*tracedPage))
+	}
+	t.mu.Unlock()
+	slices.SortFunc(tps, func(a, b *tracedPage) int { return cmp.Compare(a.first, b.first) })
+	out := make([]uint64, len(tps))
+	for i, tp := range tps {
+		out[i] = tp.page
 	}
 	return out
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -179,13 +180,62 @@ func (a *Agent) stopInstance(in *instance, log *slog.Logger) error {
 	return err
 }
 
-// prefetchWorkers bounds concurrent prefetch reads.
-const prefetchWorkers = 4
+// prefetchParallel is the prefetch's GETs in flight. Its own lane in the
+// volume: the machine's reads never wait for a prefetch slot.
+const prefetchParallel = 16
 
-// prefetch warms the host cache with the pages the machine used recently
-// on its previous host (most recent first), through the volume's normal
-// read path (so every page is verified and cached).
+// maxTraceRun bounds the trace pages one prefetch range covers (4 MiB), so
+// a long run of the trace does not hold back the pages after it.
+const maxTraceRun = 64
+
+// Trace batches: traceRanges keeps the trace's order between batches of
+// pages and sorts the pages within each, so that pages next to each other
+// on the volume become one range (one GET of up to 1 MiB instead of many
+// of 64 KiB). The batches grow from firstTraceBatch pages, doubling up to
+// maxTraceBatch: the start of the trace (a boot: the kernel mounting the
+// root and loading init, which waits for each read) keeps nearly its exact
+// order, and the bulk of a large working set, which the machine will need
+// in no particular order soon after, is fetched in large GETs.
+const (
+	firstTraceBatch = 16
+	maxTraceBatch   = 2048
+)
+
+// traceRanges turns a trace's pages (first-touch order) into volume
+// ranges to prefetch, in that order batch by batch (see firstTraceBatch).
+func traceRanges(pages []uint64, pageSize int64) []volume.Range {
+	var out []volume.Range
+	batch := firstTraceBatch
+	for len(pages) > 0 {
+		n := min(batch, len(pages))
+		b := slices.Clone(pages[:n])
+		pages = pages[n:]
+		batch = min(2*batch, maxTraceBatch)
+		slices.Sort(b)
+		b = slices.Compact(b)
+		merged := len(out) // ranges of this batch start here
+		for _, pg := range b {
+			off := int64(pg) * pageSize
+			if n := len(out); n > merged && out[n-1].End() == off && out[n-1].Len < maxTraceRun*pageSize {
+				out[n-1].Len += pageSize
+				continue
+			}
+			out = append(out, volume.Range{Off: off, Len: pageSize})
+		}
+	}
+	return out
+}
+
+// prefetch warms the host cache with the pages the machine used on its
+// previous host, in the order it first touched them there (the order it
+// will need them in as it starts here), with several GETs in flight on a
+// lane of their own so the machine's own reads never queue behind them.
+// Everything goes through the volume's read path (verified, cached under
+// the same keys), so it never changes what the machine reads.
 func (a *Agent) prefetch(ctx context.Context, p *fleet.Placement, v *volume.Volume, log *slog.Logger) {
+	if a.cache == nil {
+		return // nowhere to keep the pages
+	}
 	tr, err := a.fleet.GetTrace(ctx, p.Name)
 	if err != nil || tr == nil {
 		if err != nil && ctx.Err() == nil {
@@ -197,42 +247,14 @@ func (a *Agent) prefetch(ctx context.Context, p *fleet.Placement, v *volume.Volu
 		return // another volume, another layout, or our own cache is already warm
 	}
 	start := time.Now()
-	pages := make(chan uint64)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	n := 0
-	for range prefetchWorkers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, tracePageSize)
-			for pg := range pages {
-				off := int64(pg) * tracePageSize
-				if off >= v.Size() {
-					continue
-				}
-				b := buf[:min(int64(len(buf)), v.Size()-off)]
-				if err := v.ReadAt(ctx, b, off); err != nil {
-					continue // fenced, closed, cancelled: the feeder stops on ctx
-				}
-				a.metrics.prefetched.Inc()
-				mu.Lock()
-				n++
-				mu.Unlock()
-			}
-		}()
+	st, err := v.Prefetch(ctx, traceRanges(tr.Pages, tr.PageSize), prefetchParallel)
+	a.metrics.prefetched.Add(float64(st.Chunks + st.Cached))
+	if err != nil && ctx.Err() == nil {
+		log.Warn("prefetch of the previous host's working set stopped", "err", err)
 	}
-feed:
-	for i := len(tr.Pages) - 1; i >= 0; i-- {
-		select {
-		case pages <- tr.Pages[i]:
-		case <-ctx.Done():
-			break feed
-		}
-	}
-	close(pages)
-	wg.Wait()
-	log.Info("prefetched the previous host's working set", "pages", n, "of", len(tr.Pages), "from", tr.Host, "took", time.Since(start).Round(time.Millisecond))
+	log.Info("prefetched the previous host's working set", "trace_pages", len(tr.Pages), "from", tr.Host,
+		"fetched_chunks", st.Chunks, "bytes", st.Bytes, "gets", st.GETs, "already_cached", st.Cached,
+		"took", time.Since(start).Round(time.Millisecond))
 }
 
 // volumeCache is the host cache as volumes take it: a nil interface when

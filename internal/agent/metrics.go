@@ -64,7 +64,7 @@ func newMetrics(c *cache.Cache) *metrics {
 			Name: "urldisk_agent_reconcile_errors_total", Help: "Reconcile rounds that could not read the fleet state.",
 		}),
 		prefetched: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "urldisk_agent_prefetch_pages_total", Help: "Pages read ahead into the cache from moved machines' access traces.",
+			Name: "urldisk_agent_prefetch_pages_total", Help: "Cache chunks of moved machines' access traces warmed by prefetch (fetched, or found cached already).",
 		}),
 		starts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "urldisk_agent_machine_starts_total", Help: "Machine start attempts by result.",

@@ -354,7 +354,8 @@ type Ack struct {
 }
 
 // Trace is fleet/traces/<name>: the volume pages a machine used recently,
-// most recent last, so the next host can warm its cache.
+// in the order it first touched them (the order it needs them in when it
+// starts again), so the next host can warm its cache in that order.
 type Trace struct {
 	Name   string    `json:"name"`
 	Volume string    `json:"volume"`
