@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"time"
@@ -104,10 +105,11 @@ type agentOptions struct {
 
 func newAgentCommand(g *globals) *cobra.Command {
 	o := &agentOptions{}
-	cmd := &cobra.Command{
-		Use:   "agent --id HOST --fleet URL --cache DIR --listen tcp:HOST:PORT",
-		Short: "Run the per-host daemon: heartbeat, run the machines placed here, fail over dead hosts' machines",
-		Long: `Run this host's agent until SIGTERM or SIGINT. It heartbeats into the fleet
+	cmd := command("agent --id HOST --fleet URL --cache DIR --listen tcp:HOST:PORT", "Run the per-host daemon: heartbeat, run the machines placed here, fail over dead hosts' machines",
+		exactArgs(0, "no arguments"), func(ctx context.Context, out io.Writer, _ []string) error {
+			return runAgent(ctx, out, g, o)
+		})
+	cmd.Long = `Run this host's agent until SIGTERM or SIGINT. It heartbeats into the fleet
 store (<fleet>/fleet/agents/HOST), runs the machines whose placement names
 this host (attaching each volume read-write, exporting it over NBD on a unix
 socket, starting the process or qemu VM), moves them when their placement
@@ -121,10 +123,7 @@ this host as the agent's user (or, for machines with --run-as, as that
 user): treat it like a root password. On a non-loopback --listen, give
 --tls-cert and --tls-key so the token does not cross the network in clear;
 clients then trust --tls-ca / $URLDISK_TLS_CA. On exit, machines are
-stopped and their volumes flushed.`,
-		Args: exactArgs(0, "no arguments"),
-		RunE: func(cmd *cobra.Command, _ []string) error { return runAgent(cmd, g, o) },
-	}
+stopped and their volumes flushed.`
 	f := cmd.Flags()
 	o.fleetFlags.register(f, true)
 	f.StringVar(&o.id, "id", "", "this host's id in the fleet (required)")
@@ -142,8 +141,7 @@ stopped and their volumes flushed.`,
 	return cmd
 }
 
-func runAgent(cmd *cobra.Command, g *globals, o *agentOptions) error {
-	ctx := cmd.Context()
+func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) error {
 	if o.id == "" {
 		return errors.New("agent: --id is required (this host's id in the fleet)")
 	}
@@ -177,7 +175,6 @@ func runAgent(cmd *cobra.Command, g *globals, o *agentOptions) error {
 	if err != nil {
 		return err
 	}
-	out := cmd.OutOrStdout()
 	return a.Run(ctx, func(api string) {
 		printf(out, "agent %s ready: api %s, fleet %s\n", o.id, api, objstore.Redact(fleetURL))
 	})

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"path"
 	"strings"
@@ -85,26 +86,39 @@ func openVolumeURL(ctx context.Context, log *slog.Logger, rawURL string, create 
 	return p, ref.Name, nil
 }
 
+// command builds a command that runs run with the command's context
+// (cancelled on SIGINT/SIGTERM, see Main) and output. Every constructor
+// shares this wiring, so each reads as its help text, arguments and work;
+// Long and flags are set on the result.
+func command(use, short string, args cobra.PositionalArgs, run func(ctx context.Context, out io.Writer, args []string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   use,
+		Short: short,
+		Args:  args,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return run(cmd.Context(), cmd.OutOrStdout(), args)
+		},
+	}
+}
+
 // withPool opens the pool at rawURL for the duration of fn.
-func withPool(cmd *cobra.Command, g *globals, rawURL string, fn func(ctx context.Context, p *volume.Pool) error) error {
-	ctx := cmd.Context()
+func withPool(ctx context.Context, g *globals, rawURL string, fn func(p *volume.Pool) error) error {
 	p, err := openPool(ctx, g.log, rawURL, false)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	return fn(ctx, p)
+	return fn(p)
 }
 
 // withVolume opens the pool of volume URL rawURL for the duration of fn.
-func withVolume(cmd *cobra.Command, g *globals, rawURL string, fn func(ctx context.Context, p *volume.Pool, name string) error) error {
-	ctx := cmd.Context()
+func withVolume(ctx context.Context, g *globals, rawURL string, fn func(p *volume.Pool, name string) error) error {
 	p, name, err := openVolumeURL(ctx, g.log, rawURL, false)
 	if err != nil {
 		return err
 	}
 	defer p.Close()
-	return fn(ctx, p, name)
+	return fn(p, name)
 }
 
 // withWriter attaches volume name read-write for fn, then closes it
@@ -152,9 +166,9 @@ func demote(l slog.Level) slog.Level {
 	return l
 }
 
-// writeJSON prints v as indented JSON on the command's output.
-func writeJSON(cmd *cobra.Command, v any) error {
-	enc := json.NewEncoder(cmd.OutOrStdout())
+// writeJSON prints v as indented JSON on out.
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }

@@ -26,8 +26,8 @@ type fleetCmd struct {
 	http  *http.Client // for agents' TCP APIs (trusts --tls-ca)
 }
 
-func openFleetCmd(cmd *cobra.Command, g *globals, o *fleetFlags) (*fleetCmd, error) {
-	f, err := o.open(cmd.Context(), g)
+func openFleetCmd(ctx context.Context, g *globals, o *fleetFlags) (*fleetCmd, error) {
+	f, err := o.open(ctx, g)
 	if err != nil {
 		return nil, err
 	}
@@ -48,19 +48,19 @@ func openFleetCmd(cmd *cobra.Command, g *globals, o *fleetFlags) (*fleetCmd, err
 func (fc *fleetCmd) close() { fc.fleet.Store().Close() }
 
 // withFleet opens the fleet o names for the duration of fn.
-func withFleet(cmd *cobra.Command, g *globals, o *fleetFlags, fn func(ctx context.Context, fc *fleetCmd) error) error {
-	fc, err := openFleetCmd(cmd, g, o)
+func withFleet(ctx context.Context, g *globals, o *fleetFlags, fn func(fc *fleetCmd) error) error {
+	fc, err := openFleetCmd(ctx, g, o)
 	if err != nil {
 		return err
 	}
 	defer fc.close()
-	return fn(cmd.Context(), fc)
+	return fn(fc)
 }
 
 // withFleetView reads the fleet's current view (heartbeats, drain marks,
 // placements) for fn.
-func withFleetView(cmd *cobra.Command, g *globals, o *fleetFlags, fn func(v *fleet.View) error) error {
-	return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+func withFleetView(ctx context.Context, g *globals, o *fleetFlags, fn func(v *fleet.View) error) error {
+	return withFleet(ctx, g, o, func(fc *fleetCmd) error {
 		v, err := fc.ops.View(ctx)
 		if err != nil {
 			return err
@@ -196,20 +196,16 @@ func (fc *fleetCmd) waitStopped(ctx context.Context, out io.Writer, p *fleet.Pla
 func newDrainCommand(g *globals) *cobra.Command {
 	o := &fleetFlags{}
 	var wait time.Duration
-	cmd := &cobra.Command{
-		Use:   "drain HOST",
-		Short: "Move every machine off a host to the least loaded live hosts, and report each one's downtime",
-		Long: `Mark HOST draining (nothing is placed there any more, until ` + "`urldisk undrain`" + `)
+	cmd := command("drain HOST", "Move every machine off a host to the least loaded live hosts, and report each one's downtime",
+		exactArgs(1, "a HOST"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withFleet(ctx, g, o, func(fc *fleetCmd) error {
+				return runDrain(ctx, fc, out, args[0], wait)
+			})
+		})
+	cmd.Long = `Mark HOST draining (nothing is placed there any more, until ` + "`urldisk undrain`" + `)
 and move every machine placed on it to the least loaded live hosts. Waits for
 each running machine to serve its first request on its new host and prints
-how long it was down (old stop → new first I/O).`,
-		Args: exactArgs(1, "a HOST"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
-				return runDrain(ctx, fc, cmd.OutOrStdout(), args[0], wait)
-			})
-		},
-	}
+how long it was down (old stop → new first I/O).`
 	o.register(cmd.Flags(), true)
 	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "wait this long for each machine to run on its new host (0: do not wait)")
 	return cmd
@@ -254,20 +250,16 @@ func runDrain(ctx context.Context, fc *fleetCmd, out io.Writer, host string, wai
 
 func newUndrainCommand(g *globals) *cobra.Command {
 	o := &fleetFlags{}
-	cmd := &cobra.Command{
-		Use:   "undrain HOST",
-		Short: "Let machines be placed on a drained host again",
-		Args:  exactArgs(1, "a HOST"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+	cmd := command("undrain HOST", "Let machines be placed on a drained host again",
+		exactArgs(1, "a HOST"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withFleet(ctx, g, o, func(fc *fleetCmd) error {
 				if err := fc.fleet.SetDraining(ctx, args[0], false); err != nil {
 					return err
 				}
-				printf(cmd.OutOrStdout(), "%s accepts machines again\n", args[0])
+				printf(out, "%s accepts machines again\n", args[0])
 				return nil
 			})
-		},
-	}
+		})
 	o.register(cmd.Flags(), false)
 	return cmd
 }
@@ -280,19 +272,15 @@ type hostsOptions struct {
 
 func newHostsCommand(g *globals) *cobra.Command {
 	o := &hostsOptions{}
-	cmd := &cobra.Command{
-		Use:   "hosts",
-		Short: "List the fleet's hosts: live/dead/draining, machines, cache use and hit rate",
-		Long: `List every agent that heartbeats in the fleet. A host is dead when its last
-heartbeat is older than its heartbeat timeout (judged by this machine's
-clock) or its agent stopped.`,
-		Args: exactArgs(0, "no arguments"),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withFleetView(cmd, g, &o.fleet, func(v *fleet.View) error {
-				return printHosts(cmd.OutOrStdout(), v, o.asJSON)
+	cmd := command("hosts", "List the fleet's hosts: live/dead/draining, machines, cache use and hit rate",
+		exactArgs(0, "no arguments"), func(ctx context.Context, out io.Writer, _ []string) error {
+			return withFleetView(ctx, g, &o.fleet, func(v *fleet.View) error {
+				return printHosts(out, v, o.asJSON)
 			})
-		},
-	}
+		})
+	cmd.Long = `List every agent that heartbeats in the fleet. A host is dead when its last
+heartbeat is older than its heartbeat timeout (judged by this machine's
+clock) or its agent stopped.`
 	o.fleet.register(cmd.Flags(), false)
 	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
 	return cmd

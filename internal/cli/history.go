@@ -17,93 +17,74 @@ import (
 )
 
 func newCheckpointCommand(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "checkpoint URL LABEL",
-		Short: "Label the volume's current state (flush + snapshot + label; O(1) in disk size)",
-		Long: `Label the volume's current state. If a urldisk serve on this host holds the
-volume, it flushes and checkpoints (no second writer). Otherwise the durable
-head is checkpointed by reading the log, which never disturbs a writer on
-another host (unflushed writes there are not included).`,
-		Args: exactArgs(2, "a volume URL and a label"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	cmd := command("checkpoint URL LABEL", "Label the volume's current state (flush + snapshot + label; O(1) in disk size)",
+		exactArgs(2, "a volume URL and a label"), func(ctx context.Context, out io.Writer, args []string) error {
 			if err := volume.ValidateLabel(args[1]); err != nil {
 				return err
 			}
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				return runCheckpoint(ctx, p, cmd.OutOrStdout(), name, args[1])
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
+				return runCheckpoint(ctx, p, out, name, args[1])
 			})
-		},
-	}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "rm URL LABEL",
-		Short: "Delete a checkpoint (its data is freed by the next gc)",
-		Args:  exactArgs(2, "a volume URL and a label"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+		})
+	cmd.Long = `Label the volume's current state. If a urldisk serve on this host holds the
+volume, it flushes and checkpoints (no second writer). Otherwise the durable
+head is checkpointed by reading the log, which never disturbs a writer on
+another host (unflushed writes there are not included).`
+	cmd.AddCommand(command("rm URL LABEL", "Delete a checkpoint (its data is freed by the next gc)",
+		exactArgs(2, "a volume URL and a label"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
 				if err := p.RemoveCheckpoint(ctx, name, args[1]); err != nil {
 					return err
 				}
-				printf(cmd.OutOrStdout(), "removed checkpoint %s of %s\n", args[1], name)
+				printf(out, "removed checkpoint %s of %s\n", args[1], name)
 				return nil
 			})
-		},
-	})
+		}))
 	return cmd
 }
 
 func newCheckpointsCommand(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "checkpoints URL",
-		Short: "List a volume's checkpoints: label, seq, time, bytes unique to it",
-		Args:  exactArgs(1, "a volume URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+	cmd := command("checkpoints URL", "List a volume's checkpoints: label, seq, time, bytes unique to it",
+		exactArgs(1, "a volume URL"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
 				cps, err := p.Checkpoints(ctx, name)
 				if err != nil {
 					return err
 				}
-				return printListing(cmd.OutOrStdout(), asJSON, cps, "LABEL\tSEQ\tTIME\tUNIQUE", func(c volume.CheckpointInfo) string {
+				return printListing(out, asJSON, cps, "LABEL\tSEQ\tTIME\tUNIQUE", func(c volume.CheckpointInfo) string {
 					return fmt.Sprintf("%s\t%d\t%s\t%s", c.Label, c.Seq, c.Time.Format(time.RFC3339), units.FormatSize(c.UniqueBytes))
 				})
 			})
-		},
-	}
+		})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 
 func newRestoreCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "restore URL LABEL|SEQ|TIME",
-		Short: "Reset a volume in place to a checkpoint or point in time (later checkpoints stay)",
-		Long: `Reset a volume in place by appending a restore record. If a urldisk serve on
-this host holds the volume, it does the restore. Otherwise restore attaches
-read-write, which fences any writer elsewhere.`,
-		Args: exactArgs(2, "a volume URL and a checkpoint label, seq or RFC 3339 time"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	cmd := command("restore URL LABEL|SEQ|TIME", "Reset a volume in place to a checkpoint or point in time (later checkpoints stay)",
+		exactArgs(2, "a volume URL and a checkpoint label, seq or RFC 3339 time"), func(ctx context.Context, out io.Writer, args []string) error {
 			pt, err := volume.ParsePoint(args[1])
 			if err != nil {
 				return err
 			}
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				return runRestore(ctx, g, p, cmd.OutOrStdout(), name, args[1], pt)
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
+				return runRestore(ctx, g, p, out, name, args[1], pt)
 			})
-		},
-	}
+		})
+	cmd.Long = `Reset a volume in place by appending a restore record. If a urldisk serve on
+this host holds the volume, it does the restore. Otherwise restore attaches
+read-write, which fences any writer elsewhere.`
+	return cmd
 }
 
 func newCompactCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "compact URL",
-		Short: "Rewrite sparsely-live records so stored bytes track live data (gc then frees the old ones)",
-		Args:  exactArgs(1, "a volume URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
-				return runCompact(ctx, g, p, cmd.OutOrStdout(), name)
+	return command("compact URL", "Rewrite sparsely-live records so stored bytes track live data (gc then frees the old ones)",
+		exactArgs(1, "a volume URL"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
+				return runCompact(ctx, g, p, out, name)
 			})
-		},
-	}
+		})
 }
 
 // viaHolder asks the process on this host that holds volume name
@@ -215,6 +196,8 @@ func newPolicyCommand(g *globals) *cobra.Command {
 		Use:   "policy URL [--every 1h --keep-hourly 24 --keep-daily 7 | --off]",
 		Short: "Show or set a volume's automatic-checkpoint policy (taken by its writer while written)",
 		Args:  exactArgs(1, "a volume URL"),
+		// A RunE of its own rather than command's: which flags were given
+		// (not just their values) decides between showing and setting.
 		RunE: func(cmd *cobra.Command, args []string) error {
 			f := cmd.Flags()
 			o.changed = f.Changed("every") || f.Changed("keep-hourly") || f.Changed("keep-daily")
@@ -222,7 +205,8 @@ func newPolicyCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+			ctx := cmd.Context()
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
 				return runPolicy(ctx, p, cmd.OutOrStdout(), name, set)
 			})
 		},
@@ -259,23 +243,16 @@ func runPolicy(ctx context.Context, p *volume.Pool, out io.Writer, name string, 
 }
 
 func newCloneCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "clone SRC[@LABEL|@SEQ|@TIME] DST",
-		Short: "Create a volume sharing another's data from its head or any retained point (O(1) in disk size)",
-		Args:  exactArgs(2, "a source volume URL (optionally @point) and a new volume name or URL in the same pool"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	return command("clone SRC[@LABEL|@SEQ|@TIME] DST", "Create a volume sharing another's data from its head or any retained point (O(1) in disk size)",
+		exactArgs(2, "a source volume URL (optionally @point) and a new volume name or URL in the same pool"), func(ctx context.Context, out io.Writer, args []string) error {
 			sref, dst, err := cloneArgs(args[0], args[1])
 			if err != nil {
 				return err
 			}
-			p, err := openPool(cmd.Context(), g.log, sref.Pool, false)
-			if err != nil {
-				return err
-			}
-			defer p.Close()
-			return runClone(cmd.Context(), p, cmd.OutOrStdout(), sref, dst)
-		},
-	}
+			return withPool(ctx, g, sref.Pool, func(p *volume.Pool) error {
+				return runClone(ctx, p, out, sref, dst)
+			})
+		})
 }
 
 // cloneArgs parses clone's source (a volume URL, optionally @point) and
@@ -325,27 +302,23 @@ func (o *gcOptions) validate() error {
 
 func newGCCommand(g *globals) *cobra.Command {
 	o := &gcOptions{}
-	cmd := &cobra.Command{
-		Use:   "gc POOL",
-		Short: "Delete records no live map needs (heads, checkpoints, clones, retention window)",
-		Args:  exactArgs(1, "a pool URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	cmd := command("gc POOL", "Delete records no live map needs (heads, checkpoints, clones, retention window)",
+		exactArgs(1, "a pool URL"), func(ctx context.Context, out io.Writer, args []string) error {
 			if err := o.validate(); err != nil {
 				return err
 			}
-			return withPool(cmd, g, args[0], func(ctx context.Context, p *volume.Pool) error {
+			return withPool(ctx, g, args[0], func(p *volume.Pool) error {
 				rep, err := p.GC(ctx, explicitZero(o.GCOptions))
 				if err != nil {
 					return err
 				}
 				if o.asJSON {
-					return writeJSON(cmd, rep)
+					return writeJSON(out, rep)
 				}
-				printGC(cmd.OutOrStdout(), rep, o.verbose)
+				printGC(out, rep, o.verbose)
 				return nil
 			})
-		},
-	}
+		})
 	cmd.Flags().BoolVar(&o.DryRun, "dry-run", false, "report without deleting")
 	cmd.Flags().DurationVar(&o.Grace, "grace", time.Hour, "never delete objects younger than this")
 	cmd.Flags().DurationVar(&o.Retention, "retention", volume.DefaultRetention, "keep every point of this window readable and clonable")
@@ -389,23 +362,19 @@ func explicitZero(o volume.GCOptions) volume.GCOptions {
 func newDUCommand(g *globals) *cobra.Command {
 	var o volume.GCOptions
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "du POOL",
-		Short: "Storage per volume: exclusive vs shared bytes, history, reclaimable garbage",
-		Args:  exactArgs(1, "a pool URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withPool(cmd, g, args[0], func(ctx context.Context, p *volume.Pool) error {
+	cmd := command("du POOL", "Storage per volume: exclusive vs shared bytes, history, reclaimable garbage",
+		exactArgs(1, "a pool URL"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withPool(ctx, g, args[0], func(p *volume.Pool) error {
 				es, err := p.DU(ctx, explicitZero(o))
 				if err != nil {
 					return err
 				}
 				f := func(n int64) string { return units.FormatSize(uint64(n)) }
-				return printListing(cmd.OutOrStdout(), asJSON, es, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE", func(e volume.DUEntry) string {
+				return printListing(out, asJSON, es, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE", func(e volume.DUEntry) string {
 					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", e.Name, f(e.StoredBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
 				})
 			})
-		},
-	}
+		})
 	cmd.Flags().DurationVar(&o.Retention, "retention", volume.DefaultRetention, "retention window assumed for garbage")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd

@@ -74,27 +74,15 @@ func runMachine(ctx context.Context, fc *fleetCmd, out io.Writer, name string, s
 
 func newMachineRunCommand(g *globals) *cobra.Command {
 	o := &machineRunOptions{}
-	cmd := &cobra.Command{
-		Use:   "run NAME --volume URL --runtime process|qemu [--host HOST] [-- ARGS...]",
-		Short: "Create a machine and run it on a host (the least loaded live host by default)",
-		Long: `Create a machine and run it. For --runtime process, the arguments after --
-are the command; for --runtime qemu they are extra qemu arguments, and
---kernel (and optionally --initrd, --append, --memory, --cpus) describe the VM.`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if cmd.ArgsLenAtDash() == 0 || len(args) == 0 {
-				return fmt.Errorf("machine run: expected a machine NAME before --\nusage: %s", cmd.UseLine())
-			}
-			if dash := cmd.ArgsLenAtDash(); dash > 1 || (dash < 0 && len(args) > 1) {
-				return fmt.Errorf("machine run: expected one NAME; put the command after --\nusage: %s", cmd.UseLine())
-			}
-			return nil
-		},
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withFleet(cmd, g, &o.fleetFlags, func(ctx context.Context, fc *fleetCmd) error {
-				return runMachine(ctx, fc, cmd.OutOrStdout(), args[0], o.spec(args[1:]), o.host, o.wait)
+	cmd := command("run NAME --volume URL --runtime process|qemu [--host HOST] [-- ARGS...]", "Create a machine and run it on a host (the least loaded live host by default)",
+		machineRunArgs, func(ctx context.Context, out io.Writer, args []string) error {
+			return withFleet(ctx, g, &o.fleetFlags, func(fc *fleetCmd) error {
+				return runMachine(ctx, fc, out, args[0], o.spec(args[1:]), o.host, o.wait)
 			})
-		},
-	}
+		})
+	cmd.Long = `Create a machine and run it. For --runtime process, the arguments after --
+are the command; for --runtime qemu they are extra qemu arguments, and
+--kernel (and optionally --initrd, --append, --memory, --cpus) describe the VM.`
 	f := cmd.Flags()
 	o.fleetFlags.register(f, true)
 	f.StringVar(&o.volume, "volume", "", "the machine's volume URL (<pool>/<name>; required)")
@@ -112,21 +100,28 @@ are the command; for --runtime qemu they are extra qemu arguments, and
 	return cmd
 }
 
+// machineRunArgs wants one NAME, then the workload's arguments after --.
+func machineRunArgs(cmd *cobra.Command, args []string) error {
+	if cmd.ArgsLenAtDash() == 0 || len(args) == 0 {
+		return fmt.Errorf("machine run: expected a machine NAME before --\nusage: %s", cmd.UseLine())
+	}
+	if dash := cmd.ArgsLenAtDash(); dash > 1 || (dash < 0 && len(args) > 1) {
+		return fmt.Errorf("machine run: expected one NAME; put the command after --\nusage: %s", cmd.UseLine())
+	}
+	return nil
+}
+
 // machineChange builds the stop, start and rm commands.
 func machineChange(g *globals, use, short string, change func(ctx context.Context, fc *fleetCmd, name string) (*fleet.Placement, error)) *cobra.Command {
 	o := &fleetFlags{}
 	var wait time.Duration
-	cmd := &cobra.Command{
-		Use:   use + " NAME",
-		Short: short,
-		Args:  exactArgs(1, "a machine NAME"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
+	cmd := command(use+" NAME", short,
+		exactArgs(1, "a machine NAME"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withFleet(ctx, g, o, func(fc *fleetCmd) error {
 				p, err := change(ctx, fc, args[0])
-				return reportChange(ctx, fc, cmd.OutOrStdout(), use, args[0], p, err, wait)
+				return reportChange(ctx, fc, out, use, args[0], p, err, wait)
 			})
-		},
-	}
+		})
 	o.register(cmd.Flags(), true)
 	cmd.Flags().DurationVar(&wait, "wait", 0, "wait this long for the host to act (0: do not wait)")
 	return cmd
@@ -184,16 +179,12 @@ type machineLsOptions struct {
 
 func newMachineLsCommand(g *globals) *cobra.Command {
 	o := &machineLsOptions{}
-	cmd := &cobra.Command{
-		Use:   "ls",
-		Short: "List machines: name, desired state, host, what the host reports",
-		Args:  exactArgs(0, "no arguments"),
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			return withFleetView(cmd, g, &o.fleet, func(v *fleet.View) error {
-				return printMachines(cmd.OutOrStdout(), v, o.all, o.asJSON)
+	cmd := command("ls", "List machines: name, desired state, host, what the host reports",
+		exactArgs(0, "no arguments"), func(ctx context.Context, out io.Writer, _ []string) error {
+			return withFleetView(ctx, g, &o.fleet, func(v *fleet.View) error {
+				return printMachines(out, v, o.all, o.asJSON)
 			})
-		},
-	}
+		})
 	o.fleet.register(cmd.Flags(), false)
 	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&o.all, "all", false, "include removed machines")
@@ -252,20 +243,16 @@ func printMachines(w io.Writer, v *fleet.View, all, asJSON bool) error {
 func newMigrateCommand(g *globals) *cobra.Command {
 	o := &fleetFlags{}
 	var wait time.Duration
-	cmd := &cobra.Command{
-		Use:   "migrate NAME HOST",
-		Short: "Move a machine to another host (no bytes copied) and report its downtime",
-		Long: `Move a machine to HOST: the new placement version names HOST; the old host
+	cmd := command("migrate NAME HOST", "Move a machine to another host (no bytes copied) and report its downtime",
+		exactArgs(2, "a machine NAME and a HOST"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withFleet(ctx, g, o, func(fc *fleetCmd) error {
+				return runMigrate(ctx, fc, out, args[0], args[1], wait)
+			})
+		})
+	cmd.Long = `Move a machine to HOST: the new placement version names HOST; the old host
 stops the machine and flushes its volume, the new host attaches it (fencing
 the old writer) and starts it. Waits until the new host serves the machine's
-first request and prints the downtime (old stop → new first I/O).`,
-		Args: exactArgs(2, "a machine NAME and a HOST"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withFleet(cmd, g, o, func(ctx context.Context, fc *fleetCmd) error {
-				return runMigrate(ctx, fc, cmd.OutOrStdout(), args[0], args[1], wait)
-			})
-		},
-	}
+first request and prints the downtime (old stop → new first I/O).`
 	o.register(cmd.Flags(), true)
 	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "wait this long for the machine to run on the new host (0: do not wait)")
 	return cmd

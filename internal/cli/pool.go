@@ -1,6 +1,9 @@
 package cli
 
 import (
+	"context"
+	"io"
+
 	"github.com/spf13/cobra"
 
 	"github.com/urldisk/urldisk/internal/objstore"
@@ -9,12 +12,8 @@ import (
 
 func newPoolCommand(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "pool", Short: "Manage pools (object-store prefixes holding volumes)"}
-	cmd.AddCommand(&cobra.Command{
-		Use:   "init POOL",
-		Short: "Initialise a pool: probe conditional writes and write the pool marker",
-		Args:  exactArgs(1, "a pool URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			ctx := cmd.Context()
+	cmd.AddCommand(command("init POOL", "Initialise a pool: probe conditional writes and write the pool marker",
+		exactArgs(1, "a pool URL"), func(ctx context.Context, out io.Writer, args []string) error {
 			if err := refuseNestedPool(ctx, args[0]); err != nil {
 				return err
 			}
@@ -28,9 +27,8 @@ func newPoolCommand(g *globals) *cobra.Command {
 				return err
 			}
 			m := p.Marker()
-			printf(cmd.OutOrStdout(), "pool %s ready (conditional create: %v)\n", objstore.Redact(args[0]), m.ConditionalCreate)
+			printf(out, "pool %s ready (conditional create: %v)\n", objstore.Redact(args[0]), m.ConditionalCreate)
 			return nil
-		},
-	})
+		}))
 	return cmd
 }

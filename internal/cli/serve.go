@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -71,10 +72,11 @@ func defaultSocket(name string) string {
 
 func newServeCommand(g *globals) *cobra.Command {
 	o := &serveOptions{}
-	cmd := &cobra.Command{
-		Use:   "serve URL [URL...]",
-		Short: "Export volumes as block devices over NBD (export name = volume name)",
-		Long: `Export one or more volumes over NBD until SIGTERM or SIGINT, then finish
+	cmd := command("serve URL [URL...]", "Export volumes as block devices over NBD (export name = volume name)",
+		serveArgs, func(ctx context.Context, out io.Writer, args []string) error {
+			return runServe(ctx, out, g, o, args)
+		})
+	cmd.Long = `Export one or more volumes over NBD until SIGTERM or SIGINT, then finish
 in-flight requests, flush every volume to the object store and exit 0.
 
 By default serve listens on a unix socket and prints the NBD URI to use:
@@ -89,15 +91,7 @@ signed by that CA.
 Exit status: 0 after a clean stop (every volume flushed); 3 when every
 read-write volume was fenced (another writer took it over: writes not yet
 flushed are lost), logged once as "all read-write volumes fenced"; 1 on
-any other error.`,
-		Args: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 0 {
-				return fmt.Errorf("serve: expected at least one volume URL\nusage: %s", cmd.UseLine())
-			}
-			return nil
-		},
-		RunE: func(cmd *cobra.Command, args []string) error { return runServe(cmd, g, o, args) },
-	}
+any other error.`
 	f := cmd.Flags()
 	f.StringVar(&o.listen, "listen", "", "unix:/path/to.sock or tcp:HOST:PORT (default: a unix socket under $XDG_RUNTIME_DIR or /tmp)")
 	o.socketMode = 0o600
@@ -122,8 +116,16 @@ any other error.`,
 	return cmd
 }
 
-func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) error {
-	ctx, log := cmd.Context(), g.log
+// serveArgs wants at least one volume URL.
+func serveArgs(cmd *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return fmt.Errorf("serve: expected at least one volume URL\nusage: %s", cmd.UseLine())
+	}
+	return nil
+}
+
+func runServe(ctx context.Context, out io.Writer, g *globals, o *serveOptions, args []string) error {
+	log := g.log
 	plan, err := planServe(o, args)
 	if err != nil {
 		return err
@@ -161,7 +163,6 @@ func runServe(cmd *cobra.Command, g *globals, o *serveOptions, args []string) er
 	if err != nil {
 		return err
 	}
-	out := cmd.OutOrStdout()
 	for _, name := range exp.Names() {
 		uri, err := exp.URI(name)
 		if err != nil {

@@ -88,18 +88,15 @@ func (o *importOptions) validate() error {
 
 func newImportCommand(g *globals) *cobra.Command {
 	o := &importOptions{}
-	cmd := &cobra.Command{
-		Use:   "import FILE URL",
-		Short: "Copy a raw disk image into a volume (created if missing; holes and zeros stay unstored)",
-		Args:  exactArgs(2, "a raw image file and a volume URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	var cmd *cobra.Command // run reads its stderr, for the progress bar
+	cmd = command("import FILE URL", "Copy a raw disk image into a volume (created if missing; holes and zeros stay unstored)",
+		exactArgs(2, "a raw image file and a volume URL"), func(ctx context.Context, out io.Writer, args []string) error {
 			o.file, o.url = args[0], args[1]
 			if err := o.validate(); err != nil {
 				return err
 			}
-			return runImport(cmd.Context(), g.log, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
-	}
+			return runImport(ctx, g.log, o, out, cmd.ErrOrStderr())
+		})
 	cmd.Flags().StringVar(&o.size, "size", "", "size of the volume to create (default: the file's size rounded up to 4 KiB)")
 	return cmd
 }
@@ -247,15 +244,12 @@ type exportOptions struct {
 
 func newExportCommand(g *globals) *cobra.Command {
 	var o exportOptions
-	cmd := &cobra.Command{
-		Use:   "export URL FILE",
-		Short: "Copy a volume into a raw image file (sparse: only written ranges are allocated)",
-		Args:  exactArgs(2, "a volume URL and a file"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	var cmd *cobra.Command // run reads its stderr, for the progress bar
+	cmd = command("export URL FILE", "Copy a volume into a raw image file (sparse: only written ranges are allocated)",
+		exactArgs(2, "a volume URL and a file"), func(ctx context.Context, out io.Writer, args []string) error {
 			o.url, o.file = args[0], args[1]
-			return runExport(cmd.Context(), g.log, o, cmd.OutOrStdout(), cmd.ErrOrStderr())
-		},
-	}
+			return runExport(ctx, g.log, o, out, cmd.ErrOrStderr())
+		})
 	cmd.Flags().BoolVar(&o.force, "force", false, "overwrite FILE if it exists")
 	return cmd
 }

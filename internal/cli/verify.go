@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -25,10 +24,11 @@ type verifyOptions struct {
 
 func newVerifyCommand(g *globals) *cobra.Command {
 	o := &verifyOptions{}
-	cmd := &cobra.Command{
-		Use:   "verify URL [--deep] [--json]",
-		Short: "Check a volume's objects for loss and corruption (exit 0 healthy, 1 problems, 2 could not check)",
-		Long: `verify reads a volume without changing anything and reports what is wrong:
+	cmd := command("verify URL [--deep] [--json]", "Check a volume's objects for loss and corruption (exit 0 healthy, 1 problems, 2 could not check)",
+		verifyArgs, func(ctx context.Context, out io.Writer, args []string) error {
+			return runVerify(ctx, g, out, args[0], o)
+		})
+	cmd.Long = `verify reads a volume without changing anything and reports what is wrong:
 missing log records that were acknowledged (a later record or snapshot proves
 they existed), records whose trailer fails its checksum, snapshots that do not
 decode or reference missing records, checkpoints without their snapshot, a
@@ -38,17 +38,19 @@ problems. --deep also reads every data chunk of every record and checks its
 CRC (reads the whole log).
 
 Exit status: 0 healthy, 1 problems found, 2 could not check (bad URL, no such
-pool or volume, store unreachable).`,
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) != 1 {
-				return &exitCodeError{code: verifyExitUncheckable, err: fmt.Errorf("verify: expected a volume URL, got %d argument(s)\nusage: %s", len(args), cmd.UseLine())}
-			}
-			return runVerify(cmd.Context(), g, cmd.OutOrStdout(), args[0], o)
-		},
-	}
+pool or volume, store unreachable).`
 	cmd.Flags().BoolVar(&o.deep, "deep", false, "also read every data chunk and check its CRC")
 	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print the report as JSON")
 	return cmd
+}
+
+// verifyArgs is exactArgs(1) whose error exits 2: a wrong argument count is
+// "could not check", like every other verify failure before the check.
+func verifyArgs(cmd *cobra.Command, args []string) error {
+	if err := exactArgs(1, "a volume URL")(cmd, args); err != nil {
+		return &exitCodeError{code: verifyExitUncheckable, err: err}
+	}
+	return nil
 }
 
 // runVerify checks the volume at rawURL and prints the report on out.
@@ -64,9 +66,7 @@ func runVerify(ctx context.Context, g *globals, out io.Writer, rawURL string, o 
 		return uncheckable(err)
 	}
 	if o.asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := writeJSON(out, rep); err != nil {
 			return uncheckable(err)
 		}
 	} else {

@@ -61,18 +61,14 @@ func runCreate(ctx context.Context, log *slog.Logger, out io.Writer, rawURL stri
 
 func newCreateCommand(g *globals) *cobra.Command {
 	o := &createOptions{}
-	cmd := &cobra.Command{
-		Use:   "create URL --size SIZE",
-		Short: "Create an empty volume (the pool is initialised if needed)",
-		Args:  exactArgs(1, "a volume URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
+	cmd := command("create URL --size SIZE", "Create an empty volume (the pool is initialised if needed)",
+		exactArgs(1, "a volume URL"), func(ctx context.Context, out io.Writer, args []string) error {
 			co, err := o.validate()
 			if err != nil {
 				return err
 			}
-			return runCreate(cmd.Context(), g.log, cmd.OutOrStdout(), args[0], co)
-		},
-	}
+			return runCreate(ctx, g.log, out, args[0], co)
+		})
 	cmd.Flags().StringVar(&o.size, "size", "", "volume size, e.g. 10G, 512M (a multiple of the block size)")
 	cmd.Flags().StringVar(&o.blockSize, "block-size", "4K", "block size: a power of two from 512 to 1M, e.g. 512, 4K, 64K")
 	return cmd
@@ -80,17 +76,14 @@ func newCreateCommand(g *globals) *cobra.Command {
 
 func newLsCommand(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "ls POOL",
-		Short: "List the volumes in a pool",
-		Args:  exactArgs(1, "a pool URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withPool(cmd, g, args[0], func(ctx context.Context, p *volume.Pool) error {
+	cmd := command("ls POOL", "List the volumes in a pool",
+		exactArgs(1, "a pool URL"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withPool(ctx, g, args[0], func(p *volume.Pool) error {
 				vols, err := p.List(ctx)
 				if err != nil {
 					return err
 				}
-				return printListing(cmd.OutOrStdout(), asJSON, vols, "NAME\tSIZE\tID\tCREATED\tPARENT", func(d *volume.Desc) string {
+				return printListing(out, asJSON, vols, "NAME\tSIZE\tID\tCREATED\tPARENT", func(d *volume.Desc) string {
 					parent := "-"
 					if d.Parent != nil {
 						parent = fmt.Sprintf("%s@%d", d.Parent.ID, d.Parent.Seq)
@@ -98,32 +91,27 @@ func newLsCommand(g *globals) *cobra.Command {
 					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s", d.Name, units.FormatSize(d.Size), d.ID, d.Created.Format(time.RFC3339), parent)
 				})
 			})
-		},
-	}
+		})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 
 func newInfoCommand(g *globals) *cobra.Command {
 	var asJSON bool
-	cmd := &cobra.Command{
-		Use:   "info URL",
-		Short: "Describe a volume: size, used bytes, records, epoch, writer, snapshots",
-		Args:  exactArgs(1, "a volume URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+	cmd := command("info URL", "Describe a volume: size, used bytes, records, epoch, writer, snapshots",
+		exactArgs(1, "a volume URL"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
 				in, err := p.Info(ctx, name)
 				if err != nil {
 					return err
 				}
 				if asJSON {
-					return writeJSON(cmd, in)
+					return writeJSON(out, in)
 				}
-				printInfo(cmd.OutOrStdout(), args[0], in)
+				printInfo(out, args[0], in)
 				return nil
 			})
-		},
-	}
+		})
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
@@ -157,20 +145,16 @@ func printInfo(w io.Writer, rawURL string, in *volume.Info) {
 }
 
 func newRmCommand(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "rm URL",
-		Short: "Remove a volume: its name at once, its objects at the next gc after the grace period",
-		Args:  exactArgs(1, "a volume URL"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return withVolume(cmd, g, args[0], func(ctx context.Context, p *volume.Pool, name string) error {
+	return command("rm URL", "Remove a volume: its name at once, its objects at the next gc after the grace period",
+		exactArgs(1, "a volume URL"), func(ctx context.Context, out io.Writer, args []string) error {
+			return withVolume(ctx, g, args[0], func(p *volume.Pool, name string) error {
 				if err := p.Remove(ctx, name); err != nil {
 					return err
 				}
-				printf(cmd.OutOrStdout(), "removed %s; `urldisk gc` frees its objects after the grace period (records clones use stay)\n", name)
+				printf(out, "removed %s; `urldisk gc` frees its objects after the grace period (records clones use stay)\n", name)
 				return nil
 			})
-		},
-	}
+		})
 }
 
 // describeWriter says who holds the volume's epoch: the writer if it may
