@@ -75,6 +75,20 @@ func AppendSnapshot(dst []byte, h *SnapshotHeader, extents iter.Seq[SnapExtent])
 // chosen one with DecodeSnapshot.
 func PeekSnapshotHeader(prefix []byte) (*SnapshotHeader, error) {
 	d := decoder{b: prefix}
+	h, err := d.snapshotHeader()
+	if err != nil {
+		return nil, err
+	}
+	if d.err != nil {
+		return nil, d.err
+	}
+	return h, nil
+}
+
+// snapshotHeader reads the magic, version and fixed header fields, the
+// part of a snapshot PeekSnapshotHeader and DecodeSnapshot both read. A
+// short input is left in d.err for the caller, which may read on.
+func (d *decoder) snapshotHeader() (*SnapshotHeader, error) {
 	if d.u32("magic") != snapshotMagic {
 		return nil, corruptf("snapshot magic mismatch")
 	}
@@ -88,9 +102,6 @@ func PeekSnapshotHeader(prefix []byte) (*SnapshotHeader, error) {
 	h.FenceSeq = d.u64("fence seq")
 	h.Time = int64(d.u64("time"))
 	h.Size = d.u64("size")
-	if d.err != nil {
-		return nil, d.err
-	}
 	return h, nil
 }
 
@@ -105,19 +116,10 @@ func DecodeSnapshot(b []byte, fn func(SnapExtent) error, onHeader func(*Snapshot
 		return nil, corruptf("snapshot checksum mismatch")
 	}
 	d := decoder{b: body}
-	if d.u32("magic") != snapshotMagic {
-		return nil, corruptf("snapshot magic mismatch")
+	h, err := d.snapshotHeader()
+	if err != nil {
+		return nil, err
 	}
-	if v := d.u16("version"); v != Version && d.err == nil {
-		return nil, corruptf("snapshot format version %d not supported", v)
-	}
-	h := &SnapshotHeader{}
-	h.Seq = d.u64("seq")
-	h.Epoch = d.u64("epoch")
-	copy(h.Writer[:], d.bytes(16, "writer"))
-	h.FenceSeq = d.u64("fence seq")
-	h.Time = int64(d.u64("time"))
-	h.Size = d.u64("size")
 	h.Volume = d.str(maxIDLen, "volume id")
 	nv := d.uvarint("volume count")
 	if nv == 0 || nv > maxVols || nv > uint64(len(d.b)) {
