@@ -75,14 +75,7 @@ func EncodePlacement(p *Placement) ([]byte, error) {
 // DecodePlacement decodes and validates a placement document; a malformed
 // one is format.ErrCorrupt.
 func DecodePlacement(b []byte) (*Placement, error) {
-	p := &Placement{}
-	if err := format.DecodeDoc(KindPlacement, b, p); err != nil {
-		return nil, err
-	}
-	if err := p.Validate(); err != nil {
-		return nil, fmt.Errorf("%w: placement: %v", format.ErrCorrupt, err)
-	}
-	return p, nil
+	return decodeDoc(KindPlacement, "placement", b, (*Placement).Validate)
 }
 
 // EncodeHeartbeat returns h as a checksummed document.
@@ -90,14 +83,7 @@ func EncodeHeartbeat(h *Heartbeat) ([]byte, error) { return format.EncodeDoc(Kin
 
 // DecodeHeartbeat decodes a heartbeat document.
 func DecodeHeartbeat(b []byte) (*Heartbeat, error) {
-	h := &Heartbeat{}
-	if err := format.DecodeDoc(KindAgent, b, h); err != nil {
-		return nil, err
-	}
-	if err := ValidateName("host", h.Host); err != nil {
-		return nil, fmt.Errorf("%w: heartbeat: %v", format.ErrCorrupt, err)
-	}
-	return h, nil
+	return decodeDoc(KindAgent, "heartbeat", b, func(h *Heartbeat) error { return ValidateName("host", h.Host) })
 }
 
 // EncodeAck returns a as a checksummed document.
@@ -105,11 +91,7 @@ func EncodeAck(a *Ack) ([]byte, error) { return format.EncodeDoc(KindAck, a) }
 
 // DecodeAck decodes an ack document.
 func DecodeAck(b []byte) (*Ack, error) {
-	a := &Ack{}
-	if err := format.DecodeDoc(KindAck, b, a); err != nil {
-		return nil, err
-	}
-	return a, nil
+	return decodeDoc(KindAck, "ack", b, func(*Ack) error { return nil })
 }
 
 // EncodeTrace returns t as a checksummed document.
@@ -117,12 +99,24 @@ func EncodeTrace(t *Trace) ([]byte, error) { return format.EncodeDoc(KindTrace, 
 
 // DecodeTrace decodes a trace document.
 func DecodeTrace(b []byte) (*Trace, error) {
-	t := &Trace{}
-	if err := format.DecodeDoc(KindTrace, b, t); err != nil {
+	return decodeDoc(KindTrace, "trace", b, func(t *Trace) error {
+		if t.PageSize <= 0 {
+			return fmt.Errorf("page size %d", t.PageSize)
+		}
+		return nil
+	})
+}
+
+// decodeDoc decodes a document of kind into a new T and checks it with
+// valid: a document whose envelope is sound but whose content is not is
+// as corrupt as a bad checksum (format.ErrCorrupt), naming what.
+func decodeDoc[T any](kind, what string, b []byte, valid func(*T) error) (*T, error) {
+	v := new(T)
+	if err := format.DecodeDoc(kind, b, v); err != nil {
 		return nil, err
 	}
-	if t.PageSize <= 0 {
-		return nil, fmt.Errorf("%w: trace: page size %d", format.ErrCorrupt, t.PageSize)
+	if err := valid(v); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", format.ErrCorrupt, what, err)
 	}
-	return t, nil
+	return v, nil
 }
