@@ -157,48 +157,47 @@ func writeTemp(dir string, data []byte) (string, error) {
 }
 
 func (s *fileStore) Put(ctx context.Context, key string, data []byte) error {
-	p, err := s.begin(ctx, "put", key)
-	if err != nil {
+	return s.publish(ctx, "put", key, data, func(tmp, p string) error {
+		err := os.Rename(tmp, p)
+		if err != nil {
+			_ = os.Remove(tmp)
+		}
 		return err
-	}
-	dir := filepath.Dir(p)
-	tmp, err := writeTemp(dir, data)
-	if err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	if err := os.Rename(tmp, p); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("put %s: %w", key, err)
-	}
-	return nil
+	})
 }
 
 func (s *fileStore) PutIfAbsent(ctx context.Context, key string, data []byte) error {
-	p, err := s.begin(ctx, "put if absent", key)
+	return s.publish(ctx, "put if absent", key, data, func(tmp, p string) error {
+		// link(2) is the atomic create-if-absent: the name appears with the
+		// complete, fsynced content, or the call fails with EEXIST.
+		err := os.Link(tmp, p)
+		// A temporary name that cannot be removed is harmless: List hides it.
+		_ = os.Remove(tmp)
+		if errors.Is(err, fs.ErrExist) {
+			return ErrExists
+		}
+		return err
+	})
+}
+
+// publish writes data to a fsynced temporary file beside key's path, gives
+// it key's name with place (tmp, path), then fsyncs the directory: readers
+// see the whole object or none of it. op names the call in errors.
+func (s *fileStore) publish(ctx context.Context, op, key string, data []byte, place func(tmp, p string) error) error {
+	p, err := s.begin(ctx, op, key)
 	if err != nil {
 		return err
 	}
 	dir := filepath.Dir(p)
 	tmp, err := writeTemp(dir, data)
+	if err == nil {
+		err = place(tmp, p)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
 	if err != nil {
-		return fmt.Errorf("put if absent %s: %w", key, err)
-	}
-	// link(2) is the atomic create-if-absent: the name appears with the
-	// complete, fsynced content, or the call fails with EEXIST.
-	lerr := os.Link(tmp, p)
-	// A temporary name that cannot be removed is harmless: List hides it.
-	_ = os.Remove(tmp)
-	if errors.Is(lerr, fs.ErrExist) {
-		return fmt.Errorf("put if absent %s: %w", key, ErrExists)
-	}
-	if lerr != nil {
-		return fmt.Errorf("put if absent %s: %w", key, lerr)
-	}
-	if err := syncDir(dir); err != nil {
-		return fmt.Errorf("put if absent %s: %w", key, err)
+		return fmt.Errorf("%s %s: %w", op, key, err)
 	}
 	return nil
 }
