@@ -190,12 +190,8 @@ func writeFileAtomic(path string, data []byte) (err error) {
 		f.Close()
 		return fmt.Errorf("write %s: %w", tmp, err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("fsync %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", tmp, err)
+	if err := syncClose(f, tmp); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return fmt.Errorf("rename %s: %w", tmp, err)
@@ -209,12 +205,18 @@ func syncDir(dir string) error {
 	if err != nil {
 		return fmt.Errorf("open dir %s: %w", dir, err)
 	}
-	if err := d.Sync(); err != nil {
-		d.Close()
-		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	return syncClose(d, "dir "+dir)
+}
+
+// syncClose fsyncs and closes f, named name in errors. f is closed either
+// way: a failed fsync leaves nothing worth keeping it open for.
+func syncClose(f *os.File, name string) error {
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", name, err)
 	}
-	if err := d.Close(); err != nil {
-		return fmt.Errorf("close dir %s: %w", dir, err)
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", name, err)
 	}
 	return nil
 }
