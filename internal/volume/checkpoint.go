@@ -47,11 +47,7 @@ func (p *Pool) Checkpoint(ctx context.Context, name, label string) (*Checkpoint,
 	if err := ValidateLabel(label); err != nil {
 		return nil, err
 	}
-	d, err := p.Resolve(ctx, name)
-	if err != nil {
-		return nil, err
-	}
-	img, err := p.loadImage(ctx, d, ^uint64(0))
+	d, img, err := p.loadHead(ctx, name)
 	if err != nil {
 		return nil, err
 	}

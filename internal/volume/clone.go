@@ -73,26 +73,19 @@ func (p *Pool) OpenAt(ctx context.Context, name string, pt Point, o Options) (*V
 // follow tails the log of a read-only volume: every interval it applies the
 // records written since, so readers see a writer's flushed data.
 func (v *Volume) follow(img *image, every time.Duration) {
-	defer v.wg.Done()
-	t := v.opts.Clock.NewTicker(every)
-	defer t.Stop()
-	for {
-		select {
-		case <-v.stop:
-			return
-		case <-t.C():
-		}
+	v.tick(every, func() {
 		recs, err := v.pool.fetchRecords(v.ctx, img, ^uint64(0))
 		if err != nil {
 			if v.ctx.Err() == nil {
 				v.log.Warn("follow: reading new records failed", "err", err)
 			}
-			continue
+			return
 		}
 		if len(recs) == 0 {
-			continue
+			return
 		}
 		v.mu.Lock()
+		defer v.mu.Unlock()
 		for _, r := range recs {
 			if err := v.pool.apply(v.ctx, img, r); err != nil {
 				v.failLocked(fmt.Errorf("follow: %w", err))
@@ -101,8 +94,7 @@ func (v *Volume) follow(img *image, every time.Duration) {
 		}
 		v.m, v.vols, v.st = img.m, img.vols, img.st
 		v.broadcastLocked()
-		v.mu.Unlock()
-	}
+	})
 }
 
 // Head returns the last log sequence number the volume reflects.

@@ -113,6 +113,18 @@ func (v *Volume) Compact(ctx context.Context, o CompactOptions) (CompactStats, e
 
 // compactLoop compacts every interval until the volume closes.
 func (v *Volume) compactLoop(every time.Duration) {
+	v.tick(every, func() {
+		if _, err := v.Compact(v.ctx, CompactOptions{}); err != nil && v.ctx.Err() == nil {
+			v.log.Warn("background compaction failed", "err", err)
+		}
+	})
+}
+
+// tick is the loop of a background goroutine of the volume (counted in
+// v.wg by its starter): fn every interval on the volume's clock, until the
+// volume closes. The wait never overlaps fn, so a slow fn delays the next
+// run rather than stacking runs up.
+func (v *Volume) tick(every time.Duration, fn func()) {
 	defer v.wg.Done()
 	t := v.opts.Clock.NewTicker(every)
 	defer t.Stop()
@@ -122,9 +134,7 @@ func (v *Volume) compactLoop(every time.Duration) {
 			return
 		case <-t.C():
 		}
-		if _, err := v.Compact(v.ctx, CompactOptions{}); err != nil && v.ctx.Err() == nil {
-			v.log.Warn("background compaction failed", "err", err)
-		}
+		fn()
 	}
 }
 

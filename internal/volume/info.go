@@ -57,13 +57,23 @@ type WriterInfo struct {
 	Running *bool `json:"running,omitempty"`
 }
 
-// Info replays the named volume (without attaching) and describes it.
-func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
+// loadHead resolves name and replays its log to the durable head without
+// attaching: what the offline readers (Info, Pool.Checkpoint) start from.
+func (p *Pool) loadHead(ctx context.Context, name string) (*format.VolumeDesc, *image, error) {
 	d, err := p.Resolve(ctx, name)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	img, err := p.loadImage(ctx, d, ^uint64(0))
+	if err != nil {
+		return nil, nil, err
+	}
+	return d, img, nil
+}
+
+// Info replays the named volume (without attaching) and describes it.
+func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
+	d, img, err := p.loadHead(ctx, name)
 	if err != nil {
 		return nil, err
 	}
