@@ -5,11 +5,18 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/url"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/testutil/latencyproxy"
 	"github.com/urldisk/urldisk/internal/testutil/s3server"
 )
 
@@ -278,4 +285,176 @@ func BenchmarkCheckpointClone(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkColdReadRemote measures cold reads on the "remote" profile: a
+// real versitygw behind latencyproxy.Remote (20 ms before each GET, 100 MB/s
+// per response stream), side by side with the raw store through the same
+// proxy. Sub-benchmarks: raw-get-4MiB-x8 (8 workers of 4 MiB ranged GETs:
+// the throughput to reach), seq1M-qd8 (urldisk, 1 MiB sequential reads by
+// 8 concurrent readers, fresh attach and cache per pass), raw-get-4k and
+// rand4k-qd1 (p50 of one ranged GET vs a cold 4 KiB random read). Run with
+//
+//	flock /tmp/urldisk-bench.lock go test -run '^$' -bench ColdReadRemote -benchtime 2s ./internal/volume/
+func BenchmarkColdReadRemote(b *testing.B) {
+	ctx := context.Background()
+	const size = 256 << 20
+	srv := s3server.Start(b)
+	// Written on loopback: only the reads are measured through the proxy.
+	_, w := benchVolume(b, srv.URL, size, Options{})
+	name := w.Desc().Name
+	buf := make([]byte, 4<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		for i := range buf {
+			buf[i] = byte(i*7 + int(off>>20) + 1)
+		}
+		if err := w.WriteAt(ctx, buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := w.Close(ctx); err != nil {
+		b.Fatal(err)
+	}
+	proxy, err := latencyproxy.Start(srv.Endpoint, latencyproxy.Remote())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { proxy.Close() })
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		b.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("endpoint", proxy.URL)
+	u.RawQuery = q.Encode()
+	store := openStore(b, u.String())
+	p, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(b)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	var logKeys []string
+	if err := store.List(ctx, "", func(oi objstore.ObjectInfo) error {
+		if strings.Contains(oi.Key, "/log/") && oi.Size >= 4<<20 {
+			logKeys = append(logKeys, oi.Key)
+		}
+		return nil
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if len(logKeys) == 0 {
+		b.Fatal("no 4 MiB records listed")
+	}
+	// coldOpen attaches with an empty cache; close detaches and deletes it.
+	coldOpen := func(b *testing.B) (v *Volume, close func()) {
+		dir, err := os.MkdirTemp(b.TempDir(), "cache")
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := openCache(b, dir, 512<<20)
+		if v, err = p.Open(ctx, name, Options{ReadOnly: true, Cache: c, Logger: testLogger(b)}); err != nil {
+			b.Fatal(err)
+		}
+		return v, func() { v.Close(ctx); c.Close(); os.RemoveAll(dir) }
+	}
+	p50 := func(b *testing.B, d []time.Duration) {
+		slices.Sort(d)
+		b.ReportMetric(float64(d[len(d)/2].Microseconds())/1000, "p50-ms")
+	}
+
+	b.Run("raw-get-4MiB-x8", func(b *testing.B) {
+		var next atomic.Int64
+		b.SetBytes(4 << 20)
+		b.ResetTimer()
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p := make([]byte, 4<<20)
+				for {
+					i := next.Add(1) - 1
+					if i >= int64(b.N) {
+						return
+					}
+					if _, err := store.GetRange(ctx, logKeys[i%int64(len(logKeys))], 0, p); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+	})
+	b.Run("seq1M-qd8", func(b *testing.B) {
+		b.SetBytes(1 << 20)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for done := 0; done < b.N; {
+			b.StopTimer()
+			v, closeV := coldOpen(b)
+			b.StartTimer()
+			n := min(b.N-done, size>>20)
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			for range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					p := make([]byte, 1<<20)
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(n) {
+							return
+						}
+						if err := v.ReadAt(ctx, p, i<<20); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			done += n
+			b.StopTimer()
+			closeV()
+			b.StartTimer()
+		}
+	})
+	rng := rand.New(rand.NewPCG(9, 10))
+	b.Run("raw-get-4k", func(b *testing.B) {
+		p := make([]byte, 4096+8)
+		d := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
+			if _, err := store.GetRange(ctx, logKeys[rng.IntN(len(logKeys))], int64(rng.IntN(60))<<16, p); err != nil {
+				b.Fatal(err)
+			}
+			d = append(d, time.Since(t0))
+		}
+		p50(b, d)
+	})
+	b.Run("rand4k-qd1", func(b *testing.B) {
+		v, closeV := coldOpen(b)
+		defer func() { closeV() }()
+		p := make([]byte, 4096)
+		// Distinct 64 KiB chunks in random order: every read is cold.
+		chunks := rng.Perm(size >> 16)
+		d := make([]time.Duration, 0, b.N)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if i > 0 && i%len(chunks) == 0 {
+				b.StopTimer()
+				closeV()
+				v, closeV = coldOpen(b)
+				b.StartTimer()
+			}
+			t0 := time.Now()
+			if err := v.ReadAt(ctx, p, int64(chunks[i%len(chunks)])<<16); err != nil {
+				b.Fatal(err)
+			}
+			d = append(d, time.Since(t0))
+		}
+		p50(b, d)
+	})
 }
