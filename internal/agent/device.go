@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"container/list"
 	"context"
-	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -15,25 +14,21 @@ import (
 
 // device wraps a machine's volume for its NBD export: it counts requests
 // for the metrics, remembers the first request it served (for downtime),
-// notices fencing, and records the pages the machine touches (the access
-// trace for prefetch on the next host).
+// and records the pages the machine touches (the access trace for prefetch
+// on the next host). Fencing is noticed by the export (internal/export),
+// which also sees a fence no request ran into.
 type device struct {
 	blockdev.Device
 	m       *machineMetrics
 	trace   *tracer // nil: no trace
 	onFirst func(time.Time)
 
-	first     atomic.Int64 // unix nanos of the first served request; 0 before
-	fenced    chan struct{}
-	fenceOnce sync.Once
+	first atomic.Int64 // unix nanos of the first served request; 0 before
 }
 
 func newDevice(d blockdev.Device, m *machineMetrics, trace *tracer, onFirst func(time.Time)) *device {
-	return &device{Device: d, m: m, trace: trace, onFirst: onFirst, fenced: make(chan struct{})}
+	return &device{Device: d, m: m, trace: trace, onFirst: onFirst}
 }
-
-// Fenced is closed once a request failed with blockdev.ErrFenced.
-func (d *device) Fenced() <-chan struct{} { return d.fenced }
 
 // FirstIO is when the first request was served (zero before).
 func (d *device) FirstIO() time.Time {
@@ -47,9 +42,6 @@ func (d *device) done(op string, n int, err error) {
 	d.m.requests.WithLabelValues(op).Inc()
 	if err != nil {
 		d.m.errors.WithLabelValues(op).Inc()
-		if errors.Is(err, blockdev.ErrFenced) {
-			d.fenceOnce.Do(func() { close(d.fenced) })
-		}
 		return
 	}
 	if n > 0 {
@@ -65,20 +57,20 @@ func (d *device) done(op string, n int, err error) {
 
 // ReadAt implements blockdev.Device.
 func (d *device) ReadAt(ctx context.Context, p []byte, off int64) error {
-	err := d.Device.ReadAt(ctx, p, off)
-	d.done("read", len(p), err)
-	if err == nil {
-		d.trace.touch(off, int64(len(p)))
-	}
-	return err
+	return d.access("read", off, len(p), d.Device.ReadAt(ctx, p, off))
 }
 
 // WriteAt implements blockdev.Device.
 func (d *device) WriteAt(ctx context.Context, p []byte, off int64) error {
-	err := d.Device.WriteAt(ctx, p, off)
-	d.done("write", len(p), err)
+	return d.access("write", off, len(p), d.Device.WriteAt(ctx, p, off))
+}
+
+// access accounts a read or write of n bytes at off that returned err and,
+// when it was served, adds its pages to the trace.
+func (d *device) access(op string, off int64, n int, err error) error {
+	d.done(op, n, err)
 	if err == nil {
-		d.trace.touch(off, int64(len(p)))
+		d.trace.touch(off, int64(n))
 	}
 	return err
 }
