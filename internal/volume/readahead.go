@@ -47,10 +47,11 @@ type readahead struct {
 	mu      sync.Mutex // guards streams, tick and recent
 	streams [raStreams]raStream
 	tick    uint64
-	// recent are the windows started last (a ring): a window is started
-	// before its fetch registers, and the volume steps of a stream overlap
-	// at records' edges, so this keeps a window from being started twice.
-	recent   [4 * raStreams]cache.Key
+	// recent are the windows started last (a ring, twice the budget): a
+	// window is started before its fetch registers, and the volume steps
+	// of a stream overlap at records' edges, so this keeps a window from
+	// being started twice.
+	recent   []cache.Key
 	nrecent  int
 	slots    chan struct{} // one per window in flight: the memory budget
 	maxDepth int
@@ -83,6 +84,7 @@ func (v *Volume) ReadaheadStats() ReadaheadStats {
 func (ra *readahead) init(windowBytes int, budget int64) {
 	ra.maxDepth = max(1, int(budget/int64(windowBytes)))
 	ra.slots = make(chan struct{}, ra.maxDepth)
+	ra.recent = make([]cache.Key, 2*ra.maxDepth+raStreams)
 	for i := range ra.streams {
 		ra.streams[i].pos = -1
 	}
