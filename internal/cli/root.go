@@ -1,6 +1,6 @@
 // Package cli holds urldisk's cobra commands: one constructor per command,
-// an options struct, and a RunE that calls plain functions writing to the
-// command's output. cmd/urldisk only calls Main.
+// an options struct, and a run function (wired by command) that calls plain
+// functions writing to the command's output. cmd/urldisk only calls Main.
 package cli
 
 import (
