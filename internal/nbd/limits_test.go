@@ -82,8 +82,8 @@ func TestHandshakeTimeoutOverSocket(t *testing.T) {
 	srv := newTestServer(t, opts)
 	path := serveUnix(t, srv)
 
+	start := time.Now() // before the dial: the server's deadline starts at accept, after it
 	c := dialUnix(t, path)
-	start := time.Now()
 	c.readFull(18)
 	c.expectClosed()
 	if d := time.Since(start); d < opts.HandshakeTimeout {
