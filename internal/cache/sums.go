@@ -37,6 +37,17 @@ func CombineSums(s *Sums, n int) uint32 {
 	return crc
 }
 
+// Combine returns the CRC-32C of A‖B from crcA = CRC-32C(A), crcB =
+// CRC-32C(B) and lenB = len(B), without reading either: for checksumming a
+// whole object assembled from pieces whose sums are already known (a log
+// record's frames), see CombineSums.
+func Combine(crcA, crcB uint32, lenB int) uint32 {
+	if lenB <= 0 {
+		return crcA
+	}
+	return multmodp(x2nmodp(uint64(lenB), 3), crcA) ^ crcB
+}
+
 // CRC combination as in zlib's crc32_combine (reflected polynomial
 // arithmetic modulo the CRC-32C polynomial): crc(A‖B) = crc(A)·x^(8|B|) ⊕ crc(B).
 const castagnoliPoly = 0x82f63b78

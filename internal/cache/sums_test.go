@@ -31,6 +31,27 @@ func TestCombineSumsMatchesChecksum(t *testing.T) {
 	}
 }
 
+// TestCombine: the CRC-32C of A‖B from those of A and B, for lengths
+// around the edge cases (empty pieces, one byte, powers of two, odd sizes).
+func TestCombine(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	lengths := []int{0, 1, 7, 8, 4096, 65536, 65544, 1 << 20, 4<<20 + 123}
+	for _, la := range lengths {
+		for _, lb := range lengths {
+			ab := make([]byte, la+lb)
+			for i := range ab {
+				ab[i] = byte(rng.Uint32())
+			}
+			a, b := ab[:la], ab[la:]
+			want := crc32.Checksum(ab, tab)
+			if got := Combine(crc32.Checksum(a, tab), crc32.Checksum(b, tab), lb); got != want {
+				t.Fatalf("Combine for |A| = %d, |B| = %d: %08x, want %08x", la, lb, got, want)
+			}
+		}
+	}
+}
+
 func TestPutSummedReadsBack(t *testing.T) {
 	c := openTest(t, t.TempDir(), 8, Options{})
 	data := make([]byte, ChunkSize-5)

@@ -188,11 +188,19 @@ func (b *Builder) Chunk(i uint64) []byte {
 // slice shares the builder's buffer; call Seal again (with a new r.Seq) only
 // on a fresh copy (see Reseal).
 func (b *Builder) Seal(r *Record) ([]byte, error) {
+	return b.SealSummed(r, func(i uint64) uint32 { return Checksum(b.Chunk(i)) })
+}
+
+// SealSummed is Seal with frame i's CRC-32C given by sum(i) instead of
+// computed here, for a caller that checksums the chunks for other uses too
+// (the cache's sub-block sums, the upload's whole-object CRC-32C) and
+// derives all of them from one pass over the bytes.
+func (b *Builder) SealSummed(r *Record, sum func(chunk uint64) uint32) ([]byte, error) {
 	for i := uint64(0); i*ChunkSize < b.dataLen; i++ {
 		n := ChunkLen(b.dataLen, i)
 		pos := FramePos(i)
 		binary.LittleEndian.PutUint32(b.buf[pos:], uint32(n))
-		binary.LittleEndian.PutUint32(b.buf[pos+4:], Checksum(b.buf[pos+FrameHeader:pos+FrameHeader+int64(n)]))
+		binary.LittleEndian.PutUint32(b.buf[pos+4:], sum(i))
 	}
 	r.DataLen = b.dataLen
 	// The trailer goes into the builder's spare capacity (NewBuilder leaves

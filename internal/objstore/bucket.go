@@ -173,14 +173,16 @@ func (s *bucketStore) GetRange(ctx context.Context, key string, off int64, p []b
 	return n, nil
 }
 
-func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, ifNotExist bool) error {
+// upload stores data at key; sum, if not nil, is data's CRC-32C as the
+// caller computed it (S3 sends it instead of computing it again).
+func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, ifNotExist bool, sum *uint32) error {
 	if err := s.check(ctx, op, key); err != nil {
 		return err
 	}
 	for attempt := 1; ; attempt++ {
 		var err error
 		if s.s3 != nil && plainS3Key(key) {
-			err = s.putObject(ctx, s.prefix+key, data, ifNotExist)
+			err = s.putObject(ctx, s.prefix+key, data, ifNotExist, sum)
 		} else {
 			err = s.b.Upload(ctx, s.prefix+key, bytes.NewReader(data), &blob.WriterOptions{
 				ContentType: "application/octet-stream",
@@ -199,7 +201,7 @@ func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, i
 // objects below the multipart threshold (same content type and
 // If-None-Match), without its copies, and without hashing the body with
 // SHA-256 (see putIntegrity).
-func (s *bucketStore) putObject(ctx context.Context, key string, data []byte, ifNotExist bool) error {
+func (s *bucketStore) putObject(ctx context.Context, key string, data []byte, ifNotExist bool, sum *uint32) error {
 	in := &s3.PutObjectInput{
 		Bucket:        aws.String(s.bucket),
 		Key:           aws.String(key),
@@ -210,8 +212,8 @@ func (s *bucketStore) putObject(ctx context.Context, key string, data []byte, if
 	if ifNotExist {
 		in.IfNoneMatch = aws.String("*")
 	}
-	sum, unsigned := putIntegrity(data)
-	in.ChecksumCRC32C = aws.String(sum)
+	crc, unsigned := putIntegrity(data, sum)
+	in.ChecksumCRC32C = aws.String(crc)
 	_, err := s.s3.PutObject(ctx, in, unsigned)
 	return err
 }
@@ -232,11 +234,16 @@ func plainS3Key(key string) bool {
 const maxPutAttempts = 5
 
 func (s *bucketStore) Put(ctx context.Context, key string, data []byte) error {
-	return s.upload(ctx, "put", key, data, false)
+	return s.upload(ctx, "put", key, data, false, nil)
 }
 
 func (s *bucketStore) PutIfAbsent(ctx context.Context, key string, data []byte) error {
-	return s.upload(ctx, "put if absent", key, data, true)
+	return s.upload(ctx, "put if absent", key, data, true, nil)
+}
+
+// PutIfAbsentSummed implements SummedPutter.
+func (s *bucketStore) PutIfAbsentSummed(ctx context.Context, key string, data []byte, crc32c uint32) error {
+	return s.upload(ctx, "put if absent", key, data, true, &crc32c)
 }
 
 func (s *bucketStore) Delete(ctx context.Context, key string) error {

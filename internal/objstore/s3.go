@@ -83,6 +83,19 @@ func (o *Opener) openS3(ctx context.Context, u *url.URL, q url.Values) (Store, e
 	return s, nil
 }
 
+// SummedPutter is implemented by stores that send a body's CRC-32C with
+// it (S3, whose server checks it): PutIfAbsentSummed is PutIfAbsent with
+// that CRC-32C supplied by a caller that has it already (a log record's is
+// combined from its frame checksums), so the bytes are not read again. A
+// wrong sum makes the S3 store refuse the object (BadDigest), never store
+// it. Wrappers that change or inspect data need not implement it: callers
+// fall back to PutIfAbsent.
+type SummedPutter interface {
+	PutIfAbsentSummed(ctx context.Context, key string, data []byte, crc32c uint32) error
+}
+
+var _ SummedPutter = (*bucketStore)(nil)
+
 // putIntegrity returns what protects a PutObject body: its CRC-32C for the
 // x-amz-checksum-crc32c header (base64 of the big-endian sum, as S3 wants),
 // which the store checks against the body it received and rejects the PUT
@@ -99,9 +112,17 @@ func (o *Opener) openS3(ctx context.Context, u *url.URL, q url.Values) (Store, e
 // attacker on an unencrypted connection (use https:// there: the SDK then
 // sends UNSIGNED-PAYLOAD anyway). Records also carry their own per-frame
 // CRC-32C, checked on every read.
-func putIntegrity(data []byte) (crc32cBase64 string, unsigned func(*s3.Options)) {
+//
+// sum, if not nil, is data's CRC-32C as the caller computed it.
+func putIntegrity(data []byte, sum *uint32) (crc32cBase64 string, unsigned func(*s3.Options)) {
+	var crc uint32
+	if sum != nil {
+		crc = *sum
+	} else {
+		crc = crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli))
+	}
 	var be [4]byte
-	binary.BigEndian.PutUint32(be[:], crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli)))
+	binary.BigEndian.PutUint32(be[:], crc)
 	return base64.StdEncoding.EncodeToString(be[:]), s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
 }
 

@@ -295,4 +295,24 @@ func TestS3PutUnsignedWithCRC32C(t *testing.T) {
 			t.Fatalf("Stat after the refused PUT: %v, want ErrNotFound", err)
 		}
 	}
+	tc.mu.Lock()
+	tc.corrupt = false
+	tc.mu.Unlock()
+
+	// A caller-supplied sum is sent as is: the right one stores the object,
+	// a wrong one is refused.
+	sp, ok := s.(objstore.SummedPutter)
+	if !ok {
+		t.Fatalf("the s3 store (%T) does not implement SummedPutter", s)
+	}
+	sum := crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli))
+	if err := sp.PutIfAbsentSummed(ctx, "unsigned/c", data, sum^1); err == nil {
+		t.Fatalf("PutIfAbsentSummed with a wrong sum succeeded")
+	}
+	if err := sp.PutIfAbsentSummed(ctx, "unsigned/c", data, sum); err != nil {
+		t.Fatalf("PutIfAbsentSummed: %v", err)
+	}
+	if got, err := s.Get(ctx, "unsigned/c"); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Get after PutIfAbsentSummed: %v (equal %v)", err, bytes.Equal(got, data))
+	}
 }

@@ -151,9 +151,15 @@ type segment struct {
 	// restore, if set, makes this segment a restore record (no data).
 	restore *format.Record
 	// rec and obj are set when sealed; obj is the encoded record.
-	rec   *format.Record
-	obj   []byte
-	bytes int64 // accounted in Volume.buffered
+	rec *format.Record
+	obj []byte
+	// sums and dataSum are set when sealed, from one CRC pass over the
+	// data (sealSummed): each chunk's sub-block CRC-32Cs (the cache takes
+	// them as they are) and the CRC-32C of the encoded data section (the
+	// upload's whole-object checksum is combined from it).
+	sums    []cache.Sums
+	dataSum uint32
+	bytes   int64 // accounted in Volume.buffered
 	// cached: its chunks are in the host cache (or there is none), so once
 	// durable it may leave memory.
 	cached bool

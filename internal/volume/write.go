@@ -166,7 +166,7 @@ func (v *Volume) sealLocked() {
 		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = format.RecordRestore, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
 		b = nil
 	}
-	obj, err := format.EncodeRecord(rec, b)
+	obj, err := sealSummed(seg, rec, b)
 	if err != nil {
 		v.failLocked(fmt.Errorf("seal record %d: %w", seg.seq, err))
 		return
@@ -179,7 +179,7 @@ func (v *Volume) sealLocked() {
 		v.sinceSnap = 0
 		v.snapCand = &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: rec.Time, moves: v.moves}
 	}
-	v.startUpload(seg.seq, obj)
+	v.startUpload(seg.seq, obj, objectSum(seg, obj))
 }
 
 // Flush implements blockdev.Device: it returns once every write completed
