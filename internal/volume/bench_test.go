@@ -78,6 +78,24 @@ func BenchmarkRandRead4KWarm(b *testing.B) {
 	}
 }
 
+// fillVolume writes every byte of v, 1 MiB at a time (no MiB like
+// another, none all zero), and flushes.
+func fillVolume(b *testing.B, v *Volume, size int64) {
+	ctx := context.Background()
+	buf := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		for i := range buf {
+			buf[i] = byte(i*7 + int(off>>20) + 1)
+		}
+		if err := v.WriteAt(ctx, buf, off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := v.Flush(ctx); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // BenchmarkSeqRead1MCold reads a written volume sequentially in 1 MiB reads
 // through a read-only attach with an empty cache (readahead, GETs, frame
 // checks, cache fills): the cold path. A fresh attach and cache are made,
@@ -88,18 +106,8 @@ func BenchmarkSeqRead1MCold(b *testing.B) {
 			ctx := context.Background()
 			const size = 128 << 20
 			p, v := benchVolume(b, url, size, Options{})
+			fillVolume(b, v, size)
 			buf := make([]byte, 1<<20)
-			for off := int64(0); off < size; off += int64(len(buf)) {
-				for i := range buf {
-					buf[i] = byte(i*7 + int(off>>20) + 1)
-				}
-				if err := v.WriteAt(ctx, buf, off); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := v.Flush(ctx); err != nil {
-				b.Fatal(err)
-			}
 			var ro *Volume
 			var c io.Closer
 			reopen := func() {
@@ -303,15 +311,7 @@ func BenchmarkColdReadRemote(b *testing.B) {
 	// Written on loopback: only the reads are measured through the proxy.
 	_, w := benchVolume(b, srv.URL, size, Options{})
 	name := w.Desc().Name
-	buf := make([]byte, 4<<20)
-	for off := int64(0); off < size; off += int64(len(buf)) {
-		for i := range buf {
-			buf[i] = byte(i*7 + int(off>>20) + 1)
-		}
-		if err := w.WriteAt(ctx, buf, off); err != nil {
-			b.Fatal(err)
-		}
-	}
+	fillVolume(b, w, size)
 	if err := w.Close(ctx); err != nil {
 		b.Fatal(err)
 	}

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
-	"sync"
-	"sync/atomic"
 	"testing"
 )
 
@@ -18,36 +16,9 @@ func TestConcurrentSequentialReads(t *testing.T) {
 	ctx := context.Background()
 	const size = 24 << 20
 	p := initPool(t, openStore(t, "mem://seqreads"))
-	if _, err := p.Create(ctx, "v", CreateOptions{Size: size}); err != nil {
-		t.Fatal(err)
-	}
-	w, err := p.Open(ctx, "v", Options{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rng := rand.New(rand.NewPCG(11, 12))
-	model := make([]byte, size)
-	for i := range model {
-		model[i] = byte(rng.Uint32())
-	}
 	// 256 KiB writes in shuffled order, with a hole left unwritten.
-	var offs []int64
-	for off := int64(0); off < size; off += 256 << 10 {
-		if off == 5<<20 {
-			clear(model[off : off+256<<10])
-			continue
-		}
-		offs = append(offs, off)
-	}
-	rng.Shuffle(len(offs), func(i, j int) { offs[i], offs[j] = offs[j], offs[i] })
-	for _, off := range offs {
-		if err := w.WriteAt(ctx, model[off:off+256<<10], off); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := w.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	model := writeModel(t, p, "v", size, true, 5<<20)
+	rng := rand.New(rand.NewPCG(11, 12))
 
 	c := openCache(t, t.TempDir(), 64<<20)
 	defer c.Close()
@@ -56,36 +27,10 @@ func TestConcurrentSequentialReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer v.Close(ctx)
-	for pass := 0; pass < 2; pass++ { // cold, then warm
-		var next atomic.Int64
-		var wg sync.WaitGroup
-		errs := make(chan error, 8)
-		for range 8 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				buf := make([]byte, 1<<20)
-				for {
-					off := next.Add(1<<20) - 1<<20
-					if off >= size {
-						return
-					}
-					if err := v.ReadAt(ctx, buf, off); err != nil {
-						errs <- err
-						return
-					}
-					if !bytes.Equal(buf, model[off:off+1<<20]) {
-						t.Errorf("pass %d: read at %d differs from the model at +%d", pass, off, firstDiff(buf, model[off:off+1<<20]))
-						return
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Fatal(err)
-		}
+	readSeq(t, v, model, 0, size, 1<<20, 8) // cold
+	readSeq(t, v, model, 0, size, 1<<20, 8) // warm
+	if t.Failed() {
+		return
 	}
 	// Random unaligned reads, a fresh reader with its own cache.
 	c2 := openCache(t, t.TempDir(), 64<<20)
