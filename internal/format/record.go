@@ -146,6 +146,14 @@ func NewBuilder(capHint int) *Builder {
 	return &Builder{buf: make([]byte, 0, DataSectionSize(uint64(capHint))+4096)}
 }
 
+// Reset empties the builder for another record, keeping its buffer (no
+// new allocation, no zeroing: Append and Seal overwrite every byte they
+// return). The caller must be done with every slice Seal and Chunk
+// returned before.
+func (b *Builder) Reset() {
+	b.buf, b.dataLen = b.buf[:0], 0
+}
+
 // DataLen returns the logical bytes appended so far.
 func (b *Builder) DataLen() uint64 { return b.dataLen }
 

@@ -34,7 +34,7 @@ func (v *Volume) startUpload(seq uint64, obj []byte, sum uint32) {
 		v.uploadDone(u)
 		<-v.upSem // free the upload slot before the local cache copy
 		if mine {
-			v.cacheRecord(seq, obj)
+			v.cacheRecord(seq, obj, u.attempts == 1)
 		}
 	}()
 }
@@ -95,8 +95,9 @@ func (v *Volume) upload(u *upload, obj []byte, sum uint32) bool {
 
 // cacheRecord puts a landed record's chunks into the host cache, so the
 // writer reads its own data warm, and then lets the segment retire (until
-// then reads are served from its memory).
-func (v *Volume) cacheRecord(seq uint64, obj []byte) {
+// then reads are served from its memory). first: obj landed on the first
+// request (no timed-out request of it can still be reading it).
+func (v *Volume) cacheRecord(seq uint64, obj []byte, first bool) {
 	if v.cache != nil {
 		v.mu.Lock()
 		seg := v.pending[seq]
@@ -123,6 +124,7 @@ func (v *Volume) cacheRecord(seq uint64, obj []byte) {
 	v.mu.Lock()
 	if seg := v.pending[seq]; seg != nil {
 		seg.cached = true
+		seg.reuse = first && !seg.moved && seg.restore == nil && len(seg.obj) > 0 && len(obj) > 0 && &seg.obj[0] == &obj[0]
 		v.progressLocked()
 	}
 	v.mu.Unlock()
@@ -180,6 +182,7 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 			delete(v.pending, mv.From)
 		}
 		seg.seq = mv.To
+		seg.moved = true
 		v.pending[mv.To] = seg
 		for _, x := range seg.exts {
 			if !x.Zero {
@@ -261,6 +264,11 @@ func objectSum(seg *segment, obj []byte) uint32 {
 	return cache.Combine(seg.dataSum, format.Checksum(obj[data:]), len(obj)-int(data))
 }
 
+// maxSpareBuilders bounds Volume.spare: enough for a stream of records to
+// reuse buffers (one retires as one opens), few enough that an idle volume
+// keeps little (each holds up to a segment's data, 4 MiB by default).
+const maxSpareBuilders = 2
+
 // progressLocked retires durable segments and wakes waiters.
 func (v *Volume) progressLocked() {
 	d := v.w.DurableSeg()
@@ -274,6 +282,10 @@ func (v *Volume) progressLocked() {
 				delete(v.pending, seg.seq)
 			}
 			v.buffered -= seg.bytes
+			if seg.reuse && len(v.spare) < maxSpareBuilders {
+				seg.b.Reset()
+				v.spare = append(v.spare, seg.b)
+			}
 		}
 	}
 	if c := v.snapCand; c != nil && d >= c.seg && !v.fenced {

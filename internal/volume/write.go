@@ -137,7 +137,13 @@ func (v *Volume) openLocked(n int) (*segment, error) {
 	// ones), so it rarely grows (each growth copies it) and a flush-heavy
 	// workload does not allocate (and zero) megabytes per record.
 	hint := min(max(n, int(v.lastSegData), minSegmentBuffer), v.opts.SegmentBytes)
-	seg := &segment{id: v.nextSeg, seq: seq, b: format.NewBuilder(hint)}
+	var b *format.Builder
+	if k := len(v.spare); k > 0 {
+		b, v.spare = v.spare[k-1], v.spare[:k-1]
+	} else {
+		b = format.NewBuilder(hint)
+	}
+	seg := &segment{id: v.nextSeg, seq: seq, b: b}
 	v.open = seg
 	v.segs[seg.id] = seg
 	v.pending[seq] = seg
