@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,5 +136,65 @@ func runFlushFailsMidPipeline(t *testing.T, url string) {
 		if !bytes.Equal(got[i*chunk:(i+1)*chunk], want[i*chunk:(i+1)*chunk]) {
 			t.Errorf("region %d after reattach reads %#x..., want %#x...", i, got[i*chunk], want[i*chunk])
 		}
+	}
+}
+
+// TestConcurrentFlushesShareOneRecord (group commit): flushes that arrive
+// while the record holding their writes is uploading (a queue of FLUSHes
+// from one or more NBD clients) wait for that upload instead of each
+// sealing and uploading a record of its own: one PUT acknowledges all of
+// them, and none returns before it lands.
+func TestConcurrentFlushesShareOneRecord(t *testing.T) {
+	ctx := context.Background()
+	inner := openStore(t, "mem://flushshare")
+	if _, err := initPool(t, inner).Create(ctx, "share", CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	var g gate
+	var puts atomic.Int64
+	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
+			puts.Add(1)
+			g.pass()
+		}
+		return nil
+	}})
+	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := pool.Open(ctx, "share", Options{IdleFlush: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close(ctx)
+	if err := v.WriteAt(ctx, bytes.Repeat([]byte{7}, 4096), 8192); err != nil {
+		t.Fatal(err)
+	}
+	before := puts.Load()
+	g.close()
+	const flushes = 8
+	errs := make(chan error, flushes)
+	go func() { errs <- v.Flush(ctx) }()
+	g.waitHeld(t, 1) // the first flush sealed the record; its upload waits
+	for range flushes - 1 {
+		go func() { errs <- v.Flush(ctx) }()
+	}
+	// The others find the record sealed and wait for it (or, started
+	// late, find it durable): none may seal or upload another, and none
+	// may return before the upload lands.
+	select {
+	case err := <-errs:
+		t.Fatalf("a flush returned (%v) while its record's upload was held", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	g.open()
+	for range flushes {
+		if err := <-errs; err != nil {
+			t.Fatalf("flush: %v", err)
+		}
+	}
+	if n := puts.Load() - before; n != 1 {
+		t.Fatalf("%d concurrent flushes of one write sent %d record PUTs, want 1", flushes, n)
 	}
 }
