@@ -207,10 +207,11 @@ func TestReadaheadKeepsBytes(t *testing.T) {
 }
 
 // TestReadaheadFillsPipe reads a volume sequentially at queue depth 1
-// through a store with 30 ms per GET: the readahead must grow until many
+// through a store with 80 ms per GET: the readahead must grow until many
 // windows are in flight at once (the bandwidth-delay product of a remote
 // store), bounded by the budget. The old fixed readahead never had more
-// than five GETs in flight.
+// than five GETs in flight. (The long delay keeps a window's GET in
+// flight while the next ones start, even on a loaded machine.)
 func TestReadaheadFillsPipe(t *testing.T) {
 	const size = 128 << 20
 	rs := &remoteStore{Store: openStore(t, "mem://readahead-pipe")}
@@ -218,7 +219,7 @@ func TestReadaheadFillsPipe(t *testing.T) {
 	model := writeModel(t, p, "v", size, false, -1)
 	const budget = 64 << 20 // 16 windows of 4 MiB
 	v := openCold(t, p, "v", Options{ReadaheadBytes: budget})
-	rs.reset(30 * time.Millisecond) // after the writes and the attach: count the reads
+	rs.reset(80 * time.Millisecond) // after the writes and the attach: count the reads
 	readSeq(t, v, model, 0, size, 1<<20, 1)
 	st := v.ReadaheadStats()
 	t.Logf("GETs %d, peak in flight %d, readahead %+v", rs.gets.Load(), rs.peak.Load(), st)
