@@ -49,9 +49,10 @@ const maxPrefetchGet = 16
 //
 // GETs in flight finish under the volume's own lifetime, not ctx's, so a
 // demand read that joined one is never failed by the prefetch being
-// cancelled; cancelling ctx only stops new GETs. It returns ctx's error if
-// cancelled, ErrNoCache without a cache, or the first fetch error (fetches
-// are best effort: the rest go on).
+// cancelled; cancelling ctx stops new GETs and returns at once, without
+// waiting for those in flight. It returns ctx's error if cancelled,
+// ErrNoCache without a cache, or the first fetch error (fetches are best
+// effort: the rest go on).
 func (v *Volume) Prefetch(ctx context.Context, ranges []Range, parallel int) (PrefetchStats, error) {
 	var st PrefetchStats
 	if v.cache == nil {
@@ -144,7 +145,14 @@ func (v *Volume) Prefetch(ctx context.Context, ranges []Range, parallel int) (Pr
 		}
 	}
 	start()
-	wg.Wait()
+	// Cancelled, return at once (a machine stopping must not wait for a
+	// slow store): the GETs in flight, at most parallel, end on their own.
+	finished := make(chan struct{})
+	go func() { wg.Wait(); close(finished) }()
+	select {
+	case <-finished:
+	case <-ctx.Done():
+	}
 	st.Chunks, st.Bytes = int(chunks.Load()), bytes.Load()
 	if err := ctx.Err(); err != nil {
 		return st, fmt.Errorf("prefetch %s: %w", v.desc.Name, err)

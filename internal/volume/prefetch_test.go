@@ -289,3 +289,67 @@ func TestPrefetchDoesNotDelayDemandReads(t *testing.T) {
 		t.Fatal("volume reads differently after the prefetch")
 	}
 }
+
+// TestPrefetchCancelDoesNotWait: cancelling a prefetch whose GETs are stuck
+// in the store returns at once with the context's error (a machine that
+// stops must not wait for a slow store), and a demand read that joined one
+// of those GETs still gets its bytes once the store answers.
+func TestPrefetchCancelDoesNotWait(t *testing.T) {
+	ctx := context.Background()
+	var blocked atomic.Int64
+	release := make(chan struct{})
+	var blocking atomic.Bool
+	store := faultstore.New(openStore(t, "mem://prefetchcancel"), faultstore.Hooks{
+		BeforeCtx: func(ctx context.Context, op faultstore.Op, key string) error {
+			if !blocking.Load() || op != faultstore.OpGetRange || !isLogKey(key) {
+				return nil
+			}
+			blocked.Add(1)
+			<-release
+			return nil
+		},
+	})
+	p := initPool(t, store)
+	model := prefetchVolume(t, p, 4)
+	c := openCache(t, t.TempDir(), 64<<20)
+	defer c.Close()
+	v, err := p.Open(ctx, "v", Options{ReadOnly: true, Cache: c, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close(ctx)
+	blocking.Store(true)
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		_, err := v.Prefetch(pctx, []Range{{Off: 0, Len: 4 << 20}}, 2)
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for blocked.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("prefetch has %d GETs in the store after 10s, want 2", blocked.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A demand read of the first MiB joins the prefetch's stuck GET.
+	got := make([]byte, 4096)
+	read := make(chan error, 1)
+	go func() { read <- v.ReadAt(ctx, got, 100) }()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("cancelled prefetch returned %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("cancelled prefetch still waiting for its GETs after 10s")
+	}
+	close(release)
+	if err := <-read; err != nil {
+		t.Fatalf("demand read that joined a cancelled prefetch's GET: %v", err)
+	}
+	if !bytes.Equal(got, model[100:100+4096]) {
+		t.Fatal("demand read returned wrong bytes")
+	}
+}
