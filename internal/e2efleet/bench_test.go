@@ -391,7 +391,7 @@ func (e *env) timeBoot(console string, timeout time.Duration, args ...string) ti
 // run. Each iteration moves the machine to a fresh host with prefetch, a
 // fresh host without, then back to h1.
 //
-//	flock /tmp/urldisk-bench.lock go test -run '^$' -bench ColdVMBoot -benchtime 1x -timeout 30m ./internal/e2efleet
+//	flock /tmp/urldisk-bench.lock go test -run '^$' -bench ColdVMBoot -benchtime 1x -count 3 -timeout 40m ./internal/e2efleet
 func BenchmarkColdVMBoot(b *testing.B) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		b.Fatalf("qemu-system-x86_64 not found: install the Debian package qemu-system-x86 (scripts/install-test-deps.sh): %v", err)
