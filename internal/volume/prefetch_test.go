@@ -147,13 +147,7 @@ func TestPrefetchOrder(t *testing.T) {
 	})
 	p := initPool(t, store)
 	prefetchVolume(t, p, 8)
-	c := openCache(t, t.TempDir(), 64<<20)
-	defer c.Close()
-	v, err := p.Open(ctx, "v", Options{ReadOnly: true, Cache: c, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close(ctx)
+	v := openCold(t, p, "v", Options{})
 	// Every MiB is its own record: learn their keys in volume order.
 	recording.Store(true)
 	for i := int64(0); i < 8; i++ {
@@ -216,13 +210,7 @@ func TestPrefetchDoesNotDelayDemandReads(t *testing.T) {
 	p := initPool(t, store)
 	const mib = 24
 	model := prefetchVolume(t, p, mib)
-	c := openCache(t, t.TempDir(), 64<<20)
-	defer c.Close()
-	v, err := p.Open(ctx, "v", Options{ReadOnly: true, Cache: c, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close(ctx)
+	v := openCold(t, p, "v", Options{})
 
 	const lane = 4
 	blocking.Store(true)
@@ -311,13 +299,7 @@ func TestPrefetchCancelDoesNotWait(t *testing.T) {
 	})
 	p := initPool(t, store)
 	model := prefetchVolume(t, p, 4)
-	c := openCache(t, t.TempDir(), 64<<20)
-	defer c.Close()
-	v, err := p.Open(ctx, "v", Options{ReadOnly: true, Cache: c, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer v.Close(ctx)
+	v := openCold(t, p, "v", Options{})
 	blocking.Store(true)
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
