@@ -97,12 +97,23 @@ func (v *Volume) upload(u *upload, obj []byte, sum uint32) bool {
 // writer reads its own data warm, and then lets the segment retire (until
 // then reads are served from its memory). first: obj landed on the first
 // request (no timed-out request of it can still be reading it).
+//
+// Records that land while others wait for an upload slot are not cached:
+// the store is the bottleneck of a bulk write stream, and copying every
+// byte of it into the cache (a fifth of such a stream's CPU) would only
+// slow the writer and evict what was cached before. The last records of
+// the stream land as that backlog drains and are cached: the recent tail
+// a writer reads back stays warm, and so do all records of writes that do
+// not outrun the store.
 func (v *Volume) cacheRecord(seq uint64, obj []byte, first bool) {
 	if v.cache != nil {
 		v.mu.Lock()
 		seg := v.pending[seq]
+		backlog := len(v.uploads) >= v.opts.Uploads
 		v.mu.Unlock()
-		if seg != nil && seg.rec != nil {
+		if backlog {
+			v.fillsSkipped.Add(1)
+		} else if seg != nil && seg.rec != nil {
 			// Our own bytes: no need to re-verify the frames we just built,
 			// nor to checksum them again (their sums were taken at seal).
 			sp, summed := v.cache.(summedPutter)

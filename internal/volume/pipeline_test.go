@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/objstore/faultstore"
@@ -196,5 +197,91 @@ func TestConcurrentFlushesShareOneRecord(t *testing.T) {
 	}
 	if n := puts.Load() - before; n != 1 {
 		t.Fatalf("%d concurrent flushes of one write sent %d record PUTs, want 1", flushes, n)
+	}
+}
+
+// TestBulkStreamCachesItsTail: records that land while others wait for an
+// upload slot (a write stream outrunning the store) are not copied into the
+// cache, the last ones of the stream to land are (the tail a writer reads
+// back stays warm), and so is a record written while the store keeps up.
+func TestBulkStreamCachesItsTail(t *testing.T) {
+	ctx := context.Background()
+	const chunk = 64 << 10
+	const n = 12
+	inner := openStore(t, "mem://bulktail")
+	if _, err := initPool(t, inner).Create(ctx, "bulk", CreateOptions{Size: (n + 1) * chunk}); err != nil {
+		t.Fatal(err)
+	}
+	var g gate
+	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
+			g.pass()
+		}
+		return nil
+	}})
+	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := openCache(t, t.TempDir(), 64<<20)
+	defer c.Close()
+	v, err := pool.Open(ctx, "bulk", Options{Cache: c, SegmentBytes: chunk, Uploads: 2, IdleFlush: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close(ctx)
+	v.mu.Lock()
+	first := v.w.Next()
+	v.mu.Unlock()
+	cached := func(seq uint64) bool { return c.Has(cache.Key{Vol: v.Desc().ID, Seq: seq, Chunk: 0}) }
+
+	g.close()
+	for i := range n { // record first+i; two upload, ten wait for a slot
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(i + 1)}, chunk), int64(i)*chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.waitHeld(t, 2)
+	g.open()
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Flush returns once the records are durable; their fills follow.
+	for deadline := time.Now().Add(30 * time.Second); v.Stats().BufferedBytes > 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("segments not retired: %+v", v.Stats())
+		}
+	}
+	// Uploads take slots in no fixed order, so which records land last is
+	// not known; but the last two to land always see fewer than two others
+	// pending (cached), and the k-th to land sees at least n-k-2 still
+	// waiting for a slot (skipped for k <= n-4).
+	var warm int
+	for seq := first; seq < first+n; seq++ {
+		if cached(seq) {
+			warm++
+		}
+	}
+	if st := v.Stats(); warm < 2 || st.CacheFillsSkipped < n-4 || warm+int(st.CacheFillsSkipped) != n {
+		t.Errorf("%d of %d records cached, %d fills skipped; want the last 2 to land cached and at least %d skipped", warm, n, st.CacheFillsSkipped, n-4)
+	}
+
+	if err := v.WriteAt(ctx, bytes.Repeat([]byte{0x77}, 4096), n*chunk); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !cached(first + n); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("record %d, written while the store kept up, was not cached", first+n)
+		}
+	}
+	// Every byte reads back, cached or not.
+	got := readAll(t, v)
+	for i := range n {
+		if !bytes.Equal(got[i*chunk:(i+1)*chunk], bytes.Repeat([]byte{byte(i + 1)}, chunk)) {
+			t.Fatalf("region %d reads other bytes", i)
+		}
 	}
 }

@@ -46,6 +46,10 @@ type Stats struct {
 	RequestTimeouts uint64
 	// FlushTimeouts counts Flush calls that returned ErrFlushTimeout.
 	FlushTimeouts uint64
+	// CacheFillsSkipped counts landed records not put into the cache
+	// because others were waiting for an upload slot (a bulk write
+	// stream; see cacheRecord).
+	CacheFillsSkipped uint64
 }
 
 // Stats returns the volume's upload statistics. Safe for concurrent use.
@@ -53,11 +57,12 @@ func (v *Volume) Stats() Stats {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	s := Stats{
-		PendingUploads:  len(v.uploads),
-		BufferedBytes:   v.buffered,
-		UploadRetries:   v.uploadRetries.Load(),
-		RequestTimeouts: v.requestTimeouts.Load(),
-		FlushTimeouts:   v.flushTimeouts.Load(),
+		PendingUploads:    len(v.uploads),
+		BufferedBytes:     v.buffered,
+		UploadRetries:     v.uploadRetries.Load(),
+		RequestTimeouts:   v.requestTimeouts.Load(),
+		FlushTimeouts:     v.flushTimeouts.Load(),
+		CacheFillsSkipped: v.fillsSkipped.Load(),
 	}
 	now := v.opts.Clock.Now()
 	for u := range v.uploads {

@@ -240,6 +240,7 @@ type Volume struct {
 	uploadRetries   atomic.Uint64
 	requestTimeouts atomic.Uint64
 	flushTimeouts   atomic.Uint64
+	fillsSkipped    atomic.Uint64
 }
 
 var _ blockdev.Device = (*Volume)(nil)
