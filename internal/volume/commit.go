@@ -18,14 +18,35 @@ import (
 // startUpload creates record seq (if absent) in the background, retrying
 // transient errors until the slot is resolved or the volume is abandoned.
 // sum is obj's CRC-32C. Called with mu held.
+//
+// Uploads take the Options.Uploads slots in the order they were started
+// (sealed): each waits until its predecessor holds a slot before it
+// competes for one, so a later record never overtakes an earlier one at
+// the semaphore and the durable prefix, which every FLUSH waits on,
+// advances in sequence.
 func (v *Volume) startUpload(seq uint64, obj []byte, sum uint32) {
 	u := v.trackUploadLocked(seq, format.LogKey(v.desc.ID, seq))
+	prev, turn := v.uploadTurn, make(chan struct{})
+	v.uploadTurn = turn
 	v.wg.Add(1)
 	go func() {
 		defer v.wg.Done()
-		select {
-		case v.upSem <- struct{}{}:
-		case <-v.ctx.Done():
+		slot := false
+		if prev != nil {
+			select {
+			case <-prev: // closed once the predecessor holds a slot
+			case <-v.ctx.Done():
+			}
+		}
+		if v.ctx.Err() == nil {
+			select {
+			case v.upSem <- struct{}{}:
+				slot = true
+			case <-v.ctx.Done():
+			}
+		}
+		close(turn)
+		if !slot {
 			v.uploadDone(u)
 			return
 		}

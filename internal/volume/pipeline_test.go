@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -282,6 +283,71 @@ func TestBulkStreamCachesItsTail(t *testing.T) {
 	for i := range n {
 		if !bytes.Equal(got[i*chunk:(i+1)*chunk], bytes.Repeat([]byte{byte(i + 1)}, chunk)) {
 			t.Fatalf("region %d reads other bytes", i)
+		}
+	}
+}
+
+// TestUploadsStartInSequence: records waiting for an upload slot get one in
+// the order they were sealed, so a later record never delays an earlier one
+// (and with it every FLUSH waiting on the durable prefix).
+func TestUploadsStartInSequence(t *testing.T) {
+	ctx := context.Background()
+	const chunk = 4096
+	const n = 48
+	inner := openStore(t, "mem://upseq")
+	desc, err := initPool(t, inner).Create(ctx, "upseq", CreateOptions{Size: n * chunk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var g gate
+	var mu sync.Mutex
+	var order []string // log keys in the order their first PUT was sent; guarded by mu
+	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
+			mu.Lock()
+			order = append(order, key)
+			mu.Unlock()
+			g.pass()
+		}
+		return nil
+	}})
+	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := pool.Open(ctx, "upseq", Options{SegmentBytes: chunk, Uploads: 2, IdleFlush: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close(ctx)
+	v.mu.Lock()
+	first := v.w.Next()
+	v.mu.Unlock()
+	mu.Lock()
+	order = nil
+	mu.Unlock()
+	g.close()
+	for i := range n { // one record each
+		if err := v.WriteAt(ctx, bytes.Repeat([]byte{byte(i + 1)}, chunk), int64(i)*chunk); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.waitHeld(t, 2)
+	g.open()
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(order) != n {
+		t.Fatalf("%d record PUTs, want %d", len(order), n)
+	}
+	// Admission is in sequence; the two records holding the two slots may
+	// send in either order. So when record k is sent every record before
+	// k-1 has been: the i-th PUT is of record first+i+1 at the latest.
+	for i, key := range order {
+		if late := format.LogKey(desc.ID, first+uint64(i)+1); key > late {
+			t.Fatalf("PUT %d was %s, ahead of %s (uploads out of sequence: %q)", i, key, late, order)
 		}
 	}
 }

@@ -231,6 +231,9 @@ type Volume struct {
 	// uploads are the record uploads started and not finished, for the
 	// stall watchdog and Stats.
 	uploads map[*upload]struct{}
+	// uploadTurn is closed once the newest started upload holds an upload
+	// slot; the next one waits for it (see startUpload). Nil: none yet.
+	uploadTurn chan struct{}
 	// spare holds builders of retired segments for new ones (at most
 	// maxSpareBuilders): a fresh multi-MiB buffer per record costs its
 	// zeroing and garbage collection, a tenth of a sequential writer's CPU.
