@@ -1,7 +1,10 @@
 // Command s3raw measures what an S3 endpoint itself can do, with the same
 // AWS SDK client configuration urldisk uses (standard credential chain,
-// endpoint, region, path-style, default request checksums), so that
-// bench/suite.sh can put urldisk's numbers next to the object store's limit.
+// endpoint, region, path-style, default response checksum validation) and
+// the same PutObject integrity as urldisk's record uploads (a CRC-32C
+// header and UNSIGNED-PAYLOAD instead of the body's SHA-256: see putIntegrity
+// in internal/objstore/s3.go), so that bench/suite.sh compares like with
+// like when it puts urldisk's numbers next to the object store's limit.
 //
 //	s3raw mkbucket -endpoint http://127.0.0.1:PORT BUCKET
 //	s3raw bench -endpoint http://127.0.0.1:PORT -bucket BUCKET [-dur 2s] [-workers 8]
@@ -29,10 +32,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"hash/crc32"
 	"io"
 	mrand "math/rand/v2"
 	"os"
@@ -42,6 +48,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
@@ -140,21 +147,28 @@ func bench(args []string) error {
 	if err != nil {
 		return err
 	}
-	put := func(key string, data []byte) error {
-		_, err := c.PutObject(ctx, &s3.PutObjectInput{
-			Bucket: bucket, Key: aws.String(*prefix + key), Body: bytes.NewReader(data),
-			ContentLength: aws.Int64(int64(len(data))), IfNoneMatch: aws.String("*"),
-		})
-		return err
-	}
 	big := make([]byte, 4<<20)
 	small := make([]byte, 4<<10)
 	_, _ = rand.Read(big)
 	_, _ = rand.Read(small)
+	// The sums are computed once, outside the timed loops: urldisk does not
+	// hash a record again to upload it either (its CRC-32C is combined from
+	// the frame checksums it already has).
+	bigSum, smallSum := crc32cBase64(big), crc32cBase64(small)
+	unsigned := s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+	put := func(key string, data []byte, sum string) error {
+		_, err := c.PutObject(ctx, &s3.PutObjectInput{
+			Bucket: bucket, Key: aws.String(*prefix + key), Body: bytes.NewReader(data),
+			ContentLength: aws.Int64(int64(len(data))), IfNoneMatch: aws.String("*"),
+			ContentType:    aws.String("application/octet-stream"),
+			ChecksumCRC32C: aws.String(sum),
+		}, unsigned)
+		return err
+	}
 	r := Result{Workers: *workers, DurationSecond: dur.Seconds()}
 
 	// Warm up the connection pool (one request per worker).
-	if err := parallel(*workers, time.Nanosecond, func(w, i int) error { return put(fmt.Sprintf("warm/%d-%d", w, i), small) }); err != nil {
+	if err := parallel(*workers, time.Nanosecond, func(w, i int) error { return put(fmt.Sprintf("warm/%d-%d", w, i), small, smallSum) }); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 
@@ -163,7 +177,7 @@ func bench(args []string) error {
 	wrote := make([]int, *workers) // objects each worker wrote: big/W-0 .. big/W-(wrote[W]-1)
 	t0 := time.Now()
 	err = parallel(*workers, *dur, func(w, i int) error {
-		if err := put(fmt.Sprintf("big/%d-%d", w, i), big); err != nil {
+		if err := put(fmt.Sprintf("big/%d-%d", w, i), big, bigSum); err != nil {
 			return err
 		}
 		n.Add(1)
@@ -178,7 +192,7 @@ func bench(args []string) error {
 	r.Put4MMBps = float64(n.Load()) * float64(len(big)) / el / 1e6
 
 	// 4 KiB PUT latency, one at a time.
-	put4k, err := latencies(*dur, func(i int) error { return put(fmt.Sprintf("small/%d", i), small) })
+	put4k, err := latencies(*dur, func(i int) error { return put(fmt.Sprintf("small/%d", i), small, smallSum) })
 	if err != nil {
 		return fmt.Errorf("put 4 KiB: %w", err)
 	}
@@ -238,6 +252,14 @@ func bench(args []string) error {
 
 	enc := json.NewEncoder(os.Stdout)
 	return enc.Encode(r)
+}
+
+// crc32cBase64 is data's CRC-32C as the x-amz-checksum-crc32c header
+// carries it (base64 of the big-endian sum), as urldisk sends it.
+func crc32cBase64(data []byte) string {
+	var be [4]byte
+	binary.BigEndian.PutUint32(be[:], crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli)))
+	return base64.StdEncoding.EncodeToString(be[:])
 }
 
 // latency is a summary of one-at-a-time request latencies, in µs.
