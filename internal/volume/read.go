@@ -255,7 +255,7 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int, waited *ato
 					first = uint32(chunk - chunk%uint64(ahead))
 					count = max(ahead, int(uint64(chunk)-uint64(first))+need)
 				}
-				c, err := v.fetchChunk(ctx, key, first, count, waited)
+				c, err := v.fetchChunk(ctx, key, first, count, waited, false)
 				if err != nil {
 					return err
 				}
@@ -271,6 +271,9 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int, waited *ato
 				return fmt.Errorf("record %d of volume %s chunk %d: %w: %d bytes, need %d", pc.seq, pc.vol, chunk, format.ErrCorrupt, len(data), within+n)
 			}
 			copy(dst[:n], data[within:within+n])
+			if fc != nil && chunk >= fcFirst {
+				fc.readTo(chunk-fcFirst, within+n)
+			}
 		}
 		dst = dst[n:]
 		off += uint64(n)
@@ -301,6 +304,28 @@ type fetchCall struct {
 	buf    *[]byte    // pooled buffer behind frames, nil if not pooled
 	pool   *sync.Pool // where buf goes back
 	refs   atomic.Int32
+	// consumed, if not nil, marks a handoff fetch: its frames are not put
+	// in the cache (see Options.ReadaheadFillBytes), and the call stays
+	// registered, for the readers to share, until consumed is closed (a
+	// reader read its last frame to the end: the stream has passed it)
+	// or handoffHold has passed.
+	consumed     chan struct{}
+	consumedOnce sync.Once
+}
+
+// handoffHold bounds how long a handoff fetch waits for its readers (and
+// holds its readahead budget slot) when they never read its last frame: a
+// stream that stopped, or a window whose tail maps other volume ranges.
+const handoffHold = 2 * time.Second
+
+// readTo notes that a reader read frame i of c up to byte end. Reading the
+// last frame to its end releases a handoff fetch: a sequential stream
+// reads a window's frames in order, so it is done with the window.
+func (c *fetchCall) readTo(i uint64, end int) {
+	if c == nil || c.consumed == nil || i != uint64(len(c.frames)-1) || end < len(c.frames[i]) {
+		return
+	}
+	c.consumedOnce.Do(func() { close(c.consumed) })
 }
 
 func (c *fetchCall) covers(chunk uint32) bool {
@@ -332,7 +357,11 @@ var (
 // returned call; its frames hold key.Chunk at index key.Chunk-first.
 // waited, if not nil, is set when the caller had to wait for the store (a
 // new GET, or one still in progress), which is what grows the readahead.
-func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, count int, waited *atomic.Bool) (*fetchCall, error) {
+//
+// handoff asks for a fetch whose frames are only shared with the readers,
+// not put in the cache (a long sequential stream's readahead); it applies
+// only if this call starts the GET.
+func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, count int, waited *atomic.Bool, handoff bool) (*fetchCall, error) {
 	rk := recKey{key.Vol, key.Seq}
 	v.fmu.Lock()
 	for _, c := range v.inflight[rk] {
@@ -367,6 +396,9 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 		break
 	}
 	c := &fetchCall{first: first, count: count, done: make(chan struct{}), filled: make(chan struct{})}
+	if handoff && v.cache != nil {
+		c.consumed = make(chan struct{})
+	}
 	c.refs.Store(1)
 	v.inflight[rk] = append(v.inflight[rk], c)
 	v.fmu.Unlock()
@@ -389,7 +421,7 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 		if c.err != nil {
 			c.release()
 			if first != key.Chunk {
-				return v.fetchChunk(ctx, key, key.Chunk, count-int(key.Chunk-first), waited)
+				return v.fetchChunk(ctx, key, key.Chunk, count-int(key.Chunk-first), waited, handoff)
 			}
 			return nil, c.err
 		}
@@ -399,6 +431,21 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 	// referenced) until its frames are in the cache, so a miss meanwhile
 	// shares its frames instead of fetching them again.
 	c.refs.Add(1)
+	if c.consumed != nil {
+		go func() {
+			defer c.release()
+			t := time.NewTimer(handoffHold)
+			defer t.Stop()
+			select {
+			case <-c.consumed:
+			case <-t.C:
+			case <-v.ctx.Done():
+			}
+			v.unregister(rk, c)
+			close(c.filled)
+		}()
+		return c, nil
+	}
 	go func() {
 		defer c.release()
 		v.cacheFrames(key, c)

@@ -36,6 +36,7 @@ const (
 
 // raStream is one sequential stream's readahead.
 type raStream struct {
+	start int64  // where the stream began (its fill bound counts from here)
 	pos   int64  // highest end of the stream's reads
 	next  int64  // volume offset readahead has been issued up to
 	depth int    // windows kept ahead of pos
@@ -117,7 +118,7 @@ func (ra *readahead) stream(off, end, win int64) *raStream {
 	}
 	if best == nil {
 		best = lru
-		*best = raStream{pos: end, next: end, depth: raInitialWindows}
+		*best = raStream{start: off, pos: end, next: end, depth: raInitialWindows}
 	}
 	best.used = ra.tick
 	best.pos = max(best.pos, end)
@@ -140,7 +141,8 @@ func (v *Volume) readAhead(off, end int64) {
 	s := ra.stream(off, end, win)
 	to := min(s.pos+int64(s.depth)*win, v.Size())
 	for from := max(s.next, end); from < to; from += win {
-		if !v.issueWindows(from, min(from+win, to)) {
+		fill := v.opts.ReadaheadFillBytes < 0 || from-s.start < v.opts.ReadaheadFillBytes
+		if !v.issueWindows(from, min(from+win, to), fill) {
 			s.next = from // the budget is spent: the next read continues here
 			return
 		}
@@ -185,9 +187,9 @@ func (ra *readahead) started(k cache.Key) bool {
 // issueWindows starts the GETs of the record windows (Readahead chunks,
 // aligned within their record) that map [from, to) and are neither cached
 // nor being fetched. It returns false if the budget ran out first (the
-// windows it did start stay started: the next call skips them). Called
-// with v.ra.mu held.
-func (v *Volume) issueWindows(from, to int64) bool {
+// windows it did start stay started: the next call skips them). fill false
+// makes them handoff fetches (not cached). Called with v.ra.mu held.
+func (v *Volume) issueWindows(from, to int64, fill bool) bool {
 	ahead := uint64(v.opts.Readahead)
 	var wbuf [8]cache.Key // each the first chunk of a window
 	wins := wbuf[:0]
@@ -246,11 +248,11 @@ func (v *Volume) issueWindows(from, to int64) bool {
 		}
 		go func() {
 			defer func() { ra.inflight.Add(-1); <-ra.slots }()
-			c, err := v.fetchChunk(v.ctx, k, first, int(ahead), nil)
+			c, err := v.fetchChunk(v.ctx, k, first, int(ahead), nil, !fill)
 			if err != nil {
 				return // best effort: a reader that needs it fetches it and reports
 			}
-			<-c.filled // the buffer is the budget's until the cache has the frames
+			<-c.filled // the buffer is the budget's until the cache (or, for a handoff, the stream) has the frames
 			c.release()
 		}()
 	}

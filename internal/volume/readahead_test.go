@@ -268,3 +268,56 @@ func TestColdRandomReadsOneGETEach(t *testing.T) {
 		t.Errorf("random reads started readahead: %+v", st)
 	}
 }
+
+// TestSeqReadFillBound reads a cold volume sequentially twice with a fill
+// bound of a quarter of it: the first pass must cache only about the bound
+// (the rest is handed from the readahead to the reader, each record still
+// fetched once), and the second pass must read the bound's part from the
+// cache without a GET. Bytes are checked on both passes. Before the bound,
+// the pass cached the whole volume.
+func TestSeqReadFillBound(t *testing.T) {
+	const size, bound = 64 << 20, 16 << 20
+	rs := &remoteStore{Store: openStore(t, "mem://readahead-fill-bound")}
+	p := initPool(t, rs)
+	model := writeModel(t, p, "v", size, false, -1)
+	c := openCache(t, t.TempDir(), 256<<20)
+	t.Cleanup(func() { c.Close() })
+	v, err := p.Open(context.Background(), "v", Options{ReadOnly: true, Cache: c, Logger: testLogger(t), ReadaheadFillBytes: bound})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close(context.Background()) })
+
+	rs.reset(5 * time.Millisecond)
+	readSeq(t, v, model, 0, size, 1<<20, 2)
+	firstGets := rs.gets.Load()
+	// Cache fills and handoffs end after the reads return: wait until no
+	// fetch is registered and no readahead window is in flight.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		v.fmu.Lock()
+		idle := len(v.inflight) == 0
+		v.fmu.Unlock()
+		if idle && v.ra.inflight.Load() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("fetches still in progress 10 s after the reads")
+		}
+	}
+	st := c.Stats().Bytes
+	// The bound, plus the windows started just before it and the demand
+	// fetch of the first (not yet sequential) read.
+	if limit := int64(bound + 3*(4<<20)); st > limit {
+		t.Errorf("one sequential pass cached %d MiB; want at most %d MiB (fill bound %d MiB)", st>>20, limit>>20, bound>>20)
+	}
+	if max := int64(size/(4<<20)) + 2; firstGets > max {
+		t.Errorf("first pass made %d record GETs for %d records: handed-off windows were fetched again", firstGets, size/(4<<20))
+	}
+
+	rs.reset(time.Millisecond)
+	readSeq(t, v, model, 0, bound, 1<<20, 1)
+	if got := rs.gets.Load(); got != 0 {
+		t.Errorf("second read of the first %d MiB made %d record GETs; want all from the cache", bound>>20, got)
+	}
+	readSeq(t, v, model, bound, size, 1<<20, 1) // past the bound: bytes still right
+}

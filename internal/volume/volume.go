@@ -60,6 +60,14 @@ type Options struct {
 	// memory. A stream's depth grows while its reads still wait for the
 	// store, up to this. Default 64 MiB (16 default windows).
 	ReadaheadBytes int64
+	// ReadaheadFillBytes is how far into one sequential stream readahead
+	// windows are put in the cache. Beyond it a window's frames are only
+	// handed to the stream's readers, so one long pass over a disk (a
+	// copy, a backup, a scan) neither evicts the working set nor spends
+	// CPU writing bytes it will not read again into the cache slab. Data
+	// read twice within the bound is served from the cache the second
+	// time. Default 64 MiB; negative: no bound (every window is cached).
+	ReadaheadFillBytes int64
 	// CompactEvery runs Compact this often in the background (read-write
 	// volumes). Zero: never automatically.
 	CompactEvery time.Duration
@@ -123,6 +131,9 @@ func (o Options) withDefaults(p *Pool) Options {
 	}
 	if o.ReadaheadBytes <= 0 {
 		o.ReadaheadBytes = 64 << 20
+	}
+	if o.ReadaheadFillBytes == 0 {
+		o.ReadaheadFillBytes = 64 << 20
 	}
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 30 * time.Second
