@@ -66,7 +66,9 @@ type Options struct {
 	// copy, a backup, a scan) neither evicts the working set nor spends
 	// CPU writing bytes it will not read again into the cache slab. Data
 	// read twice within the bound is served from the cache the second
-	// time. Default 64 MiB; negative: no bound (every window is cached).
+	// time. Default: a quarter of the cache's capacity if the cache reports
+	// one (cache.Cache does), else 64 MiB, so a pass that fits the cache
+	// comfortably is still re-read warm. Negative: no bound.
 	ReadaheadFillBytes int64
 	// CompactEvery runs Compact this often in the background (read-write
 	// volumes). Zero: never automatically.
@@ -134,6 +136,9 @@ func (o Options) withDefaults(p *Pool) Options {
 	}
 	if o.ReadaheadFillBytes == 0 {
 		o.ReadaheadFillBytes = 64 << 20
+		if c, ok := o.Cache.(interface{ Stats() cache.Stats }); ok && c.Stats().Capacity > 0 {
+			o.ReadaheadFillBytes = max(o.ReadaheadFillBytes, c.Stats().Capacity/4)
+		}
 	}
 	if o.StoreTimeout <= 0 {
 		o.StoreTimeout = 30 * time.Second
