@@ -311,7 +311,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		}
 		if o.IdleFlush > 0 {
 			v.wg.Add(1)
-			go v.idleLoop()
+			go v.tick(max(v.opts.IdleFlush/4, time.Millisecond), v.idleSeal)
 		}
 		if o.PolicyPoll >= 0 {
 			v.wg.Add(1)

@@ -280,21 +280,12 @@ func (v *Volume) describeWaitLocked() string {
 	return fmt.Sprintf("%d record uploads (oldest: %s %s, %d attempts)", len(v.uploads), o.op, o.key, o.attempts)
 }
 
-// idleLoop seals the open segment once writes pause for IdleFlush.
-func (v *Volume) idleLoop() {
-	defer v.wg.Done()
-	t := v.opts.Clock.NewTicker(max(v.opts.IdleFlush/4, time.Millisecond))
-	defer t.Stop()
-	for {
-		select {
-		case <-v.stop:
-			return
-		case <-t.C():
-		}
-		v.mu.Lock()
-		if v.open != nil && v.opts.Clock.Now().Sub(v.lastWrite) >= v.opts.IdleFlush {
-			v.sealLocked()
-		}
-		v.mu.Unlock()
+// idleSeal seals the open segment once writes have paused for IdleFlush;
+// it runs every IdleFlush/4 on the volume's clock (see tick).
+func (v *Volume) idleSeal() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.open != nil && v.opts.Clock.Now().Sub(v.lastWrite) >= v.opts.IdleFlush {
+		v.sealLocked()
 	}
 }
