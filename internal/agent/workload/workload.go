@@ -246,6 +246,13 @@ func (c *child) signalGroup(sig syscall.Signal) {
 // finish waits up to grace for the child after a graceful request, then
 // kills its group.
 func (c *child) finish(ctx context.Context, grace time.Duration) error {
+	if ctx.Err() != nil {
+		// A cancelled caller kills at once, whether or not SIGTERM already
+		// ended the process: select would pick between the two at random.
+		c.signalGroup(syscall.SIGKILL)
+		<-c.done
+		return ctx.Err()
+	}
 	t := time.NewTimer(grace)
 	defer t.Stop()
 	select {
