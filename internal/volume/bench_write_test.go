@@ -105,27 +105,9 @@ func BenchmarkSeqWrite1MFlushCached(b *testing.B) {
 	delete(m, "file")
 	for name, url := range m {
 		b.Run(name, func(b *testing.B) {
-			ctx := context.Background()
-			const size = 1 << 30
 			c := openCache(b, b.TempDir(), 256<<20)
 			defer c.Close()
-			_, v := benchVolume(b, url, size, Options{Cache: c})
-			buf := make([]byte, 1<<20)
-			for i := range buf {
-				buf[i] = byte(i*13 + 5)
-			}
-			b.SetBytes(int64(len(buf)))
-			b.ReportAllocs()
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				buf[0] = byte(i) // never all zero, never identical
-				if err := v.WriteAt(ctx, buf, int64(i%(size>>20))<<20); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := v.Flush(ctx); err != nil {
-				b.Fatal(err)
-			}
+			benchSeqWrite1M(b, url, Options{Cache: c})
 		})
 	}
 }
