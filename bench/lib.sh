@@ -100,6 +100,32 @@ start_nbdkit() {
 }
 stop_nbdkit() { stop_pid "$nk_pid" || true; nk_pid=; }
 
+# start_gw: versitygw (posix backend in $WORKDIR/gw) on a random free port,
+# with the bucket "bench" made by $WORKDIR/s3raw; sets gw_pid, gw_port and
+# endpoint. Needs AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s in the
+# environment (the root credentials it is started with).
+gw_pid=
+start_gw() {
+	local try i
+	for try in 1 2 3 4 5; do
+		gw_port=$((20000 + RANDOM % 30000))
+		mkdir -p "$WORKDIR/gw"
+		ROOT_ACCESS_KEY=k ROOT_SECRET_KEY=s versitygw --port "127.0.0.1:$gw_port" posix "$WORKDIR/gw" \
+			>>"$WORKDIR/versitygw.log" 2>&1 &
+		gw_pid=$!
+		endpoint=http://127.0.0.1:$gw_port
+		for ((i = 0; i < 100; i++)); do
+			kill -0 "$gw_pid" 2>/dev/null || break
+			"$WORKDIR/s3raw" mkbucket -endpoint "$endpoint" bench 2>/dev/null && return 0
+			sleep 0.1
+		done
+		stop_pid "$gw_pid" || true
+		gw_pid=
+	done
+	tail -20 "$WORKDIR/versitygw.log" >&2
+	die "versitygw did not start"
+}
+
 server_pid() { echo "${!PIDVAR[$1]}"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # utime+stime of the server process
 

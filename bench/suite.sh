@@ -133,26 +133,6 @@ log "machine: $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 # ---- versitygw ------------------------------------------------------------------------
 export AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s AWS_REGION=us-east-1
 unset AWS_CA_BUNDLE AWS_PROFILE AWS_ENDPOINT_URL AWS_ENDPOINT_URL_S3 AWS_SESSION_TOKEN
-start_gw() {
-	local try i
-	for try in 1 2 3 4 5; do
-		gw_port=$((20000 + RANDOM % 30000))
-		mkdir -p "$WORKDIR/gw"
-		ROOT_ACCESS_KEY=k ROOT_SECRET_KEY=s versitygw --port "127.0.0.1:$gw_port" posix "$WORKDIR/gw" \
-			>>"$WORKDIR/versitygw.log" 2>&1 &
-		gw_pid=$!
-		endpoint=http://127.0.0.1:$gw_port
-		for ((i = 0; i < 100; i++)); do
-			kill -0 "$gw_pid" 2>/dev/null || break
-			"$WORKDIR/s3raw" mkbucket -endpoint "$endpoint" bench 2>/dev/null && return 0
-			sleep 0.1
-		done
-		stop_pid "$gw_pid" || true
-		gw_pid=
-	done
-	tail -20 "$WORKDIR/versitygw.log" >&2
-	die "versitygw did not start"
-}
 start_gw
 gw_endpoint=$endpoint
 "$WORKDIR/s3raw" mkbucket -endpoint "$gw_endpoint" s3b

@@ -43,6 +43,8 @@ import (
 	mrand "math/rand/v2"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,19 +117,28 @@ func mkbucket(args []string) error {
 
 // Result is what bench prints.
 type Result struct {
-	Put4MMBps      float64 `json:"put4m_mbps"`
-	Put4MOps       int     `json:"put4m_ops"`
-	Put4KMeanUs    float64 `json:"put4k_mean_us"`
-	Put4KP50Us     float64 `json:"put4k_p50_us"`
-	Put4KP99Us     float64 `json:"put4k_p99_us"`
-	Put4KOps       int     `json:"put4k_ops"`
-	Get4MMBps      float64 `json:"get4m_mbps"`
-	Get4MOps       int     `json:"get4m_ops"`
-	Get4KMeanUs    float64 `json:"get4k_mean_us"`
-	Get4KP50Us     float64 `json:"get4k_p50_us"`
-	Get4KP99Us     float64 `json:"get4k_p99_us"`
-	Get4KOps       int     `json:"get4k_ops"`
-	Workers        int     `json:"workers"`
+	Put4MMBps   float64 `json:"put4m_mbps"`
+	Put4MOps    int     `json:"put4m_ops"`
+	Put4KMeanUs float64 `json:"put4k_mean_us"`
+	Put4KP50Us  float64 `json:"put4k_p50_us"`
+	Put4KP99Us  float64 `json:"put4k_p99_us"`
+	Put4KOps    int     `json:"put4k_ops"`
+	Get4MMBps   float64 `json:"get4m_mbps"`
+	Get4MOps    int     `json:"get4m_ops"`
+	Get4KMeanUs float64 `json:"get4k_mean_us"`
+	Get4KP50Us  float64 `json:"get4k_p50_us"`
+	Get4KP99Us  float64 `json:"get4k_p99_us"`
+	Get4KOps    int     `json:"get4k_ops"`
+	Workers     int     `json:"workers"`
+
+	// With -cpu-pid: CPU time (utime+stime, ms) spent during the 4 MiB
+	// throughput phases by s3raw itself and by that process (the store),
+	// so that bench/cpu-account.sh can report CPU per MiB moved, a figure
+	// that other load on the machine does not change.
+	Put4MSelfCPUMs float64 `json:"put4m_self_cpu_ms,omitempty"`
+	Put4MPeerCPUMs float64 `json:"put4m_peer_cpu_ms,omitempty"`
+	Get4MSelfCPUMs float64 `json:"get4m_self_cpu_ms,omitempty"`
+	Get4MPeerCPUMs float64 `json:"get4m_peer_cpu_ms,omitempty"`
 	DurationSecond float64 `json:"duration_s"`
 }
 
@@ -138,7 +149,20 @@ func bench(args []string) error {
 	prefix := fs.String("prefix", fmt.Sprintf("s3raw-%d/", time.Now().UnixNano()), "key prefix")
 	dur := fs.Duration("dur", 2*time.Second, "duration of each measurement")
 	workers := fs.Int("workers", 8, "concurrent requests for the throughput measurements")
+	cpuPid := fs.Int("cpu-pid", 0, "also report the CPU time this process (the store) and s3raw spend in the 4 MiB phases")
 	_ = fs.Parse(args)
+	// cpu returns s3raw's and the -cpu-pid process's CPU time so far (ms);
+	// zeros without -cpu-pid.
+	cpu := func() (self, peer float64, err error) {
+		if *cpuPid == 0 {
+			return 0, 0, nil
+		}
+		if self, err = procCPUMs("self"); err != nil {
+			return 0, 0, err
+		}
+		peer, err = procCPUMs(fmt.Sprint(*cpuPid))
+		return self, peer, err
+	}
 	if *endpoint == "" || *bucket == "" {
 		return errors.New("usage: s3raw bench -endpoint URL -bucket BUCKET")
 	}
@@ -175,6 +199,10 @@ func bench(args []string) error {
 	// 4 MiB PUT throughput.
 	var n atomic.Int64
 	wrote := make([]int, *workers) // objects each worker wrote: big/W-0 .. big/W-(wrote[W]-1)
+	self0, peer0, err := cpu()
+	if err != nil {
+		return err
+	}
 	t0 := time.Now()
 	err = parallel(*workers, *dur, func(w, i int) error {
 		if err := put(fmt.Sprintf("big/%d-%d", w, i), big, bigSum); err != nil {
@@ -188,6 +216,11 @@ func bench(args []string) error {
 		return fmt.Errorf("put 4 MiB: %w", err)
 	}
 	el := time.Since(t0).Seconds()
+	self1, peer1, err := cpu()
+	if err != nil {
+		return err
+	}
+	r.Put4MSelfCPUMs, r.Put4MPeerCPUMs = self1-self0, peer1-peer0
 	r.Put4MOps = int(n.Load())
 	r.Put4MMBps = float64(n.Load()) * float64(len(big)) / el / 1e6
 
@@ -203,6 +236,9 @@ func bench(args []string) error {
 	bufs := make([][]byte, *workers)
 	for w := range bufs {
 		bufs[w] = make([]byte, len(big))
+	}
+	if self0, peer0, err = cpu(); err != nil {
+		return err
 	}
 	t0 = time.Now()
 	err = parallel(*workers, *dur, func(w, i int) error {
@@ -223,6 +259,10 @@ func bench(args []string) error {
 		return fmt.Errorf("get 4 MiB: %w", err)
 	}
 	el = time.Since(t0).Seconds()
+	if self1, peer1, err = cpu(); err != nil {
+		return err
+	}
+	r.Get4MSelfCPUMs, r.Get4MPeerCPUMs = self1-self0, peer1-peer0
 	r.Get4MOps = int(got.Load() / int64(len(big)))
 	r.Get4MMBps = float64(got.Load()) / el / 1e6
 
@@ -321,4 +361,27 @@ func parallel(n int, d time.Duration, fn func(w, i int) error) error {
 	}
 	wg.Wait()
 	return first
+}
+
+// procCPUMs is the utime+stime of process pid ("self" for s3raw) from
+// /proc/PID/stat, in ms. The fields count USER_HZ ticks, which Linux fixes
+// at 100 per second for user space whatever the kernel's HZ.
+func procCPUMs(pid string) (float64, error) {
+	b, err := os.ReadFile("/proc/" + pid + "/stat")
+	if err != nil {
+		return 0, fmt.Errorf("read cpu time of process %s: %w", pid, err)
+	}
+	// The command name (field 2) is in parentheses and may hold spaces:
+	// count fields from the last ')'. utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("parse /proc/%s/stat: %d fields after the command name", pid, len(f))
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("parse /proc/%s/stat utime/stime: %w", pid, err)
+	}
+	return float64(u+s) * 10, nil
 }
