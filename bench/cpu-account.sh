@@ -139,15 +139,16 @@ for line in open(out + "/accounts.txt"):
     rows.setdefault(case, []).append(
         ({"versitygw": int(gw) / mib, "serve": int(serve) / mib, "client": int(fio) / mib}, mib / float(wall)))
 print(f"CPU-ms per MiB moved, median of {len(rows['raw GET'])} runs; ceiling = {ncpu}x1000 / total (MiB/s on {ncpu} CPUs)\n")
-print("| case | versitygw | urldisk serve | client (s3raw / fio) | total | ceiling MiB/s | measured MiB/s |")
+print("| case | versitygw | urldisk serve | client (s3raw / fio) | total (min–max) | ceiling MiB/s | measured MiB/s |")
 print("|---|---|---|---|---|---|---|")
 for case in ("raw GET", "urldisk cold seqread", "raw PUT", "urldisk seqwrite+flush"):
     runs = rows[case]
     med = {p: statistics.median(r[0].get(p, 0) for r in runs) for p in ("versitygw", "serve", "client")}
-    tot = statistics.median(sum(r[0].values()) for r in runs)
+    tots = [sum(r[0].values()) for r in runs]
+    tot = statistics.median(tots)
     rate = statistics.median(r[1] for r in runs)
     serve = f"{med['serve']:.2f}" if case.startswith("urldisk") else "—"
-    print(f"| {case} | {med['versitygw']:.2f} | {serve} | {med['client']:.2f} | {tot:.2f} | {ncpu * 1000 / tot:.0f} | {rate:.0f} |")
+    print(f"| {case} | {med['versitygw']:.2f} | {serve} | {med['client']:.2f} | {tot:.2f} ({min(tots):.2f}–{max(tots):.2f}) | {ncpu * 1000 / tot:.0f} | {rate:.0f} |")
 EOF
 cat "$OUT/report.md"
 log "report and raw results in $OUT"
