@@ -14,6 +14,7 @@ import (
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 )
@@ -193,8 +194,29 @@ func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, i
 		if err != nil && s.retryPut != nil && attempt < maxPutAttempts && ctx.Err() == nil && s.retryPut(err) {
 			continue
 		}
+		if err != nil && ifNotExist && s.takenAfterSendError(ctx, key, err) {
+			return fmt.Errorf("%s %s: %w (the request failed in transit: %v)", op, key, ErrExists, err)
+		}
 		return s.translate(op, key, err, ifNotExist)
 	}
+}
+
+// takenAfterSendError reports whether a conditional create that failed in
+// transit (no HTTP response) finds its key taken. A server may refuse a
+// conditional PUT of a taken key as soon as it has the headers and close
+// the connection while the body is still being sent (versitygw does for
+// large bodies): the client then sees a connection reset, never the 412,
+// and retrying would reset again for ever. The key is taken either way —
+// by another writer, or by this very request if it landed and only the
+// response was lost — so ErrExists is the contract's answer: callers
+// re-read the object to learn whose it is.
+func (s *bucketStore) takenAfterSendError(ctx context.Context, key string, err error) bool {
+	var send *smithyhttp.RequestSendError
+	if !errors.As(err, &send) || ctx.Err() != nil {
+		return false
+	}
+	_, serr := s.Stat(ctx, key)
+	return serr == nil
 }
 
 // putObject uploads data as one PutObject: what gocloud's s3blob sends for
