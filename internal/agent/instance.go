@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -56,6 +57,28 @@ func (in *instance) ended() bool {
 	}
 }
 
+// ErrVolumeReplaced means a machine's volume name is now bound to another
+// volume than the one its placement recorded (removed and recreated under
+// the same name): the agent refuses to attach it.
+var ErrVolumeReplaced = errors.New("volume replaced")
+
+// checkVolumeID fails with ErrVolumeReplaced unless the volume volName
+// names in pool is the one p recorded. Placements written before ids were
+// recorded have none and pass.
+func checkVolumeID(ctx context.Context, pool *volume.Pool, volName string, p *fleet.Placement) error {
+	if p.VolumeID == "" {
+		return nil
+	}
+	d, err := pool.Resolve(ctx, volName)
+	if err != nil {
+		return err
+	}
+	if d.ID != p.VolumeID {
+		return fmt.Errorf("%w: the machine was created on volume id %s, the name now binds volume id %s", ErrVolumeReplaced, p.VolumeID, d.ID)
+	}
+	return nil
+}
+
 // startInstance attaches p's volume read-write (fencing any previous
 // writer), exports it on a unix socket, starts prefetching from the
 // machine's access trace, and starts the workload. On error everything it
@@ -91,6 +114,13 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 	}
 	attach := func(ctx context.Context) (*volume.Volume, error) {
 		attachStart := time.Now()
+		// Check the id before opening: opening read-write writes a fence
+		// record, and fencing a volume that is not the machine's (its own
+		// was removed and another created under the name) would both run
+		// the machine on the wrong disk and take that disk from its user.
+		if err := checkVolumeID(ctx, pool, volName, p); err != nil {
+			return nil, fmt.Errorf("machine %s: attach %s: %w", p.Name, objstore.Redact(p.Spec.Volume), err)
+		}
 		v, err := pool.Open(ctx, volName, volume.Options{Cache: a.volumeCache(), Logger: log})
 		if err != nil {
 			return nil, fmt.Errorf("machine %s: attach %s: %w", p.Name, objstore.Redact(p.Spec.Volume), err)
