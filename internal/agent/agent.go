@@ -69,6 +69,10 @@ type Config struct {
 	StopWait time.Duration
 	// DetachTimeout bounds a volume's final flush. Default 1m.
 	DetachTimeout time.Duration
+	// StoreTimeout and FlushTimeout are the machines' volumes' bounds on
+	// waits for a stalled object store (volume.Options.StoreTimeout,
+	// FlushTimeout); zero takes the volume's defaults.
+	StoreTimeout, FlushTimeout time.Duration
 	// TracePages is how many recently used pages (64 KiB) of each machine
 	// are recorded for prefetch on its next host. Default 4096 (256 MiB);
 	// negative disables tracing and prefetch.

@@ -121,7 +121,8 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 		if err := checkVolumeID(ctx, pool, volName, p); err != nil {
 			return nil, fmt.Errorf("machine %s: attach %s: %w", p.Name, objstore.Redact(p.Spec.Volume), err)
 		}
-		v, err := pool.Open(ctx, volName, volume.Options{Cache: a.volumeCache(), Logger: log})
+		v, err := pool.Open(ctx, volName, volume.Options{Cache: a.volumeCache(), Logger: log,
+			StoreTimeout: a.cfg.StoreTimeout, FlushTimeout: a.cfg.FlushTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("machine %s: attach %s: %w", p.Name, objstore.Redact(p.Spec.Volume), err)
 		}

@@ -101,6 +101,9 @@ type agentOptions struct {
 	stopGrace         time.Duration
 	stopWait          time.Duration
 	tracePages        int
+	// storeTimeout and flushTimeout: as serve's (checkStallFlags).
+	storeTimeout time.Duration
+	flushTimeout time.Duration
 }
 
 func newAgentCommand(g *globals) *cobra.Command {
@@ -137,6 +140,7 @@ stopped and their volumes flushed.`
 	f.DurationVar(&o.heartbeatInterval, "heartbeat-interval", 0, "heartbeat period (default: a fifth of the timeout)")
 	f.DurationVar(&o.stopGrace, "stop-grace", 30*time.Second, "how long a machine may take to stop before it is killed")
 	f.DurationVar(&o.stopWait, "stop-wait", 0, "how long a moved machine's new host waits for the old one to stop (default: timeout + stop grace)")
+	registerStallFlags(f, &o.storeTimeout, &o.flushTimeout)
 	f.IntVar(&o.tracePages, "trace-pages", 4096, "recently used 64 KiB pages recorded per machine for prefetch on its next host (0 disables)")
 	return cmd
 }
@@ -144,6 +148,9 @@ stopped and their volumes flushed.`
 func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) error {
 	if o.id == "" {
 		return errors.New("agent: --id is required (this host's id in the fleet)")
+	}
+	if err := checkStallFlags("agent", o.storeTimeout, o.flushTimeout); err != nil {
+		return err
 	}
 	fleetURL, err := o.url()
 	if err != nil {
@@ -170,7 +177,8 @@ func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) e
 		ID: o.id, Fleet: store, CacheDir: o.cacheDir, CacheSize: int64(size), StateDir: o.stateDir,
 		Listen: o.listen, Token: token, TLSCert: o.tlsCert, TLSKey: o.tlsKey, TLSCA: o.caFile(),
 		HeartbeatTimeout: o.heartbeatTimeout, HeartbeatInterval: o.heartbeatInterval,
-		StopGrace: o.stopGrace, StopWait: o.stopWait, TracePages: tracePages, Logger: g.log,
+		StopGrace: o.stopGrace, StopWait: o.stopWait, TracePages: tracePages,
+		StoreTimeout: o.storeTimeout, FlushTimeout: o.flushTimeout, Logger: g.log,
 	})
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/urldisk/urldisk/internal/blockdev"
 	"github.com/urldisk/urldisk/internal/cache"
@@ -50,6 +52,42 @@ type serveOptions struct {
 	// (volume.Options.StoreTimeout, FlushTimeout).
 	storeTimeout time.Duration
 	flushTimeout time.Duration
+	// readahead and readaheadFill are sizes (volume.Options.ReadaheadBytes,
+	// ReadaheadFillBytes); planServe parses them.
+	readahead     string
+	readaheadFill string
+}
+
+// parseNonNegSize parses flag's size value (units.ParseSize refuses a
+// negative one) into an int64; 0 is allowed and means the default.
+func parseNonNegSize(flag, s string) (int64, error) {
+	n, err := units.ParseSize(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", flag, err)
+	}
+	if n > math.MaxInt64 {
+		return 0, fmt.Errorf("%s: %s is too large", flag, s)
+	}
+	return int64(n), nil
+}
+
+// registerStallFlags adds --store-timeout and --flush-timeout (serve and
+// agent).
+func registerStallFlags(f *pflag.FlagSet, storeTimeout, flushTimeout *time.Duration) {
+	f.DurationVar(storeTimeout, "store-timeout", 30*time.Second, "deadline of one object-store request of a record upload (per 8 MiB); a request that gets no answer is cancelled and retried")
+	f.DurationVar(flushTimeout, "flush-timeout", 0, "fail a FLUSH with EIO after waiting this long for the object store; the data stays queued and a later FLUSH can succeed (0: wait as long as it takes)")
+}
+
+// checkStallFlags validates --store-timeout and --flush-timeout, which serve
+// and agent share (volume.Options.StoreTimeout, FlushTimeout).
+func checkStallFlags(cmd string, storeTimeout, flushTimeout time.Duration) error {
+	if storeTimeout <= 0 {
+		return fmt.Errorf("%s: --store-timeout must be positive, got %s", cmd, storeTimeout)
+	}
+	if flushTimeout < 0 {
+		return fmt.Errorf("%s: --flush-timeout must be 0 (wait) or positive, got %s", cmd, flushTimeout)
+	}
+	return nil
 }
 
 // defaultCacheDir is the per-host cache: $XDG_CACHE_HOME/urldisk or
@@ -110,8 +148,9 @@ any other error.`
 	f.StringSliceVar(&o.allow, "allow", nil, "allow-list of export names (default: all served volumes)")
 	f.DurationVar(&o.stopTimeout, "stop-timeout", time.Minute, "how long shutdown waits for in-flight requests and the final flush")
 	f.DurationVar(&o.compact, "compact-every", 10*time.Minute, "compact sparsely-live records this often (0: never)")
-	f.DurationVar(&o.storeTimeout, "store-timeout", 30*time.Second, "deadline of one object-store request of a record upload (per 8 MiB); a request that gets no answer is cancelled and retried")
-	f.DurationVar(&o.flushTimeout, "flush-timeout", 0, "fail a FLUSH with EIO after waiting this long for the object store; the data stays queued and a later FLUSH can succeed (0: wait as long as it takes)")
+	registerStallFlags(f, &o.storeTimeout, &o.flushTimeout)
+	f.StringVar(&o.readahead, "readahead", "0", "memory bound of all sequential readers' readahead windows in flight (0: the default, 64M)")
+	f.StringVar(&o.readaheadFill, "readahead-fill", "0", "how far into one sequential stream readahead fills the cache; beyond it a long pass does not evict the working set (0: the default, a quarter of --cache-size, at least 64M)")
 	f.DurationVar(&o.follow, "follow", 0, "with --read-only: poll the log this often and serve new flushed data (a read replica)")
 	return cmd
 }
@@ -147,7 +186,7 @@ func runServe(ctx context.Context, out io.Writer, g *globals, o *serveOptions, a
 	vols := make([]export.Volume, len(args))
 	for i, raw := range args {
 		vols[i] = export.Volume{Name: plan.names[i], Label: "urldisk " + objstore.Redact(raw), Open: func(ctx context.Context) (*volume.Volume, error) {
-			v, _, err := attachForServe(ctx, g, o, raw, plan.createSize, c)
+			v, _, err := attachForServe(ctx, g, o, raw, plan, c)
 			return v, err
 		}}
 	}
@@ -205,6 +244,9 @@ type servePlan struct {
 	names      []string // export name of each argument
 	createSize uint64   // with --create
 	tls        *tls.Config
+	// readahead and readaheadFill: --readahead and --readahead-fill in
+	// bytes, 0 for the volume's default.
+	readahead, readaheadFill int64
 }
 
 // planServe checks the flags and the URLs before anything is touched:
@@ -232,12 +274,17 @@ func planServe(o *serveOptions, args []string) (*servePlan, error) {
 		return nil, fmt.Errorf("serve: --handshake-timeout %v: want a positive duration", o.handshake)
 	case o.follow > 0 && !o.readOnly:
 		return nil, fmt.Errorf("serve: --follow needs --read-only")
-	case o.storeTimeout <= 0:
-		return nil, fmt.Errorf("serve: --store-timeout must be positive, got %s", o.storeTimeout)
-	case o.flushTimeout < 0:
-		return nil, fmt.Errorf("serve: --flush-timeout must be 0 (wait) or positive, got %s", o.flushTimeout)
+	}
+	if err := checkStallFlags("serve", o.storeTimeout, o.flushTimeout); err != nil {
+		return nil, err
 	}
 	var err error
+	if plan.readahead, err = parseNonNegSize("--readahead", o.readahead); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
+	if plan.readaheadFill, err = parseNonNegSize("--readahead-fill", o.readaheadFill); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
+	}
 	if plan.tls, err = serveTLSConfig(o); err != nil {
 		return nil, err
 	}
@@ -376,7 +423,7 @@ func serveTLSConfig(o *serveOptions) (*tls.Config, error) {
 }
 
 // attachForServe opens one volume URL for serving.
-func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string, createSize uint64, c *cache.Cache) (*volume.Volume, string, error) {
+func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string, plan *servePlan, c *cache.Cache) (*volume.Volume, string, error) {
 	ref, err := volref.Parse(raw)
 	if err != nil {
 		return nil, "", err
@@ -388,7 +435,7 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 	}
 	if o.create {
 		if _, err := p.Resolve(ctx, name); errors.Is(err, volume.ErrNotFound) {
-			d, err := p.Create(ctx, name, volume.CreateOptions{Size: createSize})
+			d, err := p.Create(ctx, name, volume.CreateOptions{Size: plan.createSize})
 			if err != nil && !errors.Is(err, volume.ErrExists) {
 				return nil, "", err
 			}
@@ -398,7 +445,8 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 		}
 	}
 	opts := volume.Options{ReadOnly: o.readOnly, Logger: g.log, Follow: o.follow, CompactEvery: o.compact,
-		StoreTimeout: o.storeTimeout, FlushTimeout: o.flushTimeout}
+		StoreTimeout: o.storeTimeout, FlushTimeout: o.flushTimeout,
+		ReadaheadBytes: plan.readahead, ReadaheadFillBytes: plan.readaheadFill}
 	if c != nil {
 		opts.Cache = c
 	}
