@@ -223,8 +223,12 @@ func TestReadaheadFillsPipe(t *testing.T) {
 	readSeq(t, v, model, 0, size, 1<<20, 1)
 	st := v.ReadaheadStats()
 	t.Logf("GETs %d, peak in flight %d, readahead %+v", rs.gets.Load(), rs.peak.Load(), st)
-	if got := rs.peak.Load(); got < 12 {
-		t.Errorf("at most %d record GETs in flight during a sequential read; want >= 12", got)
+	// The old fixed readahead never had more than 3 GETs in flight; the
+	// budget allows 16 windows, but how many of them overlap at the store
+	// depends on how fast a loaded machine (-race, 2 shared vCPUs) issues
+	// them against the 80 ms GETs: 11 was seen there, so ask for 8.
+	if got := rs.peak.Load(); got < 8 {
+		t.Errorf("at most %d record GETs in flight during a sequential read; want >= 8", got)
 	}
 	if st.DeepestStream != budget/(4<<20) {
 		t.Errorf("readahead depth reached %d windows; want the budget's %d", st.DeepestStream, budget/(4<<20))
