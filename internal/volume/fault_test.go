@@ -355,16 +355,7 @@ func runZombie(t *testing.T, url string, pipelined, openSeg bool) {
 	}
 
 	var g gate
-	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
-		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
-			g.pass()
-		}
-		return nil
-	}})
-	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool := gatedLogPool(t, inner, &g, nil)
 	w, err := pool.Open(ctx, "zombie", Options{SegmentBytes: 64 << 10, Uploads: 8, IdleFlush: -1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)

@@ -154,17 +154,7 @@ func TestConcurrentFlushesShareOneRecord(t *testing.T) {
 	}
 	var g gate
 	var puts atomic.Int64
-	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
-		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
-			puts.Add(1)
-			g.pass()
-		}
-		return nil
-	}})
-	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool := gatedLogPool(t, inner, &g, func(string) { puts.Add(1) })
 	v, err := pool.Open(ctx, "share", Options{IdleFlush: -1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -214,16 +204,7 @@ func TestBulkStreamCachesItsTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	var g gate
-	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
-		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
-			g.pass()
-		}
-		return nil
-	}})
-	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool := gatedLogPool(t, inner, &g, nil)
 	c := openCache(t, t.TempDir(), 64<<20)
 	defer c.Close()
 	v, err := pool.Open(ctx, "bulk", Options{Cache: c, SegmentBytes: chunk, Uploads: 2, IdleFlush: -1, Logger: testLogger(t)})
@@ -302,19 +283,11 @@ func TestUploadsStartInSequence(t *testing.T) {
 	var g gate
 	var mu sync.Mutex
 	var order []string // log keys in the order their first PUT was sent; guarded by mu
-	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
-		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
-			mu.Lock()
-			order = append(order, key)
-			mu.Unlock()
-			g.pass()
-		}
-		return nil
-	}})
-	pool, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	pool := gatedLogPool(t, inner, &g, func(key string) {
+		mu.Lock()
+		order = append(order, key)
+		mu.Unlock()
+	})
 	v, err := pool.Open(ctx, "upseq", Options{SegmentBytes: chunk, Uploads: 2, IdleFlush: -1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -350,4 +323,25 @@ func TestUploadsStartInSequence(t *testing.T) {
 			t.Fatalf("PUT %d was %s, ahead of %s (uploads out of sequence: %q)", i, key, late, order)
 		}
 	}
+}
+
+// gatedLogPool opens a pool over inner whose log-record creates wait at g
+// (closed: held until opened); before, if set, sees each such key first,
+// in the order the uploads send them.
+func gatedLogPool(t *testing.T, inner objstore.Store, g *gate, before func(key string)) *Pool {
+	t.Helper()
+	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if op == faultstore.OpPutIfAbsent && isLogKey(key) {
+			if before != nil {
+				before(key)
+			}
+			g.pass()
+		}
+		return nil
+	}})
+	pool, err := OpenPool(context.Background(), store, PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pool
 }
