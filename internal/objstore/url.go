@@ -133,10 +133,10 @@ func parseURL(raw string) (*url.URL, url.Values, error) {
 	}
 	for k, vs := range q {
 		if isCredentialOption(k) {
-			return nil, nil, fmt.Errorf("%w: %s: query option %q looks like a credential; credentials must come from the environment or the standard credential chain, never the URL", ErrBadURL, Redact(raw), k)
+			return nil, nil, fmt.Errorf("%w: %s: query option %s looks like a credential; credentials must come from the environment or the standard credential chain, never the URL", ErrBadURL, Redact(raw), quoteOption(k))
 		}
 		if len(vs) > 1 {
-			return nil, nil, fmt.Errorf("%w: %s: query option %q given %d times", ErrBadURL, Redact(raw), k, len(vs))
+			return nil, nil, fmt.Errorf("%w: %s: query option %s given %d times", ErrBadURL, Redact(raw), quoteOption(k), len(vs))
 		}
 	}
 	return u, q, nil
@@ -150,7 +150,7 @@ func checkOptions(u *url.URL, q url.Values, allowed []string) error {
 			if len(allowed) > 0 {
 				want = strings.Join(allowed, ", ")
 			}
-			return fmt.Errorf("%w: %s: unknown query option %q for %s:// (allowed: %s)", ErrBadURL, redactURL(u), k, u.Scheme, want)
+			return fmt.Errorf("%w: %s: unknown query option %s for %s:// (allowed: %s)", ErrBadURL, redactURL(u), quoteOption(k), u.Scheme, want)
 		}
 	}
 	return nil
@@ -304,6 +304,23 @@ func CanonicalURL(raw string) (string, error) {
 	return base, nil
 }
 
+// pathUserInfo matches what looks like user info ("key:secret@") in a
+// URL's path: a path element holding a ':' before an '@'.
+var pathUserInfo = regexp.MustCompile(`(^|/)[^/@]*:[^/]*@`)
+
+// optionName matches what can be a query option's name; other keys are
+// redacted with their values.
+var optionName = regexp.MustCompile(`^[a-zA-Z0-9_.-]{1,64}$`)
+
+// quoteOption quotes a query option's name for an error message, unless it
+// cannot be a name (it may be a pasted credential).
+func quoteOption(k string) string {
+	if optionName.MatchString(k) {
+		return strconv.Quote(k)
+	}
+	return "(not an option name, not shown)"
+}
+
 // safeOptions are query options whose values may appear in logs.
 var safeOptions = []string{"endpoint", "region", "use_path_style"}
 
@@ -329,22 +346,36 @@ func redactURL(u *url.URL) string {
 		r.User = url.User("REDACTED")
 	}
 	if r.Opaque != "" {
-		if _, after, ok := strings.Cut(r.Opaque, "@"); ok {
-			r.Opaque = "REDACTED@" + after
+		if i := strings.LastIndexByte(r.Opaque, '@'); i >= 0 {
+			r.Opaque = "REDACTED@" + r.Opaque[i+1:]
 		}
 	}
 	r.Fragment, r.RawFragment = "", ""
+	if strings.Contains(r.Path, "@") {
+		// A URL typed without its scheme, or with a mangled one
+		// ("/://KEY:SECRET@host"), parses with its user info in the path.
+		if p := pathUserInfo.ReplaceAllString(r.Path, "${1}REDACTED@"); p != r.Path {
+			r.Path, r.RawPath = p, ""
+		}
+	}
 	if r.RawQuery != "" {
 		q, err := url.ParseQuery(r.RawQuery)
 		if err != nil {
 			r.RawQuery = "REDACTED"
 		} else {
 			for k, vs := range q {
+				if !optionName.MatchString(k) {
+					// Not an option name: maybe a credential pasted
+					// after a stray '?'. Keep neither key nor value.
+					delete(q, k)
+					q["REDACTED"] = append(q["REDACTED"], "REDACTED")
+					continue
+				}
 				for i, v := range vs {
 					switch {
 					case k == "endpoint":
 						vs[i] = Redact(v)
-					case slices.Contains(safeOptions, k):
+					case slices.Contains(safeOptions, k) && (v == "" || optionName.MatchString(v)):
 					default:
 						vs[i] = "REDACTED"
 					}

@@ -234,6 +234,10 @@ func TestRedact(t *testing.T) {
 		{"s3://k:" + secret + "@b/%zz", "s3:<unparsable URL>"},
 		{"%%" + secret, "<unparsable URL>"},
 		{"mem://", "mem://"},
+		{"/://k:" + secret + "@b/p", "/://REDACTED@b/p"},
+		{"b//k:" + secret + "@h/p@label", "b//REDACTED@h/p@label"},
+		{"file:///pool/vol@label", "file:///pool/vol@label"},
+		{"s3://b/p?k:" + secret + "@h&region=r", "s3://b/p?REDACTED=REDACTED&region=r"},
 	} {
 		if got := objstore.Redact(tc.in); got != tc.want {
 			t.Errorf("Redact(%q) = %q, want %q", tc.in, got, tc.want)
