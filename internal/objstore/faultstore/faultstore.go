@@ -47,6 +47,10 @@ type Hooks struct {
 	// return ctx.Err(). They run after Before and before After.
 	BeforeCtx func(ctx context.Context, op Op, key string) error
 	AfterCtx  func(ctx context.Context, op Op, key string, err error) error
+	// NoConditionalCreate makes PutIfAbsent a plain Put that overwrites,
+	// like an S3 gateway that drops If-None-Match: the store urldisk must
+	// refuse to write through. Hooks still see OpPutIfAbsent.
+	NoConditionalCreate bool
 }
 
 // Store is an objstore.Store with hooks. Create it with New.
@@ -134,6 +138,9 @@ func (s *Store) PutIfAbsent(ctx context.Context, key string, data []byte) error 
 	if err := s.before(ctx, OpPutIfAbsent, key); err != nil {
 		return err
 	}
+	if s.hooks.NoConditionalCreate {
+		return s.afterErr(ctx, OpPutIfAbsent, key, s.inner.Put(ctx, key, data))
+	}
 	return s.afterErr(ctx, OpPutIfAbsent, key, s.inner.PutIfAbsent(ctx, key, data))
 }
 
@@ -164,6 +171,15 @@ func (s *Store) List(ctx context.Context, prefix string, fn func(objstore.Object
 		return err
 	}
 	return s.afterErr(ctx, OpList, prefix, s.inner.List(ctx, prefix, fn))
+}
+
+// Describe implements objstore.Describer: the wrapped store's description.
+func (s *Store) Describe(ctx context.Context) string {
+	d := objstore.Describe(ctx, s.inner)
+	if s.hooks.NoConditionalCreate {
+		d += " (conditional create disabled by faultstore)"
+	}
+	return d
 }
 
 // Close implements objstore.Store; it closes the wrapped store without hooks.

@@ -133,3 +133,21 @@ func TestCtxHooksStallUntilDeadline(t *testing.T) {
 		t.Fatalf("stalled-after PutIfAbsent did not happen: %q, %v", got, err)
 	}
 }
+
+// NoConditionalCreate makes the store one that objstore.Probe rejects: a
+// second PutIfAbsent of a key overwrites it.
+func TestNoConditionalCreate(t *testing.T) {
+	s := faultstore.New(newMem(t), faultstore.Hooks{NoConditionalCreate: true})
+	if ok, err := objstore.Probe(t.Context(), s); err != nil || ok {
+		t.Fatalf("Probe = %v, %v; want false, nil", ok, err)
+	}
+	if err := s.PutIfAbsent(t.Context(), "k", []byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutIfAbsent(t.Context(), "k", []byte("b")); err != nil {
+		t.Fatalf("second PutIfAbsent: %v, want an overwrite", err)
+	}
+	if got, err := s.Get(t.Context(), "k"); err != nil || string(got) != "b" {
+		t.Fatalf("Get = %q, %v; want the overwrite", got, err)
+	}
+}

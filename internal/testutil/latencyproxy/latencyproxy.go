@@ -26,6 +26,9 @@ import (
 	"net/http/httputil"
 	"net/url"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 )
 
 // Config says what the proxy injects. The zero value injects nothing.
@@ -43,6 +46,18 @@ type Config struct {
 	BytesPerSecond int64
 	// Logger receives errors forwarding requests; nil discards them.
 	Logger *slog.Logger
+	// DropConditional, if not nil, removes If-None-Match and If-Match from
+	// every request, so the proxy behaves like an S3 gateway that ignores
+	// conditional writes: a "create if absent" overwrites. Tests use it to
+	// check that urldisk refuses to write through such a store. SigV4 signs
+	// both headers, so a request that had one is signed again with these
+	// credentials (the server's), or the server would refuse it.
+	DropConditional *Credentials
+}
+
+// Credentials sign requests the proxy has changed (see DropConditional).
+type Credentials struct {
+	AccessKey, SecretKey, Region string
 }
 
 // Remote is the "remote" benchmark profile of bench/suite.sh: roughly what a
@@ -106,6 +121,11 @@ func Start(target string, cfg Config) (*Proxy, error) {
 		Rewrite: func(r *httputil.ProxyRequest) {
 			r.SetURL(tu)
 			r.Out.Host = r.In.Host // SigV4 signed it
+			if cfg.DropConditional != nil {
+				if err := dropConditional(r.Out, *cfg.DropConditional); err != nil {
+					log.Warn("latencyproxy: re-sign request", "method", r.In.Method, "path", r.In.URL.Path, "err", err)
+				}
+			}
 			if rate > 0 && r.Out.Body != nil && r.Out.Body != http.NoBody {
 				r.Out.Body = &limitedBody{rc: r.Out.Body, b: newBucket(rate), ctx: r.In.Context()}
 			}
@@ -155,6 +175,27 @@ func (p *Proxy) Close() error {
 	}
 	if err != nil {
 		return fmt.Errorf("close proxy: %w", err)
+	}
+	return nil
+}
+
+// dropConditional removes req's conditional-write headers and, if there
+// were any, signs req again with c. The payload hash the client signed (its
+// X-Amz-Content-Sha256, e.g. UNSIGNED-PAYLOAD) is kept: the body is unchanged.
+func dropConditional(req *http.Request, c Credentials) error {
+	if req.Header.Get("If-None-Match") == "" && req.Header.Get("If-Match") == "" {
+		return nil
+	}
+	req.Header.Del("If-None-Match")
+	req.Header.Del("If-Match")
+	req.Header.Del("Authorization")
+	payload := req.Header.Get("X-Amz-Content-Sha256")
+	if payload == "" {
+		return errors.New("request has no X-Amz-Content-Sha256 to sign again")
+	}
+	creds := aws.Credentials{AccessKeyID: c.AccessKey, SecretAccessKey: c.SecretKey}
+	if err := v4.NewSigner().SignHTTP(req.Context(), creds, req, payload, "s3", c.Region, time.Now()); err != nil {
+		return fmt.Errorf("sign request: %w", err)
 	}
 	return nil
 }

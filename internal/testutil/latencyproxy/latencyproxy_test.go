@@ -230,3 +230,26 @@ func mustHost(t *testing.T, poolURL string) string {
 	}
 	return u.Host
 }
+
+// TestDropConditional: through a proxy with DropConditional a real S3
+// server overwrites on a second conditional create, which objstore.Probe
+// detects; straight to the server the probe passes.
+func TestDropConditional(t *testing.T) {
+	srv := s3server.Start(t)
+	p := start(t, srv.Endpoint, latencyproxy.Config{DropConditional: &latencyproxy.Credentials{AccessKey: s3server.AccessKey, SecretKey: s3server.SecretKey, Region: s3server.Region}})
+	for _, c := range []struct {
+		endpoint string
+		want     bool
+	}{{srv.Endpoint, true}, {p.URL, false}} {
+		u := strings.Replace(srv.URL, url.QueryEscape(srv.Endpoint), url.QueryEscape(c.endpoint), 1)
+		s, err := objstore.Open(t.Context(), u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := objstore.Probe(t.Context(), s)
+		s.Close()
+		if err != nil || got != c.want {
+			t.Errorf("Probe through %s = %v, %v; want %v, nil", c.endpoint, got, err, c.want)
+		}
+	}
+}
