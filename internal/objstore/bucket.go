@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"cloud.google.com/go/storage"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -19,13 +20,14 @@ import (
 	"gocloud.dev/gcerrors"
 )
 
-// bucketStore adapts a gocloud.dev blob.Bucket (memblob, s3blob) to Store.
+// bucketStore adapts a gocloud.dev blob.Bucket (memblob, s3blob, gcsblob,
+// azureblob) to Store.
 // It prefixes keys itself rather than with blob.PrefixedBucket, so that one
 // shared mem bucket can back many stores without being closed by them.
 type bucketStore struct {
 	b      *blob.Bucket
 	prefix string // "" or ends with "/"; prepended to every key
-	kind   string // "mem" or "s3", for error messages
+	kind   string // "mem", "s3", "gs" or "azblob", for error messages
 	// ownsBucket: Close closes b. False for shared mem buckets.
 	ownsBucket bool
 	// retryPut decides whether a failed conditional or plain upload is
@@ -41,6 +43,13 @@ type bucketStore struct {
 	// by appending (io.ReadAll), several allocations and copies per record.
 	s3     *s3.Client
 	bucket string
+	// closeClient, if set, releases the backend client under b, which
+	// closing b does not (gs://: gcsblob leaves a client it was given to
+	// its owner).
+	closeClient func() error
+	// beforeWrite, if set, is every upload's blob.WriterOptions.BeforeWrite
+	// (gs:// bounds the retries of each upload with it).
+	beforeWrite func(as func(any) bool) error
 
 	closed atomic.Bool
 }
@@ -189,6 +198,7 @@ func (s *bucketStore) upload(ctx context.Context, op, key string, data []byte, i
 				ContentType: "application/octet-stream",
 				BufferSize:  s.partSize,
 				IfNotExist:  ifNotExist,
+				BeforeWrite: s.beforeWrite,
 			})
 		}
 		if err != nil && s.retryPut != nil && attempt < maxPutAttempts && ctx.Err() == nil && s.retryPut(err) {
@@ -295,7 +305,9 @@ func (s *bucketStore) List(ctx context.Context, prefix string, fn func(ObjectInf
 }
 
 // ListAfter implements Lister: S3 starts the listing after the key
-// (ListObjectsV2 StartAfter), so attach does not page through old records.
+// (ListObjectsV2 StartAfter), and GCS at it (StartOffset), so attach does
+// not page through old records. Azure has no such option: its listing
+// starts at the prefix and skips the older keys here.
 func (s *bucketStore) ListAfter(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("list %q: store is closed", prefix)
@@ -310,8 +322,14 @@ func (s *bucketStore) ListAfter(ctx context.Context, prefix, after string, fn fu
 	if after != "" {
 		opts.BeforeList = func(as func(any) bool) error {
 			var in *s3.ListObjectsV2Input
-			if as(&in) {
+			var q *storage.Query
+			switch {
+			case as(&in):
 				in.StartAfter = aws.String(s.prefix + after)
+			case as(&q):
+				// GCS's StartOffset is inclusive: the loop below
+				// skips the key itself.
+				q.StartOffset = s.prefix + after
 			}
 			return nil
 		}
@@ -342,7 +360,11 @@ func (s *bucketStore) Close() error {
 	if s.closed.Swap(true) || !s.ownsBucket {
 		return nil
 	}
-	if err := s.b.Close(); err != nil {
+	err := s.b.Close()
+	if s.closeClient != nil {
+		err = errors.Join(err, s.closeClient())
+	}
+	if err != nil {
 		return fmt.Errorf("close %s store: %v", s.kind, err)
 	}
 	return nil

@@ -53,11 +53,18 @@ func Open(ctx context.Context, rawURL string) (Store, error) {
 //	mem://[NAME][/prefix]                in-memory, shared per NAME in this Opener
 //	file:///abs/dir                      a directory, created by the first write
 //	s3://BUCKET[/prefix][?endpoint=URL&region=R&use_path_style=BOOL]
+//	gs://BUCKET[/prefix][?endpoint=URL]
+//	azblob://CONTAINER[/prefix][?endpoint=URL]
 //
 // Credentials are never taken from the URL: user info or credential-like
 // query options are refused. S3 credentials come from the AWS SDK's standard
 // chain (environment, shared files, instance roles); the region comes from
-// ?region= or the standard configuration and must be set. Every URL problem
+// ?region= or the standard configuration and must be set. GCS credentials
+// are the application default credentials, and none for a plain http://
+// endpoint (an emulator: a token must not cross the wire in clear). Azure
+// credentials come from AZURE_STORAGE_ACCOUNT with AZURE_STORAGE_KEY, else
+// AZURE_STORAGE_CONNECTION_STRING, else DefaultAzureCredential (see
+// openAzure). Every URL problem
 // is reported as an error wrapping ErrBadURL that names what is wrong and
 // never echoes a secret.
 func (o *Opener) Open(ctx context.Context, rawURL string) (Store, error) {
@@ -83,8 +90,12 @@ func (o *Opener) Open(ctx context.Context, rawURL string) (Store, error) {
 		return openFileStore(dir)
 	case "s3":
 		return o.openS3(ctx, u, q)
+	case "gs":
+		return o.openGCS(ctx, u, q)
+	case "azblob":
+		return o.openAzure(ctx, u, q)
 	default:
-		return nil, fmt.Errorf("%w: %s: unknown scheme %q (want mem, file or s3)", ErrBadURL, Redact(rawURL), u.Scheme)
+		return nil, fmt.Errorf("%w: %s: unknown scheme %q (want mem, file, s3, gs or azblob)", ErrBadURL, Redact(rawURL), u.Scheme)
 	}
 }
 
@@ -116,7 +127,7 @@ func parseURL(raw string) (*url.URL, url.Values, error) {
 		return nil, nil, fmt.Errorf("%w: %s: cannot parse URL%s", ErrBadURL, Redact(raw), hint)
 	}
 	if u.Scheme == "" {
-		return nil, nil, fmt.Errorf("%w: %s: no scheme (want mem://, file:/// or s3://)", ErrBadURL, Redact(raw))
+		return nil, nil, fmt.Errorf("%w: %s: no scheme (want mem://, file:///, s3://, gs:// or azblob://)", ErrBadURL, Redact(raw))
 	}
 	if u.User != nil || (u.Opaque != "" && strings.Contains(u.Opaque, "@")) {
 		return nil, nil, fmt.Errorf("%w: %s: credentials must not be in the URL; use the environment or the standard credential chain", ErrBadURL, Redact(raw))
@@ -229,21 +240,8 @@ func parseS3(u *url.URL, q url.Values) (s3Config, error) {
 		return c, err
 	}
 	c.prefix = prefix
-	if ep := q.Get("endpoint"); ep != "" {
-		e, err := url.Parse(ep)
-		switch {
-		case err != nil:
-			return c, fmt.Errorf("%w: %s: endpoint is not a URL", ErrBadURL, redactURL(u))
-		case e.User != nil:
-			return c, fmt.Errorf("%w: %s: credentials must not be in the endpoint URL", ErrBadURL, redactURL(u))
-		case e.Scheme != "http" && e.Scheme != "https":
-			return c, fmt.Errorf("%w: %s: endpoint must be http:// or https://", ErrBadURL, redactURL(u))
-		case e.Host == "":
-			return c, fmt.Errorf("%w: %s: endpoint has no host", ErrBadURL, redactURL(u))
-		case strings.Trim(e.Path, "/") != "" || e.RawQuery != "" || e.Fragment != "":
-			return c, fmt.Errorf("%w: %s: endpoint must be scheme://host[:port] only", ErrBadURL, redactURL(u))
-		}
-		c.endpoint = e.Scheme + "://" + e.Host
+	if c.endpoint, err = parseEndpoint(u, q, false); err != nil {
+		return c, err
 	}
 	c.region = q.Get("region")
 	if q.Has("region") && !validRegion.MatchString(c.region) {
@@ -259,6 +257,38 @@ func parseS3(u *url.URL, q url.Values) (s3Config, error) {
 	return c, nil
 }
 
+// parseEndpoint validates the endpoint= option of u: "" if absent, else
+// "scheme://host[:port]", plus "/path" where withPath (an Azure service URL
+// names its account in the path on emulators). It never has user info or a
+// query: either could carry a secret (a SAS token is a query).
+func parseEndpoint(u *url.URL, q url.Values, withPath bool) (string, error) {
+	ep := q.Get("endpoint")
+	if ep == "" {
+		return "", nil
+	}
+	want := "scheme://host[:port] only"
+	if withPath {
+		want = "scheme://host[:port][/path] only"
+	}
+	e, err := url.Parse(ep)
+	switch {
+	case err != nil:
+		return "", fmt.Errorf("%w: %s: endpoint is not a URL", ErrBadURL, redactURL(u))
+	case e.User != nil:
+		return "", fmt.Errorf("%w: %s: credentials must not be in the endpoint URL", ErrBadURL, redactURL(u))
+	case e.Scheme != "http" && e.Scheme != "https":
+		return "", fmt.Errorf("%w: %s: endpoint must be http:// or https://", ErrBadURL, redactURL(u))
+	case e.Host == "":
+		return "", fmt.Errorf("%w: %s: endpoint has no host", ErrBadURL, redactURL(u))
+	case (!withPath && strings.Trim(e.Path, "/") != "") || e.RawQuery != "" || e.ForceQuery || e.Fragment != "":
+		return "", fmt.Errorf("%w: %s: endpoint must be %s", ErrBadURL, redactURL(u), want)
+	}
+	if p := strings.Trim(e.Path, "/"); p != "" {
+		return e.Scheme + "://" + e.Host + "/" + p, nil
+	}
+	return e.Scheme + "://" + e.Host, nil
+}
+
 var (
 	validBucket = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 	validRegion = regexp.MustCompile(`^[a-z0-9-]{1,64}$`)
@@ -268,7 +298,13 @@ var (
 // carries a secret.
 func isCredentialOption(k string) bool {
 	k = strings.ToLower(k)
-	for _, s := range []string{"secret", "password", "passwd", "token", "credential", "signature", "access_key", "accesskey", "key_id", "keyid", "session", "auth"} {
+	if k == "sig" || k == "se" || k == "sv" {
+		// A SAS token's own fields, pasted into the URL.
+		return true
+	}
+	for _, s := range []string{"secret", "password", "passwd", "token", "credential", "signature", "access_key", "accesskey", "key_id", "keyid", "session", "auth",
+		// Azure: an account key, a connection string, a SAS token.
+		"accountkey", "account_key", "connectionstring", "connection_string", "sas"} {
 		if strings.Contains(k, s) {
 			return true
 		}
