@@ -56,6 +56,11 @@ type VolumeDesc struct {
 	BlockSize uint32     `json:"block_size"`
 	Created   time.Time  `json:"created"`
 	Parent    *ParentRef `json:"parent,omitempty"`
+	// Encryption, if set: the volume's records are sealed with the
+	// lineage's data key, wrapped here (FORMAT.md "Encryption"). Binaries
+	// that do not know the field refuse the descriptor (unknown fields are
+	// rejected), so they never misread an encrypted volume.
+	Encryption *EncryptionDesc `json:"encryption,omitempty"`
 }
 
 // Validate checks a descriptor's fields.
@@ -67,6 +72,9 @@ func (v *VolumeDesc) Validate() error {
 		return corruptf("volume descriptor: block size %d not a power of two in [512, 1MiB]", v.BlockSize)
 	case v.Size == 0 || v.Size%uint64(v.BlockSize) != 0:
 		return corruptf("volume descriptor: size %d not a positive multiple of block size", v.Size)
+	}
+	if v.Encryption != nil {
+		return v.Encryption.Validate()
 	}
 	return nil
 }

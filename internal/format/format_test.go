@@ -223,9 +223,9 @@ func TestRecordDurableWatermark(t *testing.T) {
 		t.Fatal("version 1 encoder silently dropped a watermark")
 	}
 	// A future version is refused with a clear error.
-	v3, _ := appendTrailer(nil, old, RecordVersion+1)
-	if _, err := DecodeRecord(v3, int64(len(v3))); !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("version %d accepted: %v", RecordVersion+1, err)
+	v4, _ := appendTrailer(nil, old, RecordVersionSealed+1)
+	if _, err := DecodeRecord(v4, int64(len(v4))); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("version %d accepted: %v", RecordVersionSealed+1, err)
 	}
 
 	// A watermark at or above the record's own seq is impossible.

@@ -23,6 +23,12 @@ const (
 	// written before it open unchanged.
 	RecordVersion  = 2
 	recordVersion1 = 1
+	// RecordVersionSealed is the trailer version of a record whose frames
+	// are sealed (encrypted volumes): its flags byte says so (bit 0), and
+	// binaries that know only versions 1 and 2 refuse it instead of
+	// misreading its frames. Unencrypted volumes keep writing version 2.
+	RecordVersionSealed = 3
+	flagSealed          = 1
 
 	// MaxTrailer bounds a record trailer so a decoder never allocates
 	// unboundedly on hostile input.
@@ -92,6 +98,17 @@ type Record struct {
 	RestoreSeq uint64
 	// Meta is opaque JSON (fence: who attached; restore: the label).
 	Meta []byte
+	// Sealed: the data section's frames are sealed (encrypted), see
+	// SealedFrameSize. Written as trailer version 3.
+	Sealed bool
+}
+
+// DataSectionBytes returns the encoded size of r's data section.
+func (r *Record) DataSectionBytes() uint64 {
+	if r.Sealed {
+		return SealedDataSectionSize(r.DataLen)
+	}
+	return DataSectionSize(r.DataLen)
 }
 
 // DataSectionSize returns the encoded size of n logical data bytes.
@@ -238,6 +255,9 @@ func AppendTrailer(dst []byte, r *Record) ([]byte, error) {
 // appendTrailer encodes r's trailer in trailer version ver (tests write
 // version 1 to check that old volumes still decode).
 func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
+	if r.Sealed {
+		ver = RecordVersionSealed
+	}
 	if ver == recordVersion1 && r.Durable != 0 {
 		return nil, fmt.Errorf("encode record %d: version 1 trailers have no durable watermark", r.Seq)
 	}
@@ -249,7 +269,11 @@ func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
 	e.u32(recordMagic)
 	e.u16(ver)
 	e.u8(uint8(r.Type))
-	e.u8(0)
+	if r.Sealed {
+		e.u8(flagSealed)
+	} else {
+		e.u8(0)
+	}
 	e.u64(r.Seq)
 	e.u64(r.Epoch)
 	e.b = append(e.b, r.Writer[:]...)
@@ -353,11 +377,17 @@ func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
 		return nil, corruptf("record magic mismatch")
 	}
 	ver := d.u16("version")
-	if ver != RecordVersion && ver != recordVersion1 && d.err == nil {
-		return nil, corruptf("record format version %d not supported (this urldisk reads versions %d and %d)", ver, recordVersion1, RecordVersion)
+	if (ver < recordVersion1 || ver > RecordVersionSealed) && d.err == nil {
+		return nil, corruptf("record format version %d not supported (this urldisk reads versions %d to %d)", ver, recordVersion1, RecordVersionSealed)
 	}
 	r := &Record{Type: RecordType(d.u8("type"))}
-	d.u8("flags")
+	flags := d.u8("flags")
+	switch {
+	case d.err != nil:
+	case ver < RecordVersionSealed && flags != 0, ver == RecordVersionSealed && flags != flagSealed:
+		return nil, corruptf("record trailer version %d with flags %#x", ver, flags)
+	}
+	r.Sealed = ver == RecordVersionSealed
 	r.Seq = d.u64("seq")
 	r.Epoch = d.u64("epoch")
 	copy(r.Writer[:], d.bytes(16, "writer"))
@@ -403,7 +433,7 @@ func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
 	if err := r.validate(); err != nil {
 		return nil, err
 	}
-	if objSize >= 0 && uint64(objSize) != DataSectionSize(r.DataLen)+uint64(n)+footerSize {
+	if objSize >= 0 && uint64(objSize) != r.DataSectionBytes()+uint64(n)+footerSize {
 		return nil, corruptf("record size %d does not match data length %d", objSize, r.DataLen)
 	}
 	return r, nil
