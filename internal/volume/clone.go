@@ -22,6 +22,11 @@ func (p *Pool) Clone(ctx context.Context, src string, pt Point, dst string) (*fo
 	if err != nil {
 		return nil, err
 	}
+	// A clone shares the lineage's data key: it must open (the right key,
+	// or no clone), and the clone's descriptor carries the same wrapping.
+	if _, err := p.dataKey(ctx, sd); err != nil {
+		return nil, fmt.Errorf("clone %s: %w", src, err)
+	}
 	img, err := p.loadPoint(ctx, sd, pt)
 	if err != nil {
 		return nil, err
@@ -31,7 +36,7 @@ func (p *Pool) Clone(ctx context.Context, src string, pt Point, dst string) (*fo
 		return nil, err
 	}
 	dd := &format.VolumeDesc{ID: id, Name: dst, Size: sd.Size, BlockSize: sd.BlockSize, Created: p.clock.Now().UTC(),
-		Parent: &format.ParentRef{ID: sd.ID, Seq: img.st.Seq}}
+		Parent: &format.ParentRef{ID: sd.ID, Seq: img.st.Seq}, Encryption: sd.Encryption}
 	// The clone's volume table is [clone, source's table...]: shift indices.
 	h := &format.SnapshotHeader{Volume: id, Seq: 0, Size: sd.Size, Time: p.clock.Now().UnixNano(), Vols: append([]string{id}, img.vols...)}
 	b := format.AppendSnapshot(nil, h, func(yield func(format.SnapExtent) bool) {

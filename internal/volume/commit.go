@@ -232,7 +232,16 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 		}
 		rec := *seg.rec
 		rec.Seq = mv.To
-		obj, err := format.Reseal(seg.obj, seg.rec.DataLen, &rec)
+		var obj []byte
+		var err error
+		if seg.rec.Sealed && seg.rec.DataLen > 0 {
+			// Sealed frames name their seq in their additional data: seal
+			// the (still buffered) plaintext again for the new slot, with
+			// fresh nonces.
+			obj, err = sealSummed(seg, &rec, seg.b, v.key, v.nonces)
+		} else {
+			obj, err = format.Reseal(seg.obj, seg.rec.DataLen, &rec)
+		}
 		if err != nil {
 			v.failLocked(err)
 			return
@@ -261,7 +270,11 @@ func (v *Volume) fillSlotLocked(seq uint64, t int64) {
 // which objectSum derives the upload's checksum. Seal would otherwise read
 // every byte for the frames, the cache for its sums and the S3 upload for
 // its checksum header: three passes, a quarter of a sequential writer's CPU.
-func sealSummed(seg *segment, rec *format.Record, b *format.Builder) ([]byte, error) {
+//
+// With key (an encrypted volume) the frames are sealed into a new buffer
+// (the builder keeps the plaintext the cache fill and a reseal need) and
+// the data section's CRC-32C is taken over the ciphertext.
+func sealSummed(seg *segment, rec *format.Record, b *format.Builder, key *format.DataKey, nonces *format.Nonces) ([]byte, error) {
 	seg.sums, seg.dataSum = nil, 0
 	if b == nil {
 		return format.EncodeRecord(rec, nil)
@@ -273,6 +286,14 @@ func sealSummed(seg *segment, rec *format.Record, b *format.Builder) ([]byte, er
 	for i := range chunks {
 		cache.SubBlockSums(b.Chunk(i), &sums[i])
 		frame[i] = cache.CombineSums(&sums[i], format.ChunkLen(n, i))
+	}
+	if key != nil {
+		obj, err := b.SealEncrypted(rec, key, nonces)
+		if err != nil {
+			return nil, err
+		}
+		seg.sums, seg.dataSum = sums, format.Checksum(obj[:rec.DataSectionBytes()])
+		return obj, nil
 	}
 	obj, err := b.SealSummed(rec, func(i uint64) uint32 { return frame[i] })
 	if err != nil {
@@ -292,7 +313,7 @@ func sealSummed(seg *segment, rec *format.Record, b *format.Builder) ([]byte, er
 // sealSummed (or resealed at another slot: same data section, another
 // trailer), reading only its trailer.
 func objectSum(seg *segment, obj []byte) uint32 {
-	data := format.DataSectionSize(seg.rec.DataLen)
+	data := seg.rec.DataSectionBytes()
 	return cache.Combine(seg.dataSum, format.Checksum(obj[data:]), len(obj)-int(data))
 }
 

@@ -148,10 +148,21 @@ func (v *Volume) recordDataLens(ctx context.Context) (map[uint64]int64, error) {
 	}
 	out := make(map[uint64]int64, len(sizes))
 	for s, n := range sizes {
-		frames := (n + format.FrameSize - 1) / format.FrameSize
-		out[s] = max(0, n-frames*format.FrameHeader)
+		out[s] = logicalBytes(n, v.key != nil)
 	}
 	return out, nil
+}
+
+// logicalBytes estimates the logical data in a record object of n bytes
+// (frames of the volume's kind: sealed or not): n less the frames'
+// headers (and tags); the trailer is counted.
+func logicalBytes(n int64, sealed bool) int64 {
+	stride, overhead := int64(format.FrameSize), int64(format.FrameHeader)
+	if sealed {
+		stride, overhead = format.SealedFrameSize, format.SealedFrameHeader+format.TagSize
+	}
+	frames := (n + stride - 1) / stride
+	return max(0, n-frames*overhead)
 }
 
 // compactRecord copies the live pieces of record seq into the open segment.

@@ -23,11 +23,18 @@ type Info struct {
 	UsedBytes uint64 `json:"used_bytes"`
 	Extents   int    `json:"extents"`
 	// Records and StoredBytes count the log objects present.
-	Records     int    `json:"records"`
-	StoredBytes int64  `json:"stored_bytes"`
-	FirstSeq    uint64 `json:"first_seq"`
-	HeadSeq     uint64 `json:"head_seq"`
-	Epoch       uint64 `json:"epoch"`
+	Records     int   `json:"records"`
+	StoredBytes int64 `json:"stored_bytes"`
+	// LogicalBytes is the data those records hold (their size less the
+	// frames' headers and, encrypted, nonces and tags).
+	LogicalBytes int64 `json:"logical_bytes"`
+	// Encrypted: the volume's records are sealed; KeyFingerprint names the
+	// key-encryption key its data key is wrapped by.
+	Encrypted      bool   `json:"encrypted"`
+	KeyFingerprint string `json:"key_fingerprint,omitempty"`
+	FirstSeq       uint64 `json:"first_seq"`
+	HeadSeq        uint64 `json:"head_seq"`
+	Epoch          uint64 `json:"epoch"`
 	// Writer is the holder of the current epoch, from its fence record.
 	Writer      *WriterInfo `json:"writer,omitempty"`
 	Snapshots   int         `json:"snapshots"`
@@ -82,8 +89,10 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 		return nil, err
 	}
 	img.records, img.recordBytes = len(seqs), 0
+	var logical int64
 	for _, s := range seqs {
 		img.recordBytes += sizes[s]
+		logical += logicalBytes(sizes[s], d.Encryption != nil)
 	}
 	if len(seqs) > 0 {
 		img.firstLogSeq = seqs[0]
@@ -92,7 +101,10 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 		Name: d.Name, ID: d.ID, Size: d.Size, BlockSize: d.BlockSize, Created: d.Created, Parent: d.Parent,
 		UsedBytes: img.m.MappedBytes(), Extents: img.m.Len(), Records: img.records, StoredBytes: img.recordBytes,
 		FirstSeq: img.firstLogSeq, HeadSeq: img.st.Seq, Epoch: img.st.Epoch, Snapshots: img.snapshots, SnapSeq: img.snapSeq,
-		Conditional: p.marker.ConditionalCreate,
+		Conditional: p.marker.ConditionalCreate, LogicalBytes: logical,
+	}
+	if d.Encryption != nil {
+		in.Encrypted, in.KeyFingerprint = true, d.Encryption.KeyFingerprint
 	}
 	for ref := d.Parent; ref != nil && len(in.Lineage) < 64; {
 		a := Ancestor{ID: ref.ID, Seq: ref.Seq}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
@@ -36,6 +37,11 @@ type Pool struct {
 	clock     Clock
 	log       *slog.Logger
 	retention time.Duration
+	// keys is where the key-encryption key comes from (nil: none);
+	// key caches it once loaded (guarded by keyMu).
+	keys  KeySource
+	keyMu sync.Mutex
+	key   *format.KEK
 }
 
 // DefaultRetention is the default point-in-time window.
@@ -51,6 +57,10 @@ type PoolOptions struct {
 	// so a concurrent GC with the same retention never races them.
 	// Default 24h. Checkpoints are always available.
 	Retention time.Duration
+	// Key supplies the key-encryption key of encrypted volumes (create
+	// --encrypt, and every open, clone and rekey of one). Nil: no key;
+	// unencrypted volumes need none.
+	Key KeySource
 }
 
 func (o PoolOptions) withDefaults() PoolOptions {
@@ -104,7 +114,7 @@ func OpenPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Poo
 	if err != nil {
 		return nil, fmt.Errorf("open pool: read marker: %w", err)
 	}
-	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention}
+	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention, keys: opts.Key}
 	if err := format.DecodeDoc(format.KindPool, b, &p.marker); err != nil {
 		return nil, fmt.Errorf("open pool: %w", err)
 	}
@@ -172,6 +182,9 @@ func newID() (string, error) {
 type CreateOptions struct {
 	Size      uint64 // bytes; must be a positive multiple of BlockSize
 	BlockSize uint32 // bytes; 0 means 4096
+	// Encrypt seals every record with a new random data key wrapped by
+	// the pool's key (PoolOptions.Key), which must be given.
+	Encrypt bool
 }
 
 // Create makes a new empty volume called name.
@@ -189,6 +202,15 @@ func (p *Pool) Create(ctx context.Context, name string, o CreateOptions) (*forma
 	d := &format.VolumeDesc{ID: id, Name: name, Size: o.Size, BlockSize: o.BlockSize, Created: p.clock.Now().UTC()}
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: size %d with block size %d: size must be a positive multiple of the block size", ErrInvalid, o.Size, o.BlockSize)
+	}
+	if o.Encrypt {
+		kek, err := p.kek(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("create %q --encrypt: %w", name, err)
+		}
+		if d.Encryption, err = format.NewEncryption(kek); err != nil {
+			return nil, fmt.Errorf("create %q: %w", name, err)
+		}
 	}
 	// An empty snapshot 0 dates the volume's beginning for GC's retention
 	// window, as a clone's snapshot 0 does.

@@ -341,9 +341,10 @@ func (c *fetchCall) release() {
 
 // Fetch buffers in two sizes: up to 16 frames (1 MiB of data: random reads,
 // 1 MiB pieces) and up to 64 (a default readahead, a whole 4 MiB record).
+// They are sized for sealed frames (encrypted volumes), the larger stride.
 const (
-	smallFetch = 16 * format.FrameSize
-	largeFetch = 64 * format.FrameSize
+	smallFetch = 16 * format.SealedFrameSize
+	largeFetch = 64 * format.SealedFrameSize
 )
 
 var (
@@ -505,7 +506,11 @@ type summedPutter interface {
 // reported.
 func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) error {
 	objKey := format.LogKey(key.Vol, key.Seq)
-	size := c.count * format.FrameSize
+	stride, pos := format.FrameSize, format.FramePos(uint64(key.Chunk))
+	if v.key != nil {
+		stride, pos = format.SealedFrameSize, format.SealedFramePos(uint64(key.Chunk))
+	}
+	size := c.count * stride
 	var buf []byte
 	switch {
 	case size <= smallFetch:
@@ -526,7 +531,7 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 			return ctx.Err()
 		}
 		backoff *= 2
-		n, err := v.pool.store.GetRange(ctx, objKey, format.FramePos(uint64(key.Chunk)), buf)
+		n, err := v.pool.store.GetRange(ctx, objKey, pos, buf)
 		if err != nil {
 			lastErr = err
 			if ctx.Err() != nil {
@@ -534,7 +539,12 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 			}
 			continue
 		}
-		if err := verifyFrames(c, buf[:n]); err != nil {
+		if v.key != nil {
+			err = openFrames(c, buf[:n], v.key, key)
+		} else {
+			err = verifyFrames(c, buf[:n])
+		}
+		if err != nil {
 			lastErr = fmt.Errorf("record %d of volume %s chunk %d: %w", key.Seq, key.Vol, key.Chunk, err)
 			v.log.Error("corrupt chunk from object store; refetching", "seq", key.Seq, "chunk", key.Chunk, "err", err)
 			if errors.Is(err, format.ErrCorrupt) && attempt >= 1 {
@@ -545,6 +555,30 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 		return nil
 	}
 	return lastErr
+}
+
+// openFrames is verifyFrames for sealed frames (an encrypted volume): each
+// is authenticated and decrypted in place with k, as chunk first+i of
+// record key, so c.frames hold plaintext. The cache's sums are taken of
+// the plaintext: the cache holds what reads return.
+func openFrames(c *fetchCall, b []byte, k *format.DataKey, key cache.Key) error {
+	nf := min(c.count, (len(b)+format.SealedFrameSize-1)/format.SealedFrameSize)
+	c.frames = make([][]byte, 0, nf)
+	c.sums = make([]cache.Sums, nf)
+	for i := 0; i < nf; i++ {
+		lo := i * format.SealedFrameSize
+		frame := b[lo:min(len(b), lo+format.SealedFrameSize)]
+		data, err := k.OpenFrame(frame, key.Vol, key.Seq, uint64(key.Chunk)+uint64(i), -1)
+		if err != nil {
+			if i == 0 {
+				return err
+			}
+			break // past the data section (the trailer), or a bad later frame: fetched on its own
+		}
+		cache.SubBlockSums(data, &c.sums[i])
+		c.frames = append(c.frames, data)
+	}
+	return nil
 }
 
 // verifyFrames checks the frames in b (fetched from chunk c.first's frame

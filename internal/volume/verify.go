@@ -297,6 +297,11 @@ func (p *Pool) verifyCheckpoints(ctx context.Context, rep *VerifyReport, desc *f
 
 // verifyChunks reads every record with data whole and checks each frame.
 func (p *Pool) verifyChunks(ctx context.Context, rep *VerifyReport, desc *format.VolumeDesc, logSeqs []uint64, recs []*format.Record) error {
+	// Sealed frames are checked by opening them: that needs the key.
+	dk, err := p.dataKey(ctx, desc)
+	if err != nil {
+		return fmt.Errorf("check chunks: %w", err)
+	}
 	var mu sync.Mutex
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(4) // whole records (MiBs each) in memory at once
@@ -314,12 +319,29 @@ func (p *Pool) verifyChunks(ctx context.Context, rep *VerifyReport, desc *format
 			n := 0
 			var bad []string
 			for c := uint64(0); c*format.ChunkSize < r.DataLen; c++ {
-				pos := format.FramePos(c)
+				pos, stride := format.FramePos(c), int64(format.FrameSize)
+				if r.Sealed {
+					pos, stride = format.SealedFramePos(c), format.SealedFrameSize
+				}
 				if pos >= int64(len(b)) {
 					bad = append(bad, fmt.Sprintf("chunk %d: beyond the object", c))
 					break
 				}
-				if _, err := format.DecodeFrame(b[pos:min(int64(len(b)), pos+format.FrameSize)], format.ChunkLen(r.DataLen, c)); err != nil {
+				frame := b[pos:min(int64(len(b)), pos+stride)]
+				var err error
+				switch {
+				case r.Sealed && dk == nil:
+					err = fmt.Errorf("%w: sealed record in an unencrypted volume", format.ErrCorrupt)
+				case r.Sealed:
+					_, err = dk.OpenFrame(frame, desc.ID, s, c, format.ChunkLen(r.DataLen, c))
+				case dk != nil:
+					// A plaintext record in an encrypted volume was never
+					// written by urldisk: its bytes would bypass the key.
+					err = fmt.Errorf("%w: unsealed record in an encrypted volume", format.ErrCorrupt)
+				default:
+					_, err = format.DecodeFrame(frame, format.ChunkLen(r.DataLen, c))
+				}
+				if err != nil {
 					bad = append(bad, fmt.Sprintf("chunk %d: %v", c, err))
 				}
 				n++

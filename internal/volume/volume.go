@@ -217,6 +217,11 @@ type Volume struct {
 	fmu      sync.Mutex
 	inflight map[recKey][]*fetchCall // fetches in progress per record; guarded by fmu
 
+	// key opens (and seals) the lineage's frames; nil for an unencrypted
+	// volume. nonces is the writer's frame nonce source (read-write only).
+	key    *format.DataKey
+	nonces *format.Nonces
+
 	mu sync.Mutex // guards everything below
 	// m is the live map: durable records plus pending segments.
 	m    *extmap.Map
@@ -294,11 +299,18 @@ func (p *Pool) open(ctx context.Context, desc *format.VolumeDesc, o Options, lim
 func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, error) {
 	o = o.withDefaults(p)
 	desc := img.desc
+	// Before anything is served: a wrong or missing key fails the attach
+	// with an error naming the fingerprints, not every read with EIO.
+	key, err := p.dataKey(ctx, desc)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", desc.Name, err)
+	}
 	vctx, cancel := context.WithCancel(context.Background())
 	v := &Volume{
 		pool: p, desc: desc, opts: o, log: o.Logger.With("volume", desc.Name), cache: o.Cache,
 		ctx: vctx, cancel: cancel, upSem: make(chan struct{}, o.Uploads), stop: make(chan struct{}),
 		inflight: map[recKey][]*fetchCall{},
+		key:      key,
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
 		progress: make(chan struct{}), uploads: map[*upload]struct{}{}, st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
@@ -415,6 +427,16 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 		}
 		backoff *= 2
 	}
+}
+
+// newWriterID returns a random writer id: one per read-write attach, the
+// first 16 bytes of every frame nonce that attach seals.
+func newWriterID() (format.WriterID, error) {
+	var id format.WriterID
+	if _, err := rand.Read(id[:]); err != nil {
+		return id, fmt.Errorf("generate writer id: %w", err)
+	}
+	return id, nil
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) bool {

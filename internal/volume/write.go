@@ -172,7 +172,7 @@ func (v *Volume) sealLocked() {
 		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = format.RecordRestore, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
 		b = nil
 	}
-	obj, err := sealSummed(seg, rec, b)
+	obj, err := sealSummed(seg, rec, b, v.key, v.nonces)
 	if err != nil {
 		v.failLocked(fmt.Errorf("seal record %d: %w", seg.seq, err))
 		return
