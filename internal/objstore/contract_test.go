@@ -7,6 +7,8 @@ import (
 
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/objstore/objstoretest"
+	"github.com/urldisk/urldisk/internal/testutil/azureserver"
+	"github.com/urldisk/urldisk/internal/testutil/gcsserver"
 	"github.com/urldisk/urldisk/internal/testutil/s3server"
 )
 
@@ -55,6 +57,62 @@ func TestContractS3Prefixed(t *testing.T) {
 	}
 	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
 		// Many stores under prefixes of one bucket, as pools share buckets.
+		return open(t, &objstore.Opener{}, srv.PoolURL(u.Host, "pools/"+filepath.Base(t.Name())))
+	})
+}
+
+func TestContractMinIO(t *testing.T) {
+	srv := s3server.StartMinIO(t)
+	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
+		return open(t, &objstore.Opener{}, srv.NewBucket(t))
+	})
+}
+
+func TestContractMinIOPrefixed(t *testing.T) {
+	srv := s3server.StartMinIO(t)
+	u, err := url.Parse(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
+		return open(t, &objstore.Opener{}, srv.PoolURL(u.Host, "pools/"+filepath.Base(t.Name())))
+	})
+}
+
+func TestContractGCS(t *testing.T) {
+	srv := gcsserver.Start(t)
+	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
+		return open(t, &objstore.Opener{}, srv.NewBucket(t))
+	})
+}
+
+func TestContractGCSPrefixed(t *testing.T) {
+	srv := gcsserver.Start(t)
+	bucket := srv.NewBucket(t)
+	u, err := url.Parse(bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
+		return open(t, &objstore.Opener{}, srv.PoolURL(u.Host, "pools/"+filepath.Base(t.Name())))
+	})
+}
+
+func TestContractAzure(t *testing.T) {
+	srv := azureserver.Start(t)
+	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
+		return open(t, &objstore.Opener{}, srv.NewBucket(t))
+	})
+}
+
+func TestContractAzurePrefixed(t *testing.T) {
+	srv := azureserver.Start(t)
+	bucket := srv.NewBucket(t)
+	u, err := url.Parse(bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	objstoretest.RunContractTests(t, func(t *testing.T) objstore.Store {
 		return open(t, &objstore.Opener{}, srv.PoolURL(u.Host, "pools/"+filepath.Base(t.Name())))
 	})
 }

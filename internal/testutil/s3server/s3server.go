@@ -59,12 +59,19 @@ type Server struct {
 	buckets int // buckets created; guarded by mu
 }
 
-// Binary returns the path of the versitygw binary: from PATH, else
-// $GOBIN, $GOPATH/bin or ~/go/bin. It fails t with an install hint if none
-// is found.
+// Binary returns the path of the versitygw binary (see FindBinary).
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p, err := exec.LookPath("versitygw"); err == nil {
+	return FindBinary(t, "versitygw", "go install github.com/versity/versitygw/cmd/versitygw@v1.8.0")
+}
+
+// FindBinary returns the path of the test server binary name: from PATH,
+// else $GOBIN, $GOPATH/bin or ~/go/bin (where go install and
+// scripts/install-test-deps.sh put them). It fails t with installHint if
+// none is found: tests that need a real server never skip.
+func FindBinary(t testing.TB, name, installHint string) string {
+	t.Helper()
+	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
 	var dirs []string
@@ -78,12 +85,12 @@ func Binary(t testing.TB) string {
 		dirs = append(dirs, filepath.Join(home, "go", "bin"))
 	}
 	for _, d := range dirs {
-		p := filepath.Join(d, "versitygw")
+		p := filepath.Join(d, name)
 		if fi, err := os.Stat(p); err == nil && !fi.IsDir() {
 			return p
 		}
 	}
-	t.Fatalf("versitygw not found in PATH or %v; S3 tests need a real S3 server. Install it with:\n\tgo install github.com/versity/versitygw/cmd/versitygw@v1.8.0", dirs)
+	t.Fatalf("%s not found in PATH or %v; these tests need a real object store. Install it with:\n\t%s\n(or run scripts/install-test-deps.sh)", name, dirs, installHint)
 	return ""
 }
 
@@ -136,7 +143,7 @@ func Env() []string {
 
 // start runs one versitygw and waits for it; on failure it is stopped.
 func start(t testing.TB, bin, dir string) (*Server, error) {
-	port, err := freePort()
+	port, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +173,7 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 	}
 
 	endpoint := "http://" + addr
-	if err := waitReady(endpoint, exited); err != nil {
+	if err := WaitReady("versitygw", endpoint, exited); err != nil {
 		stop()
 		return nil, fmt.Errorf("%w; server output:\n%s", err, out.String())
 	}
@@ -201,9 +208,9 @@ func (s *Server) Signal(sig os.Signal) error {
 	return nil
 }
 
-// waitReady polls endpoint until it answers HTTP (any status), the server
-// exits, or 30 s pass.
-func waitReady(endpoint string, exited <-chan error) error {
+// WaitReady polls endpoint until it answers HTTP (any status), the server
+// (called name in errors) exits, or 30 s pass.
+func WaitReady(name, endpoint string, exited <-chan error) error {
 	hc := &http.Client{Timeout: time.Second, Transport: &http.Transport{Proxy: nil}}
 	defer hc.CloseIdleConnections()
 	deadline := time.Now().Add(30 * time.Second)
@@ -215,16 +222,17 @@ func waitReady(endpoint string, exited <-chan error) error {
 		}
 		select {
 		case werr := <-exited:
-			return fmt.Errorf("versitygw exited before answering: %v", werr)
+			return fmt.Errorf("%s exited before answering: %v", name, werr)
 		case <-time.After(20 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("versitygw did not answer on %s within 30s: %v", endpoint, err)
+			return fmt.Errorf("%s did not answer on %s within 30s: %v", name, endpoint, err)
 		}
 	}
 }
 
-func freePort() (int, error) {
+// FreePort returns a free TCP port on 127.0.0.1 for a server to listen on.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find free port: %w", err)
