@@ -151,6 +151,34 @@ func openPoolURL(ctx context.Context, poolURL string, opts PoolOptions, open fun
 	return p, nil
 }
 
+// requireConditionalCreate probes the pool's store (objstore.Probe) and
+// returns an error wrapping ErrNoConditionalCreate, naming the store, if it
+// does not honour create-if-absent. Every writer calls it before fencing,
+// once per attach: fencing is only as good as create-if-absent, and the
+// pool marker's answer was about the endpoint used at init, not the one in
+// use now (a proxy or gateway in between may drop If-None-Match, and two
+// writers would then both own the volume).
+func (p *Pool) requireConditionalCreate(ctx context.Context, log *slog.Logger) error {
+	t0 := time.Now()
+	ok, err := objstore.Probe(ctx, p.store)
+	log.Debug("conditional-create probe", "honoured", ok, "duration", time.Since(t0), "err", err)
+	if err != nil {
+		return fmt.Errorf("probe conditional create: %w", err)
+	}
+	if !ok {
+		return noConditionalCreate(ctx, p.store)
+	}
+	return nil
+}
+
+// noConditionalCreate is the ErrNoConditionalCreate for store, naming it
+// and saying what to do.
+func noConditionalCreate(ctx context.Context, store objstore.Store) error {
+	return fmt.Errorf("%w: %s overwrote an object on a second create-if-absent (If-None-Match ignored?), "+
+		"so two writers could both own a volume; open it read-only, or use a store (and any proxy in front of it) that honours conditional create",
+		ErrNoConditionalCreate, objstore.Describe(ctx, store))
+}
+
 // Close closes the pool's store if the pool opened it (OpenPoolURL,
 // InitPoolURL); a store passed to OpenPool or InitPool stays the caller's.
 // Volumes opened from the pool must be closed first.

@@ -343,6 +343,9 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 // attachWriter fences the volume: creates record t+1 as a fence of epoch
 // E+1, replaying further whenever the slot is taken.
 func (v *Volume) attachWriter(ctx context.Context, img *image) error {
+	if err := v.pool.requireConditionalCreate(ctx, v.log); err != nil {
+		return err
+	}
 	var id format.WriterID
 	if _, err := rand.Read(id[:]); err != nil {
 		return err
