@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/urldisk/urldisk/internal/testutil/azureserver"
+	"github.com/urldisk/urldisk/internal/testutil/gcsserver"
 	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
+	"github.com/urldisk/urldisk/internal/testutil/s3server"
 )
 
 // qemuIOSession is an interactive qemu-io reading commands from a pipe. It
@@ -362,9 +365,26 @@ func runServeBriefly(t *testing.T, args ...string) result {
 // host) fences the first. The first one's next flush fails, its log says
 // FENCED, and it exits non-zero on SIGTERM (writes it acknowledged were
 // lost); the second serves the data flushed before the takeover, not the
-// fenced writer's later write.
+// fenced writer's later write. It runs on every backend of the
+// compatibility matrix (docs/object-stores.md): each server starts inside
+// its subtest, which sets the environment serve inherits.
 func TestTwoWritersFence(t *testing.T) {
-	vol := volURL(filePool(t), "shared")
+	for _, bk := range []struct {
+		name string
+		pool func(t *testing.T) string
+	}{
+		{"file", func(t *testing.T) string { return filePool(t) }},
+		{"versitygw", func(t *testing.T) string { return s3server.Start(t).URL }},
+		{"minio", func(t *testing.T) string { return s3server.StartMinIO(t).URL }},
+		{"fake-gcs-server", func(t *testing.T) string { return gcsserver.Start(t).NewBucket(t) }},
+		{"azurite", func(t *testing.T) string { return azureserver.Start(t).NewBucket(t) }},
+	} {
+		t.Run(bk.name, func(t *testing.T) { twoWritersFence(t, bk.pool(t)) })
+	}
+}
+
+func twoWritersFence(t *testing.T, pool string) {
+	vol := volURL(pool, "shared")
 	a := startServe(t, vol, "--create", "--size", "64M")
 	qemuIO(t, a.URI("shared"), nil, "write -P 0x01 0 1M", "flush")
 
