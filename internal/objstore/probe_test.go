@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/testutil/azureserver"
+	"github.com/urldisk/urldisk/internal/testutil/gcsserver"
 	"github.com/urldisk/urldisk/internal/testutil/s3server"
 )
 
@@ -47,6 +49,18 @@ func TestProbe(t *testing.T) {
 	t.Run("s3", func(t *testing.T) {
 		srv := s3server.Start(t)
 		checkProbe(t, open(t, &objstore.Opener{}, srv.URL), true)
+	})
+	t.Run("minio", func(t *testing.T) {
+		srv := s3server.StartMinIO(t)
+		checkProbe(t, open(t, &objstore.Opener{}, srv.URL), true)
+	})
+	t.Run("gs", func(t *testing.T) {
+		srv := gcsserver.Start(t)
+		checkProbe(t, open(t, &objstore.Opener{}, srv.NewBucket(t)), true)
+	})
+	t.Run("azblob", func(t *testing.T) {
+		srv := azureserver.Start(t)
+		checkProbe(t, open(t, &objstore.Opener{}, srv.NewBucket(t)), true)
 	})
 	t.Run("overwriting", func(t *testing.T) {
 		checkProbe(t, overwritingStore{open(t, &objstore.Opener{}, "mem://")}, false)
