@@ -19,8 +19,9 @@ import (
 
 // openPool opens the pool at poolURL; with create it initialises an empty
 // store as a pool first. The pool owns its store: Close it.
-func openPool(ctx context.Context, log *slog.Logger, poolURL string, create bool) (*volume.Pool, error) {
-	opts := volume.PoolOptions{Logger: log}
+func openPool(ctx context.Context, g *globals, poolURL string, create bool) (*volume.Pool, error) {
+	log := g.log
+	opts := volume.PoolOptions{Logger: log, Key: g.keySource()}
 	p, err := volume.OpenPoolURL(ctx, poolURL, opts)
 	if errors.Is(err, volume.ErrNoPool) && create {
 		if err := refuseNestedPool(ctx, poolURL); err != nil {
@@ -74,12 +75,12 @@ func parseRefIfURL(s string) (volref.Ref, bool, error) {
 }
 
 // openVolumeURL parses a volume URL (no point) and opens its pool.
-func openVolumeURL(ctx context.Context, log *slog.Logger, rawURL string, create bool) (*volume.Pool, string, error) {
+func openVolumeURL(ctx context.Context, g *globals, rawURL string, create bool) (*volume.Pool, string, error) {
 	ref, err := volref.ParseHead(rawURL)
 	if err != nil {
 		return nil, "", err
 	}
-	p, err := openPool(ctx, log, ref.Pool, create)
+	p, err := openPool(ctx, g, ref.Pool, create)
 	if err != nil {
 		return nil, "", err
 	}
@@ -103,7 +104,7 @@ func command(use, short string, args cobra.PositionalArgs, run func(ctx context.
 
 // withPool opens the pool at rawURL for the duration of fn.
 func withPool(ctx context.Context, g *globals, rawURL string, fn func(p *volume.Pool) error) error {
-	p, err := openPool(ctx, g.log, rawURL, false)
+	p, err := openPool(ctx, g, rawURL, false)
 	if err != nil {
 		return err
 	}
@@ -113,7 +114,7 @@ func withPool(ctx context.Context, g *globals, rawURL string, fn func(p *volume.
 
 // withVolume opens the pool of volume URL rawURL for the duration of fn.
 func withVolume(ctx context.Context, g *globals, rawURL string, fn func(p *volume.Pool, name string) error) error {
-	p, name, err := openVolumeURL(ctx, g.log, rawURL, false)
+	p, name, err := openVolumeURL(ctx, g, rawURL, false)
 	if err != nil {
 		return err
 	}

@@ -21,6 +21,8 @@ import (
 type globals struct {
 	logLevel string
 	log      *slog.Logger
+	// keys: where encrypted volumes' key-encryption key comes from.
+	keys keyFlags
 }
 
 // Main runs the CLI with os.Args and returns the process exit code.
@@ -69,6 +71,7 @@ Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never the URL.`,
 		},
 	}
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	g.keys.register(root, true, "", "key-encryption key of encrypted volumes (else $"+keyEnv+")")
 	root.AddCommand(
 		newPoolCommand(g),
 		newCreateCommand(g),
@@ -87,6 +90,7 @@ Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never the URL.`,
 		newGCCommand(g),
 		newDUCommand(g),
 		newVerifyCommand(g),
+		newRekeyCommand(g),
 		newAgentCommand(g), newMachineCommand(g), newMigrateCommand(g), newDrainCommand(g), newUndrainCommand(g), newHostsCommand(g),
 	)
 	return root

@@ -429,7 +429,7 @@ func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string
 		return nil, "", err
 	}
 	raw, pt, name := ref.URL(), ref.Point, ref.Name
-	p, err := openPool(ctx, g.log, ref.Pool, o.create)
+	p, err := openPool(ctx, g, ref.Pool, o.create)
 	if err != nil {
 		return nil, "", err
 	}

@@ -95,7 +95,7 @@ func newImportCommand(g *globals) *cobra.Command {
 			if err := o.validate(); err != nil {
 				return err
 			}
-			return runImport(ctx, g.log, o, out, cmd.ErrOrStderr())
+			return runImport(ctx, g, o, out, cmd.ErrOrStderr())
 		})
 	cmd.Flags().StringVar(&o.size, "size", "", "size of the volume to create (default: the file's size rounded up to 4 KiB)")
 	return cmd
@@ -104,7 +104,8 @@ func newImportCommand(g *globals) *cobra.Command {
 // runImport copies the raw image o.file into volume o.url, creating the
 // volume if it is missing. Into an existing volume, the image's holes and
 // zeros are written as zeros (the volume may hold older data there).
-func runImport(ctx context.Context, log *slog.Logger, o *importOptions, stdout, stderr io.Writer) error {
+func runImport(ctx context.Context, g *globals, o *importOptions, stdout, stderr io.Writer) error {
+	log := g.log
 	f, err := os.Open(o.file)
 	if err != nil {
 		return fmt.Errorf("open import file: %w", err)
@@ -118,7 +119,7 @@ func runImport(ctx context.Context, log *slog.Logger, o *importOptions, stdout, 
 		return fmt.Errorf("import: %s is not a regular file", o.file)
 	}
 	fileSize := fi.Size()
-	p, name, err := openVolumeURL(ctx, log, o.url, true)
+	p, name, err := openVolumeURL(ctx, g, o.url, true)
 	if err != nil {
 		return err
 	}
@@ -248,7 +249,7 @@ func newExportCommand(g *globals) *cobra.Command {
 	cmd = command("export URL FILE", "Copy a volume into a raw image file (sparse: only written ranges are allocated)",
 		exactArgs(2, "a volume URL and a file"), func(ctx context.Context, out io.Writer, args []string) error {
 			o.url, o.file = args[0], args[1]
-			return runExport(ctx, g.log, o, out, cmd.ErrOrStderr())
+			return runExport(ctx, g, o, out, cmd.ErrOrStderr())
 		})
 	cmd.Flags().BoolVar(&o.force, "force", false, "overwrite FILE if it exists")
 	return cmd
@@ -257,7 +258,7 @@ func newExportCommand(g *globals) *cobra.Command {
 // runExport copies volume o.url into the raw image o.file. The file is
 // created first, so the commonest mistake (it exists) is reported before a
 // pool is opened or a cache made; on any failure it is removed again.
-func runExport(ctx context.Context, log *slog.Logger, o exportOptions, stdout, stderr io.Writer) error {
+func runExport(ctx context.Context, g *globals, o exportOptions, stdout, stderr io.Writer) error {
 	flags := os.O_WRONLY | os.O_CREATE | os.O_EXCL
 	if o.force {
 		flags = os.O_WRONLY | os.O_CREATE | os.O_TRUNC
@@ -269,7 +270,7 @@ func runExport(ctx context.Context, log *slog.Logger, o exportOptions, stdout, s
 	if err != nil {
 		return fmt.Errorf("create export file: %w", err)
 	}
-	name, size, err := exportURL(ctx, log, o.url, out, stderr)
+	name, size, err := exportURL(ctx, g, o.url, out, stderr)
 	if serr := out.Sync(); err == nil && serr != nil {
 		err = fmt.Errorf("sync %s: %w", o.file, serr)
 	}
@@ -286,8 +287,9 @@ func runExport(ctx context.Context, log *slog.Logger, o exportOptions, stdout, s
 
 // exportURL attaches volume rawURL read-only and copies it into out; it
 // returns the volume's name and size.
-func exportURL(ctx context.Context, log *slog.Logger, rawURL string, out *os.File, stderr io.Writer) (string, int64, error) {
-	p, name, err := openVolumeURL(ctx, log, rawURL, false)
+func exportURL(ctx context.Context, g *globals, rawURL string, out *os.File, stderr io.Writer) (string, int64, error) {
+	log := g.log
+	p, name, err := openVolumeURL(ctx, g, rawURL, false)
 	if err != nil {
 		return "", 0, err
 	}

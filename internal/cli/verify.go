@@ -56,7 +56,7 @@ func verifyArgs(cmd *cobra.Command, args []string) error {
 // runVerify checks the volume at rawURL and prints the report on out.
 func runVerify(ctx context.Context, g *globals, out io.Writer, rawURL string, o *verifyOptions) error {
 	uncheckable := func(err error) error { return &exitCodeError{code: verifyExitUncheckable, err: err} }
-	p, name, err := openVolumeURL(ctx, g.log, rawURL, false)
+	p, name, err := openVolumeURL(ctx, g, rawURL, false)
 	if err != nil {
 		return uncheckable(fmt.Errorf("verify: %w", err))
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,6 +16,7 @@ import (
 type createOptions struct {
 	size      string
 	blockSize string
+	encrypt   bool
 }
 
 // Block sizes the volume format accepts (format.VolumeDesc.Validate).
@@ -45,8 +45,8 @@ func (o *createOptions) validate() (volume.CreateOptions, error) {
 
 // runCreate creates the volume rawURL names (initialising its pool if
 // needed).
-func runCreate(ctx context.Context, log *slog.Logger, out io.Writer, rawURL string, co volume.CreateOptions) error {
-	p, name, err := openVolumeURL(ctx, log, rawURL, true)
+func runCreate(ctx context.Context, g *globals, out io.Writer, rawURL string, co volume.CreateOptions) error {
+	p, name, err := openVolumeURL(ctx, g, rawURL, true)
 	if err != nil {
 		return err
 	}
@@ -56,6 +56,9 @@ func runCreate(ctx context.Context, log *slog.Logger, out io.Writer, rawURL stri
 		return err
 	}
 	printf(out, "created %s: %s (%d bytes), id %s\n", d.Name, units.FormatSize(d.Size), d.Size, d.ID)
+	if d.Encryption != nil {
+		printf(out, "encrypted: data key wrapped by key %s\n", d.Encryption.KeyFingerprint)
+	}
 	return nil
 }
 
@@ -67,10 +70,12 @@ func newCreateCommand(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runCreate(ctx, g.log, out, args[0], co)
+			co.Encrypt = o.encrypt
+			return runCreate(ctx, g, out, args[0], co)
 		})
 	cmd.Flags().StringVar(&o.size, "size", "", "volume size, e.g. 10G, 512M (a multiple of the block size)")
 	cmd.Flags().StringVar(&o.blockSize, "block-size", "4K", "block size: a power of two from 512 to 1M, e.g. 512, 4K, 64K")
+	cmd.Flags().BoolVar(&o.encrypt, "encrypt", false, "seal every record with a random data key wrapped by the key from --key-file, --key-command or $URLDISK_KEY (clones inherit it)")
 	return cmd
 }
 
@@ -135,7 +140,12 @@ func printInfo(w io.Writer, rawURL string, in *volume.Info) {
 		printf(w, "%s %s (%s) at seq %d\n", what, name, a.ID, a.Seq)
 	}
 	printf(w, "used:        %s mapped in %d extents\n", units.FormatSize(in.UsedBytes), in.Extents)
-	printf(w, "records:     %d (%s stored), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), in.FirstSeq, in.HeadSeq)
+	printf(w, "records:     %d (%s stored, %s logical), seq %d..%d\n", in.Records, units.FormatSize(uint64(in.StoredBytes)), units.FormatSize(uint64(in.LogicalBytes)), in.FirstSeq, in.HeadSeq)
+	if in.Encrypted {
+		printf(w, "encryption:  xchacha20poly1305, data key wrapped by key %s\n", in.KeyFingerprint)
+	} else {
+		printf(w, "encryption:  off\n")
+	}
 	printf(w, "epoch:       %d\n", in.Epoch)
 	printf(w, "writer:      %s\n", describeWriter(in.Writer))
 	printf(w, "snapshots:   %d (newest at seq %d)\n", in.Snapshots, in.SnapSeq)

@@ -234,7 +234,7 @@ func (p *Pool) Create(ctx context.Context, name string, o CreateOptions) (*forma
 	if o.Encrypt {
 		kek, err := p.kek(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("create %q --encrypt: %w", name, err)
+			return nil, fmt.Errorf("create %q --encrypt: %w (pass --key-file, --key-command or $URLDISK_KEY)", name, err)
 		}
 		if d.Encryption, err = format.NewEncryption(kek); err != nil {
 			return nil, fmt.Errorf("create %q: %w", name, err)
