@@ -28,6 +28,12 @@ func newPoolCommand(g *globals) *cobra.Command {
 			}
 			m := p.Marker()
 			printf(out, "pool %s ready (conditional create: %v)\n", objstore.Redact(args[0]), m.ConditionalCreate)
+			if !m.ConditionalCreate {
+				// A pool no writer may use is legitimate (a read-only
+				// mirror), but nobody should find out at attach time.
+				printf(out, "WARNING: %s does not honour conditional create: read-write attach and `urldisk create` will be refused in this pool; only --read-only serving works\n",
+					objstore.Describe(ctx, store))
+			}
 			return nil
 		}))
 	return cmd

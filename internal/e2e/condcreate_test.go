@@ -27,16 +27,7 @@ func TestServeRefusesStoreWithoutConditionalCreate(t *testing.T) {
 	qemuIO(t, rw.URI("v"), nil, "write -P 0xab 0 64k", "flush")
 	rw.StopOK()
 
-	px, err := latencyproxy.Start(srv.Endpoint, latencyproxy.Config{DropConditional: &latencyproxy.Credentials{
-		AccessKey: s3server.AccessKey, SecretKey: s3server.SecretKey, Region: s3server.Region}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { px.Close() })
-	proxied := strings.Replace(pool, url.QueryEscape(srv.Endpoint), url.QueryEscape(px.URL), 1)
-	if proxied == pool {
-		t.Fatalf("could not point %s at the proxy", pool)
-	}
+	px, proxied := dropConditionalProxy(t, srv, pool)
 
 	bad := launchServe(t, newHost(t), volURL(proxied, "v"))
 	bad.expectFailure = true
@@ -53,4 +44,50 @@ func TestServeRefusesStoreWithoutConditionalCreate(t *testing.T) {
 	ro := startServe(t, "--read-only", volURL(proxied, "v"))
 	qemuIO(t, ro.URI("v"), []string{"-r"}, "read -P 0xab 0 64k", "read -P 0 64k 64k")
 	ro.StopOK()
+}
+
+// dropConditionalProxy starts a proxy to srv that drops If-None-Match and
+// If-Match, and returns it and pool's URL through it.
+func dropConditionalProxy(t *testing.T, srv *s3server.Server, pool string) (*latencyproxy.Proxy, string) {
+	t.Helper()
+	px, err := latencyproxy.Start(srv.Endpoint, latencyproxy.Config{DropConditional: &latencyproxy.Credentials{
+		AccessKey: s3server.AccessKey, SecretKey: s3server.SecretKey, Region: s3server.Region}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { px.Close() })
+	proxied := strings.Replace(pool, url.QueryEscape(srv.Endpoint), url.QueryEscape(px.URL), 1)
+	if proxied == pool {
+		t.Fatalf("could not point %s at the proxy", pool)
+	}
+	return px, proxied
+}
+
+// TestInitAndCreateWithoutConditionalCreate: `urldisk pool init` through a
+// store that ignores If-None-Match creates the pool but warns that writers
+// will be refused; `urldisk create` there, and in a conforming pool
+// reached through that store, exits 1 with the clear error instead of
+// creating a volume no writer could open.
+func TestInitAndCreateWithoutConditionalCreate(t *testing.T) {
+	srv := s3server.Start(t)
+	good := srv.URL
+	mustRun(t, "urldisk", "pool", "init", good)
+	px, goodProxied := dropConditionalProxy(t, srv, good)
+	_, roPool := dropConditionalProxy(t, srv, srv.NewBucket(t))
+
+	out := mustRun(t, "urldisk", "pool", "init", roPool)
+	if !strings.Contains(out, "(conditional create: false)") || !strings.Contains(out, "WARNING: ") ||
+		!strings.Contains(out, "read-write attach and `urldisk create` will be refused") {
+		t.Errorf("pool init through the proxy did not warn:\n%s", out)
+	}
+	for _, pool := range []string{roPool, goodProxied} {
+		r := run(t, "urldisk", "create", volURL(pool, "v"), "--size", "8M")
+		if r.code != 1 || !strings.Contains(r.stderr, "object store does not support conditional create") ||
+			!strings.Contains(r.stderr, px.Addr[:strings.LastIndex(px.Addr, ":")]) {
+			t.Errorf("create through the proxy: want exit 1 and the conditional-create error:\n%s", r)
+		}
+	}
+	if r := run(t, "urldisk", "info", volURL(good, "v")); r.code == 0 {
+		t.Errorf("the refused create left a volume:\n%s", r)
+	}
 }

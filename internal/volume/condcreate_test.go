@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/objstore/faultstore"
 	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
@@ -81,5 +82,52 @@ func TestWriterRefusedWithoutConditionalCreate(t *testing.T) {
 	}
 	if !bytes.Equal(got, data) {
 		t.Errorf("read-only read = %x..., want %x...", got[:4], data[:4])
+	}
+}
+
+// TestCreateRefusedWithoutConditionalCreate: a pool initialised on a store
+// that overwrites on create-if-absent is created (read-only pools are
+// legitimate) but marked so, and Create there fails with
+// ErrNoConditionalCreate, as does Create in a conforming pool reached
+// through such a store now; neither binds a name. Before, both created a
+// volume no writer could ever open (or, in the second case, one created
+// without the name's create-if-absent holding).
+func TestCreateRefusedWithoutConditionalCreate(t *testing.T) {
+	ctx := context.Background()
+	names := func(s objstore.Store) []string {
+		var keys []string
+		if err := s.List(ctx, format.NamesPrefix, func(oi objstore.ObjectInfo) error { keys = append(keys, oi.Key); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return keys
+	}
+
+	roStore := faultstore.New(openStore(t, "mem://"+t.Name()+"-ro"), faultstore.Hooks{NoConditionalCreate: true})
+	var logs lockedbuf.Buffer
+	ro, err := InitPool(ctx, roStore, PoolOptions{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatalf("init pool on a store without conditional create: %v", err)
+	}
+	if ro.Marker().ConditionalCreate {
+		t.Error("pool marker says conditional create is honoured")
+	}
+	if !strings.Contains(logs.String(), "writers and new volumes will be refused") {
+		t.Errorf("init did not warn:\n%s", logs.String())
+	}
+
+	good := openStore(t, "mem://"+t.Name())
+	initPool(t, good)
+	through, err := OpenPool(ctx, faultstore.New(good, faultstore.Hooks{NoConditionalCreate: true}), PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, p := range map[string]*Pool{"marked pool": ro, "conforming pool through a bad store": through} {
+		_, err := p.Create(ctx, "v", CreateOptions{Size: 1 << 20})
+		if !errors.Is(err, ErrNoConditionalCreate) || !strings.Contains(err.Error(), "conditional create disabled by faultstore") {
+			t.Errorf("%s: Create: err = %v, want ErrNoConditionalCreate naming the store", name, err)
+		}
+		if n := names(p.Store()); len(n) != 0 {
+			t.Errorf("%s: names bound after the refused create: %v", name, n)
+		}
 	}
 }

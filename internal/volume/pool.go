@@ -99,7 +99,8 @@ func InitPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Poo
 		return nil, fmt.Errorf("init pool: write marker: %w", err)
 	}
 	if !cond {
-		opts.Logger.Warn("object store does not honour conditional create: volumes in this pool can only be opened read-only")
+		opts.Logger.Warn("object store does not honour conditional create: pool initialised read-only; writers and new volumes will be refused",
+			"store", objstore.Describe(ctx, store))
 	}
 	return OpenPool(ctx, store, opts)
 }
@@ -249,7 +250,19 @@ func (p *Pool) Create(ctx context.Context, name string, o CreateOptions) (*forma
 
 // bind writes a descriptor (and an initial snapshot, for clones) and then
 // claims the name; the name is the commit point.
+//
+// It refuses (ErrNoConditionalCreate) where create-if-absent is not
+// honoured: in a pool whose marker says so, or through a store that fails
+// the probe now. A volume there could never be opened read-write, and the
+// name's create-if-absent below is what keeps two creators of one name
+// from both succeeding.
 func (p *Pool) bind(ctx context.Context, d *format.VolumeDesc, initialSnap []byte) error {
+	if !p.marker.ConditionalCreate {
+		return fmt.Errorf("create %q: %w", d.Name, noConditionalCreate(ctx, p.store))
+	}
+	if err := p.requireConditionalCreate(ctx, p.log); err != nil {
+		return fmt.Errorf("create %q: %w", d.Name, err)
+	}
 	if _, err := p.store.Stat(ctx, format.NameKey(d.Name)); err == nil {
 		return fmt.Errorf("create %q: %w", d.Name, ErrExists)
 	}
