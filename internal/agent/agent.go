@@ -250,6 +250,13 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 		c.Close()
 		return err
 	}
+	// Placements are versioned by create-if-absent: on a store that
+	// ignores it two agents could both win a version. Refuse to start.
+	if err := a.fleet.CheckConditionalCreate(ctx); err != nil {
+		ln.Close()
+		c.Close()
+		return fmt.Errorf("agent: %w", err)
+	}
 	// First heartbeat before anything else: the host exists in the fleet.
 	if err := a.heartbeat(ctx, false); err != nil {
 		ln.Close()

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/urldisk/urldisk/internal/objstore"
 )
@@ -24,6 +25,44 @@ type Fleet struct {
 	// placements caches decoded placement objects by key; guarded by mu.
 	// Only the newest version of each machine is kept.
 	placements map[string]*Placement
+	// condOK: the store passed CheckConditionalCreate in this process;
+	// guarded by mu. A failure is not remembered: the next write probes
+	// again.
+	condOK bool
+}
+
+// ErrNoConditionalCreate: the fleet's store does not honour
+// create-if-absent, so two schedulers could both write one placement
+// version (and two hosts run one machine).
+var ErrNoConditionalCreate = errors.New("fleet store does not support conditional create; refusing to write placements")
+
+// CheckConditionalCreate probes the fleet's store (objstore.Probe) once
+// per Fleet, and returns an error wrapping ErrNoConditionalCreate, naming
+// the store, if it does not honour create-if-absent: placement versions and
+// acks are only single-writer if it does. The agent calls it at start;
+// every placement or ack write calls it first, so a scheduler command
+// probes the endpoint it uses before it writes.
+func (f *Fleet) CheckConditionalCreate(ctx context.Context) error {
+	f.mu.Lock()
+	ok := f.condOK
+	f.mu.Unlock()
+	if ok {
+		return nil
+	}
+	t0 := time.Now()
+	ok, err := objstore.Probe(ctx, f.store)
+	f.log.Debug("conditional-create probe", "honoured", ok, "duration", time.Since(t0), "err", err)
+	if err != nil {
+		return fmt.Errorf("probe fleet store: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s overwrote an object on a second create-if-absent (If-None-Match ignored?); use a store (and any proxy in front of it) that honours conditional create",
+			ErrNoConditionalCreate, objstore.Describe(ctx, f.store))
+	}
+	f.mu.Lock()
+	f.condOK = true
+	f.mu.Unlock()
+	return nil
 }
 
 // New returns a Fleet over store (the fleet URL's store; keys live under
@@ -198,6 +237,9 @@ func (f *Fleet) Update(ctx context.Context, name, by string, next func(cur *Plac
 
 // create creates p's version; false if another writer's object is there.
 func (f *Fleet) create(ctx context.Context, p *Placement) (bool, error) {
+	if err := f.CheckConditionalCreate(ctx); err != nil {
+		return false, fmt.Errorf("write placement %s v%d: %w", p.Name, p.Version, err)
+	}
 	b, err := EncodePlacement(p)
 	if err != nil {
 		return false, err
@@ -285,6 +327,9 @@ func (f *Fleet) Heartbeats(ctx context.Context) ([]*Heartbeat, error) {
 // PutAck records that ack.Host stopped the machine for version
 // ack.Version. An existing ack is kept (acks are created if-absent).
 func (f *Fleet) PutAck(ctx context.Context, a *Ack) error {
+	if err := f.CheckConditionalCreate(ctx); err != nil {
+		return fmt.Errorf("write ack %s v%d: %w", a.Name, a.Version, err)
+	}
 	b, err := EncodeAck(a)
 	if err != nil {
 		return err

@@ -85,7 +85,9 @@ func TestUpdateConcurrentWriters(t *testing.T) {
 	var rmu sync.Mutex
 	store := faultstore.New(memStore(t), faultstore.Hooks{
 		After: func(op faultstore.Op, key string, err error) error {
-			if op != faultstore.OpPutIfAbsent || err != nil {
+			// Placement creates lose responses; the conditional-create
+			// probe before them is not what this test is about.
+			if op != faultstore.OpPutIfAbsent || err != nil || strings.HasPrefix(key, objstore.ProbePrefix) {
 				return nil
 			}
 			rmu.Lock()
@@ -342,5 +344,40 @@ func TestOps(t *testing.T) {
 	}
 	if p, err = ops.Run(ctx, "m3", procSpec("v1"), ""); err != nil {
 		t.Fatalf("the volume of a removed machine is free again: %v", err)
+	}
+}
+
+// TestNoConditionalCreate: on a store that overwrites on create-if-absent
+// the fleet refuses to write a placement version or an ack
+// (ErrNoConditionalCreate, naming the store) and writes none; before, two
+// schedulers could both win one version.
+func TestNoConditionalCreate(t *testing.T) {
+	ctx := context.Background()
+	inner := memStore(t)
+	f := New(faultstore.New(inner, faultstore.Hooks{NoConditionalCreate: true}), nil)
+	if err := f.CheckConditionalCreate(ctx); !errors.Is(err, ErrNoConditionalCreate) {
+		t.Fatalf("CheckConditionalCreate = %v, want ErrNoConditionalCreate", err)
+	}
+	_, err := f.Update(ctx, "m", "w", func(cur *Placement) (*Placement, error) {
+		return NextRun(cur, "m", procSpec("v"), "h0", t0)
+	})
+	if !errors.Is(err, ErrNoConditionalCreate) || !strings.Contains(err.Error(), "conditional create disabled by faultstore") {
+		t.Errorf("Update: err = %v, want ErrNoConditionalCreate naming the store", err)
+	}
+	if err := f.PutAck(ctx, &Ack{Name: "m", Version: 1, Host: "h0", Stopped: t0}); !errors.Is(err, ErrNoConditionalCreate) {
+		t.Errorf("PutAck: err = %v, want ErrNoConditionalCreate", err)
+	}
+	var keys []string
+	if err := inner.List(ctx, "", func(oi objstore.ObjectInfo) error { keys = append(keys, oi.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 0 {
+		t.Errorf("objects written on a store without conditional create: %v", keys)
+	}
+	// The same fleet over the honest store writes.
+	if _, err := New(inner, nil).Update(ctx, "m", "w", func(cur *Placement) (*Placement, error) {
+		return NextRun(cur, "m", procSpec("v"), "h0", t0)
+	}); err != nil {
+		t.Fatalf("Update on a conforming store: %v", err)
 	}
 }
