@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/urldisk/urldisk/internal/format"
@@ -129,5 +130,38 @@ func TestCreateRefusedWithoutConditionalCreate(t *testing.T) {
 		if n := names(p.Store()); len(n) != 0 {
 			t.Errorf("%s: names bound after the refused create: %v", name, n)
 		}
+	}
+}
+
+// TestProbeRetriedOnTransientError: a probe create that fails in transit
+// is tried again, so one store hiccup does not fail a read-write attach
+// (the fence create it precedes retries too).
+func TestProbeRetriedOnTransientError(t *testing.T) {
+	ctx := context.Background()
+	inner := openStore(t, "mem://"+t.Name())
+	initPool(t, inner)
+	var failed atomic.Bool
+	store := faultstore.New(inner, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if op == faultstore.OpPutIfAbsent && strings.HasPrefix(key, objstore.ProbePrefix) && failed.CompareAndSwap(false, true) {
+			return faultstore.ErrInjected
+		}
+		return nil
+	}})
+	p, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Create(ctx, "v", CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatalf("create after one failed probe: %v", err)
+	}
+	if !failed.Load() {
+		t.Fatal("no probe create was failed")
+	}
+	v, err := p.Open(ctx, "v", Options{IdleFlush: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("open read-write: %v", err)
+	}
+	if err := v.Close(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

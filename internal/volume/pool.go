@@ -162,6 +162,13 @@ func openPoolURL(ctx context.Context, poolURL string, opts PoolOptions, open fun
 func (p *Pool) requireConditionalCreate(ctx context.Context, log *slog.Logger) error {
 	t0 := time.Now()
 	ok, err := objstore.Probe(ctx, p.store)
+	// A probe that failed in transit (not one that found an overwrite) is
+	// tried again, as the fence create it precedes would be: a transient
+	// store error must not fail an attach that the fence would survive.
+	for try, backoff := 1, 50*time.Millisecond; err != nil && try < 3 && sleepCtx(ctx, backoff); try, backoff = try+1, backoff*4 {
+		log.Warn("conditional-create probe failed; retrying", "err", err)
+		ok, err = objstore.Probe(ctx, p.store)
+	}
 	log.Debug("conditional-create probe", "honoured", ok, "duration", time.Since(t0), "err", err)
 	if err != nil {
 		return fmt.Errorf("probe conditional create: %w", err)
