@@ -370,8 +370,8 @@ func newDUCommand(g *globals) *cobra.Command {
 					return err
 				}
 				f := func(n int64) string { return units.FormatSize(uint64(n)) }
-				return printListing(out, asJSON, es, "VOLUME\tSTORED\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE", func(e volume.DUEntry) string {
-					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s", e.Name, f(e.StoredBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
+				return printListing(out, asJSON, es, "VOLUME\tSTORED\tLOGICAL\tEXCLUSIVE\tSHARED\tHISTORY\tGARBAGE", func(e volume.DUEntry) string {
+					return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%s", e.Name, f(e.StoredBytes), f(e.LogicalBytes), f(e.ExclusiveBytes), f(e.SharedBytes), f(e.HistoryBytes), f(e.GarbageBytes))
 				})
 			})
 		})

@@ -134,7 +134,7 @@ func TestVolumeListings(t *testing.T) {
 		t.Errorf("checkpoints --json: %v %+v", err, cps)
 	}
 	lines = strings.Split(strings.TrimSpace(mustRun(t, "du", pool)), "\n")
-	if len(lines) != 3 || !regexpMatch(t, `^VOLUME +STORED +EXCLUSIVE +SHARED +HISTORY +GARBAGE$`, lines[0]) {
+	if len(lines) != 3 || !regexpMatch(t, `^VOLUME +STORED +LOGICAL +EXCLUSIVE +SHARED +HISTORY +GARBAGE$`, lines[0]) {
 		t.Errorf("du table:\n%s", strings.Join(lines, "\n"))
 	}
 }

@@ -111,6 +111,21 @@ func TestEncryptedVolume(t *testing.T) {
 	if n := scanStore(t, store, data[:64]); n < 3 {
 		t.Fatalf("scanned only %d objects", n)
 	}
+	// info and du tell stored from logical bytes: the sealed frames cost
+	// 48 bytes each over the data (trailers count as logical).
+	in, err := p.Info(ctx, "enc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	frames := int64(len(data)+format.ChunkSize-1) / format.ChunkSize
+	if !in.Encrypted || in.KeyFingerprint != k1.Fingerprint() || in.LogicalBytes < int64(len(data)) ||
+		in.StoredBytes-in.LogicalBytes < frames*(format.SealedFrameHeader+format.TagSize) {
+		t.Fatalf("info: encrypted %v key %s, %d stored, %d logical for %d bytes in %d frames", in.Encrypted, in.KeyFingerprint, in.StoredBytes, in.LogicalBytes, len(data), frames)
+	}
+	du, err := p.DU(ctx, GCOptions{})
+	if err != nil || len(du) != 1 || du[0].LogicalBytes != in.LogicalBytes {
+		t.Fatalf("du: %v %+v, want logical %d", err, du, in.LogicalBytes)
+	}
 
 	for name, kp := range map[string]*Pool{"no key": keyedPool(t, store, nil), "wrong key": keyedPool(t, store, k2)} {
 		_, err := kp.Open(ctx, "enc", Options{ReadOnly: true})

@@ -366,6 +366,9 @@ type DUEntry struct {
 	ID   string `json:"id"`
 	// StoredBytes: all of the volume's objects.
 	StoredBytes int64 `json:"stored_bytes"`
+	// LogicalBytes: the data its log records hold (their size less frame
+	// headers and, encrypted, nonces and tags).
+	LogicalBytes int64 `json:"logical_bytes"`
 	// ExclusiveBytes: its records referenced only by its own maps.
 	ExclusiveBytes int64 `json:"exclusive_bytes"`
 	// SharedBytes: its records also referenced by other volumes (clones).
@@ -397,8 +400,14 @@ func (p *Pool) DU(ctx context.Context, o GCOptions) ([]DUEntry, error) {
 	for _, g := range s.vols {
 		id := g.ID
 		e := DUEntry{Name: g.Label(), ID: id}
+		// A removed volume's descriptor may be gone: count it unsealed.
+		d, derr := p.descriptor(ctx, id)
+		sealed := derr == nil && d.Encryption != nil
 		for _, oi := range g.Objects {
 			e.StoredBytes += oi.Size
+			if oi.Kind == gcplan.Log {
+				e.LogicalBytes += logicalBytes(oi.Size, sealed)
+			}
 			if garbage[oi.Key] {
 				e.GarbageBytes += oi.Size
 				continue
