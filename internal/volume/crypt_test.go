@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"testing"
 
@@ -451,5 +452,37 @@ func TestUnencryptedUnchanged(t *testing.T) {
 	}
 	if got, err := readBack(t, keyedPool(t, store, kekOf(t, 9)), "plain", len(data), 0); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("read with a key in the pool: %v", err)
+	}
+}
+
+// TestOldFormatVolumeOpens opens a pool written by the binary before
+// encryption existed (commit 2b6d4b5: `create --size 12K`, `import` of a
+// known 12 KiB image, `clone` to kid; testdata/oldformat-2b6d4b5): both
+// volumes read back the image, a key in the pool changes nothing, and the
+// volume takes new writes in the format it always had.
+func TestOldFormatVolumeOpens(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS("testdata/oldformat-2b6d4b5")); err != nil {
+		t.Fatal(err)
+	}
+	store := openStore(t, "file://"+dir)
+	p := keyedPool(t, store, kekOf(t, 3))
+	want := make([]byte, 12288)
+	for i := range want {
+		want[i] = byte((i*7 + i/256) % 251)
+	}
+	for _, name := range []string{"old", "kid"} {
+		if got, err := readBack(t, p, name, len(want), 0); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("%s: %v (equal %v)", name, err, bytes.Equal(got, want))
+		}
+	}
+	writeAndClose(t, p, "old", []byte("new data"), 100)
+	copy(want[100:], "new data")
+	if got, err := readBack(t, p, "old", len(want), 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("after a write: %v", err)
+	}
+	if d, _ := p.Resolve(ctx, "old"); d.Encryption != nil {
+		t.Fatal("old volume became encrypted")
 	}
 }
