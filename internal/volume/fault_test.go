@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -313,12 +314,15 @@ func zombieRecord(t *testing.T, id string, seq, epoch uint64, regions []region) 
 // segments are in flight when the zombie appears, so all three move and
 // their original uploads may land too; replay must still apply them in
 // order. "pipelined-open": a fourth, open segment moves with them.
+// "...-encrypted": the same on an encrypted volume, whose moved records are
+// sealed again for their new slots (the frames' additional data names the
+// seq), or they would not open after the move.
 func TestZombieLeftoverSkipped(t *testing.T) {
 	for _, backend := range []struct{ name, url string }{
 		{"mem", "mem://zombie"},
 		{"file", "file://" + t.TempDir()},
 	} {
-		for _, mode := range []string{"single", "pipelined", "pipelined-open"} {
+		for _, mode := range []string{"single", "pipelined", "pipelined-open", "single-encrypted", "pipelined-open-encrypted"} {
 			t.Run(backend.name+"/"+mode, func(t *testing.T) {
 				url := backend.url
 				if backend.name == "mem" {
@@ -326,7 +330,7 @@ func TestZombieLeftoverSkipped(t *testing.T) {
 				} else {
 					url += "/" + mode
 				}
-				runZombie(t, url, mode != "single", mode == "pipelined-open")
+				runZombie(t, url, strings.HasPrefix(mode, "pipelined"), strings.HasPrefix(mode, "pipelined-open"), strings.HasSuffix(mode, "-encrypted"))
 			})
 		}
 	}
@@ -335,12 +339,18 @@ func TestZombieLeftoverSkipped(t *testing.T) {
 // openSeg (with pipelined): a fourth segment is still open when the zombie
 // is found, so it moves too and its old slot, which nothing was uploaded to,
 // must be filled for the flush to complete.
-func runZombie(t *testing.T, url string, pipelined, openSeg bool) {
+func runZombie(t *testing.T, url string, pipelined, openSeg, encrypted bool) {
 	ctx := context.Background()
 	const size = 4 << 20
 	inner := openStore(t, url)
 	cleanPool := initPool(t, inner)
-	desc, err := cleanPool.Create(ctx, "zombie", CreateOptions{Size: size})
+	var keys KeySource
+	if encrypted {
+		kek := kekOf(t, 5)
+		keys = func(context.Context) (*format.KEK, error) { return kek, nil }
+		cleanPool.keys = keys
+	}
+	desc, err := cleanPool.Create(ctx, "zombie", CreateOptions{Size: size, Encrypt: encrypted})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,6 +366,7 @@ func runZombie(t *testing.T, url string, pipelined, openSeg bool) {
 
 	var g gate
 	pool := gatedLogPool(t, inner, &g, nil)
+	pool.keys = keys
 	w, err := pool.Open(ctx, "zombie", Options{SegmentBytes: 64 << 10, Uploads: 8, IdleFlush: -1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
