@@ -346,10 +346,13 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 	if err := v.pool.requireConditionalCreate(ctx, v.log); err != nil {
 		return err
 	}
-	var id format.WriterID
-	if _, err := rand.Read(id[:]); err != nil {
+	id, err := newWriterID()
+	if err != nil {
 		return err
 	}
+	// Frame nonces are this attach's random writer id and a counter: no
+	// other writer (a takeover, a clone's, a zombie) can produce them.
+	v.nonces = format.NewNonces(id)
 	host, _ := os.Hostname()
 	meta, _ := json.Marshal(fenceMeta{Host: host, PID: os.Getpid(), Time: v.opts.Clock.Now().UTC()})
 	store := v.pool.store
