@@ -11,7 +11,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
@@ -39,16 +38,16 @@ func (k *keyFlags) register(cmd *cobra.Command, persistent bool, prefix, what st
 func (k *keyFlags) source(flagPrefix, env string) volume.KeySource {
 	switch {
 	case k.file != "" && k.command != "":
-		return func(context.Context) (*format.KEK, error) {
+		return func(context.Context) (*volume.Key, error) {
 			return nil, fmt.Errorf("--%skey-file and --%skey-command both given; pick one", flagPrefix, flagPrefix)
 		}
 	case k.file != "":
-		return func(context.Context) (*format.KEK, error) {
+		return func(context.Context) (*volume.Key, error) {
 			b, err := os.ReadFile(k.file)
 			if err != nil {
 				return nil, fmt.Errorf("--%skey-file: %w", flagPrefix, err)
 			}
-			kek, err := format.ParseKEK(b)
+			kek, err := volume.ParseKey(b)
 			clear(b)
 			if err != nil {
 				return nil, fmt.Errorf("--%skey-file %s: %w", flagPrefix, k.file, err)
@@ -56,7 +55,7 @@ func (k *keyFlags) source(flagPrefix, env string) volume.KeySource {
 			return kek, nil
 		}
 	case k.command != "":
-		return func(ctx context.Context) (*format.KEK, error) {
+		return func(ctx context.Context) (*volume.Key, error) {
 			var out bytes.Buffer
 			c := exec.CommandContext(ctx, "/bin/sh", "-c", k.command)
 			c.Stdout, c.Stderr = &out, os.Stderr
@@ -64,7 +63,7 @@ func (k *keyFlags) source(flagPrefix, env string) volume.KeySource {
 			if err := c.Run(); err != nil {
 				return nil, fmt.Errorf("--%skey-command: run %q: %w", flagPrefix, k.command, err)
 			}
-			kek, err := format.ParseKEK(out.Bytes())
+			kek, err := volume.ParseKey(out.Bytes())
 			clear(out.Bytes())
 			if err != nil {
 				return nil, fmt.Errorf("--%skey-command %q output: %w", flagPrefix, k.command, err)
@@ -72,8 +71,8 @@ func (k *keyFlags) source(flagPrefix, env string) volume.KeySource {
 			return kek, nil
 		}
 	case env != "" && os.Getenv(env) != "":
-		return func(context.Context) (*format.KEK, error) {
-			kek, err := format.ParseKEK([]byte(os.Getenv(env)))
+		return func(context.Context) (*volume.Key, error) {
+			kek, err := volume.ParseKey([]byte(os.Getenv(env)))
 			if err != nil {
 				return nil, fmt.Errorf("$%s: %w", env, err)
 			}

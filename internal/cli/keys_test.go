@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/volume"
 )
 
 // TestKeySources: a key file (raw or hex), a key command's output and
@@ -18,7 +18,7 @@ import (
 func TestKeySources(t *testing.T) {
 	ctx := context.Background()
 	raw := []byte("0123456789abcdef0123456789ABCDEF")
-	want, err := format.ParseKEK(raw)
+	want, err := volume.ParseKey(raw)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,17 @@ import (
 // an encrypted volume is created, opened, cloned or rekeyed, at most once
 // per pool (a key command is not run again for every volume), so a pool
 // of unencrypted volumes never needs a key.
-type KeySource func(ctx context.Context) (*format.KEK, error)
+type KeySource func(ctx context.Context) (*Key, error)
+
+// Key is a key-encryption key: the user's secret that wraps the data key
+// of every encrypted volume of a lineage. Callers above volume name it by
+// this alias so that they never reach into the on-disk format.
+type Key = format.KEK
+
+// ParseKey parses a key-encryption key as a user supplies it: 32 raw
+// bytes, 64 hex digits or base64 of 32 bytes, surrounding whitespace
+// ignored. Errors never contain the material.
+func ParseKey(b []byte) (*Key, error) { return format.ParseKEK(b) }
 
 // kek returns the pool's KEK: ErrNoKey if no source was given.
 func (p *Pool) kek(ctx context.Context) (*format.KEK, error) {
