@@ -19,6 +19,7 @@ import (
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/fleet"
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volume"
 )
 
 // Config configures an Agent. Zero durations pick the defaults.
@@ -42,6 +43,12 @@ type Config struct {
 	// Listen is the API's listener: "tcp:HOST:PORT" or "unix:/path"
 	// (required).
 	Listen string
+	// Key (optional) gives the key-encryption key of encrypted volumes.
+	// It is asked once per pool, when the first encrypted volume of that
+	// pool is attached; machines on encrypted volumes fail to start (naming
+	// the volume's key fingerprint) without it, and unencrypted volumes never
+	// need it.
+	Key volume.KeySource
 	// Token authenticates every API request (required, at least
 	// MinTokenLen bytes): clients send "Authorization: Bearer <token>".
 	Token string
@@ -195,7 +202,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.fleet = fleet.New(cfg.Fleet, a.log)
 	a.ops = &fleet.Ops{Fleet: a.fleet, By: "agent " + cfg.ID, Now: cfg.Now, ResolveVolume: ResolveVolume, DefaultTimeout: cfg.HeartbeatTimeout}
-	a.pools = newPools(a.log)
+	a.pools = newPools(a.log, a.cfg.Key)
 	var err error
 	if a.tls, err = cfg.serverTLS(); err != nil {
 		return nil, err

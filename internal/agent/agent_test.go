@@ -202,6 +202,12 @@ func (ta *testAgent) stop(t *testing.T) {
 	close(ta.done)
 }
 
+// console is what machine name printed on host so far.
+func (w *world) console(host, name string) string {
+	out, _ := os.ReadFile(filepath.Join(w.dir, host, "machines", name, "console.log"))
+	return string(out)
+}
+
 func (ta *testAgent) machine(name string) (fleet.MachineStatus, bool) {
 	return ta.status(false).Machine(name)
 }
@@ -266,8 +272,7 @@ func TestMoveAndFailover(t *testing.T) {
 	})
 	stA, _ := a.machine("m")
 	waitFor(t, "helper output on a", func() bool {
-		out, _ := os.ReadFile(filepath.Join(w.dir, "a", "machines", "m", "console.log"))
-		return strings.Contains(string(out), "helper ok")
+		return strings.Contains(w.console("a", "m"), "helper ok")
 	})
 
 	// Migrate a → b: a saves the pages m touched, b prefetches them into

@@ -29,8 +29,7 @@ func TestUnusableCacheRunsMachinesWithoutCache(t *testing.T) {
 	}
 	a.Reconcile()
 	waitFor(t, "m's workload to write, flush and read back its volume", func() bool {
-		out, _ := os.ReadFile(filepath.Join(w.dir, "a", "machines", "m", "console.log"))
-		return strings.Contains(string(out), "helper ok")
+		return strings.Contains(w.console("a", "m"), "helper ok")
 	})
 	if st, ok := a.machine("m"); !ok || st.Phase != fleet.PhaseRunning {
 		t.Fatalf("machine m: %+v (known %v), want running", st, ok)

@@ -14,13 +14,16 @@ import (
 
 // pools keeps one open Pool per pool URL. Safe for concurrent use.
 type pools struct {
-	log *slog.Logger
+	log  *slog.Logger
+	keys volume.KeySource
 
 	mu sync.Mutex
 	m  map[string]*volume.Pool // pool URL → pool; guarded by mu
 }
 
-func newPools(log *slog.Logger) *pools { return &pools{log: log, m: map[string]*volume.Pool{}} }
+func newPools(log *slog.Logger, keys volume.KeySource) *pools {
+	return &pools{log: log, keys: keys, m: map[string]*volume.Pool{}}
+}
 
 // open returns the pool of a volume URL and the volume's name.
 func (ps *pools) open(ctx context.Context, volumeURL string) (*volume.Pool, string, error) {
@@ -34,7 +37,7 @@ func (ps *pools) open(ctx context.Context, volumeURL string) (*volume.Pool, stri
 	if ok {
 		return p, ref.Name, nil
 	}
-	p, err = volume.OpenPoolURL(ctx, ref.Pool, volume.PoolOptions{Logger: ps.log})
+	p, err = volume.OpenPoolURL(ctx, ref.Pool, volume.PoolOptions{Logger: ps.log, Key: ps.keys})
 	if err != nil {
 		return nil, "", err
 	}

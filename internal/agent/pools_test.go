@@ -70,7 +70,7 @@ func TestPoolsCloseTheirStores(t *testing.T) {
 	w := newWorld(t)
 	ctx := context.Background()
 	url := w.createVolume("v")
-	ps := newPools(nil)
+	ps := newPools(nil, nil)
 	p, name, err := ps.open(ctx, url)
 	if err != nil || name != "v" {
 		t.Fatalf("open = %v, %q, %v", p, name, err)

@@ -179,6 +179,7 @@ func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) e
 		HeartbeatTimeout: o.heartbeatTimeout, HeartbeatInterval: o.heartbeatInterval,
 		StopGrace: o.stopGrace, StopWait: o.stopWait, TracePages: tracePages,
 		StoreTimeout: o.storeTimeout, FlushTimeout: o.flushTimeout, Logger: g.log,
+		Key: g.keySource(),
 	})
 	if err != nil {
 		return err
