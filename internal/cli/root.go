@@ -91,6 +91,7 @@ Credentials come from the environment (AWS_ACCESS_KEY_ID, ...), never the URL.`,
 		newDUCommand(g),
 		newVerifyCommand(g),
 		newRekeyCommand(g),
+		newCSICommand(g),
 		newAgentCommand(g), newMachineCommand(g), newMigrateCommand(g), newDrainCommand(g), newUndrainCommand(g), newHostsCommand(g),
 	)
 	return root

@@ -50,6 +50,9 @@ func (o *Opener) openS3(ctx context.Context, u *url.URL, q url.Values) (Store, e
 	if c.region != "" {
 		opts = append(opts, config.WithRegion(c.region))
 	}
+	if opt := o.S3Credentials.loadOption(); opt != nil {
+		opts = append(opts, opt)
+	}
 	if o.HTTPClient != nil {
 		opts = append(opts, config.WithHTTPClient(o.HTTPClient))
 	} else {

@@ -34,6 +34,9 @@ type Opener struct {
 	// HTTPClient, if non-nil, sends the s3:// backend's requests instead of
 	// the AWS SDK's default client (tests use it to observe or fail requests).
 	HTTPClient HTTPClient
+	// S3Credentials, if non-nil, sign the s3:// backend's requests instead
+	// of credentials from the SDK's standard chain.
+	S3Credentials *S3Credentials
 
 	mu  sync.Mutex
 	mem map[string]*blob.Bucket // mem bucket name → bucket; guarded by mu
