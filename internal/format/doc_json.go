@@ -61,6 +61,10 @@ type VolumeDesc struct {
 	// that do not know the field refuse the descriptor (unknown fields are
 	// rejected), so they never misread an encrypted volume.
 	Encryption *EncryptionDesc `json:"encryption,omitempty"`
+	// Compression, if set (CompressLZ4), makes the volume write packed
+	// records (FORMAT.md "Compression"); clones inherit it. Binaries that
+	// do not know the field refuse the descriptor, as for Encryption.
+	Compression string `json:"compression,omitempty"`
 }
 
 // Validate checks a descriptor's fields.
@@ -72,6 +76,9 @@ func (v *VolumeDesc) Validate() error {
 		return corruptf("volume descriptor: block size %d not a power of two in [512, 1MiB]", v.BlockSize)
 	case v.Size == 0 || v.Size%uint64(v.BlockSize) != 0:
 		return corruptf("volume descriptor: size %d not a positive multiple of block size", v.Size)
+	}
+	if v.Compression != "" && v.Compression != CompressLZ4 {
+		return corruptf("volume descriptor: compression %q not supported (this urldisk knows %s)", v.Compression, CompressLZ4)
 	}
 	if v.Encryption != nil {
 		return v.Encryption.Validate()

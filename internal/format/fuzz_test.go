@@ -1,6 +1,7 @@
 package format
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"testing"
@@ -20,6 +21,10 @@ func FuzzDecodeRecord(f *testing.F) {
 	sealed, _ := EncodeRecord(&Record{Type: RecordFence, Seq: 6, Epoch: 1, Volume: "v", Sealed: true}, nil)
 	f.Add(sealed, int64(len(sealed)))
 	f.Add([]byte{}, int64(0))
+	for _, dk := range []*DataKey{nil, testDataKey(f)} {
+		packed, _ := packedRecord(f, mixedData(rng, 2*ChunkSize+5), dk, "v", 4)
+		f.Add(packed, int64(len(packed)))
+	}
 	f.Fuzz(func(t *testing.T, b []byte, size int64) {
 		r, err := DecodeRecord(b, size)
 		if err == nil {
@@ -131,5 +136,55 @@ func FuzzDecodeVolumeEncryption(f *testing.F) {
 		if DecodeDoc(KindVolume, b, &v) == nil && v.Validate() == nil && v.Encryption != nil {
 			_, _ = v.Encryption.Unwrap(k)
 		}
+	})
+}
+
+// FuzzOpenPacked: any bytes opened as a packed frame (unsealed and sealed)
+// either fail with ErrCorrupt or give at most a chunk, and never write
+// past the output buffer.
+func FuzzOpenPacked(f *testing.F) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	k := testDataKey(f)
+	for _, dk := range []*DataKey{nil, k} {
+		obj, r := packedRecord(f, mixedData(rng, 2*ChunkSize), dk, "v", 3)
+		tab := NewFrameTable(r.Frames)
+		for i := range tab.Frames() {
+			f.Add(obj[tab.Off[i]:tab.Off[i+1]], dk != nil)
+		}
+	}
+	f.Add([]byte{}, false)
+	f.Fuzz(func(t *testing.T, frame []byte, sealed bool) {
+		var dk *DataKey
+		if sealed {
+			dk = k
+		}
+		out := make([]byte, ChunkSize+1)
+		out[ChunkSize] = 0x5A
+		d, err := OpenPacked(frame, dk, "v", 3, 0, out[:ChunkSize])
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("error not ErrCorrupt: %v", err)
+		}
+		if err == nil && (len(d) == 0 || len(d) > ChunkSize) {
+			t.Fatalf("opened %d bytes", len(d))
+		}
+		if out[ChunkSize] != 0x5A {
+			t.Fatal("wrote past the output buffer")
+		}
+	})
+}
+
+// FuzzDecodeSnapshotFrames: frame tables of version 2 snapshots.
+func FuzzDecodeSnapshotFrames(f *testing.F) {
+	h := &SnapshotHeader{Volume: "a", Seq: 1, Epoch: 1, Size: 1 << 20, Vols: []string{"a"}}
+	ext := func(yield func(SnapExtent) bool) { yield(SnapExtent{0, 10, 0, 1, 0}) }
+	f.Add(AppendSnapshotFrames(nil, h, ext, []SnapFrames{{Vol: 0, Seq: 1, Sizes: []uint32{100, 65552}}}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = DecodeSnapshotFrames(b, func(SnapExtent) error { return nil }, nil, func(fr SnapFrames) error {
+			tab := NewFrameTable(fr.Sizes)
+			if tab.Frames() != len(fr.Sizes) || tab.Off[len(fr.Sizes)] < tab.Off[0] {
+				t.Fatalf("frame table offsets wrapped")
+			}
+			return nil
+		})
 	})
 }

@@ -29,6 +29,11 @@ const (
 	// misreading its frames. Unencrypted volumes keep writing version 2.
 	RecordVersionSealed = 3
 	flagSealed          = 1
+	// RecordVersionPacked is the trailer version of a packed record
+	// (compressed volumes, FORMAT.md "Compression"): flags bit 1 says so,
+	// bit 0 still says sealed, and a frame table follows the meta.
+	RecordVersionPacked = 4
+	flagPacked          = 2
 
 	// MaxTrailer bounds a record trailer so a decoder never allocates
 	// unboundedly on hostile input.
@@ -101,10 +106,21 @@ type Record struct {
 	// Sealed: the data section's frames are sealed (encrypted), see
 	// SealedFrameSize. Written as trailer version 3.
 	Sealed bool
+	// Frames, if not nil, makes the record packed (trailer version 4): its
+	// data section is one packed frame per chunk (OpenPacked), Frames[i]
+	// being frame i's stored size.
+	Frames []uint32
 }
 
 // DataSectionBytes returns the encoded size of r's data section.
 func (r *Record) DataSectionBytes() uint64 {
+	if r.Frames != nil {
+		var n uint64
+		for _, s := range r.Frames {
+			n += uint64(s)
+		}
+		return n
+	}
 	if r.Sealed {
 		return SealedDataSectionSize(r.DataLen)
 	}
@@ -258,6 +274,9 @@ func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
 	if r.Sealed {
 		ver = RecordVersionSealed
 	}
+	if r.Frames != nil {
+		ver = RecordVersionPacked
+	}
 	if ver == recordVersion1 && r.Durable != 0 {
 		return nil, fmt.Errorf("encode record %d: version 1 trailers have no durable watermark", r.Seq)
 	}
@@ -269,11 +288,14 @@ func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
 	e.u32(recordMagic)
 	e.u16(ver)
 	e.u8(uint8(r.Type))
+	var flags uint8
 	if r.Sealed {
-		e.u8(flagSealed)
-	} else {
-		e.u8(0)
+		flags |= flagSealed
 	}
+	if r.Frames != nil {
+		flags |= flagPacked
+	}
+	e.u8(flags)
 	e.u64(r.Seq)
 	e.u64(r.Epoch)
 	e.b = append(e.b, r.Writer[:]...)
@@ -298,6 +320,12 @@ func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
 	e.uvarint(r.RestoreSeq)
 	e.uvarint(uint64(len(r.Meta)))
 	e.b = append(e.b, r.Meta...)
+	if r.Frames != nil {
+		e.uvarint(uint64(len(r.Frames)))
+		for _, s := range r.Frames {
+			e.uvarint(uint64(s))
+		}
+	}
 	e.u32(Checksum(e.b[start:]))
 	trailerLen := len(e.b) - start
 	e.u32(uint32(trailerLen))
@@ -326,6 +354,11 @@ func (r *Record) validate() error {
 	}
 	if len(r.Meta) > maxMeta {
 		return corruptf("meta too large: %d bytes", len(r.Meta))
+	}
+	if r.Frames != nil {
+		if err := validFrames(r.Frames, r.DataLen, r.Sealed); err != nil {
+			return err
+		}
 	}
 	for i, x := range r.Extents {
 		if x.Len == 0 || x.Off+x.Len < x.Off {
@@ -377,17 +410,19 @@ func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
 		return nil, corruptf("record magic mismatch")
 	}
 	ver := d.u16("version")
-	if (ver < recordVersion1 || ver > RecordVersionSealed) && d.err == nil {
-		return nil, corruptf("record format version %d not supported (this urldisk reads versions %d to %d)", ver, recordVersion1, RecordVersionSealed)
+	if (ver < recordVersion1 || ver > RecordVersionPacked) && d.err == nil {
+		return nil, corruptf("record format version %d not supported (this urldisk reads versions %d to %d)", ver, recordVersion1, RecordVersionPacked)
 	}
 	r := &Record{Type: RecordType(d.u8("type"))}
 	flags := d.u8("flags")
 	switch {
 	case d.err != nil:
-	case ver < RecordVersionSealed && flags != 0, ver == RecordVersionSealed && flags != flagSealed:
+	case ver < RecordVersionSealed && flags != 0, ver == RecordVersionSealed && flags != flagSealed,
+		ver == RecordVersionPacked && flags&^flagSealed != flagPacked:
 		return nil, corruptf("record trailer version %d with flags %#x", ver, flags)
 	}
-	r.Sealed = ver == RecordVersionSealed
+	r.Sealed = flags&flagSealed != 0
+	packed := ver == RecordVersionPacked
 	r.Seq = d.u64("seq")
 	r.Epoch = d.u64("epoch")
 	copy(r.Writer[:], d.bytes(16, "writer"))
@@ -423,6 +458,9 @@ func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
 		d.fail("meta length")
 	} else if m > 0 {
 		r.Meta = append([]byte(nil), d.bytes(m, "meta")...)
+	}
+	if packed {
+		r.Frames = d.frameSizes()
 	}
 	if d.err != nil {
 		return nil, d.err

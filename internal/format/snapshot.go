@@ -8,7 +8,20 @@ import (
 const (
 	snapshotMagic = 0x31534455 // "UDS1"
 	maxVols       = 1 << 16
+	// snapshotVersionFrames is the snapshot version that carries the frame
+	// tables of the packed records its extents reference (after the
+	// extents), so a volume attached from it reads any chunk of them with
+	// one GET. Snapshots without packed records stay version 1.
+	snapshotVersionFrames = 2
 )
+
+// SnapFrames is a packed record's frame table in a snapshot: record Seq of
+// volume Vols[Vol], Sizes as in Record.Frames.
+type SnapFrames struct {
+	Vol   uint32
+	Seq   uint64
+	Sizes []uint32
+}
 
 // SnapExtent is one extent-map entry in a snapshot: Len bytes at volume
 // offset Start map to data-section offset Off of record Seq in the log of
@@ -32,15 +45,26 @@ type SnapshotHeader struct {
 	Time     int64    // time of record Seq, unix nanoseconds
 	Size     uint64   // volume size, for sanity checks
 	Vols     []string // volume ids referenced by extents; Vols[0] is Volume
+	frames   bool     // version 2: frame tables follow the extents
 }
 
 // AppendSnapshot encodes a snapshot; extents must come in ascending,
 // non-overlapping order.
 func AppendSnapshot(dst []byte, h *SnapshotHeader, extents iter.Seq[SnapExtent]) []byte {
+	return AppendSnapshotFrames(dst, h, extents, nil)
+}
+
+// AppendSnapshotFrames is AppendSnapshot with the frame tables of packed
+// records (version 2 if there are any).
+func AppendSnapshotFrames(dst []byte, h *SnapshotHeader, extents iter.Seq[SnapExtent], frames []SnapFrames) []byte {
 	start := len(dst)
 	e := encoder{b: dst}
 	e.u32(snapshotMagic)
-	e.u16(Version)
+	if len(frames) > 0 {
+		e.u16(snapshotVersionFrames)
+	} else {
+		e.u16(Version)
+	}
 	e.u64(h.Seq)
 	e.u64(h.Epoch)
 	e.b = append(e.b, h.Writer[:]...)
@@ -65,6 +89,17 @@ func AppendSnapshot(dst []byte, h *SnapshotHeader, extents iter.Seq[SnapExtent])
 		n++
 	}
 	binary.LittleEndian.PutUint64(e.b[countPos:], n)
+	if len(frames) > 0 {
+		e.uvarint(uint64(len(frames)))
+		for _, f := range frames {
+			e.uvarint(uint64(f.Vol))
+			e.uvarint(f.Seq)
+			e.uvarint(uint64(len(f.Sizes)))
+			for _, s := range f.Sizes {
+				e.uvarint(uint64(s))
+			}
+		}
+	}
 	e.u32(Checksum(e.b[start:]))
 	return e.b
 }
@@ -92,10 +127,11 @@ func (d *decoder) snapshotHeader() (*SnapshotHeader, error) {
 	if d.u32("magic") != snapshotMagic {
 		return nil, corruptf("snapshot magic mismatch")
 	}
-	if v := d.u16("version"); v != Version && d.err == nil {
+	v := d.u16("version")
+	if v != Version && v != snapshotVersionFrames && d.err == nil {
 		return nil, corruptf("snapshot format version %d not supported", v)
 	}
-	h := &SnapshotHeader{}
+	h := &SnapshotHeader{frames: v == snapshotVersionFrames}
 	h.Seq = d.u64("seq")
 	h.Epoch = d.u64("epoch")
 	copy(h.Writer[:], d.bytes(16, "writer"))
@@ -108,6 +144,15 @@ func (d *decoder) snapshotHeader() (*SnapshotHeader, error) {
 // DecodeSnapshot verifies b, calls onHeader (if not nil) with the header and
 // then fn for every extent in order.
 func DecodeSnapshot(b []byte, fn func(SnapExtent) error, onHeader func(*SnapshotHeader)) (*SnapshotHeader, error) {
+	return DecodeSnapshotFrames(b, fn, onHeader, nil)
+}
+
+// DecodeSnapshotFrames is DecodeSnapshot that also calls onFrames (if not
+// nil) with every frame table a version 2 snapshot holds, after the
+// extents. Each table is checked for shape (its sizes within what a
+// packed frame can take, Vol within the volume table); that it matches its
+// record is checked where the record's frames are opened.
+func DecodeSnapshotFrames(b []byte, fn func(SnapExtent) error, onHeader func(*SnapshotHeader), onFrames func(SnapFrames) error) (*SnapshotHeader, error) {
 	if len(b) < 4 {
 		return nil, corruptf("snapshot truncated")
 	}
@@ -160,6 +205,38 @@ func DecodeSnapshot(b []byte, fn func(SnapExtent) error, onHeader func(*Snapshot
 		prevEnd = x.Start + x.Len
 		if err := fn(x); err != nil {
 			return nil, err
+		}
+	}
+	if h.frames {
+		nt := d.uvarint("frame table count")
+		if d.err == nil && nt > uint64(len(d.b))/3 {
+			d.fail("frame table count")
+		}
+		for i := uint64(0); i < nt && d.err == nil; i++ {
+			var f SnapFrames
+			vol := d.uvarint("frame table volume")
+			f.Seq = d.uvarint("frame table seq")
+			f.Sizes = d.frameSizes()
+			if d.err != nil {
+				return nil, d.err
+			}
+			if vol >= nv {
+				return nil, corruptf("snapshot frame table %d names volume %d of %d", i, vol, nv)
+			}
+			f.Vol = uint32(vol)
+			for _, s := range f.Sizes {
+				if s < PackedHeader+1 {
+					return nil, corruptf("snapshot frame table %d: stored size %d too small", i, s)
+				}
+			}
+			if onFrames != nil {
+				if err := onFrames(f); err != nil {
+					return nil, err
+				}
+			}
+		}
+		if d.err != nil {
+			return nil, d.err
 		}
 	}
 	if len(d.b) != 0 {

@@ -36,16 +36,16 @@ func (p *Pool) Clone(ctx context.Context, src string, pt Point, dst string) (*fo
 		return nil, err
 	}
 	dd := &format.VolumeDesc{ID: id, Name: dst, Size: sd.Size, BlockSize: sd.BlockSize, Created: p.clock.Now().UTC(),
-		Parent: &format.ParentRef{ID: sd.ID, Seq: img.st.Seq}, Encryption: sd.Encryption}
+		Parent: &format.ParentRef{ID: sd.ID, Seq: img.st.Seq}, Encryption: sd.Encryption, Compression: sd.Compression}
 	// The clone's volume table is [clone, source's table...]: shift indices.
 	h := &format.SnapshotHeader{Volume: id, Seq: 0, Size: sd.Size, Time: p.clock.Now().UnixNano(), Vols: append([]string{id}, img.vols...)}
-	b := format.AppendSnapshot(nil, h, func(yield func(format.SnapExtent) bool) {
+	b := format.AppendSnapshotFrames(nil, h, func(yield func(format.SnapExtent) bool) {
 		for e := range img.m.All() {
 			if !yield(format.SnapExtent{Start: e.Start, Len: e.Len, Vol: e.Loc.Vol + 1, Seq: e.Loc.Seq, Off: e.Loc.Off}) {
 				return
 			}
 		}
-	})
+	}, p.frames.forSnapshot(img.m, img.vols, 1))
 	if err := p.bind(ctx, dd, b); err != nil {
 		return nil, err
 	}

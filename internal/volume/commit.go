@@ -234,11 +234,14 @@ func (v *Volume) applyMovesLocked(moves []journal.Move) {
 		rec.Seq = mv.To
 		var obj []byte
 		var err error
-		if seg.rec.Sealed && seg.rec.DataLen > 0 {
+		if (seg.rec.Sealed || seg.rec.Frames != nil) && seg.rec.DataLen > 0 {
 			// Sealed frames name their seq in their additional data: seal
 			// the (still buffered) plaintext again for the new slot, with
-			// fresh nonces.
-			obj, err = sealSummed(seg, &rec, seg.b, v.key, v.nonces)
+			// fresh nonces. Packed frames are packed again (Reseal knows
+			// only fixed-stride frames).
+			obj, err = sealSummed(seg, &rec, seg.b, v.key, v.nonces, v.packer)
+			v.pool.frames.forget(v.desc.ID, mv.From)
+			v.pool.frames.note(v.desc.ID, &rec)
 		} else {
 			obj, err = format.Reseal(seg.obj, seg.rec.DataLen, &rec)
 		}
@@ -273,8 +276,10 @@ func (v *Volume) fillSlotLocked(seq uint64, t int64) {
 //
 // With key (an encrypted volume) the frames are sealed into a new buffer
 // (the builder keeps the plaintext the cache fill and a reseal need) and
-// the data section's CRC-32C is taken over the ciphertext.
-func sealSummed(seg *segment, rec *format.Record, b *format.Builder, key *format.DataKey, nonces *format.Nonces) ([]byte, error) {
+// the data section's CRC-32C is taken over the ciphertext. With a packer
+// (a compressed volume) the record is packed the same way, compressed
+// before it is sealed.
+func sealSummed(seg *segment, rec *format.Record, b *format.Builder, key *format.DataKey, nonces *format.Nonces, packer *format.Packer) ([]byte, error) {
 	seg.sums, seg.dataSum = nil, 0
 	if b == nil {
 		return format.EncodeRecord(rec, nil)
@@ -287,8 +292,14 @@ func sealSummed(seg *segment, rec *format.Record, b *format.Builder, key *format
 		cache.SubBlockSums(b.Chunk(i), &sums[i])
 		frame[i] = cache.CombineSums(&sums[i], format.ChunkLen(n, i))
 	}
-	if key != nil {
-		obj, err := b.SealEncrypted(rec, key, nonces)
+	if key != nil || packer != nil {
+		var obj []byte
+		var err error
+		if packer != nil {
+			obj, err = packer.Pack(b, rec, key, nonces)
+		} else {
+			obj, err = b.SealEncrypted(rec, key, nonces)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -372,7 +383,7 @@ func (v *Volume) snapHeader(c *snapCandidate) *format.SnapshotHeader {
 // writeSnapshot stores map m as the snapshot h describes. Snapshots are a
 // function of the log prefix, so an existing one at the same seq is equal.
 func (p *Pool) writeSnapshot(ctx context.Context, h *format.SnapshotHeader, m *extmap.Map) error {
-	b := format.AppendSnapshot(nil, h, snapExtents(m.All()))
+	b := format.AppendSnapshotFrames(nil, h, snapExtents(m.All()), p.frames.forSnapshot(m, h.Vols, 0))
 	err := p.store.PutIfAbsent(ctx, format.SnapKey(h.Volume, h.Seq), b)
 	if err != nil && !errors.Is(err, objstore.ErrExists) {
 		return fmt.Errorf("write snapshot %d of volume %s: %w", h.Seq, h.Volume, err)

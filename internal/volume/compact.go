@@ -148,6 +148,12 @@ func (v *Volume) recordDataLens(ctx context.Context) (map[uint64]int64, error) {
 	}
 	out := make(map[uint64]int64, len(sizes))
 	for s, n := range sizes {
+		if ft, ok := v.pool.frames.get(v.desc.ID, s); ok {
+			// Packed: the object size says little about the data; every
+			// frame but the last holds a full chunk.
+			out[s] = int64(ft.Frames()) * format.ChunkSize
+			continue
+		}
 		out[s] = logicalBytes(n, v.key != nil)
 	}
 	return out, nil

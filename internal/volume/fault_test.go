@@ -322,7 +322,7 @@ func TestZombieLeftoverSkipped(t *testing.T) {
 		{"mem", "mem://zombie"},
 		{"file", "file://" + t.TempDir()},
 	} {
-		for _, mode := range []string{"single", "pipelined", "pipelined-open", "single-encrypted", "pipelined-open-encrypted"} {
+		for _, mode := range []string{"single", "pipelined", "pipelined-open", "single-encrypted", "pipelined-open-encrypted", "single-compressed", "pipelined-open-compressed", "pipelined-open-compressed-encrypted"} {
 			t.Run(backend.name+"/"+mode, func(t *testing.T) {
 				url := backend.url
 				if backend.name == "mem" {
@@ -330,7 +330,7 @@ func TestZombieLeftoverSkipped(t *testing.T) {
 				} else {
 					url += "/" + mode
 				}
-				runZombie(t, url, strings.HasPrefix(mode, "pipelined"), strings.HasPrefix(mode, "pipelined-open"), strings.HasSuffix(mode, "-encrypted"))
+				runZombie(t, url, strings.HasPrefix(mode, "pipelined"), strings.HasPrefix(mode, "pipelined-open"), strings.HasSuffix(mode, "-encrypted"), strings.Contains(mode, "-compressed"))
 			})
 		}
 	}
@@ -338,8 +338,10 @@ func TestZombieLeftoverSkipped(t *testing.T) {
 
 // openSeg (with pipelined): a fourth segment is still open when the zombie
 // is found, so it moves too and its old slot, which nothing was uploaded to,
-// must be filled for the flush to complete.
-func runZombie(t *testing.T, url string, pipelined, openSeg, encrypted bool) {
+// must be filled for the flush to complete. compressed: the moved records
+// are packed, and packed again for their new slots (their frame tables
+// follow them).
+func runZombie(t *testing.T, url string, pipelined, openSeg, encrypted, compressed bool) {
 	ctx := context.Background()
 	const size = 4 << 20
 	inner := openStore(t, url)
@@ -350,7 +352,11 @@ func runZombie(t *testing.T, url string, pipelined, openSeg, encrypted bool) {
 		keys = func(context.Context) (*format.KEK, error) { return kek, nil }
 		cleanPool.keys = keys
 	}
-	desc, err := cleanPool.Create(ctx, "zombie", CreateOptions{Size: size, Encrypt: encrypted})
+	co := CreateOptions{Size: size, Encrypt: encrypted}
+	if compressed {
+		co.Compression = format.CompressLZ4
+	}
+	desc, err := cleanPool.Create(ctx, "zombie", co)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -402,11 +402,14 @@ func (p *Pool) DU(ctx context.Context, o GCOptions) ([]DUEntry, error) {
 		e := DUEntry{Name: g.Label(), ID: id}
 		// A removed volume's descriptor may be gone: count it unsealed.
 		d, derr := p.descriptor(ctx, id)
-		sealed := derr == nil && d.Encryption != nil
+		if derr != nil {
+			d = nil
+		}
+		logs := map[uint64]int64{}
 		for _, oi := range g.Objects {
 			e.StoredBytes += oi.Size
 			if oi.Kind == gcplan.Log {
-				e.LogicalBytes += logicalBytes(oi.Size, sealed)
+				logs[oi.Seq] = oi.Size
 			}
 			if garbage[oi.Key] {
 				e.GarbageBytes += oi.Size
@@ -424,6 +427,9 @@ func (p *Pool) DU(ctx context.Context, o GCOptions) ([]DUEntry, error) {
 			default:
 				e.SharedBytes += oi.Size
 			}
+		}
+		if e.LogicalBytes, err = p.logicalLogBytes(ctx, id, d, logs); err != nil {
+			return nil, err
 		}
 		out = append(out, e)
 	}

@@ -89,10 +89,12 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 		return nil, err
 	}
 	img.records, img.recordBytes = len(seqs), 0
-	var logical int64
 	for _, s := range seqs {
 		img.recordBytes += sizes[s]
-		logical += logicalBytes(sizes[s], d.Encryption != nil)
+	}
+	logical, err := p.logicalLogBytes(ctx, d.ID, d, sizes)
+	if err != nil {
+		return nil, err
 	}
 	if len(seqs) > 0 {
 		img.firstLogSeq = seqs[0]

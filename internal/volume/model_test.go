@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/cache"
+	"github.com/urldisk/urldisk/internal/format"
 )
 
 // TestModel runs random writes, zero writes, trims, flushes, reads and
@@ -37,12 +38,25 @@ func TestModel(t *testing.T) {
 }
 
 func runModel(t *testing.T, url string, seed uint64, nops int) {
+	runModelWith(t, url, seed, nops, CreateOptions{}, nil)
+}
+
+// runModelWith is runModel on a volume created with co, in a pool with
+// key kek (nil: none). On a compressed volume some writes are
+// compressible (text-like) data, so records hold LZ4 and raw frames.
+func runModelWith(t *testing.T, url string, seed uint64, nops int, co CreateOptions, kek *format.KEK) {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	store := openStore(t, url)
-	pool := initPool(t, store)
+	var pool *Pool
+	if kek != nil {
+		pool = keyedPool(t, store, kek)
+	} else {
+		pool = initPool(t, store)
+	}
 	const size = 8 << 20
-	if _, err := pool.Create(ctx, "model", CreateOptions{Size: size}); err != nil {
+	co.Size = size
+	if _, err := pool.Create(ctx, "model", co); err != nil {
 		t.Fatal(err)
 	}
 	model := make([]byte, size)
@@ -102,7 +116,13 @@ func runModel(t *testing.T, url string, seed uint64, nops int) {
 		case op < 8:
 			off, n := randRange()
 			p := make([]byte, n)
-			if rng.IntN(6) > 0 {
+			switch k := rng.IntN(6); {
+			case k > 0 && co.Compression != "" && k < 4:
+				word := []byte(strconv.Itoa(rng.IntN(1000)) + " compressible words ")
+				for j := range p {
+					p[j] = word[j%len(word)]
+				}
+			case k > 0:
 				for j := range p {
 					p[j] = byte(rng.Uint32())
 				}

@@ -42,6 +42,8 @@ type Pool struct {
 	keys  KeySource
 	keyMu sync.Mutex
 	key   *format.KEK
+	// frames: the frame tables of packed records (compressed volumes).
+	frames *frameTables
 }
 
 // DefaultRetention is the default point-in-time window.
@@ -115,7 +117,7 @@ func OpenPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Poo
 	if err != nil {
 		return nil, fmt.Errorf("open pool: read marker: %w", err)
 	}
-	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention, keys: opts.Key}
+	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention, keys: opts.Key, frames: newFrameTables()}
 	if err := format.DecodeDoc(format.KindPool, b, &p.marker); err != nil {
 		return nil, fmt.Errorf("open pool: %w", err)
 	}
@@ -221,6 +223,9 @@ type CreateOptions struct {
 	// Encrypt seals every record with a new random data key wrapped by
 	// the pool's key (PoolOptions.Key), which must be given.
 	Encrypt bool
+	// Compression compresses every record's chunks ("lz4"; "" or "none":
+	// not compressed). Clones inherit it.
+	Compression string
 }
 
 // Create makes a new empty volume called name.
@@ -236,6 +241,13 @@ func (p *Pool) Create(ctx context.Context, name string, o CreateOptions) (*forma
 		return nil, err
 	}
 	d := &format.VolumeDesc{ID: id, Name: name, Size: o.Size, BlockSize: o.BlockSize, Created: p.clock.Now().UTC()}
+	switch o.Compression {
+	case "", "none":
+	case format.CompressLZ4:
+		d.Compression = format.CompressLZ4
+	default:
+		return nil, fmt.Errorf("%w: compression %q not supported (want %s or none)", ErrInvalid, o.Compression, format.CompressLZ4)
+	}
 	if err := d.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: size %d with block size %d: size must be a positive multiple of the block size", ErrInvalid, o.Size, o.BlockSize)
 	}

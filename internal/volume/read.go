@@ -302,7 +302,8 @@ type fetchCall struct {
 	sums   []cache.Sums // per frame, for the cache
 	err    error
 	buf    *[]byte    // pooled buffer behind frames, nil if not pooled
-	pool   *sync.Pool // where buf goes back
+	out    *[]byte    // pooled buffer the packed frames are decompressed into, nil if none
+	pool   *sync.Pool // where buf (and out) go back
 	refs   atomic.Int32
 	// consumed, if not nil, marks a handoff fetch: its frames are not put
 	// in the cache (see Options.ReadaheadFillBytes), and the call stays
@@ -335,16 +336,19 @@ func (c *fetchCall) covers(chunk uint32) bool {
 func (c *fetchCall) release() {
 	if c.refs.Add(-1) == 0 && c.buf != nil {
 		c.pool.Put(c.buf)
-		c.buf, c.frames = nil, nil
+		if c.out != nil {
+			c.pool.Put(c.out)
+		}
+		c.buf, c.out, c.frames = nil, nil, nil
 	}
 }
 
 // Fetch buffers in two sizes: up to 16 frames (1 MiB of data: random reads,
 // 1 MiB pieces) and up to 64 (a default readahead, a whole 4 MiB record).
-// They are sized for sealed frames (encrypted volumes), the larger stride.
+// They are sized for the largest frames: sealed packed ones stored raw.
 const (
-	smallFetch = 16 * format.SealedFrameSize
-	largeFetch = 64 * format.SealedFrameSize
+	smallFetch = 16 * format.MaxPackedFrame
+	largeFetch = 64 * format.MaxPackedFrame
 )
 
 var (
@@ -511,6 +515,18 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 		stride, pos = format.SealedFrameSize, format.SealedFramePos(uint64(key.Chunk))
 	}
 	size := c.count * stride
+	ft, packed, err := v.frameTable(ctx, key.Vol, key.Seq)
+	if err != nil {
+		return err
+	}
+	if packed {
+		// Frames have variable sizes: the table says where they are.
+		if int(key.Chunk) >= ft.Frames() {
+			return fmt.Errorf("record %d of volume %s: %w: chunk %d beyond its %d frames", key.Seq, key.Vol, format.ErrCorrupt, key.Chunk, ft.Frames())
+		}
+		end := min(int(key.Chunk)+c.count, ft.Frames())
+		pos, size = int64(ft.Off[key.Chunk]), int(ft.Off[end]-ft.Off[key.Chunk])
+	}
 	var buf []byte
 	switch {
 	case size <= smallFetch:
@@ -523,6 +539,15 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 		buf = (*c.buf)[:size]
 	} else {
 		buf = make([]byte, size)
+	}
+	var out []byte
+	if packed {
+		if c.pool != nil && c.count*format.ChunkSize <= len(*c.buf) {
+			c.out = c.pool.Get().(*[]byte)
+			out = *c.out
+		} else {
+			out = make([]byte, c.count*format.ChunkSize)
+		}
 	}
 	var lastErr error
 	backoff := 20 * time.Millisecond
@@ -539,9 +564,12 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 			}
 			continue
 		}
-		if v.key != nil {
+		switch {
+		case packed:
+			err = openPackedFrames(c, buf[:n], ft, v.key, key.Vol, key.Seq, out)
+		case v.key != nil:
 			err = openFrames(c, buf[:n], v.key, key)
-		} else {
+		default:
 			err = verifyFrames(c, buf[:n])
 		}
 		if err != nil {

@@ -155,7 +155,7 @@ func (p *Pool) loadSnapshot(ctx context.Context, img *image, id string, seq uint
 	m := extmap.New()
 	var vols []string
 	idx := map[uint32]uint32{}
-	h, err := format.DecodeSnapshot(b, func(x format.SnapExtent) error {
+	h, err := format.DecodeSnapshotFrames(b, func(x format.SnapExtent) error {
 		i, ok := idx[x.Vol]
 		if !ok {
 			i = img.volIndex(vols[x.Vol])
@@ -163,7 +163,10 @@ func (p *Pool) loadSnapshot(ctx context.Context, img *image, id string, seq uint
 		}
 		m.Set(x.Start, x.Len, extmap.Loc{Vol: i, Seq: x.Seq, Off: x.Off})
 		return nil
-	}, func(h *format.SnapshotHeader) { vols = h.Vols })
+	}, func(h *format.SnapshotHeader) { vols = h.Vols }, func(f format.SnapFrames) error {
+		p.frames.set(vols[f.Vol], f.Seq, f.Sizes)
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("snapshot %d of volume %s: %w", seq, id, err)
 	}
@@ -337,6 +340,7 @@ func (p *Pool) apply(ctx context.Context, img *image, r *format.Record) error {
 			return p.loadSnapshot(ctx, img, r.RestoreVol, r.RestoreSeq, false)
 		}
 		applyExtents(img.m, 0, r.Seq, r.Extents, img.desc.Size)
+		p.frames.note(img.desc.ID, r)
 	}
 	return nil
 }

@@ -34,7 +34,7 @@ func TestSealSummed(t *testing.T) {
 		if n > 0 {
 			bb = b
 		}
-		obj, err := sealSummed(seg, rec, bb, nil, nil)
+		obj, err := sealSummed(seg, rec, bb, nil, nil, nil)
 		if err != nil {
 			t.Fatalf("%d bytes: seal: %v", n, err)
 		}

@@ -318,9 +318,17 @@ func (p *Pool) verifyChunks(ctx context.Context, rep *VerifyReport, desc *format
 			}
 			n := 0
 			var bad []string
+			var ft format.FrameTable
+			var out []byte
+			if r.Frames != nil {
+				ft, out = format.NewFrameTable(r.Frames), make([]byte, format.ChunkSize)
+			}
 			for c := uint64(0); c*format.ChunkSize < r.DataLen; c++ {
 				pos, stride := format.FramePos(c), int64(format.FrameSize)
-				if r.Sealed {
+				switch {
+				case r.Frames != nil:
+					pos, stride = int64(ft.Off[c]), int64(ft.Off[c+1]-ft.Off[c])
+				case r.Sealed:
 					pos, stride = format.SealedFramePos(c), format.SealedFrameSize
 				}
 				if pos >= int64(len(b)) {
@@ -332,6 +340,13 @@ func (p *Pool) verifyChunks(ctx context.Context, rep *VerifyReport, desc *format
 				switch {
 				case r.Sealed && dk == nil:
 					err = fmt.Errorf("%w: sealed record in an unencrypted volume", format.ErrCorrupt)
+				case r.Frames != nil && r.Sealed != (dk != nil):
+					err = fmt.Errorf("%w: packed record sealed=%v in a volume with encryption=%v", format.ErrCorrupt, r.Sealed, dk != nil)
+				case r.Frames != nil:
+					var data []byte
+					if data, err = format.OpenPacked(frame, dk, desc.ID, s, c, out); err == nil && len(data) != format.ChunkLen(r.DataLen, c) {
+						err = fmt.Errorf("%w: packed frame holds %d bytes, expected %d", format.ErrCorrupt, len(data), format.ChunkLen(r.DataLen, c))
+					}
 				case r.Sealed:
 					_, err = dk.OpenFrame(frame, desc.ID, s, c, format.ChunkLen(r.DataLen, c))
 				case dk != nil:

@@ -221,6 +221,9 @@ type Volume struct {
 	// volume. nonces is the writer's frame nonce source (read-write only).
 	key    *format.DataKey
 	nonces *format.Nonces
+	// packer compresses the records of a compressed volume (nil: not
+	// compressed); used under mu, where records are sealed.
+	packer *format.Packer
 
 	mu sync.Mutex // guards everything below
 	// m is the live map: durable records plus pending segments.
@@ -313,6 +316,9 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		key:      key,
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
 		progress: make(chan struct{}), uploads: map[*upload]struct{}{}, st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
+	}
+	if desc.Compression != "" {
+		v.packer = new(format.Packer)
 	}
 	v.seq.init()
 	v.ra.init(o.Readahead*format.ChunkSize, o.ReadaheadBytes)

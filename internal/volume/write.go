@@ -172,11 +172,12 @@ func (v *Volume) sealLocked() {
 		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = format.RecordRestore, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
 		b = nil
 	}
-	obj, err := sealSummed(seg, rec, b, v.key, v.nonces)
+	obj, err := sealSummed(seg, rec, b, v.key, v.nonces, v.packer)
 	if err != nil {
 		v.failLocked(fmt.Errorf("seal record %d: %w", seg.seq, err))
 		return
 	}
+	v.pool.frames.note(v.desc.ID, rec)
 	seg.rec, seg.obj = rec, obj
 	v.lastSealed = seg.id
 	v.lastSegData = rec.DataLen
