@@ -40,9 +40,11 @@ type proc struct {
 }
 
 // volDir is the node's directory for a volume: state file, sockets, logs.
+// Its name is short because unix socket paths (serve's control socket is
+// three levels below) must fit in 108 bytes.
 func (d *Driver) volDir(volumeID string) string {
 	sum := sha256.Sum256([]byte(volumeID))
-	return filepath.Join(d.cfg.StateDir, "vols", hex.EncodeToString(sum[:12]))
+	return filepath.Join(d.cfg.StateDir, "vols", hex.EncodeToString(sum[:8]))
 }
 
 func stateFile(dir string) string { return filepath.Join(dir, "state.json") }

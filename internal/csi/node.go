@@ -154,7 +154,7 @@ func (d *Driver) stage(ctx context.Context, dir string, ref volref.Ref, prm para
 			return status.Errorf(codes.FailedPrecondition, "node is missing %s: %v", tool, err)
 		}
 	}
-	run := filepath.Join(dir, "run")
+	run := filepath.Join(dir, "r")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("make state directory: %w", err)
 	}
@@ -210,7 +210,7 @@ func (d *Driver) stage(ctx context.Context, dir string, ref volref.Ref, prm para
 		b, err := os.ReadFile(pidfile)
 		return err == nil && len(b) > 0
 	}); err != nil {
-		return err
+		return fmt.Errorf("%w (serve: %s)", err, logTail(serveLog))
 	}
 	loArgs := []string{"-f", "--show"}
 	if s.ReadOnly {
