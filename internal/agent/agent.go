@@ -58,6 +58,20 @@ type Config struct {
 	// TLSCA (PEM file), if set, is the only CA trusted when this agent
 	// calls other agents' https:// APIs; default: the system's roots.
 	TLSCA string
+	// TLSClientCA (PEM file), if set, makes the API demand a client
+	// certificate signed by it (mutual TLS) before any token is looked at.
+	// TLSClientCert and TLSClientKey are the certificate this agent
+	// presents when it calls other agents (give them when the fleet uses
+	// mutual TLS).
+	TLSClientCA, TLSClientCert, TLSClientKey string
+	// Tokens are scoped API tokens accepted besides Token (which is
+	// admin): see ParseTokens.
+	Tokens []Token
+	// MetricsListen, if set ("tcp:HOST:PORT" or "unix:/path"), serves
+	// /metrics there without authentication, for a Prometheus that holds
+	// no token; /metrics then leaves the API. Put it on loopback or a
+	// trusted network: metrics name machines and hosts.
+	MetricsListen string
 	// HeartbeatTimeout: a host whose heartbeat did not change for this long
 	// is dead and its machines fail over. Default 10s.
 	HeartbeatTimeout time.Duration
@@ -207,8 +221,8 @@ func New(cfg Config) (*Agent, error) {
 	if a.tls, err = cfg.serverTLS(); err != nil {
 		return nil, err
 	}
-	if a.peers, err = NewHTTPClient(cfg.TLSCA); err != nil {
-		return nil, fmt.Errorf("agent: --tls-ca: %w", err)
+	if a.peers, err = NewHTTPClient(cfg.TLSCA, cfg.TLSClientCert, cfg.TLSClientKey); err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	// The longest socket path must fit sun_path (108 bytes).
 	if p := filepath.Join(a.machineSockDir(strings.Repeat("x", 63)), nbdSocketName); len(p) > 107 {
@@ -250,23 +264,43 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 	if a.tls != nil {
 		ln = tls.NewListener(ln, a.tls)
 	}
-	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}
+	errLog := slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)
+	srv := &http.Server{Handler: a.handler(), ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	servers := []*http.Server{srv}
+	listeners := []net.Listener{ln}
+	if a.cfg.MetricsListen != "" {
+		mln, err := listen(a.cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			c.Close()
+			return fmt.Errorf("agent: metrics listener: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.metricsHandler())
+		servers = append(servers, &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog})
+		listeners = append(listeners, mln)
+	}
+	closeListeners := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
 
 	if err := a.checkNoTwin(ctx); err != nil {
-		ln.Close()
+		closeListeners()
 		c.Close()
 		return err
 	}
 	// Placements are versioned by create-if-absent: on a store that
 	// ignores it two agents could both win a version. Refuse to start.
 	if err := a.fleet.CheckConditionalCreate(ctx); err != nil {
-		ln.Close()
+		closeListeners()
 		c.Close()
 		return fmt.Errorf("agent: %w", err)
 	}
 	// First heartbeat before anything else: the host exists in the fleet.
 	if err := a.heartbeat(ctx, false); err != nil {
-		ln.Close()
+		closeListeners()
 		c.Close()
 		return fmt.Errorf("agent: first heartbeat: %w", err)
 	}
@@ -274,14 +308,16 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 		"heartbeat", a.cfg.HeartbeatInterval, "timeout", a.cfg.HeartbeatTimeout)
 
 	var wg sync.WaitGroup
-	apiErr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			apiErr <- err
-		}
-	}()
+	apiErr := make(chan error, len(servers))
+	for i, srv := range servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(listeners[i]); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				apiErr <- err
+			}
+		}()
+	}
 	runCtx, stopRunners := context.WithCancel(context.WithoutCancel(ctx))
 	a.mu.Lock()
 	a.runCtx = runCtx
@@ -302,7 +338,11 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 		a.log.Error("API server failed; stopping", "err", runErr)
 	}
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	srv.Shutdown(sctx)
+	for _, srv := range servers {
+		if err := srv.Shutdown(sctx); err != nil {
+			a.log.Warn("API server did not shut down cleanly", "err", err)
+		}
+	}
 	cancel()
 	// Stop reconciling first, so no runner is created or told anything
 	// while the runners stop.

@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -15,18 +12,23 @@ import (
 )
 
 // The HTTP API. Every request needs "Authorization: Bearer <token>";
-// without it, or with a wrong token, the answer is 401 and nothing
-// happens. Bodies and answers are JSON; errors are {"error": "..."}.
+// without it, or with an unknown token, the answer is 401 and nothing
+// happens; a token whose scope (auth.go) does not allow the request gets
+// 403. Every request that may change something is logged ("audit").
+// Bodies and answers are JSON; errors are {"error": "..."}.
 //
-//	GET    /v1/status                    this agent's heartbeat document, fresh
-//	POST   /v1/reconcile                 reconcile now (202)
-//	GET    /v1/machines                  newest placement of every machine
-//	POST   /v1/machines                  run: {"name", "spec", "host"?} → 201 placement
-//	POST   /v1/machines/{name}/stop      → placement
-//	POST   /v1/machines/{name}/start     → placement
-//	POST   /v1/machines/{name}/migrate   {"host"} → placement
-//	DELETE /v1/machines/{name}           → placement
-//	GET    /metrics                      Prometheus metrics
+//	GET    /v1/status                    read     this agent's heartbeat document, fresh
+//	POST   /v1/reconcile                 machine  reconcile now (202)
+//	GET    /v1/machines                  read     newest placement of every machine
+//	POST   /v1/machines                  machine  run: {"name", "spec", "host"?} → 201 placement
+//	POST   /v1/machines/{name}/stop      machine  → placement
+//	POST   /v1/machines/{name}/start     machine  → placement
+//	POST   /v1/machines/{name}/migrate   machine  {"host"} → placement
+//	DELETE /v1/machines/{name}           machine  → placement
+//	GET    /metrics                      read     Prometheus metrics (unauthenticated on
+//	                                              Config.MetricsListen instead, if set)
+//
+// Tokens limited to machines see and change only those.
 //
 // A change that is already in effect answers 200 with the current
 // placement and "unchanged": true.
@@ -60,68 +62,94 @@ const maxBody = 1 << 20
 func (a *Agent) handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, a.status(false))
+		if !authorize(w, r, ScopeRead, "") {
+			return
+		}
+		st := a.status(false)
+		if t := principal(r.Context()); len(t.Machines) > 0 {
+			ms := st.Machines[:0:0]
+			for _, m := range st.Machines {
+				if t.allows(m.Name) {
+					ms = append(ms, m)
+				}
+			}
+			st.Machines = ms
+		}
+		writeJSON(w, http.StatusOK, st)
 	})
-	mux.HandleFunc("POST /v1/reconcile", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/reconcile", a.audited(func(w http.ResponseWriter, r *http.Request) {
+		if !authorize(w, r, ScopeMachine, "") {
+			return
+		}
 		a.Reconcile()
 		writeJSON(w, http.StatusAccepted, struct{}{})
-	})
+	}))
 	mux.HandleFunc("GET /v1/machines", func(w http.ResponseWriter, r *http.Request) {
+		if !authorize(w, r, ScopeRead, "") {
+			return
+		}
 		ps, err := a.fleet.Placements(r.Context())
 		if err != nil {
 			a.writeError(w, err)
 			return
 		}
-		writeJSON(w, http.StatusOK, ps)
+		writeJSON(w, http.StatusOK, visible(r, ps))
 	})
-	mux.HandleFunc("POST /v1/machines", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /v1/machines", a.audited(func(w http.ResponseWriter, r *http.Request) {
 		var req RunRequest
-		if !readJSON(w, r, &req) {
+		if !authorize(w, r, ScopeMachine, "") || !readJSON(w, r, &req) {
+			return
+		}
+		auditMachine(w, req.Name)
+		if !authorize(w, r, ScopeMachine, req.Name) {
 			return
 		}
 		p, err := a.ops.Run(r.Context(), req.Name, req.Spec, req.Host)
 		a.reply(w, r, p, err, http.StatusCreated)
-	})
-	mux.HandleFunc("POST /v1/machines/{name}/stop", func(w http.ResponseWriter, r *http.Request) {
-		p, err := a.ops.Stop(r.Context(), r.PathValue("name"))
-		a.reply(w, r, p, err, http.StatusOK)
-	})
-	mux.HandleFunc("POST /v1/machines/{name}/start", func(w http.ResponseWriter, r *http.Request) {
-		p, err := a.ops.Start(r.Context(), r.PathValue("name"))
-		a.reply(w, r, p, err, http.StatusOK)
-	})
-	mux.HandleFunc("POST /v1/machines/{name}/migrate", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("POST /v1/machines/{name}/stop", a.machineOp(func(r *http.Request, name string) (*fleet.Placement, error) {
+		return a.ops.Stop(r.Context(), name)
+	}))
+	mux.HandleFunc("POST /v1/machines/{name}/start", a.machineOp(func(r *http.Request, name string) (*fleet.Placement, error) {
+		return a.ops.Start(r.Context(), name)
+	}))
+	mux.HandleFunc("DELETE /v1/machines/{name}", a.machineOp(func(r *http.Request, name string) (*fleet.Placement, error) {
+		return a.ops.Remove(r.Context(), name)
+	}))
+	mux.HandleFunc("POST /v1/machines/{name}/migrate", a.audited(func(w http.ResponseWriter, r *http.Request) {
 		var req MigrateRequest
-		if !readJSON(w, r, &req) {
+		if !authorize(w, r, ScopeMachine, r.PathValue("name")) || !readJSON(w, r, &req) {
 			return
 		}
 		p, err := a.ops.Migrate(r.Context(), r.PathValue("name"), req.Host)
 		a.reply(w, r, p, err, http.StatusOK)
-	})
-	mux.HandleFunc("DELETE /v1/machines/{name}", func(w http.ResponseWriter, r *http.Request) {
-		p, err := a.ops.Remove(r.Context(), r.PathValue("name"))
-		a.reply(w, r, p, err, http.StatusOK)
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{}))
+	}))
+	if a.cfg.MetricsListen == "" {
+		mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+			if authorize(w, r, ScopeRead, "") {
+				a.metricsHandler().ServeHTTP(w, r)
+			}
+		})
+	}
 	return a.authenticate(mux)
 }
 
-// authenticate refuses requests without the right bearer token. The
-// comparison is of SHA-256 digests in constant time, so neither the
-// token's bytes nor its length leak through timing.
-func (a *Agent) authenticate(next http.Handler) http.Handler {
-	want := sha256.Sum256([]byte(a.cfg.Token))
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(got))
-		if !ok || subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
-			a.log.Warn("API request refused: missing or wrong token", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="urldisk-agent"`)
-			writeJSON(w, http.StatusUnauthorized, ErrorReply{Error: "missing or wrong API token (send Authorization: Bearer <token>)"})
+// machineOp is a bodiless change of the machine the path names: it needs
+// the machine scope on that machine and is audited.
+func (a *Agent) machineOp(op func(r *http.Request, name string) (*fleet.Placement, error)) http.HandlerFunc {
+	return a.audited(func(w http.ResponseWriter, r *http.Request) {
+		name := r.PathValue("name")
+		if !authorize(w, r, ScopeMachine, name) {
 			return
 		}
-		next.ServeHTTP(w, r)
+		p, err := op(r, name)
+		a.reply(w, r, p, err, http.StatusOK)
 	})
+}
+
+// metricsHandler serves the agent's Prometheus metrics.
+func (a *Agent) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(a.metrics.reg, promhttp.HandlerOpts{})
 }
 
 // reply answers a placement change and, if something changed, has the

@@ -34,16 +34,20 @@ func (e *APIError) Error() string {
 
 func (c *Client) client() (*http.Client, string) {
 	if path, ok := strings.CutPrefix(c.BaseURL, "unix:"); ok {
-		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		}}
-		return &http.Client{Transport: tr}, "http://agent"
+		return &http.Client{Transport: &http.Transport{DialContext: unixDialer(path)}}, "http://agent"
 	}
 	if c.HTTP != nil {
 		return c.HTTP, c.BaseURL
 	}
 	return &http.Client{Transport: &http.Transport{Proxy: nil}}, c.BaseURL
+}
+
+// unixDialer dials the unix socket at path whatever address is asked.
+func unixDialer(path string) func(ctx context.Context, _, _ string) (net.Conn, error) {
+	return func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
 }
 
 // Do sends a request with a JSON body (if in is not nil) and decodes a

@@ -57,33 +57,68 @@ func ReadTokenFile(path string, log *slog.Logger) (string, error) {
 
 // NewHTTPClient returns a client for agents' TCP APIs. With caFile (PEM)
 // it trusts only those CAs for https:// agents; without, the system's.
-// Proxies are never used: the API token must go to the agent only.
-func NewHTTPClient(caFile string) (*http.Client, error) {
+// With certFile and keyFile it presents that client certificate (agents
+// that demand mutual TLS). Proxies are never used: the API token must go
+// to the agent only.
+func NewHTTPClient(caFile, certFile, keyFile string) (*http.Client, error) {
 	tr := &http.Transport{Proxy: nil}
-	if caFile != "" {
-		pem, err := os.ReadFile(caFile)
-		if err != nil {
-			return nil, fmt.Errorf("read TLS CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("read TLS CA: no PEM certificate in %s", caFile)
-		}
-		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if caFile == "" && certFile == "" && keyFile == "" {
+		return &http.Client{Transport: tr}, nil
 	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile != "" {
+		pool, err := readCertPool(caFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS CA: %w", err)
+		}
+		cfg.RootCAs = pool
+	}
+	if certFile != "" || keyFile != "" {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("TLS client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	tr.TLSClientConfig = cfg
 	return &http.Client{Transport: tr}, nil
 }
 
+// readCertPool reads PEM certificates from name.
+func readCertPool(name string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(name)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("no PEM certificate in %s", name)
+	}
+	return pool, nil
+}
+
 // serverTLS loads the API's certificate, or returns nil without one.
+// With TLSClientCA, clients must present a certificate it signed.
 func (c *Config) serverTLS() (*tls.Config, error) {
 	if c.TLSCert == "" {
+		if c.TLSClientCA != "" {
+			return nil, errors.New("agent: a client CA (--tls-client-ca) needs --tls-cert and --tls-key")
+		}
 		return nil, nil
 	}
 	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
 	if err != nil {
 		return nil, fmt.Errorf("agent: load TLS key pair: %w", err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.TLSClientCA != "" {
+		pool, err := readCertPool(c.TLSClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("agent: TLS client CA: %w", err)
+		}
+		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
 }
 
 // warnCleartext logs once if the API listens beyond this host without

@@ -188,7 +188,7 @@ func TestAPIOverTLS(t *testing.T) {
 	if err != nil || len(hbs) != 1 || hbs[0].API != a.api {
 		t.Fatalf("heartbeats %+v %v: want the https:// API advertised", hbs, err)
 	}
-	hc, err := NewHTTPClient(pki.CAFile)
+	hc, err := NewHTTPClient(pki.CAFile, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -208,7 +208,7 @@ func TestAPIOverTLS(t *testing.T) {
 			t.Fatalf("plain HTTP to the TLS API answered %d %s", resp.StatusCode, body)
 		}
 	}
-	if _, err := NewHTTPClient(pki.CertFile + ".missing"); err == nil {
+	if _, err := NewHTTPClient(pki.CertFile+".missing", "", ""); err == nil {
 		t.Error("NewHTTPClient with a missing CA file: no error")
 	}
 }

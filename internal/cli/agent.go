@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
 	"os"
 	"time"
 
@@ -27,9 +28,10 @@ const (
 
 // fleetFlags are the flags every fleet command shares.
 type fleetFlags struct {
-	fleetURL  string
-	tokenFile string
-	tlsCA     string
+	fleetURL                    string
+	tokenFile                   string
+	tlsCA                       string
+	tlsClientCert, tlsClientKey string
 }
 
 func (f *fleetFlags) register(fs *pflag.FlagSet, withToken bool) {
@@ -37,6 +39,8 @@ func (f *fleetFlags) register(fs *pflag.FlagSet, withToken bool) {
 	if withToken {
 		fs.StringVar(&f.tokenFile, "token-file", "", "file holding the agents' API token; default $"+envToken)
 		fs.StringVar(&f.tlsCA, "tls-ca", "", "CA certificate (PEM) trusted for agents' https:// APIs; default $"+envTLSCA+", else the system's")
+		fs.StringVar(&f.tlsClientCert, "tls-client-cert", "", "client certificate (PEM) presented to agents that demand mutual TLS")
+		fs.StringVar(&f.tlsClientKey, "tls-client-key", "", "private key (PEM) of --tls-client-cert")
 	}
 }
 
@@ -79,6 +83,12 @@ func (f *fleetFlags) token(log *slog.Logger) (string, error) {
 	return os.Getenv(envToken), nil
 }
 
+// httpClient is the client for agents' TCP APIs: it trusts --tls-ca and
+// presents --tls-client-cert.
+func (f *fleetFlags) httpClient() (*http.Client, error) {
+	return agent.NewHTTPClient(f.caFile(), f.tlsClientCert, f.tlsClientKey)
+}
+
 // caFile is the CA trusted for agents' https:// APIs: --tls-ca or
 // $URLDISK_TLS_CA ("" for the system's).
 func (f *fleetFlags) caFile() string {
@@ -96,6 +106,9 @@ type agentOptions struct {
 	listen            string
 	stateDir          string
 	tlsCert, tlsKey   string
+	tlsClientCA       string
+	tokensFile        string
+	metricsListen     string
 	heartbeatTimeout  time.Duration
 	heartbeatInterval time.Duration
 	stopGrace         time.Duration
@@ -118,12 +131,18 @@ this host (attaching each volume read-write, exporting it over NBD on a unix
 socket, starting the process or qemu VM), moves them when their placement
 changes, and reassigns the machines of hosts that stopped heartbeating.
 
-The HTTP API (and /metrics) requires the token on every request:
+The HTTP API (and /metrics, unless --metrics-listen moves it) requires a
+token on every request, in the header only (never in a query string):
   Authorization: Bearer <token>
-The token comes from --token-file or $URLDISK_TOKEN (at least 16 bytes;
-agents of one fleet share it). Whoever holds it can run any command on
-this host as the agent's user (or, for machines with --run-as, as that
-user): treat it like a root password. On a non-loopback --listen, give
+The fleet token comes from --token-file or $URLDISK_TOKEN (at least 16 bytes;
+agents of one fleet share it and use it to reach each other). Whoever holds
+it, or a machine-scoped token, can run any command on this host as the
+agent's user (or, for machines with --run-as, as that user): treat them
+like root passwords. Give clients scoped tokens instead (--tokens-file; make
+them with "urldisk agent token"): read-only, machine operations, limited to
+some machines. Every request that may change something is logged with the
+token's name ("audit"). --tls-client-ca demands client certificates
+(mutual TLS); agents and CLI commands then present --tls-client-cert. On a non-loopback --listen, give
 --tls-cert and --tls-key so the token does not cross the network in clear;
 clients then trust --tls-ca / $URLDISK_TLS_CA. On exit, machines are
 stopped and their volumes flushed.`
@@ -136,12 +155,45 @@ stopped and their volumes flushed.`
 	f.StringVar(&o.stateDir, "state-dir", "", "machine logs and sockets, private to this user (default $TMPDIR/urldisk-agent-ID)")
 	f.StringVar(&o.tlsCert, "tls-cert", "", "TLS certificate (PEM) for a tcp: API listener")
 	f.StringVar(&o.tlsKey, "tls-key", "", "TLS private key (PEM)")
+	f.StringVar(&o.tlsClientCA, "tls-client-ca", "", "demand client certificates signed by this CA (PEM): mutual TLS on the API")
+	f.StringVar(&o.tokensFile, "tokens-file", "", "scoped API tokens besides the fleet token: lines of NAME SCOPE sha256:HEX [MACHINE-PATTERNS] (see urldisk agent-token)")
+	f.StringVar(&o.metricsListen, "metrics-listen", "", "serve /metrics without a token on this listener (tcp:HOST:PORT or unix:/path) instead of on the API")
 	f.DurationVar(&o.heartbeatTimeout, "heartbeat-timeout", 10*time.Second, "a host silent this long is dead and its machines fail over")
 	f.DurationVar(&o.heartbeatInterval, "heartbeat-interval", 0, "heartbeat period (default: a fifth of the timeout)")
 	f.DurationVar(&o.stopGrace, "stop-grace", 30*time.Second, "how long a machine may take to stop before it is killed")
 	f.DurationVar(&o.stopWait, "stop-wait", 0, "how long a moved machine's new host waits for the old one to stop (default: timeout + stop grace)")
 	registerStallFlags(f, &o.storeTimeout, &o.flushTimeout)
 	f.IntVar(&o.tracePages, "trace-pages", 4096, "recently used 64 KiB pages recorded per machine for prefetch on its next host (0 disables)")
+	cmd.AddCommand(newAgentTokenCommand())
+	return cmd
+}
+
+func newAgentTokenCommand() *cobra.Command {
+	var scope string
+	var machines []string
+	cmd := command("token NAME --scope read|machine|admin [--machines PATTERN,...]", "Make a scoped API token: prints the token, then its line for --tokens-file",
+		exactArgs(1, "a token name"), func(_ context.Context, out io.Writer, args []string) error {
+			sc, err := agent.ParseScope(scope)
+			if err != nil {
+				return fmt.Errorf("--scope: %w", err)
+			}
+			token, line, err := agent.NewToken(args[0], sc, machines)
+			if err != nil {
+				return err
+			}
+			printf(out, "%s\n%s\n", token, line)
+			return nil
+		})
+	cmd.Long = `token makes a random API token and prints two lines: the token (give it to
+the client, e.g. in a file for --token-file; it is shown only here) and the
+line to append to every agent's --tokens-file, which holds only the token's
+SHA-256, never the token. Scopes: read (status, machines, metrics), machine
+(also run, stop, start, migrate, rm, reconcile), admin (everything).
+--machines limits a read or machine token to machines whose names match one
+of the patterns (path.Match syntax, e.g. web-*): it sees and changes only
+those. Agents re-read --tokens-file only when they restart.`
+	cmd.Flags().StringVar(&scope, "scope", "", "read, machine or admin (required)")
+	cmd.Flags().StringSliceVar(&machines, "machines", nil, "limit the token to machines matching these patterns")
 	return cmd
 }
 
@@ -164,6 +216,12 @@ func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) e
 	if err != nil {
 		return fmt.Errorf("--cache-size: %w", err)
 	}
+	var tokens []agent.Token
+	if o.tokensFile != "" {
+		if tokens, err = agent.ReadTokensFile(o.tokensFile); err != nil {
+			return fmt.Errorf("--tokens-file: %w", err)
+		}
+	}
 	store, err := objstore.Open(ctx, fleetURL)
 	if err != nil {
 		return fmt.Errorf("agent: open fleet %s: %w", objstore.Redact(fleetURL), err)
@@ -176,6 +234,8 @@ func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) e
 	a, err := agent.New(agent.Config{
 		ID: o.id, Fleet: store, CacheDir: o.cacheDir, CacheSize: int64(size), StateDir: o.stateDir,
 		Listen: o.listen, Token: token, TLSCert: o.tlsCert, TLSKey: o.tlsKey, TLSCA: o.caFile(),
+		TLSClientCA: o.tlsClientCA, TLSClientCert: o.tlsClientCert, TLSClientKey: o.tlsClientKey,
+		Tokens: tokens, MetricsListen: o.metricsListen,
 		HeartbeatTimeout: o.heartbeatTimeout, HeartbeatInterval: o.heartbeatInterval,
 		StopGrace: o.stopGrace, StopWait: o.stopWait, TracePages: tracePages,
 		StoreTimeout: o.storeTimeout, FlushTimeout: o.flushTimeout, Logger: g.log,

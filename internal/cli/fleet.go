@@ -36,10 +36,10 @@ func openFleetCmd(ctx context.Context, g *globals, o *fleetFlags) (*fleetCmd, er
 		f.Store().Close()
 		return nil, err
 	}
-	hc, err := agent.NewHTTPClient(o.caFile())
+	hc, err := o.httpClient()
 	if err != nil {
 		f.Store().Close()
-		return nil, fmt.Errorf("--tls-ca: %w", err)
+		return nil, err
 	}
 	return &fleetCmd{g: g, fleet: f, token: token, http: hc,
 		ops: &fleet.Ops{Fleet: f, By: "cli", ResolveVolume: agent.ResolveVolume}}, nil
