@@ -17,6 +17,7 @@ type createOptions struct {
 	size      string
 	blockSize string
 	encrypt   bool
+	compress  string
 }
 
 // Block sizes the volume format accepts (format.VolumeDesc.Validate).
@@ -40,7 +41,12 @@ func (o *createOptions) validate() (volume.CreateOptions, error) {
 	if err != nil {
 		return volume.CreateOptions{}, fmt.Errorf("--block-size: %w", err)
 	}
-	return volume.CreateOptions{Size: size, BlockSize: uint32(bs)}, nil
+	switch o.compress {
+	case "", "none", "lz4":
+	default:
+		return volume.CreateOptions{}, fmt.Errorf("--compress: %q is not a compression (want lz4 or none)", o.compress)
+	}
+	return volume.CreateOptions{Size: size, BlockSize: uint32(bs), Compression: o.compress}, nil
 }
 
 // runCreate creates the volume rawURL names (initialising its pool if
@@ -59,6 +65,9 @@ func runCreate(ctx context.Context, g *globals, out io.Writer, rawURL string, co
 	if d.Encryption != nil {
 		printf(out, "encrypted: data key wrapped by key %s\n", d.Encryption.KeyFingerprint)
 	}
+	if d.Compression != "" {
+		printf(out, "compressed: %s per 64 KiB frame\n", d.Compression)
+	}
 	return nil
 }
 
@@ -76,6 +85,8 @@ func newCreateCommand(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&o.size, "size", "", "volume size, e.g. 10G, 512M (a multiple of the block size)")
 	cmd.Flags().StringVar(&o.blockSize, "block-size", "4K", "block size: a power of two from 512 to 1M, e.g. 512, 4K, 64K")
 	cmd.Flags().BoolVar(&o.encrypt, "encrypt", false, "seal every record with a random data key wrapped by the key from --key-file, --key-command or $URLDISK_KEY (clones inherit it)")
+	cmd.Flags().StringVar(&o.compress, "compress", "none", "compress every 64 KiB frame: lz4 or none; --compress alone is lz4 (clones inherit it)")
+	cmd.Flags().Lookup("compress").NoOptDefVal = "lz4"
 	return cmd
 }
 
@@ -145,6 +156,11 @@ func printInfo(w io.Writer, rawURL string, in *volume.Info) {
 		printf(w, "encryption:  xchacha20poly1305, data key wrapped by key %s\n", in.KeyFingerprint)
 	} else {
 		printf(w, "encryption:  off\n")
+	}
+	if in.Compression != "" {
+		printf(w, "compression: %s\n", in.Compression)
+	} else {
+		printf(w, "compression: off\n")
 	}
 	printf(w, "epoch:       %d\n", in.Epoch)
 	printf(w, "writer:      %s\n", describeWriter(in.Writer))

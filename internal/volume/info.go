@@ -32,9 +32,11 @@ type Info struct {
 	// key-encryption key its data key is wrapped by.
 	Encrypted      bool   `json:"encrypted"`
 	KeyFingerprint string `json:"key_fingerprint,omitempty"`
-	FirstSeq       uint64 `json:"first_seq"`
-	HeadSeq        uint64 `json:"head_seq"`
-	Epoch          uint64 `json:"epoch"`
+	// Compression is the volume's record compression ("lz4"), "" if none.
+	Compression string `json:"compression,omitempty"`
+	FirstSeq    uint64 `json:"first_seq"`
+	HeadSeq     uint64 `json:"head_seq"`
+	Epoch       uint64 `json:"epoch"`
 	// Writer is the holder of the current epoch, from its fence record.
 	Writer      *WriterInfo `json:"writer,omitempty"`
 	Snapshots   int         `json:"snapshots"`
@@ -103,7 +105,7 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 		Name: d.Name, ID: d.ID, Size: d.Size, BlockSize: d.BlockSize, Created: d.Created, Parent: d.Parent,
 		UsedBytes: img.m.MappedBytes(), Extents: img.m.Len(), Records: img.records, StoredBytes: img.recordBytes,
 		FirstSeq: img.firstLogSeq, HeadSeq: img.st.Seq, Epoch: img.st.Epoch, Snapshots: img.snapshots, SnapSeq: img.snapSeq,
-		Conditional: p.marker.ConditionalCreate, LogicalBytes: logical,
+		Conditional: p.marker.ConditionalCreate, LogicalBytes: logical, Compression: d.Compression,
 	}
 	if d.Encryption != nil {
 		in.Encrypted, in.KeyFingerprint = true, d.Encryption.KeyFingerprint
