@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 
 	"cloud.google.com/go/storage"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore/to"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
@@ -262,6 +264,13 @@ func plainS3Key(key string) bool {
 	return !strings.Contains(key, "../")
 }
 
+// plainAzureKey reports whether azureblob sends key unescaped (it escapes
+// control characters, '"', '#', '%', '?', DEL, backslashes and the slash of
+// "../").
+func plainAzureKey(key string) bool {
+	return !strings.ContainsAny(key, "\"#%?\x7f\\") && plainS3Key(key)
+}
+
 // maxPutAttempts bounds retries of uploads the backend asks to retry.
 const maxPutAttempts = 5
 
@@ -305,9 +314,11 @@ func (s *bucketStore) List(ctx context.Context, prefix string, fn func(ObjectInf
 }
 
 // ListAfter implements Lister: S3 starts the listing after the key
-// (ListObjectsV2 StartAfter), and GCS at it (StartOffset), so attach does
-// not page through old records. Azure has no such option: its listing
-// starts at the prefix and skips the older keys here.
+// (ListObjectsV2 StartAfter), GCS and Azure at it (StartOffset; startFrom,
+// in Azure's service version 2026-02-06 and later, which the SDK sends),
+// so attach does not page through old records. Servers that ignore the
+// option (azurite 3.35 does) list from the prefix, and the older keys are
+// skipped here.
 func (s *bucketStore) ListAfter(ctx context.Context, prefix, after string, fn func(ObjectInfo) error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("list %q: store is closed", prefix)
@@ -323,6 +334,7 @@ func (s *bucketStore) ListAfter(ctx context.Context, prefix, after string, fn fu
 		opts.BeforeList = func(as func(any) bool) error {
 			var in *s3.ListObjectsV2Input
 			var q *storage.Query
+			var az *container.ListBlobsHierarchyOptions
 			switch {
 			case as(&in):
 				in.StartAfter = aws.String(s.prefix + after)
@@ -330,6 +342,10 @@ func (s *bucketStore) ListAfter(ctx context.Context, prefix, after string, fn fu
 				// GCS's StartOffset is inclusive: the loop below
 				// skips the key itself.
 				q.StartOffset = s.prefix + after
+			case as(&az) && plainAzureKey(s.prefix+after):
+				// Inclusive too. A key azureblob would escape is
+				// not given: its escaped form may sort elsewhere.
+				az.StartFrom = to.Ptr(s.prefix + after)
 			}
 			return nil
 		}

@@ -34,6 +34,7 @@ func RunContractTests(t *testing.T, newStore func(t *testing.T) objstore.Store) 
 		{"GetRangeEmptyObject", testGetRangeEmptyObject},
 		{"PutIfAbsent", testPutIfAbsent},
 		{"PutIfAbsentRace", testPutIfAbsentRace},
+		{"PutIfAbsentTakenLarge", testPutIfAbsentTakenLarge},
 		{"Delete", testDelete},
 		{"List", testList},
 		{"ListStop", testListStop},
@@ -294,6 +295,27 @@ func testPutIfAbsent(t *testing.T, s objstore.Store) {
 	}
 	if got := mustGet(t, s, "log/0001"); string(got) != "three" {
 		t.Fatalf("content %q, want %q", got, "three")
+	}
+}
+
+// testPutIfAbsentTakenLarge: a conditional create of a taken key with a
+// record-sized body is ErrExists too, and changes nothing. A server may
+// refuse it as soon as it has the headers and reset the connection while
+// the body is still being sent (versitygw does): the client then never
+// sees the refusal, and the store must still answer ErrExists.
+func testPutIfAbsentTakenLarge(t *testing.T, s objstore.Store) {
+	ctx := t.Context()
+	first := randBytes(1, 8<<20)
+	if err := s.PutIfAbsent(ctx, "log/big", first); err != nil {
+		t.Fatalf("first PutIfAbsent of 8 MiB: %v", err)
+	}
+	for i := range 3 {
+		if err := s.PutIfAbsent(ctx, "log/big", randBytes(uint64(2+i), 8<<20)); !errors.Is(err, objstore.ErrExists) {
+			t.Fatalf("PutIfAbsent %d of 8 MiB over a taken key: err = %v, want ErrExists", i+2, err)
+		}
+	}
+	if got := mustGet(t, s, "log/big"); !bytes.Equal(got, first) {
+		t.Fatalf("after refused creates the object is not the first one")
 	}
 }
 
