@@ -97,8 +97,9 @@ func (e *env) initPool(t *testing.T, pool string) {
 	p.Close()
 }
 
-// volumes lists the pool's volumes (with the test's credentials).
-func (e *env) volumes(t *testing.T, pool string) []string {
+// withCreds runs fn with the server's credentials in the environment
+// (newEnv took them out, so that the driver has only the secrets).
+func withCreds(t *testing.T, fn func()) {
 	t.Helper()
 	t.Setenv("AWS_ACCESS_KEY_ID", s3server.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", s3server.SecretKey)
@@ -106,6 +107,19 @@ func (e *env) volumes(t *testing.T, pool string) []string {
 		os.Setenv("AWS_ACCESS_KEY_ID", "")
 		os.Setenv("AWS_SECRET_ACCESS_KEY", "")
 	}()
+	fn()
+}
+
+// volumes lists the pool's volumes (with the test's credentials).
+func (e *env) volumes(t *testing.T, pool string) []string {
+	t.Helper()
+	var names []string
+	withCreds(t, func() { names = e.listVolumes(t, pool) })
+	return names
+}
+
+func (e *env) listVolumes(t *testing.T, pool string) []string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p, err := volume.OpenPoolURL(ctx, pool, volume.PoolOptions{})
