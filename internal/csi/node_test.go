@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
 )
 
 // TestNodeLoss: node A stages a volume and writes files through ext4 with
@@ -133,5 +135,46 @@ func TestUnstageAfterRestart(t *testing.T) {
 	s2 := e.stage(t, a2, vol, mountCap(rwo))
 	if got, err := os.ReadFile(filepath.Join(s2.path, "x")); err != nil || string(got) != "kept" {
 		t.Errorf("after restart and restage: %q, %v", got, err)
+	}
+}
+
+// TestReadersOnly: MULTI_NODE_READER_ONLY stages go through read-only
+// serves: two nodes mount the volume at once and read what the writer
+// wrote before it unstaged, writes through them fail, and they fence
+// nobody: a writer staged meanwhile keeps writing. (A reader mounts ext4
+// without journal replay, which would write, so it sees the filesystem as
+// last unmounted, not a live writer's newest files.)
+func TestReadersOnly(t *testing.T) {
+	requireNodeTools(t)
+	e := newEnv(t)
+	a, b, c := startDriver(t, "node-a"), startDriver(t, "node-b"), startDriver(t, "node-c")
+	vol := e.createVolume(t, a, "pvc-readers", 32<<20, nil)
+	w := e.stage(t, a, vol, mountCap(rwo))
+	if err := writeSync(w.path, "shared", []byte("for every reader")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.unstage(t); err != nil {
+		t.Fatal(err)
+	}
+	ro := mountCap(csi.VolumeCapability_AccessMode_MULTI_NODE_READER_ONLY)
+	var readers []*staging
+	for _, n := range []*node{b, c} {
+		s := e.stage(t, n, vol, ro)
+		readers = append(readers, s)
+		if got, err := os.ReadFile(filepath.Join(s.path, "shared")); err != nil || string(got) != "for every reader" {
+			t.Errorf("reader %s reads %q, %v", n.id, got, err)
+		}
+		if err := os.WriteFile(filepath.Join(s.path, "nope"), []byte("x"), 0o644); err == nil {
+			t.Errorf("reader %s wrote a file", n.id)
+		}
+	}
+	w = e.stage(t, a, vol, mountCap(rwo))
+	if err := writeSync(w.path, "later", []byte("writer still owns it")); err != nil {
+		t.Errorf("the writer was disturbed by the readers: %v", err)
+	}
+	for _, s := range readers {
+		if got, err := os.ReadFile(filepath.Join(s.path, "shared")); err != nil || string(got) != "for every reader" {
+			t.Errorf("reader %s after a writer staged reads %q, %v", s.n.id, got, err)
+		}
 	}
 }
