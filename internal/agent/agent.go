@@ -27,9 +27,12 @@ type Config struct {
 	// ID is this host's id in the fleet (required): 1-63 characters of
 	// [a-zA-Z0-9._-].
 	ID string
-	// Fleet is the store holding fleet/ (required). The agent does not
-	// close it.
+	// Fleet is the store holding fleet/ (required unless Coord is set).
+	// The agent does not close it.
 	Fleet objstore.Store
+	// Coord, if set, is the coordination service used instead of a
+	// fleet.Fleet over Fleet.
+	Coord fleet.Coord
 	// CacheDir is the host read cache (required), shared by every volume
 	// the agent attaches; CacheSize bounds it in bytes (default 10 GiB).
 	CacheDir  string
@@ -109,7 +112,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("agent: --id: %w", err)
 	}
 	switch {
-	case c.Fleet == nil:
+	case c.Fleet == nil && c.Coord == nil:
 		return errors.New("agent: no fleet store")
 	case c.CacheDir == "":
 		return errors.New("agent: no cache directory")
@@ -171,7 +174,8 @@ const tracePageSize = cache.ChunkSize
 type Agent struct {
 	cfg     Config
 	log     *slog.Logger
-	fleet   *fleet.Fleet
+	fleet   fleet.Coord
+	member  *fleet.Member
 	ops     *fleet.Ops
 	metrics *metrics
 	pools   *pools
@@ -188,9 +192,6 @@ type Agent struct {
 	kickHeartbeat chan struct{} // cap 1
 	fencedCount   atomic.Uint64
 	seq           atomic.Uint64 // heartbeats written
-
-	liveMu sync.Mutex
-	live   *fleet.Liveness // guarded by liveMu
 
 	mu      sync.Mutex
 	runners map[string]*runner // guarded by mu
@@ -211,10 +212,13 @@ func New(cfg Config) (*Agent, error) {
 		started:       cfg.Now().UTC(),
 		kickReconcile: make(chan struct{}, 1),
 		kickHeartbeat: make(chan struct{}, 1),
-		live:          fleet.NewLiveness(cfg.HeartbeatTimeout),
 		runners:       map[string]*runner{},
 	}
-	a.fleet = fleet.New(cfg.Fleet, a.log)
+	a.fleet = cfg.Coord
+	if a.fleet == nil {
+		a.fleet = fleet.New(cfg.Fleet, a.log)
+	}
+	a.member = fleet.NewMember(a.fleet, fleet.MemberConfig{Self: cfg.ID, By: "agent " + cfg.ID, Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: a.log})
 	a.ops = &fleet.Ops{Fleet: a.fleet, By: "agent " + cfg.ID, Now: cfg.Now, ResolveVolume: ResolveVolume, DefaultTimeout: cfg.HeartbeatTimeout}
 	a.pools = newPools(a.log, a.cfg.Key)
 	var err error
@@ -293,7 +297,7 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 	}
 	// Placements are versioned by create-if-absent: on a store that
 	// ignores it two agents could both win a version. Refuse to start.
-	if err := a.fleet.CheckConditionalCreate(ctx); err != nil {
+	if err := a.fleet.CheckWritable(ctx); err != nil {
 		closeListeners()
 		c.Close()
 		return fmt.Errorf("agent: %w", err)
@@ -378,16 +382,11 @@ func (a *Agent) Run(ctx context.Context, ready func(apiURL string)) error {
 // running; if it stays still, its writer is gone.
 func (a *Agent) checkNoTwin(ctx context.Context) error {
 	read := func() (*fleet.Heartbeat, error) {
-		hbs, err := a.fleet.Heartbeats(ctx)
+		h, err := a.fleet.Heartbeat(ctx, a.cfg.ID)
 		if err != nil {
-			return nil, fmt.Errorf("agent: read heartbeats: %w", err)
+			return nil, fmt.Errorf("agent: read this host's heartbeat: %w", err)
 		}
-		for _, h := range hbs {
-			if h.Host == a.cfg.ID {
-				return h, nil
-			}
-		}
-		return nil, nil
+		return h, nil
 	}
 	first, err := read()
 	if err != nil || first == nil || fleet.AgeState(first, a.cfg.Now(), a.cfg.HeartbeatTimeout) != fleet.HostLive {

@@ -2,10 +2,7 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"time"
-
-	"github.com/urldisk/urldisk/internal/fleet"
 )
 
 // reconcileLoop compares desired and running state every interval and
@@ -29,26 +26,22 @@ func (a *Agent) reconcileLoop(ctx context.Context) {
 	}
 }
 
-// reconcileOnce reads heartbeats and placements, fails over the machines
-// of dead hosts, and tells each runner its machine's newest placement.
+// reconcileOnce runs one coordination round (watch peers, fail over the
+// machines of dead ones, read the placements concerning this host) and
+// tells each runner its machine's newest placement.
 func (a *Agent) reconcileOnce(ctx context.Context) error {
-	hbs, err := a.fleet.Heartbeats(ctx)
+	a.mu.Lock()
+	load := len(a.runners)
+	a.mu.Unlock()
+	round, err := a.member.Round(ctx, load)
 	if err != nil {
 		return err
 	}
-	a.liveMu.Lock()
-	a.live.Observe(a.cfg.Now(), hbs)
-	a.liveMu.Unlock()
-	ps, err := a.fleet.Placements(ctx)
-	if err != nil {
-		return err
+	for _, p := range round.Failovers {
+		a.metrics.failovers.Inc()
+		a.nudge(ctx, p.Host)
 	}
-	draining, err := a.fleet.Draining(ctx)
-	if err != nil {
-		return err
-	}
-	a.failover(ctx, ps, draining)
-	for name, p := range ps {
+	for name, p := range round.Assigned {
 		if p.Host == a.cfg.ID || p.From == a.cfg.ID {
 			if r := a.runner(name); r != nil {
 				r.update(p)
@@ -67,48 +60,7 @@ func (a *Agent) reconcileOnce(ctx context.Context) error {
 
 // hostDead reports whether this agent, watching heartbeats, holds host
 // dead (never this agent itself).
-func (a *Agent) hostDead(host string) bool {
-	if host == a.cfg.ID {
-		return false
-	}
-	a.liveMu.Lock()
-	defer a.liveMu.Unlock()
-	return a.live.State(host, a.cfg.Now()) == fleet.HostDead
-}
-
-// failover moves the machines of dead hosts to live ones. Every live agent
-// does this; create-if-absent on the next placement version decides who
-// actually moves each machine, and the losers see it moved.
-func (a *Agent) failover(ctx context.Context, ps map[string]*fleet.Placement, draining map[string]bool) {
-	now := a.cfg.Now()
-	a.liveMu.Lock()
-	var cands []string
-	for _, h := range a.live.Hosts() {
-		if !draining[h] && (h == a.cfg.ID || a.live.State(h, now) == fleet.HostLive) {
-			cands = append(cands, h)
-		}
-	}
-	a.liveMu.Unlock()
-	moves := fleet.FailoverMoves(ps, a.hostDead, cands)
-	for _, m := range moves {
-		p, err := a.fleet.Update(ctx, m.Name, a.ops.By, func(cur *fleet.Placement) (*fleet.Placement, error) {
-			if cur == nil || cur.State != fleet.Running || cur.Host != m.From || !a.hostDead(cur.Host) {
-				return nil, fleet.ErrNoChange // someone else moved it, or the host is back
-			}
-			return fleet.NextMove(cur, m.Name, m.To, fleet.ReasonFailover, now)
-		})
-		switch {
-		case errors.Is(err, fleet.ErrNoChange):
-		case err != nil:
-			a.log.Warn("failover failed", "machine", m.Name, "from", m.From, "to", m.To, "err", err)
-		default:
-			a.metrics.failovers.Inc()
-			a.log.Warn("FAILOVER: host stopped heartbeating; machine reassigned", "machine", m.Name, "dead_host", m.From, "to", m.To, "version", p.Version)
-			ps[m.Name] = p
-			a.nudge(ctx, m.To)
-		}
-	}
-}
+func (a *Agent) hostDead(host string) bool { return a.member.Dead(host) }
 
 // runner returns the runner of a machine, creating it; nil while the agent
 // is stopping.
@@ -135,18 +87,24 @@ func (a *Agent) runner(name string) *runner {
 // API with this agent's token (agents of one fleet share it). Failures
 // only cost time: they reconcile on their own within an interval.
 func (a *Agent) nudge(ctx context.Context, hosts ...string) {
-	a.liveMu.Lock()
 	var urls []string
 	for _, h := range hosts {
 		if h == a.cfg.ID {
 			a.Reconcile()
 			continue
 		}
-		if hb := a.live.Heartbeat(h); hb != nil && hb.API != "" {
+		hb := a.member.Heartbeat(h)
+		if hb == nil {
+			// Not a peer this host watches: one read.
+			var err error
+			if hb, err = a.fleet.Heartbeat(ctx, h); err != nil {
+				a.log.Debug("nudge: read heartbeat", "host", h, "err", err)
+			}
+		}
+		if hb != nil && hb.API != "" {
 			urls = append(urls, hb.API)
 		}
 	}
-	a.liveMu.Unlock()
 	for _, u := range urls {
 		nctx, cancel := context.WithTimeout(ctx, time.Second)
 		if err := (&Client{BaseURL: u, Token: a.cfg.Token, HTTP: a.peers}).Reconcile(nctx); err != nil {

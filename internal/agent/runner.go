@@ -274,6 +274,9 @@ const ackPoll = 20 * time.Millisecond
 // writes void). errSuperseded if a newer placement arrives meanwhile.
 func (r *runner) waitAck(ctx context.Context, p *fleet.Placement) (*fleet.Ack, error) {
 	deadline := time.Now().Add(r.a.cfg.StopWait)
+	// Watch the previous host while waiting for it, so its death ends the
+	// wait even if it is not among the peers this host watches.
+	defer r.a.member.Track(p.From)()
 	t := time.NewTicker(ackPoll)
 	defer t.Stop()
 	for {

@@ -20,7 +20,8 @@ import (
 // fleetCmd is an open fleet for one command.
 type fleetCmd struct {
 	g     *globals
-	fleet *fleet.Fleet
+	fleet fleet.Coord
+	store io.Closer // the fleet store, closed with the command
 	ops   *fleet.Ops
 	token string
 	http  *http.Client // for agents' TCP APIs (trusts --tls-ca)
@@ -41,11 +42,11 @@ func openFleetCmd(ctx context.Context, g *globals, o *fleetFlags) (*fleetCmd, er
 		f.Store().Close()
 		return nil, err
 	}
-	return &fleetCmd{g: g, fleet: f, token: token, http: hc,
+	return &fleetCmd{g: g, fleet: f, store: f.Store(), token: token, http: hc,
 		ops: &fleet.Ops{Fleet: f, By: "cli", ResolveVolume: agent.ResolveVolume}}, nil
 }
 
-func (fc *fleetCmd) close() { fc.fleet.Store().Close() }
+func (fc *fleetCmd) close() { fc.store.Close() }
 
 // withFleet opens the fleet o names for the duration of fn.
 func withFleet(ctx context.Context, g *globals, o *fleetFlags, fn func(fc *fleetCmd) error) error {
@@ -76,21 +77,21 @@ func (fc *fleetCmd) nudge(ctx context.Context, hosts ...string) {
 		fc.g.log.Debug("no API token: agents will notice the change within their reconcile interval")
 		return
 	}
-	hbs, err := fc.fleet.Heartbeats(ctx)
-	if err != nil {
-		fc.g.log.Debug("nudge: read heartbeats", "err", err)
-		return
-	}
-	for _, hb := range hbs {
-		for _, h := range hosts {
-			if h != "" && hb.Host == h && hb.API != "" && !hb.Down {
-				nctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-				if err := (&agent.Client{BaseURL: hb.API, Token: fc.token, HTTP: fc.http}).Reconcile(nctx); err != nil {
-					fc.g.log.Warn("could not ask the agent to act now; it will within its reconcile interval", "host", h, "err", err)
-				}
-				cancel()
-				break
+	for _, h := range hosts {
+		if h == "" {
+			continue
+		}
+		hb, err := fc.fleet.Heartbeat(ctx, h)
+		if err != nil {
+			fc.g.log.Debug("nudge: read heartbeat", "host", h, "err", err)
+			continue
+		}
+		if hb != nil && hb.API != "" && !hb.Down {
+			nctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			if err := (&agent.Client{BaseURL: hb.API, Token: fc.token, HTTP: fc.http}).Reconcile(nctx); err != nil {
+				fc.g.log.Warn("could not ask the agent to act now; it will within its reconcile interval", "host", h, "err", err)
 			}
+			cancel()
 		}
 	}
 }
@@ -117,16 +118,9 @@ func (fc *fleetCmd) awaitRunning(ctx context.Context, p *fleet.Placement, wait t
 	var last fleet.MachineStatus
 	var lastErr error
 	for {
-		hbs, err := fc.fleet.Heartbeats(ctx)
+		hb, err := fc.fleet.Heartbeat(ctx, p.Host)
 		lastErr = err
-		for _, hb := range hbs {
-			if hb.Host != p.Host {
-				continue
-			}
-			st, ok := hb.Machine(p.Name)
-			if !ok || st.Version < p.Version {
-				break
-			}
+		if st, ok := hostMachine(hb, p.Name); ok && st.Version >= p.Version {
 			last = st
 			switch st.Phase {
 			case fleet.PhaseRunning:
@@ -160,6 +154,15 @@ func (fc *fleetCmd) awaitRunning(ctx context.Context, p *fleet.Placement, wait t
 		case <-time.After(pollEvery):
 		}
 	}
+}
+
+// hostMachine is the status hb reports for machine name; false if hb is
+// nil or does not report it.
+func hostMachine(hb *fleet.Heartbeat, name string) (fleet.MachineStatus, bool) {
+	if hb == nil {
+		return fleet.MachineStatus{}, false
+	}
+	return hb.Machine(name)
 }
 
 // waitStopped waits until p's host no longer runs the machine.

@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"slices"
 	"sort"
 	"time"
 )
@@ -132,4 +133,33 @@ func AgeState(h *Heartbeat, now time.Time, defaultTimeout time.Duration) HostSta
 		return HostDead
 	}
 	return HostLive
+}
+
+// WatchSet is the peers self watches for failure, on a ring of the member
+// ids in sorted order: its successors, until k of them are not dead, and
+// every dead one met on the way. So each host is watched by its k nearest
+// live predecessors, and a dead host by its nearest live predecessor
+// however many of the hosts between them died too (that predecessor
+// reaches it one detection after the other, or at once when fewer than k
+// died in a row). members need not be sorted nor hold self. Pure.
+func WatchSet(members []string, self string, k int, dead func(host string) bool) []string {
+	ring := make([]string, 0, len(members))
+	for _, h := range members {
+		if h != self {
+			ring = append(ring, h)
+		}
+	}
+	sort.Strings(ring)
+	ring = slices.Compact(ring)
+	start := sort.SearchStrings(ring, self) // first id after self
+	var out []string
+	live := 0
+	for i := 0; i < len(ring) && live < k; i++ {
+		h := ring[(start+i)%len(ring)]
+		out = append(out, h)
+		if !dead(h) {
+			live++
+		}
+	}
+	return out
 }

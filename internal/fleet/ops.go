@@ -16,7 +16,8 @@ import (
 // validate requests, choose hosts and write placement versions. Safe for
 // concurrent use if ResolveVolume is.
 type Ops struct {
-	Fleet *Fleet
+	// Fleet is the coordination service the operations read and write.
+	Fleet Coord
 	// By names the writer in the placements it writes ("cli", "agent h1").
 	By string
 	// Now tells the time; nil means time.Now.
@@ -188,7 +189,7 @@ func (o *Ops) Run(ctx context.Context, name string, spec Spec, host string) (*Pl
 		}
 	}
 	now := o.now()
-	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+	return Update(ctx, o.Fleet, name, o.By, func(cur *Placement) (*Placement, error) {
 		p, err := NextRun(cur, name, spec, host, now)
 		if err != nil {
 			return nil, err
@@ -201,7 +202,7 @@ func (o *Ops) Run(ctx context.Context, name string, spec Spec, host string) (*Pl
 // Stop stops a machine; it stays placed on its host.
 func (o *Ops) Stop(ctx context.Context, name string) (*Placement, error) {
 	now := o.now()
-	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+	return Update(ctx, o.Fleet, name, o.By, func(cur *Placement) (*Placement, error) {
 		return NextStop(cur, name, now)
 	})
 }
@@ -214,7 +215,7 @@ func (o *Ops) Start(ctx context.Context, name string) (*Placement, error) {
 	if err != nil {
 		return nil, err
 	}
-	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+	return Update(ctx, o.Fleet, name, o.By, func(cur *Placement) (*Placement, error) {
 		if err := exists(cur, name); err != nil {
 			return nil, err
 		}
@@ -238,7 +239,7 @@ func (o *Ops) Start(ctx context.Context, name string) (*Placement, error) {
 // Remove deletes a machine (its volume stays).
 func (o *Ops) Remove(ctx context.Context, name string) (*Placement, error) {
 	now := o.now()
-	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+	return Update(ctx, o.Fleet, name, o.By, func(cur *Placement) (*Placement, error) {
 		return NextRemove(cur, name, now)
 	})
 }
@@ -252,7 +253,7 @@ func (o *Ops) Migrate(ctx context.Context, name, host string) (*Placement, error
 	if err := v.CheckHost(host); err != nil {
 		return nil, err
 	}
-	return o.Fleet.Update(ctx, name, o.By, func(cur *Placement) (*Placement, error) {
+	return Update(ctx, o.Fleet, name, o.By, func(cur *Placement) (*Placement, error) {
 		return NextMove(cur, name, host, ReasonMigrate, v.Now)
 	})
 }
@@ -289,7 +290,7 @@ func (o *Ops) Drain(ctx context.Context, host string) ([]DrainResult, error) {
 	planned := map[string]bool{}
 	for _, m := range moves {
 		planned[m.Name] = true
-		p, err := o.Fleet.Update(ctx, m.Name, o.By, func(cur *Placement) (*Placement, error) {
+		p, err := Update(ctx, o.Fleet, m.Name, o.By, func(cur *Placement) (*Placement, error) {
 			if cur == nil || cur.State == Deleted || cur.Host != host {
 				return nil, ErrNoChange // moved or removed meanwhile
 			}

@@ -168,18 +168,28 @@ type Move struct {
 // the moves already planned. Machines are taken in name order; if there is
 // no candidate, nothing moves.
 func FailoverMoves(placements map[string]*Placement, dead func(host string) bool, candidates []string) []Move {
-	return plan(placements, candidates, func(p *Placement) bool { return p.State == Running && dead(p.Host) })
+	return plan(placements, candidates, Load(placements), func(p *Placement) bool { return p.State == Running && dead(p.Host) })
+}
+
+// FailoverMovesLoaded is FailoverMoves for a caller that sees only some
+// of the fleet's placements (a dead host's) and knows the candidates'
+// load otherwise (from their heartbeats). load is not modified.
+func FailoverMovesLoaded(placements map[string]*Placement, dead func(host string) bool, candidates []string, load map[string]int) []Move {
+	l := make(map[string]int, len(load))
+	for h, n := range load {
+		l[h] = n
+	}
+	return plan(placements, candidates, l, func(p *Placement) bool { return p.State == Running && dead(p.Host) })
 }
 
 // DrainMoves plans where each machine placed on host (running or stopped)
 // goes: to the least loaded of candidates, which must not include host.
 // Machines that find no candidate are left out.
 func DrainMoves(placements map[string]*Placement, host string, candidates []string) []Move {
-	return plan(placements, candidates, func(p *Placement) bool { return p.State != Deleted && p.Host == host })
+	return plan(placements, candidates, Load(placements), func(p *Placement) bool { return p.State != Deleted && p.Host == host })
 }
 
-func plan(placements map[string]*Placement, candidates []string, want func(*Placement) bool) []Move {
-	load := Load(placements)
+func plan(placements map[string]*Placement, candidates []string, load map[string]int, want func(*Placement) bool) []Move {
 	names := make([]string, 0, len(placements))
 	for n, p := range placements {
 		if want(p) {

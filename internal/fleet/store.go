@@ -187,52 +187,27 @@ func (f *Fleet) placement(ctx context.Context, name string, v uint64) (*Placemen
 	return p, nil
 }
 
-// maxUpdateAttempts bounds Update's retries when other writers keep
-// winning.
-const maxUpdateAttempts = 16
-
-// Update writes the next version of machine name. It reads the newest
-// placement (nil if none), asks next for the following one, and creates it
-// with create-if-absent. If another writer created that version first,
-// Update reads again and asks next again: next must decide from what it is
-// given, not from what the caller saw earlier. next may return ErrNoChange
-// (Update returns it, with the current placement) or any error (returned
-// as is). by names the writer in the object.
+// Update writes the next version of machine name (see the package
+// function Update).
 func (f *Fleet) Update(ctx context.Context, name, by string, next func(cur *Placement) (*Placement, error)) (*Placement, error) {
-	if err := ValidateName("machine", name); err != nil {
-		return nil, err
+	return Update(ctx, f, name, by, next)
+}
+
+// CheckWritable implements Coord: CheckConditionalCreate.
+func (f *Fleet) CheckWritable(ctx context.Context) error { return f.CheckConditionalCreate(ctx) }
+
+// CompareAndSwap implements Coord: it creates p's version if absent.
+func (f *Fleet) CompareAndSwap(ctx context.Context, prev, p *Placement) (bool, error) {
+	won, err := f.create(ctx, p)
+	if err != nil {
+		return false, err
 	}
-	for attempt := 0; attempt < maxUpdateAttempts; attempt++ {
-		cur, err := f.Latest(ctx, name)
-		if err != nil {
-			return nil, err
-		}
-		p, err := next(cur)
-		if err != nil {
-			return cur, err
-		}
-		want := uint64(1)
-		if cur != nil {
-			want = cur.Version + 1
-		}
-		if p.Name != name || p.Version != want {
-			return nil, fmt.Errorf("update %s: next built %s v%d, want v%d (a bug)", name, p.Name, p.Version, want)
-		}
-		p.By = by
-		if p.Nonce, err = nonce(); err != nil {
-			return nil, err
-		}
-		won, err := f.create(ctx, p)
-		if err != nil {
-			return nil, err
-		}
-		if won {
-			f.log.Info("placement written", "machine", name, "version", p.Version, "host", p.Host, "state", p.State, "reason", p.Reason, "from", p.From)
-			return p, nil
-		}
-		f.log.Debug("placement version taken by another writer; deciding again", "machine", name, "version", p.Version)
+	if won {
+		f.log.Info("placement written", "machine", p.Name, "version", p.Version, "host", p.Host, "state", p.State, "reason", p.Reason, "from", p.From)
+	} else {
+		f.log.Debug("placement version taken by another writer; deciding again", "machine", p.Name, "version", p.Version)
 	}
-	return nil, fmt.Errorf("update %s: %w", name, ErrContended)
+	return won, nil
 }
 
 // create creates p's version; false if another writer's object is there.
@@ -414,4 +389,52 @@ func (f *Fleet) GetTrace(ctx context.Context, name string) (*Trace, error) {
 		return nil, fmt.Errorf("trace of %s: %w", name, err)
 	}
 	return t, nil
+}
+
+// Heartbeat implements Coord.
+func (f *Fleet) Heartbeat(ctx context.Context, host string) (*Heartbeat, error) {
+	if err := ValidateName("host", host); err != nil {
+		return nil, err
+	}
+	b, err := f.store.Get(ctx, AgentKey(host))
+	if errors.Is(err, objstore.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read heartbeat of %s: %w", host, err)
+	}
+	h, err := DecodeHeartbeat(b)
+	if err != nil {
+		return nil, fmt.Errorf("heartbeat of %s: %w", host, err)
+	}
+	return h, nil
+}
+
+// Members implements Coord.
+func (f *Fleet) Members(ctx context.Context) ([]string, map[string]bool, error) {
+	var hosts []string
+	err := f.store.List(ctx, AgentsPrefix, func(oi objstore.ObjectInfo) error {
+		if h := strings.TrimPrefix(oi.Key, AgentsPrefix); ValidateName("host", h) == nil {
+			hosts = append(hosts, h)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("list agents: %w", err)
+	}
+	drain, err := f.Draining(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return hosts, drain, nil
+}
+
+// WatchPeers implements Coord.
+func (f *Fleet) WatchPeers(ctx context.Context, self string, dead func(string) bool) ([]*Heartbeat, error) {
+	return f.Heartbeats(ctx)
+}
+
+// Assigned implements Coord.
+func (f *Fleet) Assigned(ctx context.Context, host string) (map[string]*Placement, error) {
+	return f.Placements(ctx)
 }
