@@ -216,7 +216,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.fleet = cfg.Coord
 	if a.fleet == nil {
-		a.fleet = fleet.New(cfg.Fleet, a.log)
+		// Membership is re-read every timeout: a new host is watched
+		// within about one timeout of its first heartbeat.
+		a.fleet = fleet.NewWithOptions(cfg.Fleet, fleet.Options{Logger: a.log, Now: cfg.Now, MembershipEvery: cfg.HeartbeatTimeout})
 	}
 	a.member = fleet.NewMember(a.fleet, fleet.MemberConfig{Self: cfg.ID, By: "agent " + cfg.ID, Timeout: cfg.HeartbeatTimeout, Now: cfg.Now, Logger: a.log})
 	a.ops = &fleet.Ops{Fleet: a.fleet, By: "agent " + cfg.ID, Now: cfg.Now, ResolveVolume: ResolveVolume, DefaultTimeout: cfg.HeartbeatTimeout}

@@ -24,6 +24,7 @@ const (
 	AcksPrefix     = Prefix + "acks/"
 	DrainPrefix    = Prefix + "drain/"
 	TracesPrefix   = Prefix + "traces/"
+	AssignPrefix   = Prefix + "assign/"
 )
 
 // AgentKey is the heartbeat of host.
@@ -46,6 +47,25 @@ func DrainKey(host string) string { return DrainPrefix + host }
 // TraceKey is a machine's access trace.
 func TraceKey(name string) string { return TracesPrefix + name }
 
+// HostAssignPrefix holds host's assignment index: one empty marker per
+// placement version that concerns it.
+func HostAssignPrefix(host string) string { return AssignPrefix + host + "/" }
+
+// AssignKey marks version v of a machine as concerning host.
+func AssignKey(host, name string, v uint64) string {
+	return fmt.Sprintf("%s%s/%016x", HostAssignPrefix(host), name, v)
+}
+
+// ParseAssignKey splits a key under HostAssignPrefix(host) into machine
+// name and version; ok is false for anything else.
+func ParseAssignKey(host, key string) (name string, v uint64, ok bool) {
+	rest, found := strings.CutPrefix(key, HostAssignPrefix(host))
+	if !found {
+		return "", 0, false
+	}
+	return parseNameVersion(rest)
+}
+
 // ParsePlacementKey splits a key under MachinesPrefix into machine name
 // and version; ok is false for anything else.
 func ParsePlacementKey(key string) (name string, v uint64, ok bool) {
@@ -53,6 +73,11 @@ func ParsePlacementKey(key string) (name string, v uint64, ok bool) {
 	if !found {
 		return "", 0, false
 	}
+	return parseNameVersion(rest)
+}
+
+// parseNameVersion splits "<name>/<version:016x>".
+func parseNameVersion(rest string) (name string, v uint64, ok bool) {
 	name, hex, found := strings.Cut(rest, "/")
 	if !found || len(hex) != 16 || ValidateName("machine", name) != nil {
 		return "", 0, false

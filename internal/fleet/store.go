@@ -7,21 +7,46 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
 )
 
-// Fleet reads and writes fleet state in an object store. Safe for
-// concurrent use. It caches decoded placements by key (they are immutable).
+// Fleet is the object-store Coord: fleet state under "fleet/" (see the
+// package comment). Safe for concurrent use. It caches decoded placements
+// by key (they are immutable), the membership view and the heartbeats it
+// read with their ETags, so a host's round costs a bounded number of
+// requests whatever the fleet's size:
+//
+//   - its heartbeat: one PUT;
+//   - its peers: one conditional GET per watched peer (WatchSet: Peers
+//     live successors on the ring of host ids, plus the dead ones between);
+//   - its assignments: one LIST of its index fleet/assign/<host>/, and a
+//     GET only for a placement version it has not read before;
+//   - membership and drain marks: two LISTs every MembershipEvery;
+//   - a resync of its index from every placement every ResyncEvery.
 type Fleet struct {
 	store objstore.Store
 	log   *slog.Logger
+	opts  Options
 
 	mu sync.Mutex
+	// members and draining are the membership view, read at membersAt
+	// (zero: never); guarded by mu.
+	members   []string
+	draining  map[string]bool
+	membersAt time.Time
+	// resyncAt is when Assigned last resynced each host's index; guarded
+	// by mu.
+	resyncAt map[string]time.Time
+	// beats caches the last heartbeat read of each host with its ETag;
+	// guarded by mu.
+	beats map[string]etagged
 	// placements caches decoded placement objects by key; guarded by mu.
 	// Only the newest version of each machine is kept.
 	placements map[string]*Placement
@@ -65,13 +90,70 @@ func (f *Fleet) CheckConditionalCreate(ctx context.Context) error {
 	return nil
 }
 
+// etagged is a decoded heartbeat and the ETag of the object it came from.
+type etagged struct {
+	etag string
+	hb   *Heartbeat
+}
+
+// Options tune a Fleet. Zero values pick the defaults.
+type Options struct {
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Now tells the time; default time.Now.
+	Now func() time.Time
+	// Peers is how many live peers each host watches (WatchSet). Default
+	// 3: a host is watched by its 3 nearest live predecessors on the ring.
+	Peers int
+	// MembershipEvery is how often the list of hosts and drain marks is
+	// read again. Default 30s.
+	MembershipEvery time.Duration
+	// ResyncEvery is how often Assigned rebuilds a host's index from
+	// every placement (repairing what writers that crashed between index
+	// and placement, or binaries before the index, left). The first
+	// Assigned of each host resyncs. Default 10m.
+	ResyncEvery time.Duration
+	// KeepVersions is how many placement versions (and their acks) each
+	// machine keeps; older ones are deleted as new ones are written. The
+	// newest is never deleted. Default 32.
+	KeepVersions int
+	// ForgetAfter is how long a host's index keeps a machine whose newest
+	// placement no longer concerns it (moved away, removed), counted from
+	// that placement's time. Default 10m.
+	ForgetAfter time.Duration
+}
+
 // New returns a Fleet over store (the fleet URL's store; keys live under
-// Prefix). A nil logger discards.
+// Prefix) with the default Options. A nil logger discards.
 func New(store objstore.Store, log *slog.Logger) *Fleet {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	return NewWithOptions(store, Options{Logger: log})
+}
+
+// NewWithOptions returns a Fleet over store tuned by opts.
+func NewWithOptions(store objstore.Store, opts Options) *Fleet {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Fleet{store: store, log: log, placements: map[string]*Placement{}}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Peers <= 0 {
+		opts.Peers = 3
+	}
+	if opts.MembershipEvery <= 0 {
+		opts.MembershipEvery = 30 * time.Second
+	}
+	if opts.ResyncEvery <= 0 {
+		opts.ResyncEvery = 10 * time.Minute
+	}
+	if opts.KeepVersions <= 0 {
+		opts.KeepVersions = 32
+	}
+	if opts.ForgetAfter <= 0 {
+		opts.ForgetAfter = 10 * time.Minute
+	}
+	return &Fleet{store: store, log: opts.Logger, opts: opts, placements: map[string]*Placement{},
+		resyncAt: map[string]time.Time{}, beats: map[string]etagged{}}
 }
 
 // Store returns the underlying store.
@@ -112,10 +194,13 @@ func (f *Fleet) Placements(ctx context.Context) (map[string]*Placement, error) {
 // Latest returns a machine's newest placement; nil (and no error) if it
 // never existed.
 func (f *Fleet) Latest(ctx context.Context, name string) (*Placement, error) {
-	var newest uint64
+	var newest, oldest uint64
 	err := f.store.List(ctx, MachinePrefix(name), func(oi objstore.ObjectInfo) error {
-		if n, v, ok := ParsePlacementKey(oi.Key); ok && n == name && v > newest {
-			newest = v
+		if n, v, ok := ParsePlacementKey(oi.Key); ok && n == name {
+			newest = max(newest, v)
+			if oldest == 0 || v < oldest {
+				oldest = v
+			}
 		}
 		return nil
 	})
@@ -124,6 +209,11 @@ func (f *Fleet) Latest(ctx context.Context, name string) (*Placement, error) {
 	}
 	if newest == 0 {
 		return nil, nil
+	}
+	// Versions left over beyond KeepVersions (a prune that failed, or
+	// history from before pruning): delete them now.
+	for v := oldest; v+uint64(f.opts.KeepVersions) <= newest; v++ {
+		f.pruneVersion(ctx, name, v)
 	}
 	return f.placement(ctx, name, newest)
 }
@@ -144,6 +234,9 @@ func (f *Fleet) History(ctx context.Context, name string) ([]*Placement, error) 
 	out := make([]*Placement, 0, len(vs))
 	for _, v := range vs {
 		b, err := f.store.Get(ctx, PlacementKey(name, v))
+		if errors.Is(err, objstore.ErrNotFound) && v != vs[len(vs)-1] {
+			continue // pruned since the listing
+		}
 		if err != nil {
 			return nil, fmt.Errorf("read placement %s v%d: %w", name, v, err)
 		}
@@ -197,17 +290,62 @@ func (f *Fleet) Update(ctx context.Context, name, by string, next func(cur *Plac
 func (f *Fleet) CheckWritable(ctx context.Context) error { return f.CheckConditionalCreate(ctx) }
 
 // CompareAndSwap implements Coord: it creates p's version if absent.
+// First it adds the version to the index of every host it concerns (p's
+// host, prev's host, p's From), so no placement is ever visible that a host
+// it concerns cannot find in its index; a writer that loses (or dies
+// before the create) leaves index entries naming a version that is not
+// theirs, which readers resolve from the placement itself. After a won
+// create the version KeepVersions back is pruned, with its ack.
 func (f *Fleet) CompareAndSwap(ctx context.Context, prev, p *Placement) (bool, error) {
+	if err := f.CheckConditionalCreate(ctx); err != nil {
+		return false, fmt.Errorf("write placement %s v%d: %w", p.Name, p.Version, err)
+	}
+	for _, h := range concerned(prev, p) {
+		if err := f.store.Put(ctx, AssignKey(h, p.Name, p.Version), nil); err != nil {
+			return false, fmt.Errorf("index placement %s v%d for host %s: %w", p.Name, p.Version, h, err)
+		}
+	}
 	won, err := f.create(ctx, p)
 	if err != nil {
 		return false, err
 	}
 	if won {
+		if keep := uint64(f.opts.KeepVersions); p.Version > keep {
+			f.pruneVersion(ctx, p.Name, p.Version-keep)
+		}
 		f.log.Info("placement written", "machine", p.Name, "version", p.Version, "host", p.Host, "state", p.State, "reason", p.Reason, "from", p.From)
 	} else {
 		f.log.Debug("placement version taken by another writer; deciding again", "machine", p.Name, "version", p.Version)
 	}
 	return won, nil
+}
+
+// concerned returns the hosts p (following prev) concerns: they must
+// find it in their index.
+func concerned(prev, p *Placement) []string {
+	var out []string
+	add := func(h string) {
+		if h != "" && !slices.Contains(out, h) {
+			out = append(out, h)
+		}
+	}
+	add(p.Host)
+	add(p.From)
+	if prev != nil {
+		add(prev.Host)
+	}
+	return out
+}
+
+// pruneVersion deletes version v of a machine and its ack. Best effort: a
+// leftover is deleted by the next Latest.
+func (f *Fleet) pruneVersion(ctx context.Context, name string, v uint64) {
+	for _, k := range []string{AckKey(name, v), PlacementKey(name, v)} {
+		if err := f.store.Delete(ctx, k); err != nil {
+			f.log.Debug("prune old placement version", "key", k, "err", err)
+			return
+		}
+	}
 }
 
 // create creates p's version; false if another writer's object is there.
@@ -391,27 +529,51 @@ func (f *Fleet) GetTrace(ctx context.Context, name string) (*Trace, error) {
 	return t, nil
 }
 
-// Heartbeat implements Coord.
+// Heartbeat implements Coord. It asks the store for the object only if it
+// changed since the last read (ETag), and decodes only then.
 func (f *Fleet) Heartbeat(ctx context.Context, host string) (*Heartbeat, error) {
 	if err := ValidateName("host", host); err != nil {
 		return nil, err
 	}
-	b, err := f.store.Get(ctx, AgentKey(host))
-	if errors.Is(err, objstore.ErrNotFound) {
+	f.mu.Lock()
+	prev, had := f.beats[host]
+	f.mu.Unlock()
+	b, etag, err := objstore.GetIfChanged(ctx, f.store, AgentKey(host), prev.etag)
+	switch {
+	case errors.Is(err, objstore.ErrNotModified) && had:
+		return prev.hb, nil
+	case errors.Is(err, objstore.ErrNotFound):
+		f.mu.Lock()
+		delete(f.beats, host)
+		f.mu.Unlock()
 		return nil, nil
-	}
-	if err != nil {
+	case err != nil:
 		return nil, fmt.Errorf("read heartbeat of %s: %w", host, err)
 	}
 	h, err := DecodeHeartbeat(b)
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat of %s: %w", host, err)
 	}
+	if h.Host != host {
+		return nil, fmt.Errorf("heartbeat of %s: %w: names host %s inside", host, format.ErrCorrupt, h.Host)
+	}
+	f.mu.Lock()
+	f.beats[host] = etagged{etag: etag, hb: h}
+	f.mu.Unlock()
 	return h, nil
 }
 
-// Members implements Coord.
+// Members implements Coord: the view is read again once it is
+// MembershipEvery old.
 func (f *Fleet) Members(ctx context.Context) ([]string, map[string]bool, error) {
+	now := f.opts.Now()
+	f.mu.Lock()
+	if !f.membersAt.IsZero() && now.Sub(f.membersAt) < f.opts.MembershipEvery && now.After(f.membersAt.Add(-time.Second)) {
+		hosts, drain := f.members, f.draining
+		f.mu.Unlock()
+		return hosts, drain, nil
+	}
+	f.mu.Unlock()
 	var hosts []string
 	err := f.store.List(ctx, AgentsPrefix, func(oi objstore.ObjectInfo) error {
 		if h := strings.TrimPrefix(oi.Key, AgentsPrefix); ValidateName("host", h) == nil {
@@ -426,15 +588,134 @@ func (f *Fleet) Members(ctx context.Context) ([]string, map[string]bool, error) 
 	if err != nil {
 		return nil, nil, err
 	}
+	f.mu.Lock()
+	f.members, f.draining, f.membersAt = hosts, drain, now
+	f.mu.Unlock()
 	return hosts, drain, nil
 }
 
-// WatchPeers implements Coord.
+// WatchPeers implements Coord: the heartbeats of WatchSet(members, self,
+// Peers, dead). A peer whose heartbeat is gone is left out.
 func (f *Fleet) WatchPeers(ctx context.Context, self string, dead func(string) bool) ([]*Heartbeat, error) {
-	return f.Heartbeats(ctx)
+	hosts, _, err := f.Members(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []*Heartbeat
+	for _, h := range WatchSet(hosts, self, f.opts.Peers, dead) {
+		hb, err := f.Heartbeat(ctx, h)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			// One unreadable peer must not blind this host to the others.
+			f.log.Warn("unreadable heartbeat of a watched peer", "host", h, "err", err)
+			continue
+		}
+		if hb != nil {
+			out = append(out, hb)
+		}
+	}
+	return out, nil
 }
 
-// Assigned implements Coord.
+// concerns reports whether host must keep p in its index at now: placed
+// on it, or moved off it (or removed) less than forget ago, so that it
+// stops and acks.
+func concerns(p *Placement, host string, now time.Time, forget time.Duration) bool {
+	if p.State != Deleted && p.Host == host {
+		return true
+	}
+	return (p.From == host || p.Host == host) && now.Sub(p.Time) <= forget
+}
+
+// Assigned implements Coord from host's index: one LIST, a GET only for a
+// version not read before. Index entries of older versions of a machine
+// are deleted; so is a machine's entry once its newest placement has not
+// concerned host for ForgetAfter. An entry naming a version that does not
+// exist (yet: its writer is creating it, lost the race to a writer whose
+// version concerns other hosts, or died) is skipped until that version is
+// written. Every ResyncEvery (and at a host's first Assigned) the index is
+// rebuilt from every placement.
 func (f *Fleet) Assigned(ctx context.Context, host string) (map[string]*Placement, error) {
-	return f.Placements(ctx)
+	if err := ValidateName("host", host); err != nil {
+		return nil, err
+	}
+	index := map[string][]uint64{}
+	err := f.store.List(ctx, HostAssignPrefix(host), func(oi objstore.ObjectInfo) error {
+		if name, v, ok := ParseAssignKey(host, oi.Key); ok {
+			index[name] = append(index[name], v)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list the assignments of %s: %w", host, err)
+	}
+	if err := f.resync(ctx, host, index); err != nil {
+		return nil, err
+	}
+	now := f.opts.Now()
+	out := make(map[string]*Placement, len(index))
+	for name, vs := range index {
+		slices.Sort(vs)
+		newest := vs[len(vs)-1]
+		for _, v := range vs[:len(vs)-1] {
+			f.dropIndex(ctx, host, name, v)
+		}
+		p, err := f.placement(ctx, name, newest)
+		if errors.Is(err, objstore.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
+			f.log.Error("unreadable placement; its machine is left alone", "machine", name, "version", newest, "err", err)
+			continue
+		}
+		out[name] = p
+		if !concerns(p, host, now, f.opts.ForgetAfter) {
+			f.dropIndex(ctx, host, name, newest)
+		}
+	}
+	return out, nil
+}
+
+// resync adds to host's index (and to index, its listing) every newest
+// placement that concerns host and is missing there, when due.
+func (f *Fleet) resync(ctx context.Context, host string, index map[string][]uint64) error {
+	now := f.opts.Now()
+	f.mu.Lock()
+	last, ok := f.resyncAt[host]
+	due := !ok || now.Sub(last) >= f.opts.ResyncEvery || now.Before(last)
+	f.mu.Unlock()
+	if !due {
+		return nil
+	}
+	ps, err := f.Placements(ctx)
+	if err != nil {
+		return fmt.Errorf("resync the assignments of %s: %w", host, err)
+	}
+	for name, p := range ps {
+		if !concerns(p, host, now, f.opts.ForgetAfter) || slices.Contains(index[name], p.Version) {
+			continue
+		}
+		if err := f.store.Put(ctx, AssignKey(host, name, p.Version), nil); err != nil {
+			return fmt.Errorf("resync the assignments of %s: %w", host, err)
+		}
+		f.log.Info("assignment index repaired", "host", host, "machine", name, "version", p.Version)
+		index[name] = append(index[name], p.Version)
+	}
+	f.mu.Lock()
+	f.resyncAt[host] = now
+	f.mu.Unlock()
+	return nil
+}
+
+// dropIndex deletes one entry of host's index; best effort (the next
+// Assigned tries again).
+func (f *Fleet) dropIndex(ctx context.Context, host, name string, v uint64) {
+	if err := f.store.Delete(ctx, AssignKey(host, name, v)); err != nil {
+		f.log.Debug("drop assignment index entry", "host", host, "machine", name, "version", v, "err", err)
+	}
 }

@@ -99,7 +99,9 @@ func TestUpdateConcurrentWriters(t *testing.T) {
 			return nil
 		},
 	})
-	f := New(store, nil)
+	// Keep every version: the test checks they are dense.
+	keepAll := Options{KeepVersions: 1000}
+	f := NewWithOptions(store, keepAll)
 	if _, err := f.Update(ctx, "m", "w", func(cur *Placement) (*Placement, error) {
 		return NextRun(cur, "m", procSpec("v"), "h0", t0)
 	}); err != nil {
@@ -111,7 +113,7 @@ func TestUpdateConcurrentWriters(t *testing.T) {
 	errs := make(chan error, writers*each)
 	for w := range writers {
 		wg.Go(func() {
-			fw := New(store, nil) // each writer has its own cache, like separate processes
+			fw := NewWithOptions(store, keepAll) // each writer has its own cache, like separate processes
 			for i := range each {
 				host := fmt.Sprintf("h%d-%d", w, i)
 				p, err := fw.Update(ctx, "m", host, func(cur *Placement) (*Placement, error) {
@@ -138,7 +140,7 @@ func TestUpdateConcurrentWriters(t *testing.T) {
 		}
 		seen[v] = true
 	}
-	hist, err := New(store, nil).History(ctx, "m")
+	hist, err := NewWithOptions(store, keepAll).History(ctx, "m")
 	if err != nil {
 		t.Fatal(err)
 	}
