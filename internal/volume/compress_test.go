@@ -146,6 +146,22 @@ func TestCompressedColdRandomReadOneGET(t *testing.T) {
 			if in.LogicalBytes < size || in.StoredBytes >= in.LogicalBytes/2 {
 				t.Fatalf("info: logical %d, stored %d: want logical >= %d and stored under half", in.LogicalBytes, in.StoredBytes, size)
 			}
+			du, err := p.DU(ctx, GCOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var found bool
+			for _, e := range du {
+				if e.Name == "c" {
+					found = true
+					if e.LogicalBytes < size || e.StoredBytes >= e.LogicalBytes/2 {
+						t.Fatalf("du: logical %d, stored %d: want logical >= %d and stored under half", e.LogicalBytes, e.StoredBytes, size)
+					}
+				}
+			}
+			if !found {
+				t.Fatalf("du has no entry for c: %+v", du)
+			}
 			if m.encrypt {
 				scanStore(t, inner, []byte("the quick brown fox jumps over"))
 			}
