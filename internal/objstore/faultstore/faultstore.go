@@ -113,6 +113,19 @@ func (s *Store) Get(ctx context.Context, key string) ([]byte, error) {
 	return data, err
 }
 
+// GetIfChanged implements objstore.ConditionalGetter through the inner
+// store's (objstore.GetIfChanged); hooks see it as OpGet.
+func (s *Store) GetIfChanged(ctx context.Context, key, etag string) ([]byte, string, error) {
+	if err := s.before(ctx, OpGet, key); err != nil {
+		return nil, "", err
+	}
+	data, tag, err := objstore.GetIfChanged(ctx, s.inner, key, etag)
+	if lost, aerr := s.after(ctx, OpGet, key, err); lost {
+		return nil, "", aerr
+	}
+	return data, tag, err
+}
+
 // GetRange implements objstore.Store.
 func (s *Store) GetRange(ctx context.Context, key string, off int64, p []byte) (int, error) {
 	if err := s.before(ctx, OpGetRange, key); err != nil {

@@ -35,6 +35,7 @@ func RunContractTests(t *testing.T, newStore func(t *testing.T) objstore.Store) 
 		{"PutIfAbsent", testPutIfAbsent},
 		{"PutIfAbsentRace", testPutIfAbsentRace},
 		{"PutIfAbsentTakenLarge", testPutIfAbsentTakenLarge},
+		{"GetIfChanged", testGetIfChanged},
 		{"Delete", testDelete},
 		{"List", testList},
 		{"ListStop", testListStop},
@@ -316,6 +317,39 @@ func testPutIfAbsentTakenLarge(t *testing.T, s objstore.Store) {
 	}
 	if got := mustGet(t, s, "log/big"); !bytes.Equal(got, first) {
 		t.Fatalf("after refused creates the object is not the first one")
+	}
+}
+
+// testGetIfChanged: GetIfChanged returns the object and an ETag; given
+// that ETag it answers ErrNotModified while the object is unchanged; an
+// overwrite of the same size changes the ETag; a missing key is
+// ErrNotFound.
+func testGetIfChanged(t *testing.T, s objstore.Store) {
+	ctx := t.Context()
+	if _, _, err := objstore.GetIfChanged(ctx, s, "hb/a", ""); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("GetIfChanged of a missing key: %v, want ErrNotFound", err)
+	}
+	mustPut(t, s, "hb/a", []byte("one"))
+	data, tag, err := objstore.GetIfChanged(ctx, s, "hb/a", "")
+	if err != nil || string(data) != "one" || tag == "" {
+		t.Fatalf("GetIfChanged: %q, etag %q, %v", data, tag, err)
+	}
+	if data, _, err := objstore.GetIfChanged(ctx, s, "hb/a", tag); !errors.Is(err, objstore.ErrNotModified) || data != nil {
+		t.Fatalf("GetIfChanged with the current etag: %q, %v, want ErrNotModified", data, err)
+	}
+	mustPut(t, s, "hb/a", []byte("two"))
+	data, tag2, err := objstore.GetIfChanged(ctx, s, "hb/a", tag)
+	if err != nil || string(data) != "two" || tag2 == tag || tag2 == "" {
+		t.Fatalf("GetIfChanged after an overwrite: %q, etag %q (was %q), %v", data, tag2, tag, err)
+	}
+	if _, _, err := objstore.GetIfChanged(ctx, s, "hb/a", tag2); !errors.Is(err, objstore.ErrNotModified) {
+		t.Fatalf("GetIfChanged with the new etag: %v, want ErrNotModified", err)
+	}
+	if err := s.Delete(ctx, "hb/a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := objstore.GetIfChanged(ctx, s, "hb/a", tag2); !errors.Is(err, objstore.ErrNotFound) {
+		t.Fatalf("GetIfChanged of a deleted key: %v, want ErrNotFound", err)
 	}
 }
 
