@@ -82,7 +82,9 @@ func (p *Packer) Pack(b *Builder, r *Record, k *DataKey, ns *Nonces) ([]byte, er
 	r.DataLen, r.Sealed = b.dataLen, k != nil
 	chunks := (b.dataLen + ChunkSize - 1) / ChunkSize
 	r.Frames = make([]uint32, chunks)
-	obj := make([]byte, 0, b.dataLen/2+4096)
+	// Room for every frame stored raw and sealed, and a trailer: the
+	// object is never copied to grow.
+	obj := make([]byte, 0, b.dataLen+chunks*(SealedPackedHeader+TagSize)+4096)
 	for i := range chunks {
 		start := len(obj)
 		plain := b.Chunk(i)
