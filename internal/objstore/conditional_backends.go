@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 
 	"cloud.google.com/go/storage"
@@ -82,7 +81,7 @@ func (s *bucketStore) GetIfChanged(ctx context.Context, key, etag string) ([]byt
 		return s.s3GetIfChanged(ctx, key, etag)
 	}
 	var az *container.Client
-	if s.kind == "azblob" && azurePlainKey(s.prefix+key) && s.b.As(&az) {
+	if s.kind == "azblob" && plainAzureKey(s.prefix+key) && s.b.As(&az) {
 		return s.azureGetIfChanged(ctx, az, key, etag)
 	}
 	if s.kind == "mem" || s.kind == "azblob" {
@@ -161,14 +160,6 @@ func (s *bucketStore) azureGetIfChanged(ctx context.Context, c *container.Client
 		return nil, "", fmt.Errorf("get %s: read %d of %d bytes", key, len(data), *resp.ContentLength)
 	}
 	return unchanged(key, data, string(*resp.ETag), etag)
-}
-
-// azurePlainKey reports whether azureblob stores key under its own name
-// (it escapes control characters, '"', '#', '%', '?', DEL, backslashes and
-// the slash of "../"), so a blob read straight through the container
-// client is the one gocloud wrote.
-func azurePlainKey(key string) bool {
-	return !strings.ContainsAny(key, "\"#%?\x7f\\") && plainS3Key(key)
 }
 
 // s3GetIfChanged is one GetObject with If-None-Match.
