@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
 )
@@ -34,6 +35,7 @@ func (d *Driver) ControllerGetCapabilities(context.Context, *csi.ControllerGetCa
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
 		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
 		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_GET_SNAPSHOT,
 		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
 	} {
@@ -483,4 +485,19 @@ func (d *Driver) snapshotsFor(ctx context.Context, req *csi.ListSnapshotsRequest
 		all = append(all, snaps...)
 	}
 	return all, nil
+}
+
+// GetSnapshot returns one snapshot by id; NotFound if it does not exist.
+func (d *Driver) GetSnapshot(ctx context.Context, req *csi.GetSnapshotRequest) (*csi.GetSnapshotResponse, error) {
+	if req.GetSnapshotId() == "" {
+		return nil, status.Error(codes.InvalidArgument, "snapshot id is required")
+	}
+	snaps, err := d.snapshotsFor(ctx, &csi.ListSnapshotsRequest{SnapshotId: req.GetSnapshotId(), Secrets: req.GetSecrets()})
+	if err != nil {
+		return nil, err
+	}
+	if len(snaps) == 0 {
+		return nil, status.Errorf(codes.NotFound, "snapshot %s not found", objstore.Redact(req.GetSnapshotId()))
+	}
+	return &csi.GetSnapshotResponse{Snapshot: snaps[0]}, nil
 }

@@ -14,14 +14,14 @@ import (
 // against the driver on a versitygw pool, with credentials only in the
 // secrets file and real mounts on the node side.
 //
-// Of the suite's 103 specs 57 run and pass, 1 is pending in the suite
-// itself (ListVolumes pagination), and 45 are skipped by the suite because
+// Of the suite's 103 specs 60 run and pass, 1 is pending in the suite
+// itself (ListVolumes pagination), and 42 are skipped by the suite because
 // the driver does not advertise the capability they test:
 //   - ControllerPublish/Unpublish (9): the node attaches on its own; the
 //     store's fence, not an attach step, decides who writes.
 //   - Controller and node expansion (7): a volume's size is fixed in its
 //     descriptor (the engine has no resize yet).
-//   - ListVolumes (3), GetSnapshot (3), ModifyVolume (8), group snapshots
+//   - ListVolumes (3), ModifyVolume (8), group snapshots
 //     (6), controller and node volume health (5), snapshot accessibility
 //     (1), SINGLE_NODE_MULTI_WRITER (1, two writers on one node through
 //     one mount is not offered), storage health (1): not implemented.
@@ -37,7 +37,7 @@ func TestSanity(t *testing.T) {
 	secretsFile := filepath.Join(dir, "secrets.yaml")
 	var y strings.Builder
 	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret",
-		"NodeStageVolumeSecret", "NodePublishVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret", "ListSnapshotsSecret"} {
+		"NodeStageVolumeSecret", "NodePublishVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret", "ListSnapshotsSecret", "GetSnapshotSecret"} {
 		fmt.Fprintf(&y, "%s:\n", k)
 		for sk, sv := range e.secrets {
 			fmt.Fprintf(&y, "  %s: %q\n", sk, sv)
