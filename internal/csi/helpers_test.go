@@ -47,7 +47,7 @@ func runMain(m *testing.M) int {
 
 // requireNodeTools fails the test unless it runs as root with the tools
 // the node service uses (never skips: these tests are the node's proof).
-func requireNodeTools(t *testing.T) {
+func requireNodeTools(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Fatal("the CSI node tests mount filesystems and attach loop devices: run them as root")
@@ -72,7 +72,7 @@ type env struct {
 	params  map[string]string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	s := s3server.Start(t)
 	e := &env{s3: s, pool: s.URL,
@@ -86,7 +86,7 @@ func newEnv(t *testing.T) *env {
 
 // initPool initialises a pool with the server's credentials (still in the
 // environment when newEnv calls it).
-func (e *env) initPool(t *testing.T, pool string) {
+func (e *env) initPool(t testing.TB, pool string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -99,7 +99,7 @@ func (e *env) initPool(t *testing.T, pool string) {
 
 // withCreds runs fn with the server's credentials in the environment
 // (newEnv took them out, so that the driver has only the secrets).
-func withCreds(t *testing.T, fn func()) {
+func withCreds(t testing.TB, fn func()) {
 	t.Helper()
 	t.Setenv("AWS_ACCESS_KEY_ID", s3server.AccessKey)
 	t.Setenv("AWS_SECRET_ACCESS_KEY", s3server.SecretKey)
@@ -111,14 +111,14 @@ func withCreds(t *testing.T, fn func()) {
 }
 
 // volumes lists the pool's volumes (with the test's credentials).
-func (e *env) volumes(t *testing.T, pool string) []string {
+func (e *env) volumes(t testing.TB, pool string) []string {
 	t.Helper()
 	var names []string
 	withCreds(t, func() { names = e.listVolumes(t, pool) })
 	return names
 }
 
-func (e *env) listVolumes(t *testing.T, pool string) []string {
+func (e *env) listVolumes(t testing.TB, pool string) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -151,7 +151,7 @@ type node struct {
 
 // startDriver runs a driver (controller and node) as node id, with its
 // own state directory, until the test ends.
-func startDriver(t *testing.T, id string) *node {
+func startDriver(t testing.TB, id string) *node {
 	t.Helper()
 	dir := shortTempDir(t)
 	return runDriver(t, &node{id: id, stateDir: filepath.Join(dir, "state"), sock: filepath.Join(dir, "csi.sock")})
@@ -159,7 +159,7 @@ func startDriver(t *testing.T, id string) *node {
 
 // shortTempDir is a temporary directory with a short path: the driver's
 // unix sockets live below it, and t.TempDir's paths are too long for them.
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "csi")
 	if err != nil {
@@ -171,12 +171,12 @@ func shortTempDir(t *testing.T) string {
 
 // restartDriver starts a new driver process-equivalent in place of the
 // stopped old: same node id, state directory and socket.
-func restartDriver(t *testing.T, old *node) *node {
+func restartDriver(t testing.TB, old *node) *node {
 	t.Helper()
 	return runDriver(t, &node{id: old.id, stateDir: old.stateDir, sock: old.sock})
 }
 
-func runDriver(t *testing.T, n *node) *node {
+func runDriver(t testing.TB, n *node) *node {
 	t.Helper()
 	id := n.id
 	d, err := urlcsi.New(urlcsi.Config{Endpoint: "unix://" + n.sock, NodeID: id, Controller: true, Node: true,
@@ -225,7 +225,7 @@ func blockCap(mode csi.VolumeCapability_AccessMode_Mode) *csi.VolumeCapability {
 var rwo = csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER
 
 // createVolume creates a volume of size bytes through n's controller.
-func (e *env) createVolume(t *testing.T, n *node, name string, size int64, src *csi.VolumeContentSource) *csi.Volume {
+func (e *env) createVolume(t testing.TB, n *node, name string, size int64, src *csi.VolumeContentSource) *csi.Volume {
 	t.Helper()
 	r, err := n.ctl.CreateVolume(context.Background(), &csi.CreateVolumeRequest{Name: name,
 		CapacityRange:       &csi.CapacityRange{RequiredBytes: size},
@@ -245,12 +245,12 @@ type staging struct {
 	vol     *csi.Volume
 	path    string // staging path (mount) or published device (block)
 	cap     *csi.VolumeCapability
-	unstage func(t *testing.T) error
+	unstage func(t testing.TB) error
 }
 
 // stage stages vol on n (and for a block volume publishes it, so path is
 // a device node). Cleanup unstages it if the test did not.
-func (e *env) stage(t *testing.T, n *node, vol *csi.Volume, c *csi.VolumeCapability) *staging {
+func (e *env) stage(t testing.TB, n *node, vol *csi.Volume, c *csi.VolumeCapability) *staging {
 	t.Helper()
 	dir := t.TempDir()
 	s := &staging{n: n, vol: vol, cap: c, path: filepath.Join(dir, "staging")}
@@ -268,7 +268,7 @@ func (e *env) stage(t *testing.T, n *node, vol *csi.Volume, c *csi.VolumeCapabil
 		}
 	}
 	done := false
-	s.unstage = func(t *testing.T) error {
+	s.unstage = func(t testing.TB) error {
 		if done {
 			return nil
 		}
@@ -321,7 +321,7 @@ func writeSync(dir, name string, data []byte) error {
 
 // wantCode fails unless err is a gRPC status with code want whose message
 // contains every one of words.
-func wantCode(t *testing.T, what string, err error, want codes.Code, words ...string) {
+func wantCode(t testing.TB, what string, err error, want codes.Code, words ...string) {
 	t.Helper()
 	st, _ := status.FromError(err)
 	if err == nil || st.Code() != want {
