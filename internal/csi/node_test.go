@@ -63,8 +63,13 @@ func TestNodeLoss(t *testing.T) {
 	if !strings.Contains(logs, "fenced") {
 		t.Errorf("A's serve log does not say it was fenced:\n%s", logs)
 	}
+	// The fenced node lets go of everything: mount, loop device, nbdfuse,
+	// serve (already exited) and its state.
 	if err := sa.unstage(t); err != nil {
-		t.Logf("unstage on fenced A: %v", err)
+		t.Errorf("unstage on fenced A: %v", err)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(a.stateDir, "vols")); len(entries) != 0 {
+		t.Errorf("fenced A's stage state left after unstage: %v", entries)
 	}
 
 	// B's view is the volume's: unstage (flush), check the filesystem
