@@ -3,6 +3,7 @@ package csi_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -180,7 +181,8 @@ func runDriver(t testing.TB, n *node) *node {
 	t.Helper()
 	id := n.id
 	d, err := urlcsi.New(urlcsi.Config{Endpoint: "unix://" + n.sock, NodeID: id, Controller: true, Node: true,
-		StateDir: n.stateDir, Serve: []string{urldiskBin, "serve"}})
+		StateDir: n.stateDir, Serve: []string{urldiskBin, "serve"},
+		Logger: slog.New(slog.NewTextHandler(testLog{t, id}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -333,4 +335,16 @@ func wantCode(t testing.TB, what string, err error, want codes.Code, words ...st
 			t.Errorf("%s: message %q does not name %q", what, st.Message(), w)
 		}
 	}
+}
+
+// testLog sends a driver's log lines to the test's log (shown with -v or
+// on failure), so they do not interleave with benchmark results.
+type testLog struct {
+	t    testing.TB
+	node string
+}
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Logf("%s: %s", l.node, strings.TrimRight(string(p), "\n"))
+	return len(p), nil
 }
