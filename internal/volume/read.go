@@ -302,8 +302,11 @@ type fetchCall struct {
 	sums   []cache.Sums // per frame, for the cache
 	err    error
 	buf    *[]byte    // pooled buffer behind frames, nil if not pooled
-	out    *[]byte    // pooled buffer the packed frames are decompressed into, nil if none
-	pool   *sync.Pool // where buf (and out) go back
+	pool   *sync.Pool // where buf goes back
+	// out is the pooled buffer packed frames are decompressed into (nil
+	// if none or not pooled), and outPool where it goes back.
+	out     *[]byte
+	outPool *sync.Pool
 	refs   atomic.Int32
 	// consumed, if not nil, marks a handoff fetch: its frames are not put
 	// in the cache (see Options.ReadaheadFillBytes), and the call stays
@@ -337,7 +340,7 @@ func (c *fetchCall) release() {
 	if c.refs.Add(-1) == 0 && c.buf != nil {
 		c.pool.Put(c.buf)
 		if c.out != nil {
-			c.pool.Put(c.out)
+			c.outPool.Put(c.out)
 		}
 		c.buf, c.out, c.frames = nil, nil, nil
 	}
@@ -519,6 +522,7 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 	if err != nil {
 		return err
 	}
+	outSize := 0 // decompressed bytes the fetched frames can hold
 	if packed {
 		// Frames have variable sizes: the table says where they are.
 		if int(key.Chunk) >= ft.Frames() {
@@ -526,6 +530,7 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 		}
 		end := min(int(key.Chunk)+c.count, ft.Frames())
 		pos, size = int64(ft.Off[key.Chunk]), int(ft.Off[end]-ft.Off[key.Chunk])
+		outSize = (end - int(key.Chunk)) * format.ChunkSize
 	}
 	var buf []byte
 	switch {
@@ -542,11 +547,20 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 	}
 	var out []byte
 	if packed {
-		if c.pool != nil && c.count*format.ChunkSize <= len(*c.buf) {
-			c.out = c.pool.Get().(*[]byte)
-			out = *c.out
+		// Sized by the frames the record has, not by the window asked
+		// for: a readahead window over a small record is one frame.
+		switch {
+		case c.pool == nil:
+		case outSize <= smallFetch:
+			c.outPool = &smallFetchBufs
+		case outSize <= largeFetch:
+			c.outPool = &largeFetchBufs
+		}
+		if c.outPool != nil {
+			c.out = c.outPool.Get().(*[]byte)
+			out = (*c.out)[:outSize]
 		} else {
-			out = make([]byte, c.count*format.ChunkSize)
+			out = make([]byte, outSize)
 		}
 	}
 	var lastErr error
