@@ -307,7 +307,7 @@ type fetchCall struct {
 	// if none or not pooled), and outPool where it goes back.
 	out     *[]byte
 	outPool *sync.Pool
-	refs   atomic.Int32
+	refs    atomic.Int32
 	// consumed, if not nil, marks a handoff fetch: its frames are not put
 	// in the cache (see Options.ReadaheadFillBytes), and the call stays
 	// registered, for the readers to share, until consumed is closed (a
