@@ -111,9 +111,9 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err != nil {
 		return nil, statusOf(err, "look up "+ref.String())
 	}
-	cap := req.GetVolumeCapability()
-	s := &staged{VolumeID: req.GetVolumeId(), Staging: filepath.Clean(req.GetStagingTargetPath()), ReadOnly: readOnlyMode(cap), Block: cap.GetBlock() != nil}
-	if m := cap.GetMount(); m != nil {
+	vc := req.GetVolumeCapability()
+	s := &staged{VolumeID: req.GetVolumeId(), Staging: filepath.Clean(req.GetStagingTargetPath()), ReadOnly: readOnlyMode(vc), Block: vc.GetBlock() != nil}
+	if m := vc.GetMount(); m != nil {
 		s.FsType = cmpOr(m.FsType, "ext4")
 	}
 	start := time.Now()
@@ -170,7 +170,7 @@ func (d *Driver) stage(ctx context.Context, dir string, ref volref.Ref, prm para
 	sock := filepath.Join(dir, "nbd.sock")
 	os.Remove(sock)
 	argv := append(append([]string(nil), d.cfg.Serve...), ref.URL(), "--listen", "unix:"+sock,
-		"--cache", filepath.Join(d.cfg.CacheDir, filepath.Base(dir)), "--cache-size", prm.cacheSize)
+		"--cache", d.cacheDir(dir), "--cache-size", prm.cacheSize)
 	if s.ReadOnly {
 		argv = append(argv, "--read-only")
 	}
@@ -363,10 +363,20 @@ func (d *Driver) teardown(ctx context.Context, dir string, s *staged) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
+	// The cache goes with the stage, so a node's disk holds caches of the
+	// volumes staged on it, not of every volume it ever staged.
+	if err := os.RemoveAll(d.cacheDir(dir)); err != nil {
+		return fmt.Errorf("remove read cache: %w", err)
+	}
 	if err := os.RemoveAll(dir); err != nil {
 		return fmt.Errorf("remove stage state: %w", err)
 	}
 	return nil
+}
+
+// cacheDir is the read cache of the volume whose state is in dir.
+func (d *Driver) cacheDir(dir string) string {
+	return filepath.Join(d.cfg.CacheDir, filepath.Base(dir))
 }
 
 // loopBacked reports whether loop is still attached to file (after a

@@ -133,8 +133,10 @@ func TestUnstageAfterRestart(t *testing.T) {
 	if m, _ := os.ReadFile("/proc/self/mountinfo"); bytes.Contains(m, []byte(s.path+" ")) {
 		t.Errorf("staging path still mounted after unstage")
 	}
-	if entries, _ := os.ReadDir(filepath.Join(a.stateDir, "vols")); len(entries) != 0 {
-		t.Errorf("state left after unstage: %v (was %s)", entries, state)
+	for _, sub := range []string{"vols", "cache"} {
+		if entries, _ := os.ReadDir(filepath.Join(a.stateDir, sub)); len(entries) != 0 {
+			t.Errorf("%s left after unstage: %v (state was %s)", sub, entries, state)
+		}
 	}
 	// Nothing lost: stage again and read.
 	s2 := e.stage(t, a2, vol, mountCap(rwo))
