@@ -3,11 +3,12 @@
 # by side in one run on the loopback profile (urldisk serve talking to a
 # local versitygw directly): the cost of sealing every frame.
 #
-# Jobs (fio, nbd engine, on a fresh volume per mode and repetition):
+# Jobs (fio, nbd engine, on a fresh volume per mode and repetition; see
+# ud_write_read_jobs in lib.sh):
 #   seqwrite       1M sequential write, QD8, SIZE bytes, then one flush   MB/s
-#   randwrite-qd1  4k random write, QD1, a flush after every write        IOPS
 #   seqread-cold   1M sequential read of SIZE, QD8, after restarting serve
 #                  with an empty cache                                     MB/s
+#   randwrite-qd1  4k random write, QD1, a flush after every write        IOPS
 # Modes: none, enc (create --encrypt; serve --key-file). Runs interleave the
 # modes, so load on the machine hits both alike. Compression is not
 # implemented, so there are no compress/both modes.
@@ -50,19 +51,7 @@ for ((rep = 1; rep <= REPS; rep++)); do
 		[[ $mode == enc ]] && create=(--encrypt)
 		"$bin" create "$ud_url" --size "$SIZE" "${create[@]}" "${flags[@]}" >/dev/null 2>>"$WORKDIR/urldisk.log"
 		FIOARGS[urldisk]="--ioengine=nbd --uri=nbd+unix:///$mode-$rep?socket=$ud_sock"
-		rm -rf "$cache"
-		start_urldisk "${flags[@]}"
-		log "rep $rep $mode: seqwrite"
-		run_fio urldisk "seqwrite-$mode" "$rep" --rw=write --bs=1M --iodepth=8 --size="$SIZE" --end_fsync=1
-		log "rep $rep $mode: randwrite-qd1"
-		run_fio urldisk "randwrite-qd1-$mode" "$rep" --rw=randwrite --bs=4k --iodepth=1 --fsync=1 --size="$SIZE" \
-			--time_based --runtime="$RUNTIME"
-		stop_urldisk
-		rm -rf "$cache"
-		start_urldisk "${flags[@]}"
-		log "rep $rep $mode: seqread-cold"
-		run_fio urldisk "seqread-cold-$mode" "$rep" --rw=read --bs=1M --iodepth=8 --size="$SIZE"
-		stop_urldisk
+		ud_write_read_jobs "$mode" "$rep" "${flags[@]}"
 	done
 done
 

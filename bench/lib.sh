@@ -100,30 +100,109 @@ start_nbdkit() {
 }
 stop_nbdkit() { stop_pid "$nk_pid" || true; nk_pid=; }
 
-# start_gw: versitygw (posix backend in $WORKDIR/gw) on a random free port,
-# with the bucket "bench" made by $WORKDIR/s3raw; sets gw_pid, gw_port and
-# endpoint. Needs AWS_ACCESS_KEY_ID=k AWS_SECRET_ACCESS_KEY=s in the
-# environment (the root credentials it is started with).
-gw_pid=
-start_gw() {
-	local try i
+# start_store KIND: a local object store server on a random free port,
+# with its data under $WORKDIR/KIND (or in memory), and the bucket "bench"
+# made by $WORKDIR/s3raw; sets srv_pid, endpoint and pool_q (the query a
+# pool URL of that store needs). KIND is versitygw (posix backend), minio,
+# fakegcs (fake-gcs-server) or azurite (its blob service). The flags are
+# those of the test servers in internal/testutil (see there for why).
+# Credentials come from the environment: AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY become the S3 servers' root credentials (MinIO
+# wants a secret of 8 characters or more); azurite needs
+# AZURE_STORAGE_ACCOUNT=devstoreaccount1 and its well-known AZURE_STORAGE_KEY.
+srv_pid=
+start_store() {
+	local kind=$1 try i port mk
 	for try in 1 2 3 4 5; do
-		gw_port=$((20000 + RANDOM % 30000))
-		mkdir -p "$WORKDIR/gw"
-		ROOT_ACCESS_KEY=k ROOT_SECRET_KEY=s versitygw --port "127.0.0.1:$gw_port" posix "$WORKDIR/gw" \
-			>>"$WORKDIR/versitygw.log" 2>&1 &
-		gw_pid=$!
-		endpoint=http://127.0.0.1:$gw_port
-		for ((i = 0; i < 100; i++)); do
-			kill -0 "$gw_pid" 2>/dev/null || break
-			"$WORKDIR/s3raw" mkbucket -endpoint "$endpoint" bench 2>/dev/null && return 0
+		port=$((20000 + RANDOM % 30000))
+		endpoint=http://127.0.0.1:$port
+		mk=(-kind s3)
+		pool_q="endpoint=$endpoint&region=${AWS_REGION:-us-east-1}&use_path_style=true"
+		case $kind in
+		versitygw)
+			mkdir -p "$WORKDIR/gw"
+			ROOT_ACCESS_KEY=$AWS_ACCESS_KEY_ID ROOT_SECRET_KEY=$AWS_SECRET_ACCESS_KEY \
+				versitygw --port "127.0.0.1:$port" posix "$WORKDIR/gw" >>"$WORKDIR/$kind.log" 2>&1 &
+			;;
+		minio)
+			mkdir -p "$WORKDIR/minio"
+			MINIO_ROOT_USER=$AWS_ACCESS_KEY_ID MINIO_ROOT_PASSWORD=$AWS_SECRET_ACCESS_KEY MINIO_BROWSER=off MINIO_UPDATE=off \
+				minio server "$WORKDIR/minio" --quiet --address "127.0.0.1:$port" >>"$WORKDIR/$kind.log" 2>&1 &
+			;;
+		fakegcs)
+			fake-gcs-server -scheme http -host 127.0.0.1 -port "$port" -backend memory \
+				-external-url "$endpoint" -public-host "127.0.0.1:$port" -log-level warn >>"$WORKDIR/$kind.log" 2>&1 &
+			mk=(-kind gs)
+			pool_q="endpoint=$endpoint"
+			;;
+		azurite)
+			"$(azurite_bin)" --blobHost 127.0.0.1 --blobPort "$port" --disableTelemetry --skipApiVersionCheck \
+				--inMemoryPersistence --silent >>"$WORKDIR/$kind.log" 2>&1 &
+			endpoint=$endpoint/$AZURE_STORAGE_ACCOUNT
+			mk=(-kind azblob)
+			pool_q="endpoint=$endpoint"
+			;;
+		*) die "start_store: unknown store $kind" ;;
+		esac
+		srv_pid=$!
+		for ((i = 0; i < 300; i++)); do
+			kill -0 "$srv_pid" 2>/dev/null || break
+			"$WORKDIR/s3raw" mkbucket "${mk[@]}" -endpoint "$endpoint" bench 2>/dev/null && return 0
 			sleep 0.1
 		done
-		stop_pid "$gw_pid" || true
-		gw_pid=
+		stop_pid "$srv_pid" || true
+		srv_pid=
 	done
-	tail -20 "$WORKDIR/versitygw.log" >&2
-	die "versitygw did not start"
+	tail -20 "$WORKDIR/$kind.log" >&2
+	die "$kind did not start"
+}
+
+# azurite_bin: azurite-blob from PATH or where scripts/install-test-deps.sh
+# puts it.
+azurite_bin() {
+	local b
+	b=$(command -v azurite-blob) || b=$(go env GOPATH)/azurite/node_modules/.bin/azurite-blob
+	[[ -x $b ]] || die "azurite-blob not found; run scripts/install-test-deps.sh"
+	echo "$b"
+}
+
+# start_gw: start_store versitygw, the S3 server of every other bench
+# script; sets gw_pid, gw_port and endpoint. Needs AWS_ACCESS_KEY_ID and
+# AWS_SECRET_ACCESS_KEY in the environment.
+gw_pid=
+start_gw() {
+	start_store versitygw
+	gw_pid=$srv_pid
+	gw_port=${endpoint##*:}
+}
+
+# ud_write_read_jobs TAG REP [serve flags]: the urldisk jobs of
+# encrypt.sh and stores.sh, on the fresh volume $ud_url (FIOARGS[urldisk]
+# reaching it on $ud_sock), each serve starting with an empty cache:
+#   seqwrite-TAG       1M sequential write, QD8, SIZE bytes, then one flush
+#   seqread-cold-TAG   1M sequential read of SIZE, QD8, after restarting
+#                      serve with an empty cache: every byte from the store,
+#                      in the records seqwrite wrote (before randwrite-qd1
+#                      scatters 4k records over the volume)
+#   randwrite-qd1-TAG  4k random write, QD1, a flush after every write,
+#                      RUNTIME seconds
+# Results as run_fio writes them (target urldisk, repetition REP).
+ud_write_read_jobs() {
+	local tag=$1 rep=$2
+	shift 2
+	rm -rf "$cache"
+	start_urldisk "$@"
+	log "rep $rep $tag: seqwrite"
+	run_fio urldisk "seqwrite-$tag" "$rep" --rw=write --bs=1M --iodepth=8 --size="$SIZE" --end_fsync=1
+	stop_urldisk
+	rm -rf "$cache"
+	start_urldisk "$@"
+	log "rep $rep $tag: seqread-cold"
+	run_fio urldisk "seqread-cold-$tag" "$rep" --rw=read --bs=1M --iodepth=8 --size="$SIZE"
+	log "rep $rep $tag: randwrite-qd1"
+	run_fio urldisk "randwrite-qd1-$tag" "$rep" --rw=randwrite --bs=4k --iodepth=1 --fsync=1 --size="$SIZE" \
+		--time_based --runtime="$RUNTIME"
+	stop_urldisk
 }
 
 server_pid() { echo "${!PIDVAR[$1]}"; }

@@ -6,8 +6,15 @@
 // in internal/objstore/s3.go), so that bench/suite.sh compares like with
 // like when it puts urldisk's numbers next to the object store's limit.
 //
-//	s3raw mkbucket -endpoint http://127.0.0.1:PORT BUCKET
+//	s3raw mkbucket [-kind s3|gs|azblob] -endpoint http://127.0.0.1:PORT BUCKET
 //	s3raw bench -endpoint http://127.0.0.1:PORT -bucket BUCKET [-dur 2s] [-workers 8]
+//	s3raw bench -url POOL-URL [-dur 2s] [-workers 8]
+//	s3raw listafter -url POOL-URL [-n 10000]
+//
+// With -url (s3://, gs://, azblob://, file://) the requests go through
+// urldisk's own objstore.Store for that URL, so every backend is measured
+// with the very client urldisk uses (bench/stores.sh puts those next to
+// urldisk on each store); -endpoint talks to S3 with the AWS SDK directly.
 //
 // bench prints one JSON object with four measurements:
 //
@@ -19,6 +26,9 @@
 //	get4k: ranged GetObject of 4 KiB at a random 4 KiB-aligned offset of one
 //	       of those objects, one at a time; latency mean/p50/p99 (what one
 //	       cold 4k read of a disk costs at least)
+//
+// listafter prints the time attach's listing takes past -n log-like keys
+// (objstore.ListAfter) next to a List of all of them.
 //
 // -endpoint may be a proxy in front of the store (bench/s3proxy): the
 // suite's remote profile measures the store through the same proxy as
@@ -41,6 +51,7 @@ import (
 	"hash/crc32"
 	"io"
 	mrand "math/rand/v2"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -49,16 +60,20 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/bloberror"
+	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/aws/aws-sdk-go-v2/aws"
 	v4 "github.com/aws/aws-sdk-go-v2/aws/signer/v4"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/smithy-go"
+
+	"github.com/urldisk/urldisk/internal/objstore"
 )
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: s3raw mkbucket|bench [flags]")
+		fmt.Fprintln(os.Stderr, "usage: s3raw mkbucket|bench|listafter [flags]")
 		os.Exit(2)
 	}
 	var err error
@@ -67,6 +82,8 @@ func main() {
 		err = mkbucket(os.Args[2:])
 	case "bench":
 		err = bench(os.Args[2:])
+	case "listafter":
+		err = listAfter(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -97,22 +114,66 @@ func envOr(k, def string) string {
 
 func mkbucket(args []string) error {
 	fs := flag.NewFlagSet("mkbucket", flag.ExitOnError)
-	endpoint := fs.String("endpoint", "", "S3 endpoint URL")
+	endpoint := fs.String("endpoint", "", "the store's endpoint URL")
+	kind := fs.String("kind", "s3", "s3, gs (fake-gcs-server's JSON API) or azblob (shared key from $AZURE_STORAGE_ACCOUNT and $AZURE_STORAGE_KEY)")
 	_ = fs.Parse(args)
 	if fs.NArg() != 1 || *endpoint == "" {
-		return errors.New("usage: s3raw mkbucket -endpoint URL BUCKET")
+		return errors.New("usage: s3raw mkbucket [-kind s3|gs|azblob] -endpoint URL BUCKET")
 	}
-	ctx := context.Background()
-	c, err := client(ctx, *endpoint)
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	name := fs.Arg(0)
+	switch *kind {
+	case "s3":
+		c, err := client(ctx, *endpoint)
+		if err != nil {
+			return err
+		}
+		_, err = c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)})
+		var ae smithy.APIError
+		if errors.As(err, &ae) && (ae.ErrorCode() == "BucketAlreadyOwnedByYou" || ae.ErrorCode() == "BucketAlreadyExists") {
+			return nil
+		}
 		return err
-	}
-	_, err = c.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(fs.Arg(0))})
-	var ae smithy.APIError
-	if errors.As(err, &ae) && (ae.ErrorCode() == "BucketAlreadyOwnedByYou" || ae.ErrorCode() == "BucketAlreadyExists") {
+	case "gs":
+		body, err := json.Marshal(map[string]string{"name": name})
+		if err != nil {
+			return err
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, *endpoint+"/storage/v1/b?project=bench", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode/100 != 2 && resp.StatusCode != http.StatusConflict {
+			msg, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+			return fmt.Errorf("create bucket %s: %s: %s", name, resp.Status, msg)
+		}
+		return nil
+	case "azblob":
+		cred, err := container.NewSharedKeyCredential(os.Getenv("AZURE_STORAGE_ACCOUNT"), os.Getenv("AZURE_STORAGE_KEY"))
+		if err != nil {
+			return fmt.Errorf("shared key from $AZURE_STORAGE_ACCOUNT/$AZURE_STORAGE_KEY: %w", err)
+		}
+		c, err := container.NewClientWithSharedKeyCredential(*endpoint+"/"+name, cred, nil)
+		if err != nil {
+			return err
+		}
+		_, err = c.Create(ctx, nil)
+		if bloberror.HasCode(err, bloberror.ContainerAlreadyExists) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("create container %s: %w", name, err)
+		}
 		return nil
 	}
-	return err
+	return fmt.Errorf("mkbucket: unknown -kind %q (want s3, gs or azblob)", *kind)
 }
 
 // Result is what bench prints.
@@ -142,10 +203,94 @@ type Result struct {
 	DurationSecond float64 `json:"duration_s"`
 }
 
+// ops are the requests bench times, on keys relative to its -prefix: put
+// creates a fresh key (create-if-absent, like urldisk's record uploads)
+// holding data, whose CRC-32C is sum; getRange reads len(p) bytes of key at
+// off into p; get reads a whole object of len(p) bytes into p.
+type ops struct {
+	put      func(ctx context.Context, key string, data []byte, sum uint32) error
+	get      func(ctx context.Context, key string, p []byte) error
+	getRange func(ctx context.Context, key string, off int64, p []byte) error
+	close    func() error
+}
+
+// s3Ops sends PutObject/GetObject with the AWS SDK directly, configured as
+// urldisk's s3:// backend is.
+func s3Ops(ctx context.Context, endpoint, bucket, prefix string) (ops, error) {
+	c, err := client(ctx, endpoint)
+	if err != nil {
+		return ops{}, err
+	}
+	unsigned := s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
+	// get reads the whole body of one GetObject into p.
+	get := func(ctx context.Context, in *s3.GetObjectInput, p []byte) error {
+		out, err := c.GetObject(ctx, in)
+		if err != nil {
+			return err
+		}
+		defer out.Body.Close()
+		if _, err := io.ReadFull(out.Body, p); err != nil {
+			return fmt.Errorf("read %s %s: %w", *in.Key, aws.ToString(in.Range), err)
+		}
+		return nil
+	}
+	return ops{
+		put: func(ctx context.Context, key string, data []byte, sum uint32) error {
+			_, err := c.PutObject(ctx, &s3.PutObjectInput{
+				Bucket: aws.String(bucket), Key: aws.String(prefix + key), Body: bytes.NewReader(data),
+				ContentLength: aws.Int64(int64(len(data))), IfNoneMatch: aws.String("*"),
+				ContentType:    aws.String("application/octet-stream"),
+				ChecksumCRC32C: aws.String(crc32cBase64(sum)),
+			}, unsigned)
+			return err
+		},
+		get: func(ctx context.Context, key string, p []byte) error {
+			return get(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(prefix + key)}, p)
+		},
+		getRange: func(ctx context.Context, key string, off int64, p []byte) error {
+			return get(ctx, &s3.GetObjectInput{Bucket: aws.String(bucket), Key: aws.String(prefix + key),
+				Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+int64(len(p))-1))}, p)
+		},
+		close: func() error { return nil },
+	}, nil
+}
+
+// storeOps goes through urldisk's own objstore.Store for rawURL (any
+// scheme urldisk speaks), with the client configuration urldisk uses:
+// PutIfAbsentSummed where the store takes a precomputed CRC-32C (as
+// urldisk's record uploads do), GetRange for reads.
+func storeOps(ctx context.Context, rawURL, prefix string) (ops, error) {
+	st, err := objstore.Open(ctx, rawURL)
+	if err != nil {
+		return ops{}, err
+	}
+	sp, summed := st.(objstore.SummedPutter)
+	getRange := func(ctx context.Context, key string, off int64, p []byte) error {
+		n, err := st.GetRange(ctx, prefix+key, off, p)
+		if err == nil && n < len(p) {
+			err = fmt.Errorf("get range %s at %d: %d of %d bytes", key, off, n, len(p))
+		}
+		return err
+	}
+	return ops{
+		put: func(ctx context.Context, key string, data []byte, sum uint32) error {
+			if summed {
+				return sp.PutIfAbsentSummed(ctx, prefix+key, data, sum)
+			}
+			return st.PutIfAbsent(ctx, prefix+key, data)
+		},
+		// urldisk reads records with ranged GETs, a whole one too.
+		get:      func(ctx context.Context, key string, p []byte) error { return getRange(ctx, key, 0, p) },
+		getRange: getRange,
+		close:    st.Close,
+	}, nil
+}
+
 func bench(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ExitOnError)
-	endpoint := fs.String("endpoint", "", "S3 endpoint URL")
-	bucket := fs.String("bucket", "", "bucket (must exist)")
+	endpoint := fs.String("endpoint", "", "S3 endpoint URL (the AWS SDK directly)")
+	bucket := fs.String("bucket", "", "bucket (must exist), with -endpoint")
+	storeURL := fs.String("url", "", "instead of -endpoint/-bucket: a pool root URL (s3://, gs://, azblob://, file://), measured through urldisk's objstore.Store")
 	prefix := fs.String("prefix", fmt.Sprintf("s3raw-%d/", time.Now().UnixNano()), "key prefix")
 	dur := fs.Duration("dur", 2*time.Second, "duration of each measurement")
 	workers := fs.Int("workers", 8, "concurrent requests for the throughput measurements")
@@ -163,14 +308,21 @@ func bench(args []string) error {
 		peer, err = procCPUMs(fmt.Sprint(*cpuPid))
 		return self, peer, err
 	}
-	if *endpoint == "" || *bucket == "" {
-		return errors.New("usage: s3raw bench -endpoint URL -bucket BUCKET")
-	}
 	ctx := context.Background()
-	c, err := client(ctx, *endpoint)
+	var o ops
+	var err error
+	switch {
+	case *storeURL != "" && *endpoint == "" && *bucket == "":
+		o, err = storeOps(ctx, *storeURL, *prefix)
+	case *storeURL == "" && *endpoint != "" && *bucket != "":
+		o, err = s3Ops(ctx, *endpoint, *bucket, *prefix)
+	default:
+		return errors.New("usage: s3raw bench -endpoint URL -bucket BUCKET | -url POOL-URL")
+	}
 	if err != nil {
 		return err
 	}
+	defer o.close()
 	big := make([]byte, 4<<20)
 	small := make([]byte, 4<<10)
 	_, _ = rand.Read(big)
@@ -178,21 +330,13 @@ func bench(args []string) error {
 	// The sums are computed once, outside the timed loops: urldisk does not
 	// hash a record again to upload it either (its CRC-32C is combined from
 	// the frame checksums it already has).
-	bigSum, smallSum := crc32cBase64(big), crc32cBase64(small)
-	unsigned := s3.WithAPIOptions(v4.SwapComputePayloadSHA256ForUnsignedPayloadMiddleware)
-	put := func(key string, data []byte, sum string) error {
-		_, err := c.PutObject(ctx, &s3.PutObjectInput{
-			Bucket: bucket, Key: aws.String(*prefix + key), Body: bytes.NewReader(data),
-			ContentLength: aws.Int64(int64(len(data))), IfNoneMatch: aws.String("*"),
-			ContentType:    aws.String("application/octet-stream"),
-			ChecksumCRC32C: aws.String(sum),
-		}, unsigned)
-		return err
-	}
+	bigSum, smallSum := crc32c(big), crc32c(small)
 	r := Result{Workers: *workers, DurationSecond: dur.Seconds()}
 
 	// Warm up the connection pool (one request per worker).
-	if err := parallel(*workers, time.Nanosecond, func(w, i int) error { return put(fmt.Sprintf("warm/%d-%d", w, i), small, smallSum) }); err != nil {
+	if err := parallel(*workers, time.Nanosecond, func(w, i int) error {
+		return o.put(ctx, fmt.Sprintf("warm/%d-%d", w, i), small, smallSum)
+	}); err != nil {
 		return fmt.Errorf("warm-up: %w", err)
 	}
 
@@ -205,7 +349,7 @@ func bench(args []string) error {
 	}
 	t0 := time.Now()
 	err = parallel(*workers, *dur, func(w, i int) error {
-		if err := put(fmt.Sprintf("big/%d-%d", w, i), big, bigSum); err != nil {
+		if err := o.put(ctx, fmt.Sprintf("big/%d-%d", w, i), big, bigSum); err != nil {
 			return err
 		}
 		n.Add(1)
@@ -225,7 +369,7 @@ func bench(args []string) error {
 	r.Put4MMBps = float64(n.Load()) * float64(len(big)) / el / 1e6
 
 	// 4 KiB PUT latency, one at a time.
-	put4k, err := latencies(*dur, func(i int) error { return put(fmt.Sprintf("small/%d", i), small, smallSum) })
+	put4k, err := latencies(*dur, func(i int) error { return o.put(ctx, fmt.Sprintf("small/%d", i), small, smallSum) })
 	if err != nil {
 		return fmt.Errorf("put 4 KiB: %w", err)
 	}
@@ -242,18 +386,11 @@ func bench(args []string) error {
 	}
 	t0 = time.Now()
 	err = parallel(*workers, *dur, func(w, i int) error {
-		key := fmt.Sprintf("big/%d-%d", w, i%wrote[w])
-		out, err := c.GetObject(ctx, &s3.GetObjectInput{Bucket: bucket, Key: aws.String(*prefix + key)})
-		if err != nil {
+		if err := o.get(ctx, fmt.Sprintf("big/%d-%d", w, i%wrote[w]), bufs[w]); err != nil {
 			return err
 		}
-		defer out.Body.Close()
-		m, err := io.ReadFull(out.Body, bufs[w])
-		got.Add(int64(m))
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			err = nil
-		}
-		return err
+		got.Add(int64(len(bufs[w])))
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("get 4 MiB: %w", err)
@@ -274,16 +411,7 @@ func bench(args []string) error {
 		w := rng.IntN(*workers)
 		key := fmt.Sprintf("big/%d-%d", w, rng.IntN(wrote[w]))
 		off := rng.IntN(len(big)/len(buf)) * len(buf)
-		out, err := c.GetObject(ctx, &s3.GetObjectInput{Bucket: bucket, Key: aws.String(*prefix + key),
-			Range: aws.String(fmt.Sprintf("bytes=%d-%d", off, off+len(buf)-1))})
-		if err != nil {
-			return err
-		}
-		defer out.Body.Close()
-		if _, err := io.ReadFull(out.Body, buf); err != nil {
-			return fmt.Errorf("read %s at %d: %w", key, off, err)
-		}
-		return nil
+		return o.getRange(ctx, key, int64(off), buf)
 	})
 	if err != nil {
 		return fmt.Errorf("ranged get 4 KiB: %w", err)
@@ -294,11 +422,75 @@ func bench(args []string) error {
 	return enc.Encode(r)
 }
 
-// crc32cBase64 is data's CRC-32C as the x-amz-checksum-crc32c header
-// carries it (base64 of the big-endian sum), as urldisk sends it.
-func crc32cBase64(data []byte) string {
+// ListResult is what listafter prints.
+type ListResult struct {
+	Keys        int     `json:"keys"`
+	ListAllMs   float64 `json:"list_all_ms"`
+	ListAfterMs float64 `json:"list_after_ms"`
+	AfterKeys   int     `json:"after_keys"`
+}
+
+// listAfter measures what attach's listing of a long log costs: it creates
+// -n small objects named like log records (a 16-digit hex sequence number)
+// and times objstore.ListAfter past all but the last 10 of them, the way
+// attach lists the records after its snapshot, against a List of all.
+func listAfter(args []string) error {
+	fs := flag.NewFlagSet("listafter", flag.ExitOnError)
+	storeURL := fs.String("url", "", "pool root URL (s3://, gs://, azblob://, file://)")
+	prefix := fs.String("prefix", fmt.Sprintf("list-%d/", time.Now().UnixNano()), "key prefix")
+	n := fs.Int("n", 10000, "objects to create")
+	workers := fs.Int("workers", 8, "concurrent creates")
+	_ = fs.Parse(args)
+	if *storeURL == "" || *n < 10 {
+		return errors.New("usage: s3raw listafter -url POOL-URL [-n 10000 (at least 10)]")
+	}
+	ctx := context.Background()
+	st, err := objstore.Open(ctx, *storeURL)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	key := func(i int) string { return fmt.Sprintf("%s%016x", *prefix, i) }
+	var next atomic.Int64
+	if err := parallel(*workers, time.Nanosecond, func(int, int) error {
+		for i := int(next.Add(1)) - 1; i < *n; i = int(next.Add(1)) - 1 {
+			if err := st.PutIfAbsent(ctx, key(i), []byte("r")); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("create %d objects: %w", *n, err)
+	}
+	r := ListResult{Keys: *n}
+	count := func(oi objstore.ObjectInfo) error { r.AfterKeys++; return nil }
+	t0 := time.Now()
+	if err := st.List(ctx, *prefix, count); err != nil {
+		return err
+	}
+	r.ListAllMs = float64(time.Since(t0).Microseconds()) / 1e3
+	if r.AfterKeys != *n {
+		return fmt.Errorf("list %s: %d objects, want %d", *prefix, r.AfterKeys, *n)
+	}
+	r.AfterKeys = 0
+	t0 = time.Now()
+	if err := objstore.ListAfter(ctx, st, *prefix, key(*n-11), count); err != nil {
+		return err
+	}
+	r.ListAfterMs = float64(time.Since(t0).Microseconds()) / 1e3
+	if r.AfterKeys != 10 {
+		return fmt.Errorf("list %s after %s: %d objects, want 10", *prefix, key(*n-11), r.AfterKeys)
+	}
+	return json.NewEncoder(os.Stdout).Encode(r)
+}
+
+func crc32c(data []byte) uint32 { return crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli)) }
+
+// crc32cBase64 is a CRC-32C as the x-amz-checksum-crc32c header carries
+// it (base64 of the big-endian sum), as urldisk sends it.
+func crc32cBase64(sum uint32) string {
 	var be [4]byte
-	binary.BigEndian.PutUint32(be[:], crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli)))
+	binary.BigEndian.PutUint32(be[:], sum)
 	return base64.StdEncoding.EncodeToString(be[:])
 }
 
