@@ -35,8 +35,9 @@ func infoOf(t *testing.T, vol string, args ...string) volInfo {
 // binary on a real versitygw, `create --compress --encrypt`, a
 // compressible image written through NBD (nbdcopy) and read back, the
 // stored bytes a fraction of the logical ones (info), the plaintext in no
-// stored object, a clone inheriting compression and reading back, verify
-// --deep clean; `create --compress` alone compresses too.
+// stored object, export giving the image back, a clone inheriting
+// compression and reading back, verify --deep clean; `create --compress`
+// alone compresses too.
 func TestCompressedVolumeS3(t *testing.T) {
 	srv := s3server.Start(t)
 	dir := t.TempDir()
@@ -87,6 +88,11 @@ func TestCompressedVolumeS3(t *testing.T) {
 			s.StopOK()
 		}
 		readBackAll(vol, c.name)
+		exported := filepath.Join(t.TempDir(), c.name+".img")
+		mustRun(t, "urldisk", append([]string{"export", vol, exported}, keyArgs...)...)
+		if got, err := os.ReadFile(exported); err != nil || !bytes.Equal(got, canary) {
+			t.Fatalf("export of %s differs from what was written (err %v)", c.name, err)
+		}
 		kid := c.name + "-kid"
 		mustRun(t, "urldisk", append([]string{"clone", vol, volURL(srv.URL, kid)}, keyArgs...)...)
 		if in := infoOf(t, volURL(srv.URL, kid), keyArgs...); in.Compression != "lz4" {
