@@ -243,11 +243,12 @@ func (e *env) createVolume(t testing.TB, n *node, name string, size int64, src *
 
 // staging is a staged volume on a node.
 type staging struct {
-	n       *node
-	vol     *csi.Volume
-	path    string // staging path (mount) or published device (block)
-	cap     *csi.VolumeCapability
-	unstage func(t testing.TB) error
+	n           *node
+	vol         *csi.Volume
+	path        string // staging path (mount) or published device (block)
+	stagingPath string
+	cap         *csi.VolumeCapability
+	unstage     func(t testing.TB) error
 }
 
 // stage stages vol on n (and for a block volume publishes it, so path is
@@ -256,6 +257,7 @@ func (e *env) stage(t testing.TB, n *node, vol *csi.Volume, c *csi.VolumeCapabil
 	t.Helper()
 	dir := t.TempDir()
 	s := &staging{n: n, vol: vol, cap: c, path: filepath.Join(dir, "staging")}
+	s.stagingPath = s.path
 	_, err := n.node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId,
 		StagingTargetPath: s.path, VolumeCapability: c, Secrets: e.secrets, VolumeContext: vol.VolumeContext})
 	if err != nil {

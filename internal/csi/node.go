@@ -94,8 +94,16 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 		if d.stagedOK(old) {
 			return &csi.NodeStageVolumeResponse{}, nil
 		}
-		// A half-done or broken stage (driver killed midway, serve
-		// fenced): undo it and stage again.
+		// A completed stage whose serve is gone was most likely fenced by
+		// another node's takeover. Staging again would take the volume
+		// back from that node behind the CO's back (a kubelet restart
+		// re-stages what it finds): refuse until it is unstaged.
+		if old.Mounted || (old.Block && old.Loop != "") {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s was staged here but its serve has exited (fenced by another node's stage?): unstage it before staging it again; serve said: %s",
+				ref, logTail(filepath.Join(dir, "serve.log")))
+		}
+		// A half-done stage (the driver was killed midway): undo it and
+		// stage again.
 		if err := d.teardown(ctx, dir, old); err != nil {
 			return nil, status.Errorf(codes.Internal, "undo the earlier stage of %s: %v", ref, err)
 		}

@@ -2,6 +2,7 @@ package csi_test
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
 )
 
 // TestNodeLoss: node A stages a volume and writes files through ext4 with
@@ -63,6 +65,16 @@ func TestNodeLoss(t *testing.T) {
 	if !strings.Contains(logs, "fenced") {
 		t.Errorf("A's serve log does not say it was fenced:\n%s", logs)
 	}
+	// Staging again on A does not take the volume back from B: it must
+	// be unstaged first.
+	_, err = a.node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId,
+		StagingTargetPath: sa.stagingPath, VolumeCapability: mountCap(rwo), Secrets: e.secrets, VolumeContext: vol.VolumeContext})
+	wantCode(t, "stage again on fenced A", err, codes.FailedPrecondition, "fenced")
+	if err := writeSync(sb.path, "b-still-writes", []byte("B owns it")); err != nil {
+		t.Errorf("B after A's refused restage: %v", err)
+	}
+	want["b-still-writes"] = []byte("B owns it")
+
 	// The fenced node lets go of everything: mount, loop device, nbdfuse,
 	// serve (already exited) and its state.
 	if err := sa.unstage(t); err != nil {
