@@ -197,3 +197,38 @@ func TestReadersOnly(t *testing.T) {
 		}
 	}
 }
+
+// TestXFS: a volume asked for as xfs is made xfs on first use (mkfs.xfs,
+// which this test requires), keeps its files across an unstage, and is
+// refused when later asked for as ext4 rather than reformatted.
+func TestXFS(t *testing.T) {
+	requireNodeTools(t)
+	if _, err := exec.LookPath("mkfs.xfs"); err != nil {
+		t.Fatalf("mkfs.xfs not found: install it with apt-get install -y xfsprogs (scripts/install-test-deps.sh)")
+	}
+	e := newEnv(t)
+	n := startDriver(t, "node-a")
+	vol := e.createVolume(t, n, "pvc-xfs", 512<<20, nil)
+	xfs := mountCap(rwo)
+	xfs.GetMount().FsType = "xfs"
+	s := e.stage(t, n, vol, xfs)
+	if out, err := exec.Command("findmnt", "-n", "-o", "FSTYPE", s.path).Output(); err != nil || strings.TrimSpace(string(out)) != "xfs" {
+		t.Errorf("staging path filesystem: %q, %v; want xfs", out, err)
+	}
+	if err := writeSync(s.path, "x", []byte("on xfs")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.unstage(t); err != nil {
+		t.Fatal(err)
+	}
+	s = e.stage(t, n, vol, xfs)
+	if got, err := os.ReadFile(filepath.Join(s.path, "x")); err != nil || string(got) != "on xfs" {
+		t.Errorf("after restage: %q, %v", got, err)
+	}
+	if err := s.unstage(t); err != nil {
+		t.Fatal(err)
+	}
+	_, err := n.node.NodeStageVolume(context.Background(), &csi.NodeStageVolumeRequest{VolumeId: vol.VolumeId, StagingTargetPath: t.TempDir(),
+		VolumeCapability: mountCap(rwo), Secrets: e.secrets, VolumeContext: vol.VolumeContext})
+	wantCode(t, "stage an xfs volume as ext4", err, codes.FailedPrecondition, "xfs", "ext4")
+}
