@@ -15,6 +15,7 @@ import (
 
 	"github.com/urldisk/urldisk/internal/agent"
 	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/fleet/etcdcoord"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/units"
 )
@@ -24,11 +25,13 @@ const (
 	envFleet = "URLDISK_FLEET"
 	envToken = "URLDISK_TOKEN"
 	envTLSCA = "URLDISK_TLS_CA"
+	envCoord = "URLDISK_COORD"
 )
 
 // fleetFlags are the flags every fleet command shares.
 type fleetFlags struct {
 	fleetURL                    string
+	coordURL                    string
 	tokenFile                   string
 	tlsCA                       string
 	tlsClientCert, tlsClientKey string
@@ -36,6 +39,7 @@ type fleetFlags struct {
 
 func (f *fleetFlags) register(fs *pflag.FlagSet, withToken bool) {
 	fs.StringVar(&f.fleetURL, "fleet", "", "fleet store URL (usually the pool URL); default $"+envFleet)
+	fs.StringVar(&f.coordURL, "coord", "", "coordinate through etcd instead of the fleet store: etcd://HOST:PORT[,HOST:PORT...]/PREFIX; default $"+envCoord)
 	if withToken {
 		fs.StringVar(&f.tokenFile, "token-file", "", "file holding the agents' API token; default $"+envToken)
 		fs.StringVar(&f.tlsCA, "tls-ca", "", "CA certificate (PEM) trusted for agents' https:// APIs; default $"+envTLSCA+", else the system's")
@@ -56,17 +60,36 @@ func (f *fleetFlags) url() (string, error) {
 	return u, nil
 }
 
-// open opens the fleet store.
-func (f *fleetFlags) open(ctx context.Context, g *globals) (*fleet.Fleet, error) {
+// coord returns the etcd URL from --coord or the environment; "" means
+// the fleet store coordinates.
+func (f *fleetFlags) coord() string {
+	if f.coordURL != "" {
+		return f.coordURL
+	}
+	return os.Getenv(envCoord)
+}
+
+// open opens the fleet's coordination service: etcd if --coord names it,
+// else the fleet store (as seen by host self, "" for the CLI, whose
+// membership view is refreshed every timeout; 0 takes the defaults). It
+// returns what to close when done and a name for messages.
+func (f *fleetFlags) open(ctx context.Context, g *globals, self string, timeout time.Duration) (fleet.Coord, io.Closer, string, error) {
+	if u := f.coord(); u != "" {
+		c, err := etcdcoord.Open(ctx, u, etcdcoord.Options{Self: self, LeaseTTL: timeout, MembershipEvery: timeout, Logger: g.log})
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("open coordination %s: %w", u, err)
+		}
+		return c, c, u, nil
+	}
 	u, err := f.url()
 	if err != nil {
-		return nil, err
+		return nil, nil, "", err
 	}
 	store, err := objstore.Open(ctx, u)
 	if err != nil {
-		return nil, fmt.Errorf("open fleet %s: %w", objstore.Redact(u), err)
+		return nil, nil, "", fmt.Errorf("open fleet %s: %w", objstore.Redact(u), err)
 	}
-	return fleet.New(store, g.log), nil
+	return fleet.NewWithOptions(store, fleet.Options{Logger: g.log, MembershipEvery: timeout}), store, objstore.Redact(u), nil
 }
 
 // token returns the API token from --token-file or $URLDISK_TOKEN; "" if
@@ -204,10 +227,6 @@ func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) e
 	if err := checkStallFlags("agent", o.storeTimeout, o.flushTimeout); err != nil {
 		return err
 	}
-	fleetURL, err := o.url()
-	if err != nil {
-		return fmt.Errorf("agent: %w", err)
-	}
 	token, err := o.token(g.log)
 	if err != nil {
 		return fmt.Errorf("agent: %w", err)
@@ -222,17 +241,21 @@ func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) e
 			return fmt.Errorf("--tokens-file: %w", err)
 		}
 	}
-	store, err := objstore.Open(ctx, fleetURL)
-	if err != nil {
-		return fmt.Errorf("agent: open fleet %s: %w", objstore.Redact(fleetURL), err)
+	timeout := o.heartbeatTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second // the agent's default
 	}
-	defer store.Close()
+	coord, closer, where, err := o.open(ctx, g, o.id, timeout)
+	if err != nil {
+		return fmt.Errorf("agent: %w", err)
+	}
+	defer closer.Close()
 	tracePages := o.tracePages
 	if tracePages == 0 {
 		tracePages = -1
 	}
 	a, err := agent.New(agent.Config{
-		ID: o.id, Fleet: store, CacheDir: o.cacheDir, CacheSize: int64(size), StateDir: o.stateDir,
+		ID: o.id, Coord: coord, CacheDir: o.cacheDir, CacheSize: int64(size), StateDir: o.stateDir,
 		Listen: o.listen, Token: token, TLSCert: o.tlsCert, TLSKey: o.tlsKey, TLSCA: o.caFile(),
 		TLSClientCA: o.tlsClientCA, TLSClientCert: o.tlsClientCert, TLSClientKey: o.tlsClientKey,
 		Tokens: tokens, MetricsListen: o.metricsListen,
@@ -245,6 +268,6 @@ func runAgent(ctx context.Context, out io.Writer, g *globals, o *agentOptions) e
 		return err
 	}
 	return a.Run(ctx, func(api string) {
-		printf(out, "agent %s ready: api %s, fleet %s\n", o.id, api, objstore.Redact(fleetURL))
+		printf(out, "agent %s ready: api %s, fleet %s\n", o.id, api, where)
 	})
 }

@@ -21,28 +21,28 @@ import (
 type fleetCmd struct {
 	g     *globals
 	fleet fleet.Coord
-	store io.Closer // the fleet store, closed with the command
+	store io.Closer // the fleet store or etcd client, closed with the command
 	ops   *fleet.Ops
 	token string
 	http  *http.Client // for agents' TCP APIs (trusts --tls-ca)
 }
 
 func openFleetCmd(ctx context.Context, g *globals, o *fleetFlags) (*fleetCmd, error) {
-	f, err := o.open(ctx, g)
+	f, closer, _, err := o.open(ctx, g, "", 0)
 	if err != nil {
 		return nil, err
 	}
 	token, err := o.token(g.log)
 	if err != nil {
-		f.Store().Close()
+		closer.Close()
 		return nil, err
 	}
 	hc, err := o.httpClient()
 	if err != nil {
-		f.Store().Close()
+		closer.Close()
 		return nil, err
 	}
-	return &fleetCmd{g: g, fleet: f, store: f.Store(), token: token, http: hc,
+	return &fleetCmd{g: g, fleet: f, store: closer, token: token, http: hc,
 		ops: &fleet.Ops{Fleet: f, By: "cli", ResolveVolume: agent.ResolveVolume}}, nil
 }
 
