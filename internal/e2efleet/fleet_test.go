@@ -67,8 +67,14 @@ func downtime(t testing.TB, out string) time.Duration {
 // It keeps counting throughout, no acknowledged value is lost, there are
 // no gaps, no two hosts ever wrote it at once, and every move raised the
 // volume's epoch.
-func TestFleetCounterSurvivesMoves(t *testing.T) {
-	e := newEnv(t)
+func TestFleetCounterSurvivesMoves(t *testing.T) { counterSurvivesMoves(t, newEnv(t)) }
+
+// TestFleetCounterSurvivesMovesEtcd is TestFleetCounterSurvivesMoves with
+// the agents and commands coordinating through a 3-member etcd cluster
+// (--coord): the failover comes from the killed agent's lease expiring.
+func TestFleetCounterSurvivesMovesEtcd(t *testing.T) { counterSurvivesMoves(t, newEtcdEnv(t)) }
+
+func counterSurvivesMoves(t *testing.T, e *env) {
 	for _, h := range []string{"h1", "h2", "h3"} {
 		e.startAgent(h)
 	}
@@ -153,8 +159,14 @@ func TestFleetCounterSurvivesMoves(t *testing.T) {
 // (SIGCONT) it finds the placement moved and its volume fenced: it stops
 // its orphaned machine, nothing it wrote after the takeover is visible,
 // and the new host's data is intact.
-func TestFleetPartitionFencing(t *testing.T) {
-	e := newEnv(t)
+func TestFleetPartitionFencing(t *testing.T) { partitionFencing(t, newEnv(t)) }
+
+// TestFleetPartitionFencingEtcd is TestFleetPartitionFencing coordinated
+// through etcd: the frozen agent's lease expires; resumed, it gets a new
+// one and finds its machine moved and fenced.
+func TestFleetPartitionFencingEtcd(t *testing.T) { partitionFencing(t, newEtcdEnv(t)) }
+
+func partitionFencing(t *testing.T, e *env) {
 	for _, h := range []string{"h1", "h2", "h3"} {
 		e.startAgent(h)
 	}

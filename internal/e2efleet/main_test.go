@@ -22,7 +22,9 @@ import (
 	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 
 	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/fleet/etcdcoord"
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/testutil/etcdcluster"
 	"github.com/urldisk/urldisk/internal/testutil/s3server"
 )
 
@@ -99,7 +101,10 @@ type env struct {
 	token     string
 	tokenFile string
 	store     objstore.Store
-	fleet     *fleet.Fleet
+	fleet     fleet.Coord
+	// coord is the etcd URL agents and commands coordinate through; ""
+	// for the fleet store.
+	coord string
 
 	mu     sync.Mutex
 	agents map[string]*agentProc
@@ -140,6 +145,21 @@ func newEnv(t testing.TB) *env {
 	return e
 }
 
+// newEtcdEnv is newEnv with the agents and commands coordinating through
+// a real 3-member etcd cluster on loopback (the pool stays on versitygw).
+func newEtcdEnv(t testing.TB) *env {
+	t.Helper()
+	e := newEnv(t)
+	e.coord = etcdcluster.Start(t).URL("fleet")
+	c, err := etcdcoord.Open(context.Background(), e.coord, etcdcoord.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	e.fleet = c
+	return e
+}
+
 // volumeURL is the URL of volume name in the pool.
 func (e *env) volumeURL(name string) string {
 	before, query, _ := strings.Cut(e.pool, "?")
@@ -156,6 +176,9 @@ func (e *env) startAgent(id string, extra ...string) *agentProc {
 		"--listen", "tcp:127.0.0.1:0",
 		"--heartbeat-interval", hbInterval.String(), "--heartbeat-timeout", hbTimeout.String(),
 		"--stop-grace", "5s", "--stop-wait", "10s"}, extra...)
+	if e.coord != "" {
+		args = append(args, "--coord", e.coord)
+	}
 	a.cmd = exec.Command(urldiskBin, args...)
 	a.cmd.Stdout, a.cmd.Stderr = a.out, a.out
 	// Not Pdeathsig: tests SIGSTOP and SIGKILL agents themselves; Cleanup
@@ -240,7 +263,7 @@ func (e *env) cli(args ...string) cliResult {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, urldiskBin, args...)
-	cmd.Env = append(os.Environ(), "URLDISK_FLEET="+e.pool, "URLDISK_TOKEN="+e.token)
+	cmd.Env = append(os.Environ(), "URLDISK_FLEET="+e.pool, "URLDISK_TOKEN="+e.token, "URLDISK_COORD="+e.coord)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	cmd.Run()

@@ -4,100 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"go.etcd.io/etcd/server/v3/embed"
-
 	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/testutil/etcdcluster"
 )
 
-// cluster is a real 3-member etcd cluster on loopback, in this process
-// (go.etcd.io/etcd/server/v3/embed), each member with its own data
-// directory and ports.
-type cluster struct {
-	t       *testing.T
-	members []*embed.Etcd
-	stops   []func() // close member i once
-	clients []string // client URLs
-}
-
-func freePort(t *testing.T) int {
+func open(t *testing.T, c *etcdcluster.Cluster, prefix string, opts Options) *Coord {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func startCluster(t *testing.T) *cluster {
-	t.Helper()
-	c := &cluster{t: t}
-	type ports struct{ peer, client int }
-	var ps []ports
-	var initial []string
-	for i := range 3 {
-		p := ports{freePort(t), freePort(t)}
-		ps = append(ps, p)
-		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, p.peer))
-	}
-	for i, p := range ps {
-		cfg := embed.NewConfig()
-		cfg.Name = fmt.Sprintf("m%d", i)
-		cfg.Dir = t.TempDir()
-		peer, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", p.peer))
-		client, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", p.client))
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*client}, []url.URL{*client}
-		cfg.InitialCluster = strings.Join(initial, ",")
-		cfg.InitialClusterToken = "urldisk-test"
-		cfg.LogLevel = "error"
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			t.Fatalf("start etcd member %d: %v", i, err)
-		}
-		c.members = append(c.members, e)
-		c.stops = append(c.stops, sync.OnceFunc(e.Close))
-		c.clients = append(c.clients, client.Host)
-		t.Cleanup(c.stops[i])
-	}
-	for i, e := range c.members {
-		select {
-		case <-e.Server.ReadyNotify():
-		case <-time.After(60 * time.Second):
-			t.Fatalf("etcd member %d not ready after 60s", i)
-		}
-	}
-	return c
-}
-
-// url is the --coord URL of the cluster with prefix.
-func (c *cluster) url(prefix string) string {
-	return "etcd://" + strings.Join(c.clients, ",") + "/" + prefix
-}
-
-// killLeader stops the member that leads; it returns its index.
-func (c *cluster) killLeader() int {
-	c.t.Helper()
-	for i, e := range c.members {
-		if e.Server.Leader() == e.Server.MemberID() {
-			c.stops[i]()
-			return i
-		}
-	}
-	c.t.Fatal("no leader")
-	return -1
-}
-
-func open(t *testing.T, c *cluster, prefix string, opts Options) *Coord {
-	t.Helper()
-	co, err := Open(context.Background(), c.url(prefix), opts)
+	co, err := Open(context.Background(), c.URL(prefix), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +45,7 @@ func TestParseURL(t *testing.T) {
 // newest KeepVersions. Then the leader is killed and writes go on: no
 // version a writer was told it won is lost.
 func TestEtcdUpdateConcurrentWriters(t *testing.T) {
-	c := startCluster(t)
+	c := etcdcluster.Start(t)
 	ctx := context.Background()
 	admin := open(t, c, "t1", Options{KeepVersions: 1000})
 	if _, err := fleet.Update(ctx, admin, "m", "w", func(cur *fleet.Placement) (*fleet.Placement, error) {
@@ -163,7 +81,7 @@ func TestEtcdUpdateConcurrentWriters(t *testing.T) {
 		wg.Wait()
 	}
 	write(5)
-	killed := c.killLeader()
+	killed := c.KillLeader()
 	t.Logf("killed leader m%d", killed)
 	write(5)
 	hist, err := admin.History(ctx, "m")
@@ -209,7 +127,7 @@ func TestEtcdUpdateConcurrentWriters(t *testing.T) {
 // its lease expires, its watchers see it dead and move its machines to
 // live hosts, whose watched index shows them without reading it again.
 func TestEtcdFailover(t *testing.T) {
-	c := startCluster(t)
+	c := etcdcluster.Start(t)
 	ctx := context.Background()
 	const interval, timeout = 200 * time.Millisecond, 2 * time.Second
 	type host struct {
