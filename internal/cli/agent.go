@@ -77,7 +77,7 @@ func (f *fleetFlags) open(ctx context.Context, g *globals, self string, timeout 
 	if u := f.coord(); u != "" {
 		c, err := etcdcoord.Open(ctx, u, etcdcoord.Options{Self: self, LeaseTTL: timeout, MembershipEvery: timeout, Logger: g.log})
 		if err != nil {
-			return nil, nil, "", fmt.Errorf("open coordination %s: %w", u, err)
+			return nil, nil, "", fmt.Errorf("open coordination: %w", err) // err names the URL, without credentials
 		}
 		return c, c, u, nil
 	}

@@ -91,7 +91,18 @@ var _ fleet.Coord = (*Coord)(nil)
 // prefix ("" is allowed: the root).
 func ParseURL(raw string) (endpoints []string, prefix string, err error) {
 	u, err := url.Parse(raw)
-	if err != nil || u.Scheme != "etcd" || u.Host == "" || u.User != nil || u.RawQuery != "" {
+	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // without the URL, which may hold credentials
+		}
+		return nil, "", fmt.Errorf("%w: %v: want etcd://HOST:PORT[,HOST:PORT...]/PREFIX", ErrBadURL, err)
+	}
+	if u.User != nil {
+		// Never echo them: credentials do not go in URLs, logs or errors.
+		return nil, "", fmt.Errorf("%w: etcd://%s: credentials in the URL are not accepted", ErrBadURL, u.Host)
+	}
+	if u.Scheme != "etcd" || u.Host == "" || u.RawQuery != "" {
 		return nil, "", fmt.Errorf("%w: %q: want etcd://HOST:PORT[,HOST:PORT...]/PREFIX", ErrBadURL, raw)
 	}
 	for _, h := range strings.Split(u.Host, ",") {

@@ -32,9 +32,12 @@ func TestParseURL(t *testing.T) {
 	if err != nil || strings.Join(eps, " ") != "http://h1:2379 http://h2:2379" || prefix != "urldisk/prod/" {
 		t.Fatalf("ParseURL: %v %q %v", eps, prefix, err)
 	}
-	for _, bad := range []string{"etcd:///x", "http://h1:2379/x", "etcd://h1/x", "etcd://u:p@h1:2379/x", "etcd://h1:2379,/x"} {
-		if _, _, err := ParseURL(bad); !errors.Is(err, ErrBadURL) {
+	for _, bad := range []string{"etcd:///x", "http://h1:2379/x", "etcd://h1/x", "etcd://u:s3cret@h1:2379/x", "etcd://h1:2379,/x", "etcd://h1:2379/x?tls=1", "etcd://u:s3cret@[::1/x"} {
+		_, _, err := ParseURL(bad)
+		if !errors.Is(err, ErrBadURL) {
 			t.Errorf("ParseURL(%q): %v, want ErrBadURL", bad, err)
+		} else if strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("ParseURL(%q): error shows the password: %v", bad, err)
 		}
 	}
 }
