@@ -53,6 +53,10 @@ type Options struct {
 	// KeepVersions is how many placement versions each machine keeps.
 	// Default 32.
 	KeepVersions int
+	// ForgetAfter is how long a host's index keeps a machine whose newest
+	// placement no longer concerns it, counted from that placement's time.
+	// Default 10m.
+	ForgetAfter time.Duration
 	// Now tells the time; default time.Now.
 	Now func() time.Time
 	// Logger; nil discards.
@@ -151,6 +155,9 @@ func New(cli *clientv3.Client, prefix string, opts Options) *Coord {
 	}
 	if opts.KeepVersions <= 0 {
 		opts.KeepVersions = 32
+	}
+	if opts.ForgetAfter <= 0 {
+		opts.ForgetAfter = 10 * time.Minute
 	}
 	c := &Coord{cli: cli, prefix: prefix, opts: opts, log: opts.Logger,
 		placements: map[string]*fleet.Placement{}, index: map[string]uint64{}}
@@ -357,6 +364,7 @@ func (c *Coord) Assigned(ctx context.Context, host string) (map[string]*fleet.Pl
 		}
 		index = c.parseIndex(host, r.Kvs)
 	}
+	now := c.opts.Now()
 	out := make(map[string]*fleet.Placement, len(index))
 	for name, v := range index {
 		p, err := c.placement(ctx, name, v)
@@ -366,8 +374,23 @@ func (c *Coord) Assigned(ctx context.Context, host string) (map[string]*fleet.Pl
 		if p != nil {
 			out[name] = p
 		}
+		// A version written with the entry in one transaction is missing
+		// only once pruned: the machine left long ago.
+		if p == nil || (!(p.State != fleet.Deleted && p.Host == host) && now.Sub(p.Time) > c.opts.ForgetAfter) {
+			c.forget(ctx, host, name, v)
+		}
 	}
 	return out, nil
+}
+
+// forget deletes host's index entry of a machine if it still names
+// version v (a writer may have pointed it at a newer one meanwhile). Best
+// effort: the next Assigned tries again.
+func (c *Coord) forget(ctx context.Context, host, name string, v uint64) {
+	k := c.assignKey(host, name)
+	if _, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(k), "=", strconv.FormatUint(v, 10))).Then(clientv3.OpDelete(k)).Commit(); err != nil {
+		c.log.Debug("drop assignment index entry", "host", host, "machine", name, "version", v, "err", err)
+	}
 }
 
 func (c *Coord) parseIndex(host string, kvs []*mvccpb.KeyValue) map[string]uint64 {

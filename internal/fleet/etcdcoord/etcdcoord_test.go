@@ -222,11 +222,22 @@ func TestEtcdFailover(t *testing.T) {
 	if hb, err := admin.Heartbeat(ctx, alive[0].id); err != nil || hb == nil || hb.Down {
 		t.Fatalf("live host's heartbeat: %+v %v", hb, err)
 	}
-	// The dead host, coming back, finds its machines moved in its index.
+	// The dead host, coming back, finds its machines moved in its index;
+	// after ForgetAfter they leave it.
 	got, err := dead.co.Assigned(ctx, dead.id)
 	if err != nil || got["m2"] == nil || got["m2"].Host == dead.id {
 		t.Fatalf("dead host's index: %v %v", got, err)
 	}
+	later := New(dead.co.cli, "t2/", Options{Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	if _, err := later.Assigned(ctx, dead.id); err != nil {
+		t.Fatal(err)
+	}
+	// (later shares dead's client: not closed here.) dead's watch sees the
+	// deletions.
+	waitFor(t, "dead host's index to empty an hour later", func() bool {
+		got, err := dead.co.Assigned(ctx, dead.id)
+		return err == nil && len(got) == 0
+	})
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
