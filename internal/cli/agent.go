@@ -39,7 +39,7 @@ type fleetFlags struct {
 
 func (f *fleetFlags) register(fs *pflag.FlagSet, withToken bool) {
 	fs.StringVar(&f.fleetURL, "fleet", "", "fleet store URL (usually the pool URL); default $"+envFleet)
-	fs.StringVar(&f.coordURL, "coord", "", "coordinate through etcd instead of the fleet store: etcd://HOST:PORT[,HOST:PORT...]/PREFIX; default $"+envCoord)
+	fs.StringVar(&f.coordURL, "coord", "", "coordinate through etcd instead of the fleet store: etcd://[USER@]HOST:PORT[,HOST:PORT...]/PREFIX[?cacert=FILE&cert=FILE&key=FILE&password-file=FILE] (password only from the file or $"+etcdcoord.EnvPassword+"); default $"+envCoord)
 	if withToken {
 		fs.StringVar(&f.tokenFile, "token-file", "", "file holding the agents' API token; default $"+envToken)
 		fs.StringVar(&f.tlsCA, "tls-ca", "", "CA certificate (PEM) trusted for agents' https:// APIs; default $"+envTLSCA+", else the system's")

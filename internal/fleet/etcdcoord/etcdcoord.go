@@ -19,11 +19,9 @@ package etcdcoord
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,9 +32,6 @@ import (
 
 	"github.com/urldisk/urldisk/internal/fleet"
 )
-
-// ErrBadURL: the --coord URL is not etcd://HOST:PORT[,HOST:PORT...]/PREFIX.
-var ErrBadURL = errors.New("bad etcd coordination URL")
 
 // Options tune a Coord. Zero values pick the defaults.
 type Options struct {
@@ -90,50 +85,6 @@ type Coord struct {
 }
 
 var _ fleet.Coord = (*Coord)(nil)
-
-// ParseURL splits etcd://h1:2379,h2:2379/prefix into endpoints and key
-// prefix ("" is allowed: the root).
-func ParseURL(raw string) (endpoints []string, prefix string, err error) {
-	u, err := url.Parse(raw)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // without the URL, which may hold credentials
-		}
-		return nil, "", fmt.Errorf("%w: %v: want etcd://HOST:PORT[,HOST:PORT...]/PREFIX", ErrBadURL, err)
-	}
-	if u.User != nil {
-		// Never echo them: credentials do not go in URLs, logs or errors.
-		return nil, "", fmt.Errorf("%w: etcd://%s: credentials in the URL are not accepted", ErrBadURL, u.Host)
-	}
-	if u.Scheme != "etcd" || u.Host == "" || u.RawQuery != "" {
-		return nil, "", fmt.Errorf("%w: %q: want etcd://HOST:PORT[,HOST:PORT...]/PREFIX", ErrBadURL, raw)
-	}
-	for _, h := range strings.Split(u.Host, ",") {
-		if h == "" || !strings.Contains(h, ":") {
-			return nil, "", fmt.Errorf("%w: %q: endpoint %q: want HOST:PORT", ErrBadURL, raw, h)
-		}
-		endpoints = append(endpoints, "http://"+h)
-	}
-	prefix = strings.Trim(u.Path, "/")
-	if prefix != "" {
-		prefix += "/"
-	}
-	return endpoints, prefix, nil
-}
-
-// Open connects to the etcd cluster raw names (see ParseURL).
-func Open(ctx context.Context, raw string, opts Options) (*Coord, error) {
-	endpoints, prefix, err := ParseURL(raw)
-	if err != nil {
-		return nil, err
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second, Context: context.WithoutCancel(ctx)})
-	if err != nil {
-		return nil, fmt.Errorf("connect to etcd %s: %w", strings.Join(endpoints, ","), err)
-	}
-	return New(cli, prefix, opts), nil
-}
 
 // New returns a Coord over an etcd client; keys live under prefix (""
 // or ending with "/"). Close closes cli.

@@ -28,12 +28,21 @@ func spec(name string) fleet.Spec {
 }
 
 func TestParseURL(t *testing.T) {
-	eps, prefix, err := ParseURL("etcd://h1:2379,h2:2379/urldisk/prod")
-	if err != nil || strings.Join(eps, " ") != "http://h1:2379 http://h2:2379" || prefix != "urldisk/prod/" {
-		t.Fatalf("ParseURL: %v %q %v", eps, prefix, err)
+	cfg, err := ParseURL("etcd://h1:2379,h2:2379/urldisk/prod")
+	if err != nil || strings.Join(cfg.Endpoints, " ") != "http://h1:2379 http://h2:2379" || cfg.Prefix != "urldisk/prod/" || cfg.TLS || cfg.User != "" {
+		t.Fatalf("ParseURL: %+v %v", cfg, err)
 	}
-	for _, bad := range []string{"etcd:///x", "http://h1:2379/x", "etcd://h1/x", "etcd://u:s3cret@h1:2379/x", "etcd://h1:2379,/x", "etcd://h1:2379/x?tls=1", "etcd://u:s3cret@[::1/x"} {
-		_, _, err := ParseURL(bad)
+	cfg, err = ParseURL("etcd://fleet@h1:2379/p?cacert=/ca.pem&cert=/c.pem&key=/k.pem&password-file=/pw")
+	if err != nil || cfg.Endpoints[0] != "https://h1:2379" || cfg.User != "fleet" || cfg.CAFile != "/ca.pem" || cfg.CertFile != "/c.pem" || cfg.KeyFile != "/k.pem" || cfg.PasswordFile != "/pw" {
+		t.Fatalf("ParseURL with options: %+v %v", cfg, err)
+	}
+	if cfg, err = ParseURL("etcd://h1:2379/p?tls=1"); err != nil || cfg.Endpoints[0] != "https://h1:2379" {
+		t.Fatalf("ParseURL tls=1: %+v %v", cfg, err)
+	}
+	for _, bad := range []string{"etcd:///x", "http://h1:2379/x", "etcd://h1/x", "etcd://u:s3cret@h1:2379/x",
+		"etcd://h1:2379,/x", "etcd://h1:2379/x?tls=yes", "etcd://u:s3cret@[::1/x", "etcd://h1:2379/x?cert=/c.pem",
+		"etcd://h1:2379/x?password-file=/pw", "etcd://h1:2379/x?password=s3cret", "etcd://:s3cret@h1:2379/x"} {
+		_, err := ParseURL(bad)
 		if !errors.Is(err, ErrBadURL) {
 			t.Errorf("ParseURL(%q): %v, want ErrBadURL", bad, err)
 		} else if strings.Contains(err.Error(), "s3cret") {
