@@ -105,6 +105,8 @@ type env struct {
 	// coord is the etcd URL agents and commands coordinate through; ""
 	// for the fleet store.
 	coord string
+	// etcd is the cluster coord names (nil on the fleet store).
+	etcd *etcdcluster.Cluster
 
 	mu     sync.Mutex
 	agents map[string]*agentProc
@@ -150,7 +152,8 @@ func newEnv(t testing.TB) *env {
 func newEtcdEnv(t testing.TB) *env {
 	t.Helper()
 	e := newEnv(t)
-	e.coord = etcdcluster.Start(t).URL("fleet")
+	e.etcd = etcdcluster.Start(t)
+	e.coord = e.etcd.URL("fleet")
 	c, err := etcdcoord.Open(context.Background(), e.coord, etcdcoord.Options{})
 	if err != nil {
 		t.Fatal(err)

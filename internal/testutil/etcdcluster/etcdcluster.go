@@ -188,3 +188,11 @@ func (c *Cluster) KillLeader() int {
 	c.t.Fatal("etcd cluster has no leader")
 	return -1
 }
+
+// StopAll stops every member still running: the cluster is gone for its
+// clients.
+func (c *Cluster) StopAll() {
+	for _, stop := range c.stops {
+		stop()
+	}
+}
