@@ -262,7 +262,7 @@ func TestServeBadInput(t *testing.T) {
 		{"no arguments", nil, "expected at least one volume URL", ""},
 		{"not a URL", []string{"not-a-url"}, "no scheme", ""},
 		{"unknown scheme", []string{"ftp://host/pool/v"}, `unknown scheme "ftp"`, ""},
-		{"another unknown scheme", []string{"gs://bucket/pool/v"}, `unknown scheme "gs"`, ""},
+		{"another unknown scheme", []string{"sftp://host/pool/v"}, `unknown scheme "sftp"`, ""},
 		{"no volume name", []string{pool + "/"}, "no volume name", ""},
 		{"invalid volume name", []string{pool + "/bad%20name"}, "invalid volume name", ""},
 		{"create without size", []string{"--create", volURL(pool, "b")}, "--create needs --size", filepath.Join(dir, "pool", "names", "b")},
