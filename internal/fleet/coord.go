@@ -124,3 +124,15 @@ func Update(ctx context.Context, c Coord, name, by string, next func(cur *Placem
 	}
 	return nil, fmt.Errorf("update %s: %w", name, ErrContended)
 }
+
+// Scheduler is implemented by a Coord that elects one host to fail over
+// dead hosts' machines (etcd). With it, Member fails over only while its
+// host leads, and then watches every host (one read of the fleet's
+// heartbeats per round, for one host); without it (the object store) every
+// host fails over the peers it watches on the ring and the placement's
+// compare-and-swap picks one winner per machine.
+type Scheduler interface {
+	// Leads reports whether self is the elected scheduler now; the first
+	// call enters self in the election.
+	Leads(ctx context.Context, self string) (bool, error)
+}

@@ -11,7 +11,9 @@ import (
 
 // Member is one host's side of the coordination: every round it watches a
 // bounded set of peers (Coord.WatchPeers), fails over the machines of the
-// ones it holds dead, and reads the placements concerning itself. The agent
+// ones it holds dead, and reads the placements concerning itself. On a
+// Coord that is a Scheduler (etcd) only the elected host fails over, and it
+// watches every host. The agent
 // drives it; so does the fleet simulation test, with a fake runtime. Its
 // requests per round do not grow with the fleet (with the object-store
 // Coord: see Fleet). Safe for concurrent use.
@@ -76,7 +78,20 @@ type Round struct {
 // Round runs one round. load is how many machines this host runs (for
 // placing failed-over machines).
 func (m *Member) Round(ctx context.Context, load int) (*Round, error) {
-	hbs, err := m.c.WatchPeers(ctx, m.self, m.Dead)
+	schedules := true
+	if s, ok := m.c.(Scheduler); ok {
+		var err error
+		if schedules, err = s.Leads(ctx, m.self); err != nil {
+			return nil, err
+		}
+	}
+	var hbs []*Heartbeat
+	var err error
+	if _, elected := m.c.(Scheduler); elected && schedules {
+		hbs, err = m.c.Heartbeats(ctx) // the scheduler watches every host
+	} else {
+		hbs, err = m.c.WatchPeers(ctx, m.self, m.Dead)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -108,8 +123,10 @@ func (m *Member) Round(ctx context.Context, load int) (*Round, error) {
 	m.mu.Unlock()
 
 	r := &Round{}
-	if err := m.failover(ctx, now, load, r); err != nil {
-		return nil, err
+	if schedules {
+		if err := m.failover(ctx, now, load, r); err != nil {
+			return nil, err
+		}
 	}
 	if r.Assigned, err = m.c.Assigned(ctx, m.self); err != nil {
 		return nil, err

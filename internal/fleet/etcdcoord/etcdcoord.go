@@ -82,6 +82,7 @@ type Coord struct {
 	// watch broke).
 	index   map[string]uint64
 	indexOK bool
+	elect   election
 }
 
 var _ fleet.Coord = (*Coord)(nil)
