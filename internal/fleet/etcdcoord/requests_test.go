@@ -16,7 +16,7 @@ import (
 
 // countingClient is an etcd client that counts the RPCs it sends (unary
 // calls and streams opened).
-func countingClient(t *testing.T, c *etcdcluster.Cluster, n *atomic.Int64) *clientv3.Client {
+func countingClient(t testing.TB, c *etcdcluster.Cluster, n *atomic.Int64) *clientv3.Client {
 	t.Helper()
 	var eps []string
 	for _, h := range c.Clients {

@@ -1,0 +1,285 @@
+package etcdcoord
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/objstore/faultstore"
+	"github.com/urldisk/urldisk/internal/testutil/etcdcluster"
+)
+
+var (
+	simBackend  = flag.String("fleetsim.backend", "etcd", "BenchmarkFleetSim: etcd (a real 3-member cluster) or file (the object store on file://)")
+	simHosts    = flag.Int("fleetsim.hosts", 10, "BenchmarkFleetSim: simulated hosts")
+	simMachines = flag.Int("fleetsim.machines", 100, "BenchmarkFleetSim: machines, spread evenly")
+	simInterval = flag.Duration("fleetsim.interval", time.Second, "BenchmarkFleetSim: heartbeat interval")
+	simTimeout  = flag.Duration("fleetsim.timeout", 5*time.Second, "BenchmarkFleetSim: heartbeat timeout (etcd: lease TTL)")
+	simDrain    = flag.Int("fleetsim.drain", 100, "BenchmarkFleetSim: machines on the host drained")
+)
+
+// simHost is one simulated agent: its own Coord (own client or store
+// wrapper) counting its requests, a fleet.Member, and a fake runtime that
+// records when each machine assigned to it was first seen.
+type simHost struct {
+	id     string
+	co     fleet.Coord
+	closer func()
+	m      *fleet.Member
+	n      atomic.Int64
+	stop   chan struct{}
+	done   chan struct{}
+
+	mu   sync.Mutex
+	seen map[string]time.Time // machine -> first round it was assigned here (by version)
+	ver  map[string]uint64
+}
+
+type fleetSim struct {
+	b       *testing.B
+	hosts   []*simHost
+	admin   fleet.Coord
+	newHost func(id string, n *atomic.Int64) (fleet.Coord, func())
+}
+
+func (s *fleetSim) start(h *simHost) {
+	h.stop, h.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(h.done)
+		ctx := context.Background()
+		var seq uint64
+		t := time.NewTicker(*simInterval)
+		defer t.Stop()
+		for {
+			seq++
+			now := time.Now()
+			if err := h.co.PutHeartbeat(ctx, &fleet.Heartbeat{Host: h.id, Seq: seq, Started: now, Time: now, Timeout: *simTimeout}); err != nil {
+				s.b.Logf("%s heartbeat: %v", h.id, err)
+			}
+			h.mu.Lock()
+			load := len(h.ver)
+			h.mu.Unlock()
+			if r, err := h.m.Round(ctx, load); err != nil {
+				s.b.Logf("%s round: %v", h.id, err)
+			} else {
+				now := time.Now()
+				h.mu.Lock()
+				for name, p := range r.Assigned {
+					if p.Host == h.id && p.State == fleet.Running && h.ver[name] != p.Version {
+						h.ver[name], h.seen[name] = p.Version, now
+					} else if p.Host != h.id {
+						delete(h.ver, name)
+					}
+				}
+				h.mu.Unlock()
+			}
+			select {
+			case <-h.stop:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+}
+
+// kill stops a host's loop without a clean leave: its heartbeats stop (on
+// etcd its client closes without revoking its lease).
+func (h *simHost) kill() {
+	close(h.stop)
+	<-h.done
+	h.closer()
+}
+
+// waitRunning waits until every machine in names runs, by a version newer
+// than from, on a live host other than notOn, and returns each machine's
+// time from t0 to when its new host first saw it.
+func (s *fleetSim) waitRunning(names map[string]uint64, notOn map[string]bool, t0 time.Time, limit time.Duration) []time.Duration {
+	deadline := time.Now().Add(limit)
+	for {
+		var out []time.Duration
+		for name, from := range names {
+			for _, h := range s.hosts {
+				if notOn[h.id] {
+					continue
+				}
+				h.mu.Lock()
+				v, at := h.ver[name], h.seen[name]
+				h.mu.Unlock()
+				if v > from {
+					out = append(out, at.Sub(t0))
+					break
+				}
+			}
+		}
+		if len(out) == len(names) {
+			slices.Sort(out)
+			return out
+		}
+		if time.Now().After(deadline) {
+			s.b.Fatalf("%d of %d machines running elsewhere after %v", len(out), len(names), limit)
+		}
+		time.Sleep(*simInterval / 4)
+	}
+}
+
+func pct(d []time.Duration, p float64) time.Duration {
+	return d[min(len(d)-1, int(float64(len(d))*p))].Round(10 * time.Millisecond)
+}
+
+// BenchmarkFleetSim simulates a fleet of in-process agents with a fake
+// runtime on a real etcd cluster or the object store (file://) and reports
+// coordination requests per host per second in steady state, failover time
+// (kill -> the new host sees the machine) p50/p99 after killing 1 host and
+// 10% of hosts, and the drain time of a host carrying -fleetsim.drain
+// machines (drain call -> every machine seen by its new host). Run once:
+// -benchtime=1x. bench/fleetsim.sh runs the scales of BENCHMARKS.md.
+func BenchmarkFleetSim(b *testing.B) {
+	ctx := context.Background()
+	s := &fleetSim{b: b}
+	switch *simBackend {
+	case "etcd":
+		c := etcdcluster.Start(b)
+		s.newHost = func(id string, n *atomic.Int64) (fleet.Coord, func()) {
+			co := New(countingClient(b, c, n), "sim/", Options{Self: id, LeaseTTL: *simTimeout, MembershipEvery: *simTimeout})
+			return co, func() { co.cli.Close() } // no resign, no revoke: a crash
+		}
+	case "file":
+		st, err := objstore.Open(ctx, "file://"+b.TempDir())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { st.Close() })
+		s.newHost = func(id string, n *atomic.Int64) (fleet.Coord, func()) {
+			counted := faultstore.New(st, faultstore.Hooks{Before: func(faultstore.Op, string) error { n.Add(1); return nil }})
+			return fleet.NewWithOptions(counted, fleet.Options{MembershipEvery: *simTimeout}), func() {}
+		}
+	default:
+		b.Fatalf("-fleetsim.backend=%q: want etcd or file", *simBackend)
+	}
+	var adminN atomic.Int64
+	s.admin, _ = s.newHost("admin", &adminN)
+	for i := range *simHosts {
+		h := &simHost{id: fmt.Sprintf("h%04d", i), seen: map[string]time.Time{}, ver: map[string]uint64{}}
+		h.co, h.closer = s.newHost(h.id, &h.n)
+		h.m = fleet.NewMember(h.co, fleet.MemberConfig{Self: h.id, By: "agent " + h.id, Timeout: *simTimeout})
+		s.hosts = append(s.hosts, h)
+	}
+	// The host drained later carries simDrain machines; the rest spread.
+	drained := s.hosts[len(s.hosts)-1]
+	placed := map[string]string{}
+	for i := range *simMachines {
+		on := s.hosts[i%(len(s.hosts)-1)].id
+		if i < *simDrain {
+			on = drained.id
+		}
+		placed[fmt.Sprintf("m%05d", i)] = on
+	}
+	for _, h := range s.hosts {
+		s.start(h)
+	}
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for name, on := range placed {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if _, err := fleet.Update(ctx, s.admin, name, "sim", func(cur *fleet.Placement) (*fleet.Placement, error) {
+				return fleet.NextRun(cur, name, spec(name), on, time.Now())
+			}); err != nil {
+				b.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	all := map[string]uint64{}
+	for name := range placed {
+		all[name] = 0
+	}
+	s.waitRunning(all, nil, t0, 10*time.Minute)
+	b.Logf("%d hosts, %d machines placed and seen by their hosts in %v", len(s.hosts), len(placed), time.Since(t0).Round(time.Millisecond))
+
+	// Steady state: requests per host per second.
+	before := make([]int64, len(s.hosts))
+	for i, h := range s.hosts {
+		before[i] = h.n.Load()
+	}
+	steady := 10 * *simInterval
+	time.Sleep(steady)
+	var sum int64
+	for i, h := range s.hosts {
+		sum += h.n.Load() - before[i]
+	}
+	rps := float64(sum) / float64(len(s.hosts)) / steady.Seconds()
+	b.ReportMetric(rps, "req/host/s")
+	b.Logf("steady: %.2f coordination requests per host per second (interval %v)", rps, *simInterval)
+
+	// Drain the loaded host.
+	versions := func(host string) map[string]uint64 {
+		ps, err := s.admin.Placements(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		out := map[string]uint64{}
+		for name, p := range ps {
+			if p.Host == host && p.State == fleet.Running {
+				out[name] = p.Version
+			}
+		}
+		return out
+	}
+	onDrained := versions(drained.id)
+	t0 = time.Now()
+	if _, err := (&fleet.Ops{Fleet: s.admin, By: "sim", DefaultTimeout: *simTimeout}).Drain(ctx, drained.id); err != nil {
+		b.Fatal(err)
+	}
+	written := time.Since(t0)
+	d := s.waitRunning(onDrained, map[string]bool{drained.id: true}, t0, 10*time.Minute)
+	b.ReportMetric(d[len(d)-1].Seconds(), "drain-s")
+	b.Logf("drain of %d machines: placements written in %v, all seen by their new hosts in %v (p50 %v)", len(onDrained), written.Round(time.Millisecond), d[len(d)-1].Round(10*time.Millisecond), pct(d, 0.5))
+
+	// Kill 1 host, then 10% of the rest.
+	live := s.hosts[:len(s.hosts)-1] // the drained host stays, empty
+	for i, k := range []int{1, max(1, len(s.hosts)/10)} {
+		label := []string{"1host", "10pct"}[i]
+		victims := live[len(live)-k:]
+		live = live[:len(live)-k]
+		dead := map[string]bool{}
+		moving := map[string]uint64{}
+		for _, v := range victims {
+			dead[v.id] = true
+			for n, ver := range versions(v.id) {
+				moving[n] = ver
+			}
+		}
+		t0 := time.Now()
+		for _, v := range victims {
+			v.kill()
+		}
+		d := s.waitRunning(moving, dead, t0, 10*time.Minute)
+		b.ReportMetric(pct(d, 0.5).Seconds(), "failover-"+label+"-p50-s")
+		b.ReportMetric(pct(d, 0.99).Seconds(), "failover-"+label+"-p99-s")
+		b.Logf("killed %d host(s) carrying %d machines: failover (kill -> new host runs it) p50 %v p99 %v max %v (timeout %v)",
+			k, len(moving), pct(d, 0.5), pct(d, 0.99), d[len(d)-1].Round(10*time.Millisecond), *simTimeout)
+		for n := range moving {
+			for _, v := range victims {
+				v.mu.Lock()
+				delete(v.ver, n)
+				v.mu.Unlock()
+			}
+		}
+	}
+	for _, h := range live {
+		close(h.stop)
+		<-h.done
+	}
+	close(drained.stop)
+	<-drained.done
+}
