@@ -49,6 +49,14 @@
 // machines over; the compare-and-swap on the version decides which move
 // wins.
 //
+// A Coord that is a Scheduler (etcdcoord: an etcd election on a session
+// lease) replaces this race by one elected host: only it fails over, and it
+// reads every host's liveness in one request per round. A scheduler that
+// dies is replaced within its lease's TTL. The compare-and-swap still
+// guards every move, and the volume's fence still guards every write, so
+// two schedulers for a moment (a paused leader whose lease expired) can
+// move a machine twice but never let two hosts write its volume.
+//
 // # Placements
 //
 // A machine's desired state (spec, host, running/stopped/deleted) is the
