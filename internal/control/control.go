@@ -46,6 +46,7 @@ func InUse(volumeID string) error {
 type Request struct {
 	Label string `json:"label,omitempty"`
 	Point string `json:"point,omitempty"`
+	Size  uint64 `json:"size,omitempty"` // resize: the new size in bytes
 }
 
 // Reply is the holder's answer.
@@ -121,6 +122,13 @@ func Start(v *volume.Volume, log *slog.Logger) (*Server, error) {
 		seq, err := v.Restore(r.Context(), pt)
 		reply(w, Reply{Seq: seq}, err)
 	})
+	mux.HandleFunc("POST /resize", func(w http.ResponseWriter, r *http.Request) {
+		req, err := decode(r)
+		if err == nil {
+			err = v.Resize(r.Context(), req.Size)
+		}
+		reply(w, Reply{}, err)
+	})
 	mux.HandleFunc("POST /compact", func(w http.ResponseWriter, r *http.Request) {
 		st, err := v.Compact(r.Context(), volume.CompactOptions{})
 		reply(w, Reply{Compact: &st}, err)
@@ -142,7 +150,7 @@ func (c *Server) Close(ctx context.Context) error {
 }
 
 // Call asks the local process holding volumeID to run op ("checkpoint",
-// "restore", "compact"). It returns served=false if no process holds it here.
+// "restore", "resize", "compact"). It returns served=false if no process holds it here.
 func Call(ctx context.Context, volumeID, op string, req Request) (*Reply, bool, error) {
 	path := Socket(volumeID)
 	// Whoever answers on the socket decides what we report, so talk only to

@@ -235,3 +235,26 @@ func TestRecordDurableWatermark(t *testing.T) {
 		}
 	}
 }
+
+func TestResizeRecordRoundTrip(t *testing.T) {
+	r := &Record{Type: RecordResize, Seq: 9, Epoch: 2, Volume: "v", Durable: 8, NewSize: 3 << 30, Meta: []byte(`{}`)}
+	obj, err := EncodeRecord(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := DecodeRecord(obj, int64(len(obj)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Type != RecordResize || got.NewSize != 3<<30 || got.Seq != 9 {
+		t.Fatalf("decoded %+v", got)
+	}
+	for _, bad := range []*Record{
+		{Type: RecordResize, Seq: 1, Epoch: 1, Volume: "v"},                 // no size
+		{Type: RecordData, Seq: 1, Epoch: 1, Volume: "v", NewSize: 1 << 20}, // size on data
+	} {
+		if _, err := EncodeRecord(bad, nil); !errors.Is(err, ErrCorrupt) {
+			t.Errorf("%s record with new size %d: err %v, want ErrCorrupt", bad.Type, bad.NewSize, err)
+		}
+	}
+}

@@ -20,6 +20,8 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(marked, int64(len(marked)))
 	sealed, _ := EncodeRecord(&Record{Type: RecordFence, Seq: 6, Epoch: 1, Volume: "v", Sealed: true}, nil)
 	f.Add(sealed, int64(len(sealed)))
+	resize, _ := EncodeRecord(&Record{Type: RecordResize, Seq: 7, Epoch: 1, Volume: "v", Durable: 6, NewSize: 20 << 30}, nil)
+	f.Add(resize, int64(len(resize)))
 	f.Add([]byte{}, int64(0))
 	for _, dk := range []*DataKey{nil, testDataKey(f)} {
 		packed, _ := packedRecord(f, mixedData(rng, 2*ChunkSize+5), dk, "v", 4)

@@ -52,6 +52,8 @@ const (
 	RecordFence RecordType = 2
 	// RecordRestore resets the map to a snapshot of RestoreVol at RestoreSeq.
 	RecordRestore RecordType = 3
+	// RecordResize grows the volume to NewSize bytes from its seq on.
+	RecordResize RecordType = 4
 )
 
 func (t RecordType) String() string {
@@ -62,6 +64,8 @@ func (t RecordType) String() string {
 		return "fence"
 	case RecordRestore:
 		return "restore"
+	case RecordResize:
+		return "resize"
 	}
 	return fmt.Sprintf("type(%d)", uint8(t))
 }
@@ -101,6 +105,9 @@ type Record struct {
 	// RestoreVol and RestoreSeq name the snapshot a restore record resets to.
 	RestoreVol string
 	RestoreSeq uint64
+	// NewSize is a resize record's new volume size in bytes (encoded after
+	// Meta, only in resize records).
+	NewSize uint64
 	// Meta is opaque JSON (fence: who attached; restore: the label).
 	Meta []byte
 	// Sealed: the data section's frames are sealed (encrypted), see
@@ -320,6 +327,9 @@ func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
 	e.uvarint(r.RestoreSeq)
 	e.uvarint(uint64(len(r.Meta)))
 	e.b = append(e.b, r.Meta...)
+	if r.Type == RecordResize {
+		e.u64(r.NewSize)
+	}
 	if r.Frames != nil {
 		e.uvarint(uint64(len(r.Frames)))
 		for _, s := range r.Frames {
@@ -335,12 +345,15 @@ func appendTrailer(dst []byte, r *Record, ver uint16) ([]byte, error) {
 
 func (r *Record) validate() error {
 	switch r.Type {
-	case RecordData, RecordFence, RecordRestore:
+	case RecordData, RecordFence, RecordRestore, RecordResize:
 	default:
 		return corruptf("unknown record type %d", r.Type)
 	}
 	if r.Type != RecordData && (len(r.Extents) > 0 || r.DataLen > 0) {
 		return corruptf("%s record with data", r.Type)
+	}
+	if (r.Type == RecordResize) != (r.NewSize != 0) {
+		return corruptf("%s record with new size %d", r.Type, r.NewSize)
 	}
 	if r.Epoch == 0 {
 		return corruptf("record epoch 0")
@@ -458,6 +471,9 @@ func DecodeRecord(tail []byte, objSize int64) (*Record, error) {
 		d.fail("meta length")
 	} else if m > 0 {
 		r.Meta = append([]byte(nil), d.bytes(m, "meta")...)
+	}
+	if r.Type == RecordResize {
+		r.NewSize = d.u64("new size")
 	}
 	if packed {
 		r.Frames = d.frameSizes()

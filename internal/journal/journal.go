@@ -52,7 +52,7 @@ func Replay(st State, r *format.Record) (State, Verdict, error) {
 			return st, Fence, nil
 		}
 		return st, Void, nil
-	case format.RecordData, format.RecordRestore:
+	case format.RecordData, format.RecordRestore, format.RecordResize:
 		if r.Epoch == st.Epoch && r.Writer == st.Writer {
 			return st, Apply, nil
 		}

@@ -35,7 +35,7 @@ func (p *Pool) putCheckpoint(ctx context.Context, id string, c *format.Checkpoin
 // snapshotImage writes img's map as the snapshot at img.st.Seq.
 func (p *Pool) snapshotImage(ctx context.Context, img *image) error {
 	h := &format.SnapshotHeader{Volume: img.desc.ID, Seq: img.st.Seq, Epoch: img.st.Epoch, Writer: img.st.Writer,
-		FenceSeq: img.fenceSeq, Time: img.lastTime, Size: img.desc.Size, Vols: img.vols}
+		FenceSeq: img.fenceSeq, Time: img.lastTime, Size: img.size, Vols: img.vols}
 	return p.writeSnapshot(ctx, h, img.m)
 }
 
@@ -132,10 +132,10 @@ func (v *Volume) durableClone(ctx context.Context) (*snapCandidate, error) {
 			v.sealLocked()
 		}
 		if v.durableDone >= v.lastSealed {
-			return &snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.lastTime}, nil
+			return &snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.lastTime, size: uint64(v.Size())}, nil
 		}
 		seg := v.segs[v.lastSealed]
-		c := &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: seg.rec.Time, moves: v.moves}
+		c := &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: seg.rec.Time, moves: v.moves, size: uint64(v.Size())}
 		for v.durableDone < c.seg {
 			if err := v.usableLocked(); err != nil {
 				return nil, err
@@ -314,6 +314,7 @@ func (v *Volume) Restore(ctx context.Context, pt Point) (uint64, error) {
 	seq := seg.seq
 	// The new map first: sealing may take a snapshot candidate of it.
 	v.m, v.vols = img.m, img.vols
+	v.size.Store(img.size) // a restore brings back the size at its target too
 	v.sealLocked()
 	v.mu.Unlock()
 	if err := v.Flush(ctx); err != nil {

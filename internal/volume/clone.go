@@ -35,10 +35,10 @@ func (p *Pool) Clone(ctx context.Context, src string, pt Point, dst string) (*fo
 	if err != nil {
 		return nil, err
 	}
-	dd := &format.VolumeDesc{ID: id, Name: dst, Size: sd.Size, BlockSize: sd.BlockSize, Created: p.clock.Now().UTC(),
+	dd := &format.VolumeDesc{ID: id, Name: dst, Size: img.size, BlockSize: sd.BlockSize, Created: p.clock.Now().UTC(),
 		Parent: &format.ParentRef{ID: sd.ID, Seq: img.st.Seq}, Encryption: sd.Encryption, Compression: sd.Compression}
 	// The clone's volume table is [clone, source's table...]: shift indices.
-	h := &format.SnapshotHeader{Volume: id, Seq: 0, Size: sd.Size, Time: p.clock.Now().UnixNano(), Vols: append([]string{id}, img.vols...)}
+	h := &format.SnapshotHeader{Volume: id, Seq: 0, Size: img.size, Time: p.clock.Now().UnixNano(), Vols: append([]string{id}, img.vols...)}
 	b := format.AppendSnapshotFrames(nil, h, func(yield func(format.SnapExtent) bool) {
 		for e := range img.m.All() {
 			if !yield(format.SnapExtent{Start: e.Start, Len: e.Len, Vol: e.Loc.Vol + 1, Seq: e.Loc.Seq, Off: e.Loc.Off}) {
@@ -98,6 +98,7 @@ func (v *Volume) follow(img *image, every time.Duration) {
 			}
 		}
 		v.m, v.vols, v.st = img.m, img.vols, img.st
+		v.size.Store(img.size)
 		v.broadcastLocked()
 	})
 }

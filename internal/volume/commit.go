@@ -377,7 +377,7 @@ func (v *Volume) startSnapshot(c *snapCandidate) {
 }
 
 func (v *Volume) snapHeader(c *snapCandidate) *format.SnapshotHeader {
-	return &format.SnapshotHeader{Volume: v.desc.ID, Seq: c.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), FenceSeq: v.st.Seq, Time: c.time, Size: v.desc.Size, Vols: c.vols}
+	return &format.SnapshotHeader{Volume: v.desc.ID, Seq: c.seq, Epoch: v.w.Epoch(), Writer: v.w.ID(), FenceSeq: v.st.Seq, Time: c.time, Size: c.size, Vols: c.vols}
 }
 
 // writeSnapshot stores map m as the snapshot h describes. Snapshots are a

@@ -102,7 +102,7 @@ func (p *Pool) Info(ctx context.Context, name string) (*Info, error) {
 		img.firstLogSeq = seqs[0]
 	}
 	in := &Info{
-		Name: d.Name, ID: d.ID, Size: d.Size, BlockSize: d.BlockSize, Created: d.Created, Parent: d.Parent,
+		Name: d.Name, ID: d.ID, Size: img.size, BlockSize: d.BlockSize, Created: d.Created, Parent: d.Parent,
 		UsedBytes: img.m.MappedBytes(), Extents: img.m.Len(), Records: img.records, StoredBytes: img.recordBytes,
 		FirstSeq: img.firstLogSeq, HeadSeq: img.st.Seq, Epoch: img.st.Epoch, Snapshots: img.snapshots, SnapSeq: img.snapSeq,
 		Conditional: p.marker.ConditionalCreate, LogicalBytes: logical, Compression: d.Compression,

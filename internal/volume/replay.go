@@ -20,6 +20,9 @@ import (
 type image struct {
 	desc *format.VolumeDesc
 	st   journal.State
+	// size is the volume's size at st.Seq: desc.Size (the creation size)
+	// until a snapshot or a resize record says more.
+	size uint64
 	m    *extmap.Map
 	// vols is the volume table extent locations index into; vols[0] is desc.ID.
 	vols   []string
@@ -44,7 +47,7 @@ type image struct {
 }
 
 func newImage(desc *format.VolumeDesc) *image {
-	return &image{desc: desc, m: extmap.New(), vols: []string{desc.ID}, volIdx: map[string]uint32{desc.ID: 0}}
+	return &image{desc: desc, size: desc.Size, m: extmap.New(), vols: []string{desc.ID}, volIdx: map[string]uint32{desc.ID: 0}}
 }
 
 func (img *image) volIndex(id string) uint32 {
@@ -173,10 +176,10 @@ func (p *Pool) loadSnapshot(ctx context.Context, img *image, id string, seq uint
 	if h.Seq != seq || h.Volume != id {
 		return fmt.Errorf("snapshot %d of volume %s: %w: header names seq %d of %s", seq, id, format.ErrCorrupt, h.Seq, h.Volume)
 	}
-	if h.Size != img.desc.Size {
-		return fmt.Errorf("snapshot %d of volume %s: %w: size %d, volume is %d", seq, id, format.ErrCorrupt, h.Size, img.desc.Size)
+	if err := checkGrownSize(img.desc, h.Size); err != nil {
+		return fmt.Errorf("snapshot %d of volume %s: %w", seq, id, err)
 	}
-	img.m = m
+	img.m, img.size = m, h.Size
 	if setState {
 		img.st = journal.State{Seq: h.Seq, Epoch: h.Epoch, Writer: h.Writer}
 		img.lastTime = h.Time
@@ -336,10 +339,13 @@ func (p *Pool) apply(ctx context.Context, img *image, r *format.Record) error {
 	case journal.Fence:
 		img.fenceMeta, img.fenceSeq = r.Meta, r.Seq
 	case journal.Apply:
-		if r.Type == format.RecordRestore {
+		switch r.Type {
+		case format.RecordRestore:
 			return p.loadSnapshot(ctx, img, r.RestoreVol, r.RestoreSeq, false)
+		case format.RecordResize:
+			return applyResize(img, r)
 		}
-		applyExtents(img.m, 0, r.Seq, r.Extents, img.desc.Size)
+		applyExtents(img.m, 0, r.Seq, r.Extents, img.size)
 		p.frames.note(img.desc.ID, r)
 	}
 	return nil

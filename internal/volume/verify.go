@@ -229,7 +229,7 @@ func (p *Pool) snapshotRefs(ctx context.Context, desc *format.VolumeDesc, seq ui
 	if err != nil {
 		return nil, err
 	}
-	if h.Seq != seq || h.Volume != desc.ID || h.Size != desc.Size {
+	if h.Seq != seq || h.Volume != desc.ID || checkGrownSize(desc, h.Size) != nil {
 		return nil, fmt.Errorf("%w: header says seq %d of volume %s, size %d", format.ErrCorrupt, h.Seq, h.Volume, h.Size)
 	}
 	return refs, nil

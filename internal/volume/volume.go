@@ -164,7 +164,8 @@ type segment struct {
 	seq  uint64 // current slot; changes if the journal moves the segment
 	b    *format.Builder
 	exts []format.Extent
-	// restore, if set, makes this segment a restore record (no data).
+	// restore, if set, makes this segment a restore or resize record (no
+	// data): its Type, RestoreVol, RestoreSeq and NewSize are used.
 	restore *format.Record
 	// rec and obj are set when sealed; obj is the encoded record.
 	rec *format.Record
@@ -195,12 +196,14 @@ type snapCandidate struct {
 	vols  []string
 	time  int64
 	moves uint64
+	size  uint64 // the volume's size at seq
 }
 
 // Volume is an attached volume; it implements blockdev.Device.
 type Volume struct {
 	pool  *Pool
 	desc  *format.VolumeDesc
+	size  atomic.Uint64 // bytes; desc.Size until a resize (resize.go)
 	opts  Options
 	log   *slog.Logger
 	cache Cache
@@ -317,6 +320,7 @@ func (p *Pool) openImage(ctx context.Context, img *image, o Options) (*Volume, e
 		m:        img.m, vols: img.vols, segs: map[journal.SegID]*segment{}, pending: map[uint64]*segment{},
 		progress: make(chan struct{}), uploads: map[*upload]struct{}{}, st: img.st, sinceSnap: img.sinceSnap, lastSnap: img.snapSeq, lastTime: img.lastTime,
 	}
+	v.size.Store(img.size)
 	if desc.Compression != "" {
 		v.packer = new(format.Packer)
 	}
@@ -420,12 +424,13 @@ func (v *Volume) attachWriter(ctx context.Context, img *image) error {
 			v.lastTime = rec.Time
 			v.m = img.m
 			v.vols = img.vols
+			v.size.Store(img.size) // replay may have gone on past a taken slot
 			v.w = journal.NewWriter(rec.Epoch, id, rec.Seq)
 			v.log.Info("attached read-write", "epoch", rec.Epoch, "fence_seq", rec.Seq, "writer", id.String())
 			if img.sinceSnap >= v.opts.SnapshotEvery {
 				v.mu.Lock()
 				v.sinceSnap = 0
-				v.startSnapshot(&snapCandidate{seq: rec.Seq, m: img.m.Clone(), vols: append([]string(nil), img.vols...), time: rec.Time})
+				v.startSnapshot(&snapCandidate{seq: rec.Seq, m: img.m.Clone(), vols: append([]string(nil), img.vols...), time: rec.Time, size: img.size})
 				v.mu.Unlock()
 			}
 			return nil
@@ -466,7 +471,7 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 func (v *Volume) Desc() *format.VolumeDesc { return v.desc }
 
 // Size implements blockdev.Device.
-func (v *Volume) Size() int64 { return int64(v.desc.Size) }
+func (v *Volume) Size() int64 { return int64(v.size.Load()) }
 
 // BlockSize implements blockdev.Device.
 func (v *Volume) BlockSize() int { return int(v.desc.BlockSize) }
@@ -558,7 +563,7 @@ func (v *Volume) Close(ctx context.Context) error {
 	alreadyClosed := v.closed
 	v.closed = true
 	if err == nil && v.w != nil && !v.fenced && v.fatal == nil && v.w.Prefix() > v.lastSnap && v.open == nil && v.durableDone >= v.lastSealed {
-		v.startSnapshot(&snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.lastTime})
+		v.startSnapshot(&snapCandidate{seq: v.w.Prefix(), m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: v.lastTime, size: uint64(v.Size())})
 	}
 	v.broadcastLocked()
 	v.mu.Unlock()

@@ -169,7 +169,8 @@ func (v *Volume) sealLocked() {
 		Time: v.lastTime, Volume: v.desc.ID, Durable: v.w.Prefix(), Extents: seg.exts}
 	b := seg.b
 	if seg.restore != nil {
-		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = format.RecordRestore, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
+		rec.Type, rec.Extents, rec.RestoreVol, rec.RestoreSeq = seg.restore.Type, nil, seg.restore.RestoreVol, seg.restore.RestoreSeq
+		rec.NewSize = seg.restore.NewSize
 		b = nil
 	}
 	obj, err := sealSummed(seg, rec, b, v.key, v.nonces, v.packer)
@@ -184,7 +185,7 @@ func (v *Volume) sealLocked() {
 	v.sinceSnap++
 	if v.sinceSnap >= v.opts.SnapshotEvery && v.snapCand == nil {
 		v.sinceSnap = 0
-		v.snapCand = &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: rec.Time, moves: v.moves}
+		v.snapCand = &snapCandidate{seg: seg.id, seq: seg.seq, m: v.m.Clone(), vols: append([]string(nil), v.vols...), time: rec.Time, moves: v.moves, size: uint64(v.Size())}
 	}
 	v.startUpload(seg.seq, obj, objectSum(seg, obj))
 }

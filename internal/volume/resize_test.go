@@ -1,0 +1,137 @@
+package volume
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/urldisk/urldisk/internal/blockdev"
+)
+
+// TestResize grows a volume between writes and checks that every view
+// orders the size with the writes: the head, a takeover, a checkpoint and a
+// point-in-time read before the resize, a clone, a restore, verify and gc.
+func TestResize(t *testing.T) {
+	ctx := context.Background()
+	p := initPool(t, openStore(t, "file://"+t.TempDir()))
+	const old, grown = 1 << 20, 3 << 20
+	if _, err := p.Create(ctx, "v", CreateOptions{Size: old}); err != nil {
+		t.Fatal(err)
+	}
+	// SnapshotEvery 1: snapshots land on each side of the resize.
+	v, err := p.Open(ctx, "v", Options{Logger: testLogger(t), SnapshotEvery: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(ctx, fill('a', 4096), old-4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.WriteAt(ctx, fill('x', 4096), old); !errors.Is(err, blockdev.ErrOutOfRange) {
+		t.Fatalf("write beyond the size before the resize: %v, want ErrOutOfRange", err)
+	}
+	before, err := v.Checkpoint(ctx, "before")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Resize(ctx, old/2); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("shrink: %v, want ErrInvalid", err)
+	}
+	if err := v.Resize(ctx, old+100); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("size not a multiple of the block size: %v, want ErrInvalid", err)
+	}
+	if err := v.Resize(ctx, grown); err != nil {
+		t.Fatal(err)
+	}
+	if v.Size() != grown {
+		t.Fatalf("size after resize %d, want %d", v.Size(), grown)
+	}
+	if got := mustRead(t, v, old, 8192); !bytes.Equal(got, make([]byte, 8192)) {
+		t.Fatal("bytes beyond the old size are not zeros after the resize")
+	}
+	if err := v.WriteAt(ctx, fill('b', 4096), grown-4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A takeover replays the resize (or a snapshot after it).
+	w2, err := p.Open(ctx, "v", Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w2.Size() != grown {
+		t.Fatalf("size after takeover %d, want %d", w2.Size(), grown)
+	}
+	if got := mustRead(t, w2, grown-4096, 4096); !bytes.Equal(got, fill('b', 4096)) {
+		t.Fatal("write beyond the old size lost across takeover")
+	}
+	v.Close(ctx)
+	// Views before the resize have the old size.
+	for _, pt := range []Point{{Label: "before"}, {Seq: before.Seq, HasSeq: true}} {
+		ro, err := p.OpenAt(ctx, "v", pt, Options{ReadOnly: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ro.Size() != old {
+			t.Fatalf("point %s: size %d, want %d", pt, ro.Size(), old)
+		}
+		if got := mustRead(t, ro, old-4096, 4096); !bytes.Equal(got, fill('a', 4096)) {
+			t.Fatalf("point %s reads wrong data", pt)
+		}
+		ro.Close(ctx)
+	}
+	if _, err := p.Clone(ctx, "v", Point{Label: "before"}, "kid"); err != nil {
+		t.Fatal(err)
+	}
+	kid, err := p.Open(ctx, "kid", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kid.Size() != old {
+		t.Fatalf("clone of a checkpoint before the resize: size %d, want %d", kid.Size(), old)
+	}
+	kid.Close(ctx)
+	if _, err := p.Clone(ctx, "v", Point{}, "kid2"); err != nil {
+		t.Fatal(err)
+	}
+	kid2, err := p.Open(ctx, "kid2", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kid2.Size() != grown {
+		t.Fatalf("clone of the head: size %d, want %d", kid2.Size(), grown)
+	}
+	kid2.Close(ctx)
+	rep, err := p.Verify(ctx, "v", VerifyOptions{})
+	if err != nil {
+		t.Fatalf("verify after resize: %v", err)
+	}
+	if len(rep.Problems) > 0 {
+		t.Fatalf("verify after resize: %v", rep.Problems)
+	}
+	if _, err := p.GC(ctx, GCOptions{}); err != nil {
+		t.Fatalf("gc after resize: %v", err)
+	}
+	if got := mustRead(t, w2, grown-4096, 4096); !bytes.Equal(got, fill('b', 4096)) {
+		t.Fatal("data lost after gc")
+	}
+	// Restore to the checkpoint brings back its size.
+	if _, err := w2.Restore(ctx, Point{Label: "before"}); err != nil {
+		t.Fatal(err)
+	}
+	if w2.Size() != old {
+		t.Fatalf("size after restore to before the resize %d, want %d", w2.Size(), old)
+	}
+	if err := w2.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := p.Open(ctx, "v", Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close(ctx)
+	if ro.Size() != old {
+		t.Fatalf("replayed restore: size %d, want %d", ro.Size(), old)
+	}
+}
