@@ -36,6 +36,7 @@ func (d *Driver) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRe
 	for _, c := range []csi.NodeServiceCapability_RPC_Type{
 		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
 		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
 	} {
 		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: c}}})
 	}
@@ -234,6 +235,9 @@ func (d *Driver) stage(ctx context.Context, dir string, ref volref.Ref, prm para
 		return nil
 	}
 	if err := formatOnce(ctx, s); err != nil {
+		return err
+	}
+	if err := growExtUnmounted(ctx, s); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(s.Staging, 0o750); err != nil {

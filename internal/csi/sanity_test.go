@@ -37,7 +37,8 @@ func TestSanity(t *testing.T) {
 	secretsFile := filepath.Join(dir, "secrets.yaml")
 	var y strings.Builder
 	for _, k := range []string{"CreateVolumeSecret", "DeleteVolumeSecret", "ControllerValidateVolumeCapabilitiesSecret",
-		"NodeStageVolumeSecret", "NodePublishVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret", "ListSnapshotsSecret", "GetSnapshotSecret"} {
+		"NodeStageVolumeSecret", "NodePublishVolumeSecret", "CreateSnapshotSecret", "DeleteSnapshotSecret", "ListSnapshotsSecret", "GetSnapshotSecret",
+		"ControllerExpandVolumeSecret"} {
 		fmt.Fprintf(&y, "%s:\n", k)
 		for sk, sv := range e.secrets {
 			fmt.Fprintf(&y, "  %s: %q\n", sk, sv)
