@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math/rand/v2"
+	"os"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/urldisk/urldisk/internal/blockdev"
 )
@@ -134,4 +138,120 @@ func TestResize(t *testing.T) {
 	if ro.Size() != old {
 		t.Fatalf("replayed restore: size %d, want %d", ro.Size(), old)
 	}
+}
+
+// TestModelResize runs random writes, zeroes, reads, flushes, takeovers and
+// resizes against a byte slice that grows with the volume: writes past the
+// current end are refused and change nothing, the grown tail reads as
+// zeros, and every takeover (and a cache-less read-only attach at the end)
+// sees the model's size and bytes. Seed: URLDISK_MODEL_SEED.
+func TestModelResize(t *testing.T) {
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			seed := uint64(time.Now().UnixNano())
+			if s := os.Getenv("URLDISK_MODEL_SEED"); s != "" {
+				seed, _ = strconv.ParseUint(s, 10, 64)
+			}
+			t.Logf("seed %d (replay with URLDISK_MODEL_SEED=%d)", seed, seed)
+			n := 600
+			if name == "s3" {
+				n = 200
+			}
+			runModelResize(t, url, seed, n)
+		})
+	}
+}
+
+func runModelResize(t *testing.T, url string, seed uint64, nops int) {
+	ctx := context.Background()
+	rng := rand.New(rand.NewPCG(seed, seed^0x51ed27))
+	p := initPool(t, openStore(t, url))
+	const maxSize = 8 << 20
+	if _, err := p.Create(ctx, "m", CreateOptions{Size: 256 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	model := make([]byte, 256<<10)
+	o := Options{SegmentBytes: 64 << 10, Uploads: 4, SnapshotEvery: 3, IdleFlush: 5 * time.Millisecond, Logger: testLogger(t)}
+	v, err := p.Open(ctx, "m", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { v.Close(ctx) }()
+	for i := range nops {
+		switch op := rng.IntN(20); {
+		case op < 8:
+			n := 1 + rng.IntN(100_000)
+			off := int64(rng.IntN(len(model) + 200_000))
+			buf := make([]byte, n)
+			for j := range buf {
+				buf[j] = byte(rng.Uint32())
+			}
+			err := v.WriteAt(ctx, buf, off)
+			if off+int64(n) > int64(len(model)) {
+				if !errors.Is(err, blockdev.ErrOutOfRange) {
+					t.Fatalf("op %d: write [%d,+%d) past the end %d: %v, want ErrOutOfRange", i, off, n, len(model), err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("op %d write: %v", i, err)
+			}
+			copy(model[off:], buf)
+		case op < 9:
+			n := 1 + rng.IntN(100_000)
+			off := int64(rng.IntN(len(model) - min(n, len(model)) + 1))
+			n = min(n, len(model)-int(off))
+			if err := v.WriteZeroes(ctx, off, int64(n)); err != nil {
+				t.Fatalf("op %d zero: %v", i, err)
+			}
+			clear(model[off : off+int64(n)])
+		case op < 11:
+			if err := v.Flush(ctx); err != nil {
+				t.Fatalf("op %d flush: %v", i, err)
+			}
+		case op < 13:
+			if len(model) >= maxSize {
+				continue
+			}
+			grown := min(len(model)+4096*(1+rng.IntN(200)), maxSize)
+			if err := v.Resize(ctx, uint64(grown)); err != nil {
+				t.Fatalf("op %d resize %d -> %d: %v", i, len(model), grown, err)
+			}
+			model = append(model, make([]byte, grown-len(model))...)
+		case op < 14 && rng.IntN(4) == 0:
+			if err := v.Close(ctx); err != nil {
+				t.Fatalf("op %d close: %v", i, err)
+			}
+			if v, err = p.Open(ctx, "m", o); err != nil {
+				t.Fatalf("op %d takeover: %v", i, err)
+			}
+			if v.Size() != int64(len(model)) {
+				t.Fatalf("op %d: size after takeover %d, model %d", i, v.Size(), len(model))
+			}
+			checkAll(t, ctx, v, model)
+		default:
+			n := 1 + rng.IntN(100_000)
+			off := int64(rng.IntN(len(model)))
+			n = min(n, len(model)-int(off))
+			got := mustRead(t, v, off, n)
+			if !bytes.Equal(got, model[off:off+int64(n)]) {
+				t.Fatalf("op %d: read [%d,+%d) differs from model at byte %d", i, off, n, firstDiff(got, model[off:]))
+			}
+		}
+	}
+	if len(model) == 256<<10 {
+		t.Fatal("the run never resized the volume")
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := p.Open(ctx, "m", Options{ReadOnly: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close(ctx)
+	if ro.Size() != int64(len(model)) {
+		t.Fatalf("read-only attach: size %d, model %d", ro.Size(), len(model))
+	}
+	checkAll(t, ctx, ro, model)
 }
