@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -99,4 +101,22 @@ func TestResizeCommandServed(t *testing.T) {
 	if err != nil || in.Epoch != 1 {
 		t.Fatalf("epoch after resize via serve: %+v %v (want 1: no second writer)", in, err)
 	}
+}
+
+// TestImportIntoGrownVolume: import checks a file against the volume's
+// size now, not the size it was created with.
+func TestImportIntoGrownVolume(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	dir := t.TempDir()
+	pool := "file://" + filepath.Join(dir, "pool")
+	mustRun(t, "create", pool+"/g", "--size", "1M")
+	img := filepath.Join(dir, "img")
+	if err := os.WriteFile(img, bytes.Repeat([]byte{7}, 2<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(t, context.Background(), "import", img, pool+"/g"); err == nil || !strings.Contains(err.Error(), "does not fit volume g (1048576 bytes)") {
+		t.Fatalf("import of 2 MiB into 1 MiB: %v", err)
+	}
+	mustRun(t, "resize", pool+"/g", "--size", "2M")
+	mustRun(t, "import", img, pool+"/g")
 }

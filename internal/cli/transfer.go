@@ -149,17 +149,17 @@ func runImport(ctx context.Context, g *globals, o *importOptions, stdout, stderr
 // (o.sizeBytes, or the file's size rounded up to 4 KiB) if it is missing;
 // it reports whether it existed.
 func importTarget(ctx context.Context, p *volume.Pool, name string, o *importOptions, fileSize int64) (existed bool, err error) {
-	d, err := p.Resolve(ctx, name)
+	size, err := p.HeadSize(ctx, name) // grown volumes: not the descriptor's size
 	if err == nil {
-		if d.Size < uint64(fileSize) {
-			return true, fmt.Errorf("import: %s (%d bytes) does not fit volume %s (%d bytes)", o.file, fileSize, name, d.Size)
+		if size < uint64(fileSize) {
+			return true, fmt.Errorf("import: %s (%d bytes) does not fit volume %s (%d bytes)", o.file, fileSize, name, size)
 		}
 		return true, nil
 	}
 	if !errors.Is(err, volume.ErrNotFound) {
 		return false, err
 	}
-	size := uint64(fileSize+4095) &^ 4095
+	size = uint64(fileSize+4095) &^ 4095
 	if o.sizeBytes != 0 {
 		size = o.sizeBytes
 	}

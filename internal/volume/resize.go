@@ -86,3 +86,13 @@ func validResize(d *format.VolumeDesc, cur, size uint64) error {
 	}
 	return nil
 }
+
+// HeadSize returns the size of volume name at its durable head (the
+// descriptor holds only the creation size). It replays the log's tail.
+func (p *Pool) HeadSize(ctx context.Context, name string) (uint64, error) {
+	_, img, err := p.loadHead(ctx, name)
+	if err != nil {
+		return 0, err
+	}
+	return img.size, nil
+}
