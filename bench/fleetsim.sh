@@ -13,8 +13,8 @@
 # Knobs: ETCD_HOSTS="10 100 1000" FILE_HOSTS="10 50" PER_HOST=10 DRAIN=100
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ETCD_HOSTS=${ETCD_HOSTS:-"10 100 1000"}
-FILE_HOSTS=${FILE_HOSTS:-"10 50"}
+ETCD_HOSTS=${ETCD_HOSTS-"10 100 1000"}
+FILE_HOSTS=${FILE_HOSTS-"10 50"}
 PER_HOST=${PER_HOST:-10}
 DRAIN=${DRAIN:-100}
 go test -c -o /tmp/fleetsim.test ./internal/fleet/etcdcoord/
