@@ -29,7 +29,7 @@ import (
 func Dir() string { return filepath.Join(rundir.Base(), "ctl") }
 
 // Socket is the control socket path of volume id.
-func Socket(volumeID string) string { return filepath.Join(Dir(), volumeID+".sock") }
+func Socket(volumeID string) string { return SocketIn(rundir.Base(), volumeID) }
 
 // InUse returns an error if a process on this host serves volume
 // volumeID read-write (its control socket answers).
@@ -152,10 +152,19 @@ func (c *Server) Close(ctx context.Context) error {
 // Call asks the local process holding volumeID to run op ("checkpoint",
 // "restore", "resize", "compact"). It returns served=false if no process holds it here.
 func Call(ctx context.Context, volumeID, op string, req Request) (*Reply, bool, error) {
-	path := Socket(volumeID)
+	return CallIn(ctx, rundir.Base(), volumeID, op, req)
+}
+
+// SocketIn is the control socket path of volume id for a process whose
+// rundir.Base() is base (one started with its own XDG_RUNTIME_DIR).
+func SocketIn(base, volumeID string) string { return filepath.Join(base, "ctl", volumeID+".sock") }
+
+// CallIn is Call to the holder whose rundir.Base() is base.
+func CallIn(ctx context.Context, base, volumeID, op string, req Request) (*Reply, bool, error) {
+	path := SocketIn(base, volumeID)
 	// Whoever answers on the socket decides what we report, so talk only to
 	// a socket in our own private directories.
-	for _, d := range []string{rundir.Base(), Dir()} {
+	for _, d := range []string{base, filepath.Dir(path)} {
 		if _, err := os.Lstat(d); errors.Is(err, fs.ErrNotExist) {
 			return nil, false, nil // nobody serves anything here
 		}

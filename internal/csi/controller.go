@@ -213,8 +213,19 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 		return nil, err
 	}
 	defer done()
+	desc, err := p.Resolve(ctx, ref.Name)
+	if errors.Is(err, volume.ErrNotFound) {
+		return &csi.DeleteVolumeResponse{}, nil
+	}
+	if err != nil {
+		return nil, statusOf(err, "delete volume "+ref.String())
+	}
 	if err := p.Remove(ctx, ref.Name); err != nil && !errors.Is(err, volume.ErrNotFound) {
 		return nil, statusOf(err, "delete volume "+ref.String())
+	}
+	// Its expansion request goes with it (keyed by id: nothing else reads it).
+	if err := p.Store().Delete(ctx, expandKey(desc.ID)); err != nil {
+		return nil, statusOf(err, "delete the expansion request of volume "+ref.String())
 	}
 	d.log.Info("volume deleted", "volume", ref.String())
 	return &csi.DeleteVolumeResponse{}, nil

@@ -2,6 +2,9 @@ package csi
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -9,21 +12,57 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/urldisk/urldisk/internal/control"
+	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
 // Expansion is offline (the plugin's VolumeExpansion capability says so):
 // a staged volume's device is a loop on nbdfuse's file, whose size nbdfuse
 // fixes when it connects and never re-reads, and a loop cannot change its
-// backing file under a mounted filesystem. So the CO grows the volume while
-// it is not staged (ControllerExpandVolume, a resize record), and the next
-// NodeStageVolume's new connection sees the new size; NodeExpandVolume then
-// grows the filesystem. ControllerExpandVolume attaches read-write, which
-// fences a writer still serving the volume somewhere.
+// backing file under a mounted filesystem. ControllerExpandVolume must not
+// attach read-write: that would fence the node serving the volume, whose
+// disk would fail under its pod (Kubernetes does not stop an offline
+// expansion of a volume in use). So the controller only records the size
+// asked for (expandKey), and the node serving the volume applies it as its
+// writer, through its serve's control socket (no second writer, no new
+// epoch): when it stages the volume, before nbdfuse connects and sees the
+// size, and at NodeExpandVolume.
 
-// ControllerExpandVolume grows a volume to the capacity range asked for;
-// a volume already as large succeeds without touching it.
+// kindExpand is the document kind of an expansion request.
+const kindExpand = "csi-expand"
+
+// expandRequest is <pool>/csi/expand/<volume id>: the largest size the CO
+// asked a volume to grow to.
+type expandRequest struct {
+	Size uint64 `json:"size"`
+}
+
+// expandKey is the object holding volume id's expansion request; keyed by
+// id, so a new volume reusing a name never inherits one.
+func expandKey(id string) string { return "csi/expand/" + id }
+
+// requestedSize is the size recorded for volume id (0 if none).
+func requestedSize(ctx context.Context, st objstore.Store, id string) (uint64, error) {
+	b, err := st.Get(ctx, expandKey(id))
+	if errors.Is(err, objstore.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read expansion request of volume %s: %w", id, err)
+	}
+	var r expandRequest
+	if err := format.DecodeDoc(kindExpand, b, &r); err != nil {
+		return 0, fmt.Errorf("expansion request of volume %s: %w", id, err)
+	}
+	return r.Size, nil
+}
+
+// ControllerExpandVolume records the capacity asked for; the node applies
+// it (see above). A request for no more than the volume has, or than was
+// asked before, succeeds without touching anything: requests never shrink.
 func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.ControllerExpandVolumeRequest) (*csi.ControllerExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
@@ -53,31 +92,68 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if err != nil {
 		return nil, statusOf(err, "expand volume "+ref.String())
 	}
-	// A filesystem needs the node to grow it; a raw block device does not.
-	nodeToo := req.GetVolumeCapability().GetBlock() == nil
-	if in.Size >= size {
-		if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && in.Size > uint64(lim) {
-			return nil, status.Errorf(codes.OutOfRange, "volume %s has %d bytes, over the limit of %d (volumes never shrink)", ref, in.Size, lim)
+	asked, err := requestedSize(ctx, p.Store(), in.ID)
+	if err != nil {
+		return nil, statusOf(err, "expand volume "+ref.String())
+	}
+	// Even a raw block device needs its node: only the serving node may
+	// apply the resize, and its device sees it at the next stage.
+	if have := max(in.Size, asked); have >= size {
+		if lim := req.GetCapacityRange().GetLimitBytes(); lim > 0 && have > uint64(lim) {
+			return nil, status.Errorf(codes.OutOfRange, "volume %s has (or was asked to grow to) %d bytes, over the limit of %d (volumes never shrink)", ref, have, lim)
 		}
-		return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(in.Size), NodeExpansionRequired: nodeToo}, nil
+		return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(have), NodeExpansionRequired: true}, nil
 	}
-	v, err := p.Open(ctx, ref.Name, volume.Options{Logger: d.log})
+	if size%uint64(in.BlockSize) != 0 {
+		return nil, status.Errorf(codes.OutOfRange, "volume %s: %d bytes is not a multiple of its block size %d", ref, size, in.BlockSize)
+	}
+	b, err := format.EncodeDoc(kindExpand, &expandRequest{Size: size})
 	if err != nil {
-		return nil, statusOf(err, "expand volume "+ref.String())
+		return nil, status.Error(codes.Internal, err.Error())
 	}
-	err = v.Resize(ctx, size)
-	if cerr := v.Close(ctx); err == nil {
-		err = cerr
+	if err := p.Store().Put(ctx, expandKey(in.ID), b); err != nil {
+		return nil, statusOf(fmt.Errorf("record expansion request: %w", err), "expand volume "+ref.String())
 	}
-	if err != nil {
-		return nil, statusOf(err, "expand volume "+ref.String())
-	}
-	d.log.Info("volume expanded", "volume", ref.String(), "from", in.Size, "to", size)
-	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(size), NodeExpansionRequired: nodeToo}, nil
+	d.log.Info("volume expansion requested", "volume", ref.String(), "from", in.Size, "to", size)
+	return &csi.ControllerExpandVolumeResponse{CapacityBytes: int64(size), NodeExpansionRequired: true}, nil
 }
 
-// NodeExpandVolume grows the staged filesystem to its device's size (the
-// size the volume had when it was staged) and reports that size.
+// applyRequested grows volume ref of pool p, served read-write by s's
+// serve child (runtime directory run), to the size its controller
+// recorded, through that serve's control socket.
+func (d *Driver) applyRequested(ctx context.Context, p *volume.Pool, ref volref.Ref, run string, s *staged) error {
+	in, err := p.Info(ctx, ref.Name)
+	if err != nil {
+		return statusOf(err, "read size of volume "+ref.String())
+	}
+	want, err := requestedSize(ctx, p.Store(), in.ID)
+	if err != nil {
+		return statusOf(err, "expand volume "+ref.String())
+	}
+	if want <= in.Size {
+		return nil
+	}
+	base := filepath.Join(run, "urldisk")
+	sock := control.SocketIn(base, in.ID)
+	serveLog := filepath.Join(filepath.Dir(run), "serve.log")
+	// serve listens for NBD before it attaches; its control socket follows.
+	if err := waitFor(ctx, "urldisk serve's control socket", s.Serve, serveLog, func() bool { return socketUp(sock) }); err != nil {
+		return err
+	}
+	_, served, err := control.CallIn(ctx, base, in.ID, "resize", control.Request{Size: want})
+	if err == nil && !served {
+		err = fmt.Errorf("no control socket at %s", sock)
+	}
+	if err != nil {
+		return status.Errorf(codes.Internal, "resize volume %s from %d to %d bytes through its serve: %v", ref, in.Size, want, err)
+	}
+	d.log.Info("volume expanded by its serving node", "volume", ref.String(), "from", in.Size, "to", want)
+	return nil
+}
+
+// NodeExpandVolume applies a recorded expansion request, grows the staged
+// filesystem to its device's size (the size the volume had when it was
+// staged) and reports that size.
 func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
 	if req.GetVolumeId() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume id is required")
@@ -99,6 +175,26 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	}
 	if s.ReadOnly {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %s is staged read-only: its filesystem cannot grow", objstore.Redact(req.GetVolumeId()))
+	}
+	ref, err := parseVolumeID(req.GetVolumeId())
+	if err != nil {
+		return nil, status.Error(codes.NotFound, err.Error())
+	}
+	// This node serves the volume: it is the one to apply a recorded
+	// request (its device sees it only when staged again). Without pool
+	// secrets (the StorageClass names no node-expand secret) the next
+	// stage applies it.
+	switch p, done, err := d.openPool(ctx, ref.Pool, req.GetSecrets()); {
+	case err == nil:
+		err = d.applyRequested(ctx, p, ref, filepath.Join(d.volDir(req.GetVolumeId()), "r"), s)
+		done()
+		if err != nil {
+			return nil, err
+		}
+	case len(req.GetSecrets()) == 0 && status.Code(err) == codes.InvalidArgument:
+		d.log.Info("expansion request left to the next stage: no pool secrets in NodeExpandVolume", "volume", ref.String(), "err", err)
+	default:
+		return nil, err
 	}
 	// The loop re-reads its backing file's size (nbdfuse's, from its
 	// connection) in case it was set up before a resize it can see.

@@ -197,6 +197,19 @@ func (d *Driver) stage(ctx context.Context, dir string, ref volref.Ref, prm para
 	if err := waitFor(ctx, "urldisk serve", s.Serve, serveLog, func() bool { return socketUp(sock) }); err != nil {
 		return err
 	}
+	// Before nbdfuse connects: it fixes the size it sees for as long as
+	// it runs.
+	if !s.ReadOnly {
+		p, done, err := d.openPool(ctx, ref.Pool, secrets)
+		if err != nil {
+			return err
+		}
+		err = d.applyRequested(ctx, p, ref, run, s)
+		done()
+		if err != nil {
+			return err
+		}
+	}
 	fuse := filepath.Join(dir, "fuse")
 	if err := os.MkdirAll(fuse, 0o700); err != nil {
 		return fmt.Errorf("make nbdfuse mountpoint: %w", err)
