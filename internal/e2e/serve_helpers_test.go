@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -211,9 +212,15 @@ func (s *server) isStopped() bool {
 // Signal sends sig to serve without waiting.
 func (s *server) Signal(sig os.Signal) {
 	if err := s.cmd.Process.Signal(sig); err != nil {
+		// A serve that exited on its own (e.g. fenced) may not have been
+		// reaped yet: ErrProcessDone comes before exited is closed.
+		wait := time.After(0)
+		if errors.Is(err, os.ErrProcessDone) {
+			wait = time.After(10 * time.Second)
+		}
 		select {
 		case <-s.exited:
-		default:
+		case <-wait:
 			s.t.Errorf("signal serve: %v", err)
 		}
 	}
