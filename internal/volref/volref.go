@@ -44,7 +44,13 @@ var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9._-]{0,127}$`)
 // URL.
 func ValidateName(name string) error {
 	if !nameRE.MatchString(name) {
-		return fmt.Errorf("%w: invalid volume name %q (want [a-zA-Z0-9][a-zA-Z0-9._-]{0,127})", objstore.ErrBadURL, name)
+		// A name holding '@' may be user info of a mis-shaped URL
+		// ("file:/x://KEY:SECRET@/."): show only what follows the last '@'.
+		shown := name
+		if i := strings.LastIndexByte(name, '@'); i >= 0 {
+			shown = "REDACTED" + name[i:]
+		}
+		return fmt.Errorf("%w: invalid volume name %q (want [a-zA-Z0-9][a-zA-Z0-9._-]{0,127})", objstore.ErrBadURL, shown)
 	}
 	return nil
 }
