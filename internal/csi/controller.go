@@ -116,12 +116,7 @@ func (d *Driver) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest)
 		return nil, err
 	}
 	name := volumeName(req.GetName(), volref.ValidateName)
-	unlock, err := d.locks.lock(ctx, "vol:"+name)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	p, done, err := d.openPool(ctx, prm.pool, req.GetSecrets())
+	p, done, err := d.lockedPool(ctx, "vol:"+name, prm.pool, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -203,12 +198,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest)
 	if err != nil {
 		return &csi.DeleteVolumeResponse{}, nil
 	}
-	unlock, err := d.locks.lock(ctx, "vol:"+ref.Name)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	p, done, err := d.openPool(ctx, ref.Pool, req.GetSecrets())
+	p, done, err := d.lockedPool(ctx, "vol:"+ref.Name, ref.Pool, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -310,12 +300,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, req *csi.CreateSnapshotRequ
 		return nil, status.Errorf(codes.NotFound, "source volume: %v", err)
 	}
 	label := volumeName(req.GetName(), volref.ValidateLabel)
-	unlock, err := d.locks.lock(ctx, "snap:"+label)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	p, done, err := d.openPool(ctx, ref.Pool, req.GetSecrets())
+	p, done, err := d.lockedPool(ctx, "snap:"+label, ref.Pool, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
@@ -365,12 +350,7 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, req *csi.DeleteSnapshotRequ
 	if err != nil {
 		return &csi.DeleteSnapshotResponse{}, nil
 	}
-	unlock, err := d.locks.lock(ctx, "snap:"+ref.Point.Label)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	p, done, err := d.openPool(ctx, ref.Pool, req.GetSecrets())
+	p, done, err := d.lockedPool(ctx, "snap:"+ref.Point.Label, ref.Pool, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}

@@ -198,6 +198,21 @@ func (d *Driver) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, 
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 }
 
+// lockedPool takes the driver's lock called key, then opens pool with the
+// call's secrets; done closes the pool and releases the lock.
+func (d *Driver) lockedPool(ctx context.Context, key, pool string, secrets map[string]string) (*volume.Pool, func(), error) {
+	unlock, err := d.locks.lock(ctx, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, done, err := d.openPool(ctx, pool, secrets)
+	if err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return p, func() { done(); unlock() }, nil
+}
+
 // openPool opens pool with the request's credentials and remembers it for
 // ListSnapshots. The caller closes the returned pool's store with done.
 func (d *Driver) openPool(ctx context.Context, pool string, secrets map[string]string) (p *volume.Pool, done func(), err error) {

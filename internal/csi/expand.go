@@ -78,12 +78,7 @@ func (d *Driver) ControllerExpandVolume(ctx context.Context, req *csi.Controller
 	if err != nil {
 		return nil, status.Errorf(codes.NotFound, "volume %s: %v", objstore.Redact(req.GetVolumeId()), err)
 	}
-	unlock, err := d.locks.lock(ctx, "vol:"+ref.Name)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	p, done, err := d.openPool(ctx, ref.Pool, req.GetSecrets())
+	p, done, err := d.lockedPool(ctx, "vol:"+ref.Name, ref.Pool, req.GetSecrets())
 	if err != nil {
 		return nil, err
 	}
