@@ -156,15 +156,11 @@ func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolume
 	if req.GetVolumePath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "volume path is required")
 	}
-	unlock, err := d.locks.lock(ctx, "stage:"+req.GetVolumeId())
+	_, s, unlock, err := d.lockedState(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := loadState(d.volDir(req.GetVolumeId()))
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
 	if s == nil || s.Loop == "" {
 		return nil, status.Errorf(codes.NotFound, "volume %s is not staged on this node", objstore.Redact(req.GetVolumeId()))
 	}

@@ -80,15 +80,12 @@ func (d *Driver) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRe
 	if err := samePool("volume", ref, prm.pool); err != nil {
 		return nil, err
 	}
-	unlock, err := d.locks.lock(ctx, "stage:"+req.GetVolumeId())
+	dir, old, unlock, err := d.lockedState(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	dir := d.volDir(req.GetVolumeId())
-	if old, err := loadState(dir); err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	} else if old != nil {
+	if old != nil {
 		if old.Staging != filepath.Clean(req.GetStagingTargetPath()) {
 			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is already staged at %s", ref, old.Staging)
 		}
@@ -399,6 +396,22 @@ func (d *Driver) teardown(ctx context.Context, dir string, s *staged) error {
 	return nil
 }
 
+// lockedState takes the stage lock of volumeID and reads its stage state
+// in dir (s is nil when it has none): every node call that reads or
+// changes a stage holds that lock while it does. release unlocks.
+func (d *Driver) lockedState(ctx context.Context, volumeID string) (dir string, s *staged, release func(), err error) {
+	unlock, err := d.locks.lock(ctx, "stage:"+volumeID)
+	if err != nil {
+		return "", nil, nil, err
+	}
+	dir = d.volDir(volumeID)
+	if s, err = loadState(dir); err != nil {
+		unlock()
+		return "", nil, nil, status.Error(codes.Internal, err.Error())
+	}
+	return dir, s, unlock, nil
+}
+
 // cacheDir is the read cache of the volume whose state is in dir.
 func (d *Driver) cacheDir(dir string) string {
 	return filepath.Join(d.cfg.CacheDir, filepath.Base(dir))
@@ -420,16 +433,11 @@ func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolu
 	if req.GetStagingTargetPath() == "" {
 		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
 	}
-	unlock, err := d.locks.lock(ctx, "stage:"+req.GetVolumeId())
+	dir, s, unlock, err := d.lockedState(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	dir := d.volDir(req.GetVolumeId())
-	s, err := loadState(dir)
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
 	if s == nil {
 		return &csi.NodeUnstageVolumeResponse{}, nil
 	}
@@ -453,15 +461,11 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 	case req.GetStagingTargetPath() == "":
 		return nil, status.Error(codes.InvalidArgument, "staging target path is required (the driver stages volumes)")
 	}
-	unlock, err := d.locks.lock(ctx, "stage:"+req.GetVolumeId())
+	_, s, unlock, err := d.lockedState(ctx, req.GetVolumeId())
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	s, err := loadState(d.volDir(req.GetVolumeId()))
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
 	if s == nil {
 		if _, err := parseVolumeID(req.GetVolumeId()); err != nil {
 			return nil, status.Error(codes.NotFound, err.Error())
