@@ -2,7 +2,6 @@ package agent
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/urldisk/urldisk/internal/fleet"
 	"github.com/urldisk/urldisk/internal/rundir"
+	"github.com/urldisk/urldisk/internal/tlsfiles"
 )
 
 // MinTokenLen is the shortest API token the agent accepts: the token is
@@ -67,7 +67,7 @@ func NewHTTPClient(caFile, certFile, keyFile string) (*http.Client, error) {
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if caFile != "" {
-		pool, err := readCertPool(caFile)
+		pool, err := tlsfiles.CertPool(caFile)
 		if err != nil {
 			return nil, fmt.Errorf("TLS CA: %w", err)
 		}
@@ -84,39 +84,12 @@ func NewHTTPClient(caFile, certFile, keyFile string) (*http.Client, error) {
 	return &http.Client{Transport: tr}, nil
 }
 
-// readCertPool reads PEM certificates from name.
-func readCertPool(name string) (*x509.CertPool, error) {
-	pem, err := os.ReadFile(name)
-	if err != nil {
-		return nil, err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return nil, fmt.Errorf("no PEM certificate in %s", name)
-	}
-	return pool, nil
-}
-
 // serverTLS loads the API's certificate, or returns nil without one.
 // With TLSClientCA, clients must present a certificate it signed.
 func (c *Config) serverTLS() (*tls.Config, error) {
-	if c.TLSCert == "" {
-		if c.TLSClientCA != "" {
-			return nil, errors.New("agent: a client CA (--tls-client-ca) needs --tls-cert and --tls-key")
-		}
-		return nil, nil
-	}
-	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	cfg, err := tlsfiles.Server(c.TLSCert, c.TLSKey, c.TLSClientCA)
 	if err != nil {
-		return nil, fmt.Errorf("agent: load TLS key pair: %w", err)
-	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if c.TLSClientCA != "" {
-		pool, err := readCertPool(c.TLSClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("agent: TLS client CA: %w", err)
-		}
-		cfg.ClientCAs, cfg.ClientAuth = pool, tls.RequireAndVerifyClientCert
+		return nil, fmt.Errorf("agent: %w", err)
 	}
 	return cfg, nil
 }

@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +24,7 @@ import (
 	"github.com/urldisk/urldisk/internal/nbd"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/rundir"
+	"github.com/urldisk/urldisk/internal/tlsfiles"
 	"github.com/urldisk/urldisk/internal/units"
 	"github.com/urldisk/urldisk/internal/volref"
 	"github.com/urldisk/urldisk/internal/volume"
@@ -285,8 +285,8 @@ func planServe(o *serveOptions, args []string) (*servePlan, error) {
 	if plan.readaheadFill, err = parseNonNegSize("--readahead-fill", o.readaheadFill); err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
 	}
-	if plan.tls, err = serveTLSConfig(o); err != nil {
-		return nil, err
+	if plan.tls, err = tlsfiles.Server(o.tlsCert, o.tlsKey, o.tlsClientCA); err != nil {
+		return nil, fmt.Errorf("serve: %w", err)
 	}
 	names := map[string]bool{}
 	for _, raw := range args {
@@ -392,35 +392,6 @@ type exitCodeError struct {
 func (e *exitCodeError) Error() string { return e.err.Error() }
 func (e *exitCodeError) Unwrap() error { return e.err }
 func (e *exitCodeError) ExitCode() int { return e.code }
-
-// serveTLSConfig builds the TLS configuration from --tls-cert, --tls-key
-// and --tls-client-ca; nil without TLS.
-func serveTLSConfig(o *serveOptions) (*tls.Config, error) {
-	if o.tlsCert == "" {
-		if o.tlsClientCA != "" {
-			return nil, fmt.Errorf("serve: --tls-client-ca needs --tls-cert and --tls-key")
-		}
-		return nil, nil
-	}
-	cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
-	if err != nil {
-		return nil, fmt.Errorf("serve: load TLS key pair: %w", err)
-	}
-	conf := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-	if o.tlsClientCA != "" {
-		pemData, err := os.ReadFile(o.tlsClientCA)
-		if err != nil {
-			return nil, fmt.Errorf("serve: read --tls-client-ca: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pemData) {
-			return nil, fmt.Errorf("serve: --tls-client-ca %s: no PEM certificate in it", o.tlsClientCA)
-		}
-		conf.ClientCAs = pool
-		conf.ClientAuth = tls.RequireAndVerifyClientCert
-	}
-	return conf, nil
-}
 
 // attachForServe opens one volume URL for serving.
 func attachForServe(ctx context.Context, g *globals, o *serveOptions, raw string, plan *servePlan, c *cache.Cache) (*volume.Volume, string, error) {

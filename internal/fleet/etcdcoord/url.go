@@ -3,7 +3,6 @@ package etcdcoord
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -15,6 +14,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/urldisk/urldisk/internal/tlsfiles"
 )
 
 // ErrBadURL: the --coord URL is not
@@ -134,14 +135,11 @@ func (cfg Config) tlsConfig() (*tls.Config, error) {
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
 	if cfg.CAFile != "" {
-		pem, err := os.ReadFile(cfg.CAFile)
+		pool, err := tlsfiles.CertPool(cfg.CAFile)
 		if err != nil {
 			return nil, fmt.Errorf("read etcd CA (cacert=): %w", err)
 		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("etcd CA %s (cacert=): no PEM certificate in it", cfg.CAFile)
-		}
+		tc.RootCAs = pool
 	}
 	if cfg.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.CertFile, cfg.KeyFile)
