@@ -15,7 +15,7 @@ declare -A pkgs=(
   [mkfs.ext4]=e2fsprogs [losetup]=mount
   [qemu-system-x86_64]=qemu-system-x86 [cpio]=cpio
   [debugfs]=e2fsprogs [e2fsck]=e2fsprogs
-  [blkid]=util-linux [blockdev]=util-linux [umount]=mount [mkfs.xfs]=xfsprogs
+  [blkid]=util-linux [blockdev]=util-linux [prlimit]=util-linux [umount]=mount [mkfs.xfs]=xfsprogs
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

@@ -91,6 +91,7 @@ var toolPackages = map[string]string{
 	"losetup":     "mount",
 	"mount":       "mount",
 	"umount":      "mount",
+	"prlimit":     "util-linux",
 }
 
 // toolPath finds a tool in PATH or the sbin directories (absent from some

@@ -87,6 +87,14 @@ func startServeOn(t testing.TB, h *host, args ...string) *server {
 // launchServe starts serve on h without waiting for it to be ready.
 func launchServe(t testing.TB, h *host, args ...string) *server {
 	t.Helper()
+	return launchServeUnder(t, h, nil, args...)
+}
+
+// launchServeUnder is launchServe with serve started through the command
+// prefix wrapper (e.g. prlimit with its options), which must exec serve
+// in its own place so that the process signalled and waited for is serve.
+func launchServeUnder(t testing.TB, h *host, wrapper []string, args ...string) *server {
+	t.Helper()
 	sockDir, err := os.MkdirTemp("", "ude2e-")
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +113,8 @@ func launchServe(t testing.TB, h *host, args ...string) *server {
 		full = append(full, "--cache", s.CacheDir, "--cache-size", "256M")
 	}
 	s.args = append(full, args...)
-	s.cmd = exec.Command(urldiskBin, s.args...)
+	argv := append(append(slices.Clone(wrapper), urldiskBin), s.args...)
+	s.cmd = exec.Command(argv[0], argv[1:]...)
 	s.cmd.Dir = t.TempDir()
 	s.cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+h.runtimeDir)
 	s.cmd.Stdout = &lineWriter{fn: s.onStdoutLine}
