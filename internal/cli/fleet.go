@@ -196,21 +196,33 @@ func (fc *fleetCmd) waitStopped(ctx context.Context, out io.Writer, p *fleet.Pla
 	}
 }
 
-func newDrainCommand(g *globals) *cobra.Command {
+// fleetChange builds a command that changes the fleet and then waits up
+// to --wait (default wait, described by waitHelp) for the hosts to act on
+// it: drain, migrate and machine stop, start and rm.
+func fleetChange(g *globals, use, short string, args cobra.PositionalArgs, wait time.Duration, waitHelp string,
+	run func(ctx context.Context, fc *fleetCmd, out io.Writer, args []string, wait time.Duration) error) *cobra.Command {
 	o := &fleetFlags{}
-	var wait time.Duration
-	cmd := command("drain HOST", "Move every machine off a host to the least loaded live hosts, and report each one's downtime",
-		exactArgs(1, "a HOST"), func(ctx context.Context, out io.Writer, args []string) error {
-			return withFleet(ctx, g, o, func(fc *fleetCmd) error {
-				return runDrain(ctx, fc, out, args[0], wait)
-			})
+	waitFlag := wait
+	cmd := command(use, short, args, func(ctx context.Context, out io.Writer, args []string) error {
+		return withFleet(ctx, g, o, func(fc *fleetCmd) error {
+			return run(ctx, fc, out, args, waitFlag)
+		})
+	})
+	o.register(cmd.Flags(), true)
+	cmd.Flags().DurationVar(&waitFlag, "wait", wait, waitHelp)
+	return cmd
+}
+
+func newDrainCommand(g *globals) *cobra.Command {
+	cmd := fleetChange(g, "drain HOST", "Move every machine off a host to the least loaded live hosts, and report each one's downtime",
+		exactArgs(1, "a HOST"), 5*time.Minute, "wait this long for each machine to run on its new host (0: do not wait)",
+		func(ctx context.Context, fc *fleetCmd, out io.Writer, args []string, wait time.Duration) error {
+			return runDrain(ctx, fc, out, args[0], wait)
 		})
 	cmd.Long = `Mark HOST draining (nothing is placed there any more, until ` + "`urldisk undrain`" + `)
 and move every machine placed on it to the least loaded live hosts. Waits for
 each running machine to serve its first request on its new host and prints
 how long it was down (old stop → new first I/O).`
-	o.register(cmd.Flags(), true)
-	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "wait this long for each machine to run on its new host (0: do not wait)")
 	return cmd
 }
 

@@ -113,18 +113,11 @@ func machineRunArgs(cmd *cobra.Command, args []string) error {
 
 // machineChange builds the stop, start and rm commands.
 func machineChange(g *globals, use, short string, change func(ctx context.Context, fc *fleetCmd, name string) (*fleet.Placement, error)) *cobra.Command {
-	o := &fleetFlags{}
-	var wait time.Duration
-	cmd := command(use+" NAME", short,
-		exactArgs(1, "a machine NAME"), func(ctx context.Context, out io.Writer, args []string) error {
-			return withFleet(ctx, g, o, func(fc *fleetCmd) error {
-				p, err := change(ctx, fc, args[0])
-				return reportChange(ctx, fc, out, use, args[0], p, err, wait)
-			})
+	return fleetChange(g, use+" NAME", short, exactArgs(1, "a machine NAME"), 0, "wait this long for the host to act (0: do not wait)",
+		func(ctx context.Context, fc *fleetCmd, out io.Writer, args []string, wait time.Duration) error {
+			p, err := change(ctx, fc, args[0])
+			return reportChange(ctx, fc, out, use, args[0], p, err, wait)
 		})
-	o.register(cmd.Flags(), true)
-	cmd.Flags().DurationVar(&wait, "wait", 0, "wait this long for the host to act (0: do not wait)")
-	return cmd
 }
 
 // reportChange reports the outcome of machine command use on name (p, err
@@ -241,20 +234,15 @@ func printMachines(w io.Writer, v *fleet.View, all, asJSON bool) error {
 }
 
 func newMigrateCommand(g *globals) *cobra.Command {
-	o := &fleetFlags{}
-	var wait time.Duration
-	cmd := command("migrate NAME HOST", "Move a machine to another host (no bytes copied) and report its downtime",
-		exactArgs(2, "a machine NAME and a HOST"), func(ctx context.Context, out io.Writer, args []string) error {
-			return withFleet(ctx, g, o, func(fc *fleetCmd) error {
-				return runMigrate(ctx, fc, out, args[0], args[1], wait)
-			})
+	cmd := fleetChange(g, "migrate NAME HOST", "Move a machine to another host (no bytes copied) and report its downtime",
+		exactArgs(2, "a machine NAME and a HOST"), 5*time.Minute, "wait this long for the machine to run on the new host (0: do not wait)",
+		func(ctx context.Context, fc *fleetCmd, out io.Writer, args []string, wait time.Duration) error {
+			return runMigrate(ctx, fc, out, args[0], args[1], wait)
 		})
 	cmd.Long = `Move a machine to HOST: the new placement version names HOST; the old host
 stops the machine and flushes its volume, the new host attaches it (fencing
 the old writer) and starts it. Waits until the new host serves the machine's
 first request and prints the downtime (old stop → new first I/O).`
-	o.register(cmd.Flags(), true)
-	cmd.Flags().DurationVar(&wait, "wait", 5*time.Minute, "wait this long for the machine to run on the new host (0: do not wait)")
 	return cmd
 }
 
