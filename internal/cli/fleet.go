@@ -279,25 +279,27 @@ func newUndrainCommand(g *globals) *cobra.Command {
 	return cmd
 }
 
-// hostsOptions are the hosts command's flags.
-type hostsOptions struct {
-	fleet  fleetFlags
-	asJSON bool
+// fleetListing builds the commands that list the fleet (hosts, machine
+// ls): read its current view and print it, as a table or with --json as
+// JSON.
+func fleetListing(g *globals, use, short string, print func(out io.Writer, v *fleet.View, asJSON bool) error) *cobra.Command {
+	o := &fleetFlags{}
+	var asJSON bool
+	cmd := command(use, short, exactArgs(0, "no arguments"), func(ctx context.Context, out io.Writer, _ []string) error {
+		return withFleetView(ctx, g, o, func(v *fleet.View) error {
+			return print(out, v, asJSON)
+		})
+	})
+	o.register(cmd.Flags(), false)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }
 
 func newHostsCommand(g *globals) *cobra.Command {
-	o := &hostsOptions{}
-	cmd := command("hosts", "List the fleet's hosts: live/dead/draining, machines, cache use and hit rate",
-		exactArgs(0, "no arguments"), func(ctx context.Context, out io.Writer, _ []string) error {
-			return withFleetView(ctx, g, &o.fleet, func(v *fleet.View) error {
-				return printHosts(out, v, o.asJSON)
-			})
-		})
+	cmd := fleetListing(g, "hosts", "List the fleet's hosts: live/dead/draining, machines, cache use and hit rate", printHosts)
 	cmd.Long = `List every agent that heartbeats in the fleet. A host is dead when its last
 heartbeat is older than its heartbeat timeout (judged by this machine's
 clock) or its agent stopped.`
-	o.fleet.register(cmd.Flags(), false)
-	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
 	return cmd
 }
 

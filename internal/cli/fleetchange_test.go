@@ -64,6 +64,14 @@ func TestFleetChangeCommands(t *testing.T) {
 	want(out, "draining h2: 1 machine(s) to move")
 	want(out, "m1\th2 → h1\trunning")
 	want(cli("machine", "rm", "m1"), "machine m1: version 6, deleted on h1")
+	// The listings fleetListing builds: a removed machine only with --all.
+	if out := cli("machine", "ls"); strings.Contains(out, "m1") {
+		t.Errorf("machine ls lists the removed m1:\n%s", out)
+	}
+	want(cli("machine", "ls", "--all", "--json"), `"name": "m1"`)
+	out = cli("hosts", "--json")
+	want(out, `"host": "h1"`)
+	want(out, `"host": "h2"`)
 	if _, err := run(t, ctx, append([]string{"migrate", "m1", "h2", "--wait", "soon"}, fl...)...); err == nil || !strings.Contains(err.Error(), "--wait") {
 		t.Errorf("migrate --wait soon: %v, want an error naming --wait", err)
 	}

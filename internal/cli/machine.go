@@ -163,24 +163,13 @@ func newMachineRmCommand(g *globals) *cobra.Command {
 		})
 }
 
-// machineLsOptions are machine ls's flags.
-type machineLsOptions struct {
-	fleet  fleetFlags
-	asJSON bool
-	all    bool // include removed machines
-}
-
 func newMachineLsCommand(g *globals) *cobra.Command {
-	o := &machineLsOptions{}
-	cmd := command("ls", "List machines: name, desired state, host, what the host reports",
-		exactArgs(0, "no arguments"), func(ctx context.Context, out io.Writer, _ []string) error {
-			return withFleetView(ctx, g, &o.fleet, func(v *fleet.View) error {
-				return printMachines(out, v, o.all, o.asJSON)
-			})
+	var all bool // include removed machines
+	cmd := fleetListing(g, "ls", "List machines: name, desired state, host, what the host reports",
+		func(out io.Writer, v *fleet.View, asJSON bool) error {
+			return printMachines(out, v, all, asJSON)
 		})
-	o.fleet.register(cmd.Flags(), false)
-	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
-	cmd.Flags().BoolVar(&o.all, "all", false, "include removed machines")
+	cmd.Flags().BoolVar(&all, "all", false, "include removed machines")
 	return cmd
 }
 
