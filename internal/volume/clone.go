@@ -2,6 +2,7 @@ package volume
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -78,6 +79,7 @@ func (p *Pool) OpenAt(ctx context.Context, name string, pt Point, o Options) (*V
 // follow tails the log of a read-only volume: every interval it applies the
 // records written since, so readers see a writer's flushed data.
 func (v *Volume) follow(img *image, every time.Duration) {
+	var gaps followGaps
 	v.tick(every, func() {
 		recs, err := v.pool.fetchRecords(v.ctx, img, ^uint64(0))
 		if err != nil {
@@ -87,8 +89,10 @@ func (v *Volume) follow(img *image, every time.Duration) {
 			return
 		}
 		if len(recs) == 0 {
+			gaps.check(v, img)
 			return
 		}
+		defer gaps.check(v, img)
 		v.mu.Lock()
 		defer v.mu.Unlock()
 		for _, r := range recs {
@@ -114,3 +118,43 @@ func (v *Volume) Head() uint64 {
 }
 
 var _ blockdev.Device = (*Volume)(nil)
+
+// followGaps reports, for a follower, records deleted from the log after
+// it opened: replay stops before them (prefix consistency), so without a
+// word the replica would serve that point forever while the writer goes
+// on. Owned by the follow goroutine.
+type followGaps struct {
+	checked  [2]uint64 // (head, last listed seq) of the last check: the log has not moved since
+	reported uint64    // First of the gap last reported, so each is logged once
+}
+
+// check runs after each follow round. A gap that is a writer's upload
+// still in flight (records landing out of order) is not loss and passes;
+// checkGap reads the trailers after the gap, so it runs only when the
+// listing changed.
+func (g *followGaps) check(v *Volume, img *image) {
+	if len(img.beyond) == 0 {
+		g.checked, g.reported = [2]uint64{}, 0
+		return
+	}
+	now := [2]uint64{img.st.Seq, img.beyond[len(img.beyond)-1]}
+	if now == g.checked {
+		return
+	}
+	err := v.pool.checkGap(v.ctx, img, ^uint64(0))
+	var ge *GapError
+	switch {
+	case errors.As(err, &ge):
+		g.checked = now
+		if ge.Gap.First != g.reported {
+			g.reported = ge.Gap.First
+			v.log.Error("follow: acknowledged log records are missing; serving the last consistent point until they are back", "serving_seq", img.st.Seq, "err", err)
+		}
+	case err != nil:
+		if v.ctx.Err() == nil {
+			v.log.Warn("follow: checking a gap in the log failed", "err", err)
+		}
+	default:
+		g.checked = now
+	}
+}

@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/urldisk/urldisk/internal/format"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/objstore/faultstore"
+	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 )
 
 const gapVol = "gap"
@@ -187,4 +190,92 @@ func TestCrashLeftoverGapStillAttaches(t *testing.T) {
 	if err := b.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestFollowerReportsDeletedRecord: a read replica (--follow) that finds an
+// acknowledged record deleted from the log after it opened stops at the
+// last consistent point, as prefix consistency requires, and says so once
+// at ERROR naming the missing seq (it used to stay at that point forever
+// without a word, however far the writer went on).
+func TestFollowerReportsDeletedRecord(t *testing.T) {
+	ctx := context.Background()
+	shared := openStore(t, "mem://gap-follow")
+	p := initPool(t, shared)
+	desc, err := p.Create(ctx, gapVol, CreateOptions{Size: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := p.Open(ctx, gapVol, Options{IdleFlush: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close(ctx)
+	writeMiB := func(i int) {
+		t.Helper()
+		if err := w.WriteAt(ctx, bytes.Repeat([]byte{byte(i + 1)}, 1<<20), int64(i)<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeMiB(0) // record 2
+
+	// The replica's listings fail while paused, so it cannot see records
+	// 3-5 before record 3 is deleted.
+	var paused atomic.Bool
+	store := faultstore.New(shared, faultstore.Hooks{Before: func(op faultstore.Op, key string) error {
+		if paused.Load() && op == faultstore.OpList {
+			return errors.New("injected: replica paused")
+		}
+		return nil
+	}})
+	pr, err := OpenPool(ctx, store, PoolOptions{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs lockedbuf.Buffer
+	r, err := pr.Open(ctx, gapVol, Options{ReadOnly: true, Follow: 10 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	paused.Store(true)
+	for i := 1; i <= 3; i++ {
+		writeMiB(i) // records 3-5, each vouching for the one before
+	}
+	if err := shared.Delete(ctx, format.LogKey(desc.ID, 3)); err != nil {
+		t.Fatal(err)
+	}
+	paused.Store(false)
+
+	const want = `level=ERROR msg="follow: acknowledged log records are missing`
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), want); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the replica said nothing about deleted record 3 in 10 s; log:\n%s", logs.String())
+		}
+	}
+	// The writer goes on (the gap stays where it is) for many follow
+	// rounds: still one line.
+	writeMiB(4)
+	time.Sleep(200 * time.Millisecond)
+	var lines []string
+	for line := range strings.SplitSeq(logs.String(), "\n") {
+		if strings.Contains(line, want) {
+			lines = append(lines, line)
+		}
+	}
+	if len(lines) != 1 {
+		t.Fatalf("%d ERROR lines for one gap, want 1:\n%s", len(lines), logs.String())
+	}
+	for _, s := range []string{"seq 3 missing", "serving_seq=2", "urldisk verify"} {
+		if !strings.Contains(lines[0], s) {
+			t.Errorf("ERROR line does not say %q: %s", s, lines[0])
+		}
+	}
+	if got := r.Head(); got != 2 {
+		t.Errorf("replica head %d, want 2 (the last consistent point)", got)
+	}
+	expectRegions(t, "replica", r, []region{{0, 1 << 20, 1}, {1 << 20, 4 << 20, 0}})
 }
