@@ -19,6 +19,7 @@ import (
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/fleet"
 	"github.com/urldisk/urldisk/internal/objstore"
+	"github.com/urldisk/urldisk/internal/periodic"
 	"github.com/urldisk/urldisk/internal/volume"
 )
 
@@ -475,22 +476,14 @@ func (a *Agent) Reconcile() { kick(a.kickReconcile) }
 
 // heartbeatLoop writes the heartbeat every interval and when kicked.
 func (a *Agent) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-a.kickHeartbeat:
-		}
+	periodic.Run(ctx, a.cfg.HeartbeatInterval, a.kickHeartbeat, func() {
 		hctx, cancel := context.WithTimeout(ctx, a.cfg.HeartbeatTimeout)
+		defer cancel()
 		if err := a.heartbeat(hctx, false); err != nil && ctx.Err() == nil {
 			a.metrics.hbErrors.Inc()
 			a.log.Warn("heartbeat failed", "err", err)
 		}
-		cancel()
-	}
+	})
 }
 
 // heartbeat writes the heartbeat document with the next sequence number.

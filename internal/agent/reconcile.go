@@ -3,27 +3,24 @@ package agent
 import (
 	"context"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/periodic"
 )
 
 // reconcileLoop compares desired and running state every interval and
 // when kicked (through the API, or by a runner).
 func (a *Agent) reconcileLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.ReconcileInterval)
-	defer t.Stop()
-	for {
+	round := func() {
 		rctx, cancel := context.WithTimeout(ctx, a.cfg.HeartbeatTimeout)
+		defer cancel()
 		if err := a.reconcileOnce(rctx); err != nil && ctx.Err() == nil {
 			a.metrics.recErrors.Inc()
 			a.log.Warn("reconcile: could not read the fleet state", "err", err)
 		}
-		cancel()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		case <-a.kickReconcile:
-		}
 	}
+	// At once: the machines placed here start without waiting an interval.
+	round()
+	periodic.Run(ctx, a.cfg.ReconcileInterval, a.kickReconcile, round)
 }
 
 // reconcileOnce runs one coordination round (watch peers, fail over the

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/periodic"
 )
 
 const (
@@ -594,18 +596,11 @@ func (c *Cache) persistIndex() error {
 // the Cache: started by Open, stopped and waited for by Close.
 func (c *Cache) syncLoop(ctx context.Context, interval time.Duration) {
 	defer c.wg.Done()
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			// A failure was already noted (and WARNed, rate-limited) by
-			// persistLocked; the next tick retries.
-			_ = c.Sync()
-		}
-	}
+	periodic.Run(ctx, interval, nil, func() {
+		// A failure was already noted (and WARNed, rate-limited) by
+		// persistLocked; the next tick retries.
+		_ = c.Sync()
+	})
 }
 
 // Close stops the background sync, persists the index, closes the slab and

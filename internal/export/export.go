@@ -19,6 +19,7 @@ import (
 	"github.com/urldisk/urldisk/internal/blockdev"
 	"github.com/urldisk/urldisk/internal/control"
 	"github.com/urldisk/urldisk/internal/nbd"
+	"github.com/urldisk/urldisk/internal/periodic"
 	"github.com/urldisk/urldisk/internal/units"
 	"github.com/urldisk/urldisk/internal/volume"
 )
@@ -286,15 +287,9 @@ func (e *Export) watchFenced(ctx context.Context, kick <-chan struct{}) {
 	if len(rw) == 0 {
 		return
 	}
-	t := time.NewTicker(e.cfg.FencePoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-kick:
-		case <-t.C:
-		}
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	periodic.Run(ctx, e.cfg.FencePoll, kick, func() {
 		n := 0
 		for _, s := range rw {
 			if s.v.Fenced() {
@@ -304,9 +299,9 @@ func (e *Export) watchFenced(ctx context.Context, kick <-chan struct{}) {
 		}
 		if n == len(rw) {
 			close(e.allFenced)
-			return
+			stop() // Run calls this no more
 		}
-	}
+	})
 }
 
 // Shutdown stops the export: it stops accepting clients, lets connected
