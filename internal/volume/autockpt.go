@@ -99,20 +99,12 @@ func pruneAuto(cps []*format.CheckpointDoc, pol format.CheckpointPolicy) []strin
 // autoCheckpointLoop takes automatic checkpoints while the volume is
 // written, as its policy says, and prunes old ones.
 func (v *Volume) autoCheckpointLoop(poll time.Duration) {
-	defer v.wg.Done()
-	t := v.opts.Clock.NewTicker(poll)
-	defer t.Stop()
 	var last time.Time
-	for {
-		select {
-		case <-v.stop:
-			return
-		case <-t.C():
-		}
+	v.tick(poll, func() {
 		if err := v.autoCheckpointOnce(v.ctx, &last); err != nil && v.ctx.Err() == nil {
 			v.log.Warn("automatic checkpoint failed", "err", err)
 		}
-	}
+	})
 }
 
 func (v *Volume) autoCheckpointOnce(ctx context.Context, last *time.Time) error {
