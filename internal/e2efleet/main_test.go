@@ -97,7 +97,8 @@ const (
 type env struct {
 	t         testing.TB
 	dir       string
-	pool      string // pool URL, also the fleet URL
+	pool      string           // pool URL, also the fleet URL
+	s3        *s3server.Server // the versitygw holding pool and fleet (tests SIGSTOP it)
 	token     string
 	tokenFile string
 	store     objstore.Store
@@ -131,7 +132,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	e := &env{t: t, dir: dir, pool: s3.URL, token: "fleet-test-token-" + strconv.Itoa(os.Getpid()), agents: map[string]*agentProc{}}
+	e := &env{t: t, dir: dir, pool: s3.URL, s3: s3, token: "fleet-test-token-" + strconv.Itoa(os.Getpid()), agents: map[string]*agentProc{}}
 	e.tokenFile = filepath.Join(dir, "token")
 	if err := os.WriteFile(e.tokenFile, []byte(e.token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
