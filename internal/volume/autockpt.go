@@ -43,14 +43,13 @@ func (p *Pool) Policy(ctx context.Context, id string) (Policy, error) {
 // policyDoc reads volume id's stored policy document.
 func (p *Pool) policyDoc(ctx context.Context, id string) (format.CheckpointPolicy, error) {
 	var pol format.CheckpointPolicy
-	b, err := p.store.Get(ctx, format.PolicyKey(id))
-	if errors.Is(err, objstore.ErrNotFound) {
-		return pol, nil
-	}
-	if err != nil {
+	switch err := getDoc(ctx, p.store, format.PolicyKey(id), format.KindPolicy, &pol); {
+	case errors.Is(err, objstore.ErrNotFound):
+		return format.CheckpointPolicy{}, nil
+	case err != nil:
 		return pol, fmt.Errorf("read policy: %w", err)
 	}
-	return pol, format.DecodeDoc(format.KindPolicy, b, &pol)
+	return pol, nil
 }
 
 // autoLabel names an automatic checkpoint taken at t.

@@ -102,15 +102,11 @@ func (p *Pool) scan(ctx context.Context, o GCOptions) (*poolScan, error) {
 	names := map[string]string{} // id -> name
 	if err := p.store.List(ctx, format.NamesPrefix, func(oi objstore.ObjectInfo) error {
 		name := strings.TrimPrefix(oi.Key, format.NamesPrefix)
-		b, err := p.store.Get(ctx, oi.Key)
-		if errors.Is(err, objstore.ErrNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
 		var nb format.NameBinding
-		if err := format.DecodeDoc(format.KindName, b, &nb); err != nil {
+		switch err := getDoc(ctx, p.store, oi.Key, format.KindName, &nb); {
+		case errors.Is(err, objstore.ErrNotFound):
+			return nil // removed since the listing
+		case err != nil:
 			return fmt.Errorf("name %q: %w", name, err)
 		}
 		names[nb.ID] = name

@@ -32,15 +32,11 @@ func (p *Pool) readCheckpoint(ctx context.Context, id, label string) (*format.Ch
 // readCheckpointAt reads the checkpoint document at key.
 func (p *Pool) readCheckpointAt(ctx context.Context, key string) (*format.CheckpointDoc, error) {
 	label := key[strings.LastIndexByte(key, '/')+1:]
-	b, err := p.store.Get(ctx, key)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return nil, notFound("checkpoint", label)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read checkpoint %q: %w", label, err)
-	}
 	var c format.CheckpointDoc
-	if err := format.DecodeDoc(format.KindCheckpoint, b, &c); err != nil {
+	switch err := getDoc(ctx, p.store, key, format.KindCheckpoint, &c); {
+	case errors.Is(err, objstore.ErrNotFound):
+		return nil, notFound("checkpoint", label)
+	case err != nil:
 		return nil, fmt.Errorf("read checkpoint %q: %w", label, err)
 	}
 	return &c, nil

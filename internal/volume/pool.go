@@ -110,16 +110,12 @@ func InitPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Poo
 // OpenPool opens an initialised pool; ErrNoPool if the marker is missing.
 func OpenPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Pool, error) {
 	opts = opts.withDefaults()
-	b, err := store.Get(ctx, format.PoolMarkerKey)
-	if errors.Is(err, objstore.ErrNotFound) {
-		return nil, ErrNoPool
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open pool: read marker: %w", err)
-	}
 	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention, keys: opts.Key, frames: newFrameTables()}
-	if err := format.DecodeDoc(format.KindPool, b, &p.marker); err != nil {
-		return nil, fmt.Errorf("open pool: %w", err)
+	switch err := getDoc(ctx, store, format.PoolMarkerKey, format.KindPool, &p.marker); {
+	case errors.Is(err, objstore.ErrNotFound):
+		return nil, ErrNoPool
+	case err != nil:
+		return nil, fmt.Errorf("open pool: read marker: %w", err)
 	}
 	return p, nil
 }
@@ -317,27 +313,30 @@ func (p *Pool) Resolve(ctx context.Context, name string) (*format.VolumeDesc, er
 	if err := volref.ValidateName(name); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
-	b, err := p.store.Get(ctx, format.NameKey(name))
-	if errors.Is(err, objstore.ErrNotFound) {
-		return nil, notFound("volume", name)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("resolve %q: %w", name, err)
-	}
 	var nb format.NameBinding
-	if err := format.DecodeDoc(format.KindName, b, &nb); err != nil {
+	switch err := getDoc(ctx, p.store, format.NameKey(name), format.KindName, &nb); {
+	case errors.Is(err, objstore.ErrNotFound):
+		return nil, notFound("volume", name)
+	case err != nil:
 		return nil, fmt.Errorf("resolve %q: %w", name, err)
 	}
 	return p.descriptor(ctx, nb.ID)
 }
 
-func (p *Pool) descriptor(ctx context.Context, id string) (*format.VolumeDesc, error) {
-	b, err := p.store.Get(ctx, format.VolumeKey(id))
+// getDoc reads the JSON document of kind at key into v. A missing object
+// is the store's objstore.ErrNotFound, for the caller to name what is
+// missing; a malformed one wraps format.ErrCorrupt.
+func getDoc(ctx context.Context, store objstore.Store, key, kind string, v any) error {
+	b, err := store.Get(ctx, key)
 	if err != nil {
-		return nil, fmt.Errorf("read descriptor of volume %s: %w", id, err)
+		return err
 	}
+	return format.DecodeDoc(kind, b, v)
+}
+
+func (p *Pool) descriptor(ctx context.Context, id string) (*format.VolumeDesc, error) {
 	var d format.VolumeDesc
-	if err := format.DecodeDoc(format.KindVolume, b, &d); err != nil {
+	if err := getDoc(ctx, p.store, format.VolumeKey(id), format.KindVolume, &d); err != nil {
 		return nil, fmt.Errorf("read descriptor of volume %s: %w", id, err)
 	}
 	if err := d.Validate(); err != nil {
