@@ -114,6 +114,26 @@ func TestServeTLSRequired(t *testing.T) {
 	if r := run(t, "nbdinfo", "--size", s.URI("sec")+"?tls-certificates="+pki.CertsDir); r.code == 0 {
 		t.Errorf("nbdinfo without a client certificate succeeded:\n%s", r)
 	}
+	// A client certificate another CA signed (trusting serve's CA, so only
+	// --tls-client-ca's verification can refuse it): refused.
+	foreign := testpki.New(t)
+	forged := t.TempDir()
+	for src, name := range map[string]string{
+		filepath.Join(pki.CertsDir, "ca-cert.pem"):          "ca-cert.pem",
+		filepath.Join(foreign.ClientDir, "client-cert.pem"): "client-cert.pem",
+		filepath.Join(foreign.ClientDir, "client-key.pem"):  "client-key.pem",
+	} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(forged, name), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if r := run(t, "nbdinfo", "--size", s.URI("sec")+"?tls-certificates="+forged); r.code == 0 {
+		t.Errorf("nbdinfo with a client certificate another CA signed succeeded:\n%s", r)
+	}
 	if out := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", s.URI("sec")+"?tls-certificates="+pki.ClientDir)); out != "8388608" {
 		t.Errorf("nbdinfo with a client certificate: size %q, want 8388608", out)
 	}
