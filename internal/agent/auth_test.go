@@ -197,6 +197,15 @@ func TestMutualTLS(t *testing.T) {
 	if err == nil || errors.As(err, &ae) {
 		t.Fatalf("client without a certificate: %v, want a TLS handshake failure", err)
 	}
+	// A certificate another CA signed: refused too (verified, not just present).
+	foreign := testpki.New(t)
+	forged, err := NewHTTPClient(pki.CAFile, filepath.Join(foreign.ClientDir, "client-cert.pem"), filepath.Join(foreign.ClientDir, "client-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := (&Client{BaseURL: a.api, Token: testToken, HTTP: forged}).Reconcile(ctx); err == nil || errors.As(err, &ae) {
+		t.Fatalf("client with a certificate another CA signed: %v, want a TLS handshake failure", err)
+	}
 	withCert, err := NewHTTPClient(pki.CAFile, clientCert, clientKey)
 	if err != nil {
 		t.Fatal(err)
