@@ -348,11 +348,24 @@ func (c *fetchCall) release() {
 
 // Fetch buffers in two sizes: up to 16 frames (1 MiB of data: random reads,
 // 1 MiB pieces) and up to 64 (a default readahead, a whole 4 MiB record).
-// They are sized for the largest frames: sealed packed ones stored raw.
+// They are sized for the largest frames (sealed packed ones stored raw)
+// plus fetchTail, the room a window from a record's first frame uses to
+// reach the record's end (see fetchFrames).
 const (
-	smallFetch = 16 * format.MaxPackedFrame
-	largeFetch = 64 * format.MaxPackedFrame
+	smallFetch = 16*format.MaxPackedFrame + fetchTail
+	largeFetch = 64*format.MaxPackedFrame + fetchTail
 )
+
+// fetchTail is how many bytes past its last frame a multi-frame fetch from
+// a record's first frame asks for, so that when the window holds all the
+// record's frames the GET covers the whole object, trailer included: a
+// store may serve a whole object far more cheaply than a part of it
+// (versitygw's posix backend sends a whole object with sendfile(2) but
+// copies any other range through a 32 KiB user-space buffer: 3.6x its CPU
+// per MiB on a cold sequential read, BENCHMARKS.md). Stores clamp a range
+// at the object's end, so the extra bytes cost nothing when the trailer is
+// shorter, and at most fetchTail when the record is longer than the window.
+const fetchTail = 16 << 10
 
 var (
 	smallFetchBufs = sync.Pool{New: func() any { b := make([]byte, smallFetch); return &b }}
@@ -416,7 +429,9 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 
 	k := key
 	k.Chunk = first
+	endWatch := v.watchRead(format.LogKey(key.Vol, key.Seq))
 	c.err = v.fetchFrames(ctx, k, c)
+	endWatch(c.err)
 	close(c.done)
 	if c.err == nil && int(key.Chunk-first) >= len(c.frames) {
 		// The window ended (at a bad frame) before our chunk: fetch from
@@ -539,9 +554,14 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 	case size <= largeFetch:
 		c.pool = &largeFetchBufs
 	}
+	get := size // bytes asked of the store: the frames, or up to fetchTail more
+	if pos == 0 && c.count > 1 {
+		get += fetchTail
+	}
 	if c.pool != nil {
 		c.buf = c.pool.Get().(*[]byte)
-		buf = (*c.buf)[:size]
+		get = min(get, cap(*c.buf))
+		buf = (*c.buf)[:get]
 	} else {
 		buf = make([]byte, size)
 	}
@@ -570,7 +590,7 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 			return ctx.Err()
 		}
 		backoff *= 2
-		n, err := v.pool.store.GetRange(ctx, objKey, pos, buf)
+		n, err := v.readRequest(ctx, objKey, pos, buf)
 		if err != nil {
 			lastErr = err
 			if ctx.Err() != nil {
@@ -578,13 +598,14 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 			}
 			continue
 		}
+		b := buf[:min(n, size)] // the frames asked for, not the tail
 		switch {
 		case packed:
-			err = openPackedFrames(c, buf[:n], ft, v.key, key.Vol, key.Seq, out)
+			err = openPackedFrames(c, b, ft, v.key, key.Vol, key.Seq, out)
 		case v.key != nil:
-			err = openFrames(c, buf[:n], v.key, key)
+			err = openFrames(c, b, v.key, key)
 		default:
-			err = verifyFrames(c, buf[:n])
+			err = verifyFrames(c, b)
 		}
 		if err != nil {
 			lastErr = fmt.Errorf("record %d of volume %s chunk %d: %w", key.Seq, key.Vol, key.Chunk, err)
