@@ -9,13 +9,11 @@ package azureserver
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -41,8 +39,7 @@ type Server struct {
 
 	client *azblob.Client
 
-	mu         sync.Mutex
-	containers int // guarded by mu
+	names s3server.BucketNames
 }
 
 // Binary returns the path of azurite-blob: from PATH, else
@@ -117,10 +114,7 @@ func startProcess(t testing.TB, bin string) string {
 // NewBucket creates an empty container and returns its pool URL.
 func (s *Server) NewBucket(t testing.TB) string {
 	t.Helper()
-	s.mu.Lock()
-	s.containers++
-	name := fmt.Sprintf("urldisk-test-%d", s.containers)
-	s.mu.Unlock()
+	name := s.names.Next()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := s.client.CreateContainer(ctx, name, nil); err != nil {

@@ -9,13 +9,11 @@ package gcsserver
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os/exec"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -30,8 +28,7 @@ type Server struct {
 	// Endpoint is "http://127.0.0.1:PORT".
 	Endpoint string
 
-	mu      sync.Mutex
-	buckets int // guarded by mu
+	names s3server.BucketNames
 }
 
 // Start starts fake-gcs-server (in-memory backend) on a free port and stops
@@ -51,10 +48,7 @@ func Start(t testing.TB) *Server {
 // NewBucket creates an empty bucket and returns its pool URL.
 func (s *Server) NewBucket(t testing.TB) string {
 	t.Helper()
-	s.mu.Lock()
-	s.buckets++
-	name := fmt.Sprintf("urldisk-test-%d", s.buckets)
-	s.mu.Unlock()
+	name := s.names.Next()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	body := bytes.NewReader([]byte(`{"name":"` + name + `"}`))

@@ -20,12 +20,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
-
-	"github.com/urldisk/urldisk/internal/testutil/lockedbuf"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/config"
@@ -55,8 +51,7 @@ type Server struct {
 	client *s3.Client
 	proc   *os.Process // the versitygw process, for Signal
 
-	mu      sync.Mutex
-	buckets int // buckets created; guarded by mu
+	names BucketNames
 }
 
 // Binary returns the path of the versitygw binary (see FindBinary).
@@ -148,41 +143,12 @@ func start(t testing.TB, bin, dir string) (*Server, error) {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	var out lockedbuf.Buffer
 	cmd := exec.Command(bin, "--port", addr, "posix", dir)
 	cmd.Env = append(os.Environ(), "ROOT_ACCESS_KEY="+AccessKey, "ROOT_SECRET_KEY="+SecretKey)
-	cmd.Stdout, cmd.Stderr = &out, &out
-	// Kill the server if the test binary dies without cleaning up.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", bin, err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	stop := func() {
-		// A test may have stopped it (SIGSTOP, a stalled store): let it
-		// run again so that it can exit.
-		_ = cmd.Process.Signal(syscall.SIGCONT)
-		_ = cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-	}
-
 	endpoint := "http://" + addr
-	if err := WaitReady("versitygw", endpoint, exited); err != nil {
-		stop()
-		return nil, fmt.Errorf("%w; server output:\n%s", err, out.String())
+	if err := launch(t, "versitygw", endpoint, cmd); err != nil {
+		return nil, err
 	}
-	t.Cleanup(func() {
-		stop()
-		if t.Failed() {
-			t.Logf("versitygw output:\n%s", out.String())
-		}
-	})
 
 	cfg, err := config.LoadDefaultConfig(context.Background(),
 		config.WithRegion(Region),
@@ -244,10 +210,7 @@ func FreePort() (int, error) {
 // NewBucket creates an empty bucket and returns its pool URL (see PoolURL).
 func (s *Server) NewBucket(t testing.TB) string {
 	t.Helper()
-	s.mu.Lock()
-	s.buckets++
-	name := fmt.Sprintf("urldisk-test-%d", s.buckets)
-	s.mu.Unlock()
+	name := s.names.Next()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := s.client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(name)}); err != nil {
