@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"maps"
 	"slices"
 	"sort"
 	"time"
@@ -108,14 +109,7 @@ func (l *Liveness) Heartbeat(host string) *Heartbeat {
 }
 
 // Hosts returns every observed host, sorted.
-func (l *Liveness) Hosts() []string {
-	out := make([]string, 0, len(l.hosts))
-	for h := range l.hosts {
-		out = append(out, h)
-	}
-	sort.Strings(out)
-	return out
-}
+func (l *Liveness) Hosts() []string { return slices.Sorted(maps.Keys(l.hosts)) }
 
 // AgeState judges a heartbeat by its age at now: dead if it is Down or
 // older than its own Timeout (or defaultTimeout when it names none). For

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -79,14 +81,7 @@ func (v *View) State(host string) HostState {
 }
 
 // Hosts returns every host with a heartbeat, sorted.
-func (v *View) Hosts() []string {
-	out := make([]string, 0, len(v.Heartbeats))
-	for h := range v.Heartbeats {
-		out = append(out, h)
-	}
-	sort.Strings(out)
-	return out
-}
+func (v *View) Hosts() []string { return slices.Sorted(maps.Keys(v.Heartbeats)) }
 
 // Candidates returns the live, non-draining hosts other than exclude.
 func (v *View) Candidates(exclude string) []string {
