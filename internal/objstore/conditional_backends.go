@@ -152,14 +152,25 @@ func (s *bucketStore) azureGetIfChanged(ctx context.Context, c *container.Client
 		return nil, "", fmt.Errorf("get %s: azblob: response without a body or ETag", key)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
+	data, err := s.readBody(key, resp.Body, resp.ContentLength)
 	if err != nil {
-		return nil, "", fmt.Errorf("get %s: %w", key, s.translate("read", key, err, false))
-	}
-	if resp.ContentLength != nil && int64(len(data)) != *resp.ContentLength {
-		return nil, "", fmt.Errorf("get %s: read %d of %d bytes", key, len(data), *resp.ContentLength)
+		return nil, "", err
 	}
 	return unchanged(key, data, string(*resp.ETag), etag)
+}
+
+// readBody reads a whole GET response body, which must be as long as the
+// response said (length; nil when it did not say): a body cut short is an
+// error, never a shorter object.
+func (s *bucketStore) readBody(key string, body io.Reader, length *int64) ([]byte, error) {
+	data, err := io.ReadAll(body)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", key, s.translate("read", key, err, false))
+	}
+	if length != nil && int64(len(data)) != *length {
+		return nil, fmt.Errorf("get %s: read %d of %d bytes", key, len(data), *length)
+	}
+	return data, nil
 }
 
 // s3GetIfChanged is one GetObject with If-None-Match.
@@ -176,12 +187,9 @@ func (s *bucketStore) s3GetIfChanged(ctx context.Context, key, etag string) ([]b
 		return nil, "", s.translate("get", key, err, false)
 	}
 	defer out.Body.Close()
-	data, err := io.ReadAll(out.Body)
+	data, err := s.readBody(key, out.Body, out.ContentLength)
 	if err != nil {
-		return nil, "", fmt.Errorf("get %s: %w", key, s.translate("read", key, err, false))
-	}
-	if out.ContentLength != nil && int64(len(data)) != *out.ContentLength {
-		return nil, "", fmt.Errorf("get %s: read %d of %d bytes", key, len(data), *out.ContentLength)
+		return nil, "", err
 	}
 	got := aws.ToString(out.ETag)
 	if got == "" {
