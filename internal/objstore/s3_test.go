@@ -316,3 +316,57 @@ func TestS3PutUnsignedWithCRC32C(t *testing.T) {
 		t.Fatalf("Get after PutIfAbsentSummed: %v (equal %v)", err, bytes.Equal(got, data))
 	}
 }
+
+// getModeClient records the x-amz-checksum-mode header of every GET.
+type getModeClient struct {
+	next  http.Client
+	mu    sync.Mutex
+	modes []string // guarded by mu
+}
+
+func (c *getModeClient) Do(r *http.Request) (*http.Response, error) {
+	if r.Method == http.MethodGet {
+		c.mu.Lock()
+		c.modes = append(c.modes, r.Header.Get("X-Amz-Checksum-Mode"))
+		c.mu.Unlock()
+	}
+	return c.next.Do(r)
+}
+
+func (c *getModeClient) take() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := c.modes
+	c.modes = nil
+	return m
+}
+
+// TestS3GetRangeLeavesChecksumsToTheCaller: a GetRange, even of a whole
+// object, does not ask for the object's checksum (x-amz-checksum-mode),
+// so the SDK does not CRC every byte of the body again: the caller checks
+// its own frames. Get still asks (its callers are unchanged). The bytes
+// read are the object's, from versitygw.
+func TestS3GetRangeLeavesChecksumsToTheCaller(t *testing.T) {
+	srv := s3server.Start(t)
+	gc := &getModeClient{}
+	s := open(t, &objstore.Opener{HTTPClient: gc}, srv.URL)
+	defer s.Close()
+	body := bytes.Repeat([]byte("0123456789abcdef"), 4096)
+	if err := s.Put(t.Context(), "k", body); err != nil {
+		t.Fatal(err)
+	}
+	p := make([]byte, len(body)+100)
+	n, err := s.GetRange(t.Context(), "k", 0, p)
+	if err != nil || !bytes.Equal(p[:n], body) {
+		t.Fatalf("GetRange of the whole object: %d bytes, %v; want the %d bytes put", n, err, len(body))
+	}
+	if modes := gc.take(); len(modes) != 1 || modes[0] != "" {
+		t.Errorf("GetRange sent x-amz-checksum-mode %q; want one GET without it", modes)
+	}
+	if got, err := s.Get(t.Context(), "k"); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("Get: %v (equal %v)", err, bytes.Equal(got, body))
+	}
+	if modes := gc.take(); len(modes) != 1 || modes[0] != "ENABLED" {
+		t.Errorf("Get sent x-amz-checksum-mode %q; want ENABLED, as before", modes)
+	}
+}
