@@ -125,7 +125,7 @@ func newVolumeCollector(stats func() map[string]volume.Stats) *volumeCollector {
 		stalled:      d("urldisk_agent_volume_stalled_uploads", "Record uploads waiting longer than the stall warning (5 s): the object store does not answer."),
 		oldest:       d("urldisk_agent_volume_oldest_pending_upload_seconds", "Age of the oldest unfinished record upload (0: none)."),
 		retries:      d("urldisk_agent_volume_upload_retries_total", "Record upload requests that failed and were retried."),
-		timeouts:     d("urldisk_agent_volume_store_request_timeouts_total", "Record upload requests cut by the per-request store timeout."),
+		timeouts:     d("urldisk_agent_volume_store_request_timeouts_total", "Record upload and read requests cut by the per-request store timeout."),
 		flushTimeout: d("urldisk_agent_volume_flush_timeouts_total", "Flushes that gave up after the flush timeout (EIO; the data stayed queued)."),
 	}
 }

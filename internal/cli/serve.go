@@ -74,7 +74,7 @@ func parseNonNegSize(flag, s string) (int64, error) {
 // registerStallFlags adds --store-timeout and --flush-timeout (serve and
 // agent).
 func registerStallFlags(f *pflag.FlagSet, storeTimeout, flushTimeout *time.Duration) {
-	f.DurationVar(storeTimeout, "store-timeout", 30*time.Second, "deadline of one object-store request of a record upload (per 8 MiB); a request that gets no answer is cancelled and retried")
+	f.DurationVar(storeTimeout, "store-timeout", 30*time.Second, "deadline of one object-store request of a record upload or of a read (per 8 MiB); a request that gets no answer is cancelled and retried (a read fails with EIO after 4 attempts)")
 	f.DurationVar(flushTimeout, "flush-timeout", 0, "fail a FLUSH with EIO after waiting this long for the object store; the data stays queued and a later FLUSH can succeed (0: wait as long as it takes)")
 }
 

@@ -119,3 +119,65 @@ func TestStalledStoreFlushEIO(t *testing.T) {
 		t.Errorf("serve fenced itself:\n%s", s.Stderr())
 	}
 }
+
+// TestStalledStoreReadEIO: a READ that must GET from a stopped store
+// (versitygw, SIGSTOP; serve without a cache) fails with EIO after its
+// bounded attempts of --store-timeout each, instead of hanging for the S3
+// client's own timeouts (a minute per attempt, minutes in all) without a
+// word, and serve logs a WARN naming the stalled read within seconds.
+// Once the store runs again the same READ returns the data.
+func TestStalledStoreReadEIO(t *testing.T) {
+	srv := s3server.Start(t)
+	vol := volURL(srv.URL, "rstall")
+	w := startServe(t, vol, "--create", "--size", "16M")
+	qemuIO(t, w.URI("rstall"), nil, "write -P 0xc3 0 1M", "flush")
+	w.StopOK()
+
+	s := startServe(t, vol, "--no-cache", "--store-timeout", "2s")
+	cn, err := nbdclient.Dial(s.URI("rstall"), 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cn.Close()
+	if err := srv.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			srv.Signal(syscall.SIGCONT)
+		}
+	}()
+	got := make([]byte, 1<<20)
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- cn.ReadAt(got, 0) }()
+	select {
+	case err = <-done:
+	case <-time.After(45 * time.Second):
+		t.Fatalf("READ from a stopped store has not returned after 45 s (--store-timeout 2s)\n%s", s.Stderr())
+	}
+	var nerr *nbdclient.Error
+	if !errors.As(err, &nerr) || nerr.Errno != nbdEIO {
+		t.Fatalf("READ from a stopped store after %s: %v, want EIO", time.Since(start), err)
+	}
+	const warn = `level=WARN msg="object store stalled: read is waiting`
+	if !s.StderrHas(warn) {
+		t.Fatalf("serve logged no stall WARN for the read:\n%s", s.Stderr())
+	}
+	for _, line := range strings.Split(s.Stderr(), "\n") {
+		if strings.Contains(line, warn) && (!strings.Contains(line, "op=get-range") || !strings.Contains(line, "/log/")) {
+			t.Errorf("stall WARN does not name the request and the record: %s", line)
+		}
+	}
+
+	if err := srv.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	if err := cn.ReadAt(got, 0); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0xc3}, 1<<20)) {
+		t.Fatalf("READ after the store resumed: %v (data ok %v)", err, bytes.Equal(got, bytes.Repeat([]byte{0xc3}, 1<<20)))
+	}
+	cn.Close()
+	s.StopOK()
+}

@@ -3,6 +3,7 @@ package volume
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,7 +42,8 @@ type Stats struct {
 	// BufferedBytes are written bytes not yet durable (in memory).
 	BufferedBytes int64
 	// UploadRetries counts failed upload requests that were retried;
-	// RequestTimeouts those that failed by Options.StoreTimeout.
+	// RequestTimeouts the store requests (of uploads and of reads) that
+	// failed by Options.StoreTimeout.
 	UploadRetries   uint64
 	RequestTimeouts uint64
 	// FlushTimeouts counts Flush calls that returned ErrFlushTimeout.
@@ -162,4 +164,50 @@ func (v *Volume) oldestUploadLocked() *upload {
 		}
 	}
 	return o
+}
+
+// readRequest runs one GET of a read under its own deadline (StoreTimeout
+// per 8 MiB, as an upload's). fetchFrames makes a bounded number of
+// attempts, so a store that accepts connections and never answers fails
+// the read with an error within about four deadlines, instead of holding
+// it for the store client's own timeouts (minutes for S3) without a word.
+func (v *Volume) readRequest(ctx context.Context, key string, off int64, p []byte) (int, error) {
+	rctx, cancel := context.WithTimeout(ctx, v.requestTimeout(len(p)))
+	defer cancel()
+	n, err := v.pool.store.GetRange(rctx, key, off, p)
+	if err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		v.requestTimeouts.Add(1)
+	}
+	return n, err
+}
+
+// watchRead arms the stall warning of a read's fetch of record key: still
+// waiting after StallWarn, it is logged at WARN naming the request (at
+// most one such line per StallWarn for the volume), and its end at INFO
+// or WARN. The returned function ends the watch with the fetch's error.
+func (v *Volume) watchRead(key string) func(error) {
+	start := time.Now()
+	var warned atomic.Bool
+	t := time.AfterFunc(v.opts.StallWarn, func() {
+		last := v.readStallWarned.Load()
+		now := time.Now().UnixNano()
+		if now-last < int64(v.opts.StallWarn) || !v.readStallWarned.CompareAndSwap(last, now) {
+			return
+		}
+		warned.Store(true)
+		v.log.Warn("object store stalled: read is waiting", "op", "get-range", "key", key,
+			"waited", time.Since(start).Round(time.Millisecond), "request_timeout", v.requestTimeout(0))
+	})
+	return func(err error) {
+		t.Stop()
+		if !warned.Load() {
+			return
+		}
+		took := time.Since(start).Round(time.Millisecond)
+		if err != nil {
+			v.log.Warn("stalled read failed", "key", key, "took", took, "err", err)
+			return
+		}
+		v.log.Info("object store recovered: stalled read finished", "key", key, "took", took)
+	}
 }

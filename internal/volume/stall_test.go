@@ -205,3 +205,97 @@ func TestTimedOutCreateThatLanded(t *testing.T) {
 		}
 	}
 }
+
+// TestStalledStoreReadFails: ranged GETs of records hang (the store never
+// answers) until released. A read that misses the cache fails within its
+// bounded attempts of StoreTimeout each instead of waiting for the store
+// client's own timeouts; reads stalled together make one WARN naming the
+// request and a record key, not one each; once the store answers, the
+// same reads return the data.
+func TestStalledStoreReadFails(t *testing.T) {
+	ctx := context.Background()
+	var stalled atomic.Bool
+	release := make(chan struct{})
+	store := faultstore.New(openStore(t, "mem://stalled-read"), faultstore.Hooks{
+		BeforeCtx: func(ctx context.Context, op faultstore.Op, key string) error {
+			if !stalled.Load() || op != faultstore.OpGetRange || !isLogKey(key) {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-release:
+				return nil
+			}
+		},
+	})
+	p := initPool(t, store)
+	if _, err := p.Create(ctx, "v", CreateOptions{Size: 16 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	w, err := p.Open(ctx, "v", Options{IdleFlush: -1, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := bytes.Repeat([]byte{0x5e}, 4<<20)
+	if err := w.WriteAt(ctx, want, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	var logBuf lockedbuf.Buffer
+	log := slog.New(slog.NewTextHandler(&logBuf, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	const storeTimeout = 200 * time.Millisecond
+	r, err := p.Open(ctx, "v", Options{ReadOnly: true, Logger: log, StoreTimeout: storeTimeout, StallWarn: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close(ctx)
+	stalled.Store(true)
+	const readers = 4
+	errs := make(chan error, readers)
+	start := time.Now()
+	for i := range readers {
+		go func() { errs <- r.ReadAt(ctx, make([]byte, 4096), int64(i)<<20) }()
+	}
+	for range readers {
+		select {
+		case err := <-errs:
+			if err == nil {
+				t.Fatal("a read from a stalled store succeeded")
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("read from a stalled store: %v, want the request deadline", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("reads from a stalled store have not returned after 30 s (StoreTimeout %s)", storeTimeout)
+		}
+	}
+	if took := time.Since(start); took > 20*storeTimeout {
+		t.Errorf("reads failed after %s, want a few StoreTimeouts (%s)", took, storeTimeout)
+	}
+	const warn = `level=WARN msg="object store stalled: read is waiting"`
+	var warns []string
+	for line := range strings.SplitSeq(logBuf.String(), "\n") {
+		if strings.Contains(line, warn) {
+			warns = append(warns, line)
+		}
+	}
+	if len(warns) != 1 {
+		t.Fatalf("%d stall WARNs for %d reads stalled together, want 1:\n%s", len(warns), readers, logBuf.String())
+	}
+	if !strings.Contains(warns[0], "op=get-range") || !strings.Contains(warns[0], "/log/") {
+		t.Errorf("stall WARN does not name the request and the record: %s", warns[0])
+	}
+	if st := r.Stats(); st.RequestTimeouts < readers {
+		t.Errorf("RequestTimeouts %d after %d stalled reads", st.RequestTimeouts, readers)
+	}
+
+	close(release)
+	got := make([]byte, 4<<20)
+	if err := r.ReadAt(ctx, got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read after the store answered again: %v (data ok %v)", err, bytes.Equal(got, want))
+	}
+}

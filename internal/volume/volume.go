@@ -85,12 +85,16 @@ type Options struct {
 	// request that gets no answer in time is cancelled and retried with
 	// exponential backoff and jitter (an S3 SDK's own retries run inside
 	// that deadline, so they cannot stretch it). Without it a stalled
-	// store holds an upload, and every flush behind it, forever.
+	// store holds an upload, and every flush behind it, forever. Each GET
+	// of a read that misses the cache has the same deadline; a read makes
+	// four attempts, then fails (EIO over NBD).
 	// Default 30s.
 	StoreTimeout time.Duration
 	// StallWarn: a record upload (or a Flush) still waiting after this
 	// long is logged once at WARN, naming the operation, and counted as
-	// stalled in Stats until it completes (then logged at INFO).
+	// stalled in Stats until it completes (then logged at INFO). A read
+	// waiting for the store this long is logged at WARN too, at most once
+	// per StallWarn for the volume.
 	// Default 5s.
 	StallWarn time.Duration
 	// FlushTimeout bounds how long Flush waits for the object store; past
@@ -271,6 +275,10 @@ type Volume struct {
 	requestTimeouts atomic.Uint64
 	flushTimeouts   atomic.Uint64
 	fillsSkipped    atomic.Uint64
+	// readStallWarned is when (unix nanoseconds) a stalled read was last
+	// logged: a stalled store stalls every read at once, one WARN per
+	// StallWarn says it.
+	readStallWarned atomic.Int64
 }
 
 var _ blockdev.Device = (*Volume)(nil)
