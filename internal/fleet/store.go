@@ -394,12 +394,18 @@ func nonce() (string, error) {
 
 // PutHeartbeat overwrites the agent's heartbeat.
 func (f *Fleet) PutHeartbeat(ctx context.Context, h *Heartbeat) error {
-	b, err := EncodeHeartbeat(h)
+	return f.putDoc(ctx, AgentKey(h.Host), KindAgent, h, "heartbeat of "+h.Host)
+}
+
+// putDoc overwrites the document at key with v encoded as kind; what
+// names it in errors.
+func (f *Fleet) putDoc(ctx context.Context, key, kind string, v any, what string) error {
+	b, err := format.EncodeDoc(kind, v)
 	if err != nil {
-		return err
+		return fmt.Errorf("encode %s: %w", what, err)
 	}
-	if err := f.store.Put(ctx, AgentKey(h.Host), b); err != nil {
-		return fmt.Errorf("write heartbeat of %s: %w", h.Host, err)
+	if err := f.store.Put(ctx, key, b); err != nil {
+		return fmt.Errorf("write %s: %w", what, err)
 	}
 	return nil
 }
@@ -503,14 +509,7 @@ func (f *Fleet) Draining(ctx context.Context) (map[string]bool, error) {
 
 // PutTrace overwrites a machine's access trace.
 func (f *Fleet) PutTrace(ctx context.Context, t *Trace) error {
-	b, err := EncodeTrace(t)
-	if err != nil {
-		return err
-	}
-	if err := f.store.Put(ctx, TraceKey(t.Name), b); err != nil {
-		return fmt.Errorf("write trace of %s: %w", t.Name, err)
-	}
-	return nil
+	return f.putDoc(ctx, TraceKey(t.Name), KindTrace, t, "trace of "+t.Name)
 }
 
 // GetTrace returns a machine's access trace; nil (and no error) if none.
