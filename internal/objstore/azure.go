@@ -33,25 +33,15 @@ type azureConfig struct {
 }
 
 func parseAzure(u *url.URL, q url.Values) (azureConfig, error) {
-	var c azureConfig
-	if err := checkOptions(u, q, azureOptions); err != nil {
-		return c, err
+	b, err := parseBucketURL(u, q, bucketRule{
+		options: azureOptions, what: "container", endpointPath: true,
+		valid: func(h string) bool { return len(h) >= 3 && len(h) <= 63 && validContainer.MatchString(h) },
+		rule:  "3-63 of a-z, 0-9 and single '-' between them",
+	})
+	if err != nil {
+		return azureConfig{}, err
 	}
-	if u.Host == "" {
-		return c, fmt.Errorf("%w: %s: empty container name (want azblob://CONTAINER/prefix)", ErrBadURL, redactURL(u))
-	}
-	if u.Port() != "" || len(u.Host) < 3 || len(u.Host) > 63 || !validContainer.MatchString(u.Host) {
-		return c, fmt.Errorf("%w: %s: invalid container name %q (3-63 of a-z, 0-9 and single '-' between them)", ErrBadURL, redactURL(u), u.Host)
-	}
-	c.container = u.Host
-	var err error
-	if c.prefix, err = urlPrefix(u); err != nil {
-		return c, err
-	}
-	if c.endpoint, err = parseEndpoint(u, q, true); err != nil {
-		return c, err
-	}
-	return c, nil
+	return azureConfig{container: b.bucket, prefix: b.prefix, endpoint: b.endpoint}, nil
 }
 
 // Azure's standard environment variables (those of the az CLI and of

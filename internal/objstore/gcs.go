@@ -70,25 +70,17 @@ type gcsConfig struct {
 }
 
 func parseGCS(u *url.URL, q url.Values) (gcsConfig, error) {
-	var c gcsConfig
-	if err := checkOptions(u, q, gcsOptions); err != nil {
-		return c, err
+	b, err := parseBucketURL(u, q, bucketRule{
+		options: gcsOptions, what: "bucket",
+		valid: func(h string) bool {
+			return validGCSBucket.MatchString(h) && (strings.Contains(h, ".") || len(h) <= 63)
+		},
+		rule: "3-63 of a-z, 0-9, '.', '-', '_'",
+	})
+	if err != nil {
+		return gcsConfig{}, err
 	}
-	if u.Host == "" {
-		return c, fmt.Errorf("%w: %s: empty bucket name (want gs://BUCKET/prefix)", ErrBadURL, redactURL(u))
-	}
-	if u.Port() != "" || !validGCSBucket.MatchString(u.Host) || (!strings.Contains(u.Host, ".") && len(u.Host) > 63) {
-		return c, fmt.Errorf("%w: %s: invalid bucket name %q (3-63 of a-z, 0-9, '.', '-', '_')", ErrBadURL, redactURL(u), u.Host)
-	}
-	c.bucket = u.Host
-	var err error
-	if c.prefix, err = urlPrefix(u); err != nil {
-		return c, err
-	}
-	if c.endpoint, err = parseEndpoint(u, q, false); err != nil {
-		return c, err
-	}
-	return c, nil
+	return gcsConfig{bucket: b.bucket, prefix: b.prefix, endpoint: b.endpoint}, nil
 }
 
 // openGCS opens a gs:// pool root over GCS's JSON API. Create-if-absent is

@@ -226,26 +226,55 @@ type s3Config struct {
 	usePathStyle bool
 }
 
-func parseS3(u *url.URL, q url.Values) (s3Config, error) {
-	var c s3Config
-	if err := checkOptions(u, q, s3Options); err != nil {
-		return c, err
+// bucketRule is what a cloud URL scheme asks of the bucket (container)
+// its host names.
+type bucketRule struct {
+	options      []string          // the query options the scheme takes
+	what         string            // "bucket" or "container", for errors
+	valid        func(string) bool // the provider's naming rule
+	rule         string            // that rule in words, for errors
+	endpointPath bool              // endpoint= may have a path (parseEndpoint)
+}
+
+// bucketURL is the part every cloud URL shares: bucket, key prefix and
+// endpoint.
+type bucketURL struct {
+	bucket, prefix, endpoint string
+}
+
+// parseBucketURL checks u's options and bucket name (a port is never one)
+// and parses its prefix and endpoint= option, as r says.
+func parseBucketURL(u *url.URL, q url.Values, r bucketRule) (bucketURL, error) {
+	var b bucketURL
+	if err := checkOptions(u, q, r.options); err != nil {
+		return b, err
 	}
 	if u.Host == "" {
-		return c, fmt.Errorf("%w: %s: empty bucket name (want s3://BUCKET/prefix)", ErrBadURL, redactURL(u))
+		return b, fmt.Errorf("%w: %s: empty %s name (want %s://%s/prefix)", ErrBadURL, redactURL(u), r.what, u.Scheme, strings.ToUpper(r.what))
 	}
-	if u.Port() != "" || !validBucket.MatchString(u.Host) {
-		return c, fmt.Errorf("%w: %s: invalid bucket name %q (3-63 of a-z, 0-9, '.', '-')", ErrBadURL, redactURL(u), u.Host)
+	if u.Port() != "" || !r.valid(u.Host) {
+		return b, fmt.Errorf("%w: %s: invalid %s name %q (%s)", ErrBadURL, redactURL(u), r.what, u.Host, r.rule)
 	}
-	c.bucket = u.Host
-	prefix, err := urlPrefix(u)
+	b.bucket = u.Host
+	var err error
+	if b.prefix, err = urlPrefix(u); err != nil {
+		return b, err
+	}
+	if b.endpoint, err = parseEndpoint(u, q, r.endpointPath); err != nil {
+		return b, err
+	}
+	return b, nil
+}
+
+func parseS3(u *url.URL, q url.Values) (s3Config, error) {
+	b, err := parseBucketURL(u, q, bucketRule{
+		options: s3Options, what: "bucket", valid: validBucket.MatchString,
+		rule: "3-63 of a-z, 0-9, '.', '-'",
+	})
 	if err != nil {
-		return c, err
+		return s3Config{}, err
 	}
-	c.prefix = prefix
-	if c.endpoint, err = parseEndpoint(u, q, false); err != nil {
-		return c, err
-	}
+	c := s3Config{bucket: b.bucket, prefix: b.prefix, endpoint: b.endpoint}
 	c.region = q.Get("region")
 	if q.Has("region") && !validRegion.MatchString(c.region) {
 		return c, fmt.Errorf("%w: %s: invalid region %q", ErrBadURL, redactURL(u), c.region)
