@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # fleetsim.sh — the fleet simulator (issue 12): in-process agents with a
-# fake runtime, each on its own etcd client (a real 3-member cluster on
-# loopback) or its own view of a file:// object store, heartbeating every
-# second with a 5 s timeout (etcd: lease TTL). Per run: coordination
-# requests per host per second (steady), drain time of a host carrying
-# DRAIN machines (drain call -> every machine seen by its new host),
+# fake runtime, each on its own counting view of an etcd client shared by
+# 25 hosts (a real 3-member cluster on loopback) or of a file:// object
+# store, heartbeating every second with a 5 s timeout (etcd: lease TTL).
+# Per run: coordination requests per host per second (steady), drain time
+# of a host carrying DRAIN machines (drain call -> every machine seen by its new host),
 # failover time p50/p99 (kill -> the new host sees the machine) after
-# killing 1 host and 10% of hosts. internal/fleet/etcdcoord
-# BenchmarkFleetSim.
+# killing 1 host and 10% of hosts, and rounds per host per interval (below
+# 1: the simulator or the cluster did not keep up, the other figures are
+# the saturated machine's). internal/fleet/etcdcoord BenchmarkFleetSim.
 #
 # Usage: flock /tmp/urldisk-bench.lock ./bench/fleetsim.sh
 # Knobs: ETCD_HOSTS="10 100 1000" FILE_HOSTS="10 50" PER_HOST=10 DRAIN=100
