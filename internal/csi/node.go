@@ -396,6 +396,21 @@ func (d *Driver) teardown(ctx context.Context, dir string, s *staged) error {
 	return nil
 }
 
+// field is a string field a CSI request must carry: its name for the
+// error, and its value.
+type field struct{ name, value string }
+
+// required is InvalidArgument naming the first empty one of fields, or
+// nil.
+func required(fields ...field) error {
+	for _, f := range fields {
+		if f.value == "" {
+			return status.Error(codes.InvalidArgument, f.name+" is required")
+		}
+	}
+	return nil
+}
+
 // lockedState takes the stage lock of volumeID and reads its stage state
 // in dir (s is nil when it has none): every node call that reads or
 // changes a stage holds that lock while it does. release unlocks.
@@ -427,11 +442,8 @@ func loopBacked(loop, file string) bool {
 // NodeUnstageVolume unmounts, detaches and stops serving; unstaging what
 // is not staged succeeds.
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume id is required")
-	}
-	if req.GetStagingTargetPath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "staging target path is required")
+	if err := required(field{"volume id", req.GetVolumeId()}, field{"staging target path", req.GetStagingTargetPath()}); err != nil {
+		return nil, err
 	}
 	dir, s, unlock, err := d.lockedState(ctx, req.GetVolumeId())
 	if err != nil {
@@ -507,11 +519,8 @@ func (d *Driver) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolu
 
 // NodeUnpublishVolume unmounts the target path and removes it.
 func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume id is required")
-	}
-	if req.GetTargetPath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "target path is required")
+	if err := required(field{"volume id", req.GetVolumeId()}, field{"target path", req.GetTargetPath()}); err != nil {
+		return nil, err
 	}
 	target := filepath.Clean(req.GetTargetPath())
 	if err := unmount(ctx, target); err != nil {
@@ -525,11 +534,8 @@ func (d *Driver) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublish
 
 // NodeGetVolumeStats reports usage of a published or staged path.
 func (d *Driver) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
-	if req.GetVolumeId() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume id is required")
-	}
-	if req.GetVolumePath() == "" {
-		return nil, status.Error(codes.InvalidArgument, "volume path is required")
+	if err := required(field{"volume id", req.GetVolumeId()}, field{"volume path", req.GetVolumePath()}); err != nil {
+		return nil, err
 	}
 	s, err := loadState(d.volDir(req.GetVolumeId()))
 	if err != nil {
