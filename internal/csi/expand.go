@@ -150,10 +150,7 @@ func (d *Driver) applyRequested(ctx context.Context, p *volume.Pool, ref volref.
 // filesystem to its device's size (the size the volume had when it was
 // staged) and reports that size.
 func (d *Driver) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
-	if err := required(field{"volume id", req.GetVolumeId()}, field{"volume path", req.GetVolumePath()}); err != nil {
-		return nil, err
-	}
-	_, s, unlock, err := d.lockedState(ctx, req.GetVolumeId())
+	_, s, unlock, err := d.lockedState(ctx, req.GetVolumeId(), field{"volume path", req.GetVolumePath()})
 	if err != nil {
 		return nil, err
 	}

@@ -411,10 +411,14 @@ func required(fields ...field) error {
 	return nil
 }
 
-// lockedState takes the stage lock of volumeID and reads its stage state
-// in dir (s is nil when it has none): every node call that reads or
-// changes a stage holds that lock while it does. release unlocks.
-func (d *Driver) lockedState(ctx context.Context, volumeID string) (dir string, s *staged, release func(), err error) {
+// lockedState checks that the request carries volumeID and the other
+// required fields, then takes the stage lock of volumeID and reads its
+// stage state in dir (s is nil when it has none): every node call that
+// reads or changes a stage holds that lock while it does. release unlocks.
+func (d *Driver) lockedState(ctx context.Context, volumeID string, fields ...field) (dir string, s *staged, release func(), err error) {
+	if err := required(append([]field{{"volume id", volumeID}}, fields...)...); err != nil {
+		return "", nil, nil, err
+	}
 	unlock, err := d.locks.lock(ctx, "stage:"+volumeID)
 	if err != nil {
 		return "", nil, nil, err
@@ -442,10 +446,7 @@ func loopBacked(loop, file string) bool {
 // NodeUnstageVolume unmounts, detaches and stops serving; unstaging what
 // is not staged succeeds.
 func (d *Driver) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if err := required(field{"volume id", req.GetVolumeId()}, field{"staging target path", req.GetStagingTargetPath()}); err != nil {
-		return nil, err
-	}
-	dir, s, unlock, err := d.lockedState(ctx, req.GetVolumeId())
+	dir, s, unlock, err := d.lockedState(ctx, req.GetVolumeId(), field{"staging target path", req.GetStagingTargetPath()})
 	if err != nil {
 		return nil, err
 	}
