@@ -143,6 +143,7 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 	in.exp, err = export.Start(ctx, export.Config{
 		Volumes:         []export.Volume{{Name: volName, Label: "urldisk machine " + p.Name, Open: attach, Device: wrap}},
 		Listener:        ln,
+		NBD:             nbd.Options{MaxConns: machineMaxConns},
 		ControlOptional: true, // checkpoints then go offline; the machine still runs
 		CloseTimeout:    a.cfg.DetachTimeout,
 		Logger:          log,
@@ -210,6 +211,12 @@ func (a *Agent) stopInstance(in *instance, log *slog.Logger) error {
 	}
 	return err
 }
+
+// machineMaxConns bounds the NBD connections a machine's workload may hold
+// on its own socket: a VM or a process needs a few, and each is a file
+// descriptor of the agent, which every other machine's export and uploads
+// share (nbd.DefaultMaxConns is serve's bound for a whole process).
+const machineMaxConns = 64
 
 // prefetchParallel is the prefetch's GETs in flight. Its own lane in the
 // volume: the machine's reads never wait for a prefetch slot.
