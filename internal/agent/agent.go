@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/fleet"
+	"github.com/urldisk/urldisk/internal/nbd"
 	"github.com/urldisk/urldisk/internal/objstore"
 	"github.com/urldisk/urldisk/internal/periodic"
 	"github.com/urldisk/urldisk/internal/volume"
@@ -102,6 +104,10 @@ type Config struct {
 	// are recorded for prefetch on its next host. Default 4096 (256 MiB);
 	// negative disables tracing and prefetch.
 	TracePages int
+	// NBDQueuedBytes bounds the NBD payload buffers held by the
+	// connections of all machines together (nbd.Options.Budget). Default
+	// nbd.DefaultMaxQueuedBytes (256 MiB).
+	NBDQueuedBytes int64
 	// Now tells the time; default time.Now.
 	Now func() time.Time
 	// Logger; default slog.Default().
@@ -156,6 +162,9 @@ func (c *Config) setDefaults() error {
 	if c.DetachTimeout <= 0 {
 		c.DetachTimeout = time.Minute
 	}
+	if c.NBDQueuedBytes < 0 {
+		return fmt.Errorf("agent: NBD payload budget %d bytes: want 0 (the default) or more", c.NBDQueuedBytes)
+	}
 	if c.TracePages == 0 {
 		c.TracePages = 4096
 	}
@@ -193,6 +202,11 @@ type Agent struct {
 	kickHeartbeat chan struct{} // cap 1
 	fencedCount   atomic.Uint64
 	seq           atomic.Uint64 // heartbeats written
+	// nbdBudget bounds the NBD payload buffers of all machines together:
+	// each machine's export has a server of its own, and clients that send
+	// reads and never read the replies would otherwise hold the bound once
+	// per machine.
+	nbdBudget *nbd.Budget
 
 	mu      sync.Mutex
 	runners map[string]*runner // guarded by mu
@@ -214,6 +228,7 @@ func New(cfg Config) (*Agent, error) {
 		kickReconcile: make(chan struct{}, 1),
 		kickHeartbeat: make(chan struct{}, 1),
 		runners:       map[string]*runner{},
+		nbdBudget:     nbd.NewBudget(cmp.Or(cfg.NBDQueuedBytes, nbd.DefaultMaxQueuedBytes)),
 	}
 	a.fleet = cfg.Coord
 	if a.fleet == nil {

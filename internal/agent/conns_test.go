@@ -70,3 +70,51 @@ func TestMachineConnectionsBounded(t *testing.T) {
 		t.Fatalf("read after the connections closed: %v", err)
 	}
 }
+
+// The NBD payload budget is the agent's, not each machine's: clients of two
+// machines that send READs and never read the replies hold no more than
+// Config.NBDQueuedBytes together (each machine's server alone would allow
+// its own 256 MiB, N machines N times that).
+func TestMachinesShareOneNBDBudget(t *testing.T) {
+	const mib = 1 << 20
+	const budget = 80 * mib // above one connection's MaxBufferBytes (2 x 32 MiB payload buffers)
+	ctx := context.Background()
+	w := newWorld(t)
+	a := w.startAgentWith("a", nil, func(c *Config) { c.NBDQueuedBytes = budget })
+	for _, m := range []string{"m1", "m2"} {
+		if _, err := w.ops.Run(ctx, m, fleet.Spec{Volume: w.createVolume("v-" + m), Runtime: fleet.RuntimeProcess, Args: []string{"sleep", "1000"}}, "a"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a.Reconcile()
+	var peak int64
+	for _, m := range []string{"m1", "m2"} {
+		waitFor(t, m+" running", func() bool {
+			st, ok := a.machine(m)
+			return ok && st.Phase == fleet.PhaseRunning
+		})
+		sock := filepath.Join(a.machineSockDir(m), nbdSocketName)
+		for range 2 {
+			cn, err := nbdclient.Dial("nbd+unix:///v-"+m+"?socket="+sock, 10*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cn.Close()
+			// 16 READs of 16 MiB sent at once; the replies are never read.
+			if err := cn.SendReads(16, 16*mib); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitFor(t, "the stalled clients of both machines to reach the agent's budget", func() bool {
+		used := a.nbdBudget.Used()
+		peak = max(peak, used)
+		if used > budget {
+			t.Fatalf("NBD payload buffers %d bytes above the agent's budget %d", used, budget)
+		}
+		return used > budget-32*mib
+	})
+	if peak > budget {
+		t.Fatalf("peak %d above the budget %d", peak, budget)
+	}
+}

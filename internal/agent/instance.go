@@ -143,7 +143,7 @@ func (a *Agent) startInstance(ctx context.Context, p *fleet.Placement, prevStop 
 	in.exp, err = export.Start(ctx, export.Config{
 		Volumes:         []export.Volume{{Name: volName, Label: "urldisk machine " + p.Name, Open: attach, Device: wrap}},
 		Listener:        ln,
-		NBD:             nbd.Options{MaxConns: machineMaxConns},
+		NBD:             nbd.Options{MaxConns: machineMaxConns, Budget: a.nbdBudget},
 		ControlOptional: true, // checkpoints then go offline; the machine still runs
 		CloseTimeout:    a.cfg.DetachTimeout,
 		Logger:          log,

@@ -256,3 +256,51 @@ func TestFitMaxConns(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetSharedAcrossServers: two servers drawing from one Budget (an
+// agent's machines) hold no more than it together, although each alone
+// would be allowed MaxBufferBytes per connection and the budget in full.
+func TestBudgetSharedAcrossServers(t *testing.T) {
+	const mib = 1 << 20
+	budget := NewBudget(3 * mib)
+	var srvs []*Server
+	for range 2 {
+		opts, _ := ramExport(8*mib, false)
+		opts.MaxPayload = mib
+		opts.MaxBufferBytes = 2 * mib
+		opts.Budget = budget
+		opts.ReplyTimeout = 2 * time.Second
+		srv := newTestServer(t, opts)
+		srvs = append(srvs, srv)
+		path := serveUnix(t, srv)
+		for i := range 2 {
+			c := dialUnix(t, path)
+			c.connect("disk")
+			var b []byte
+			for j := range 16 {
+				b = append(b, requestBytes(0, cmdRead, uint64(i*16+j), uint64(j%8)*mib, mib)...)
+			}
+			c.write(b) // and never read a reply
+		}
+	}
+	var peak int64
+	waitFor(t, "the stalled clients of both servers to reach the shared budget", func() bool {
+		for _, srv := range srvs {
+			st := srv.Stats()
+			if st.MaxQueuedBytes != 3*mib {
+				t.Fatalf("MaxQueuedBytes %d, want the budget's %d", st.MaxQueuedBytes, 3*mib)
+			}
+			if st.QueuedBytes > st.MaxQueuedBytes {
+				t.Fatalf("QueuedBytes %d above the shared budget %d", st.QueuedBytes, st.MaxQueuedBytes)
+			}
+		}
+		peak = max(peak, budget.Used())
+		return budget.Used() == 3*mib
+	})
+	waitFor(t, "the stalled clients to be disconnected and the budget released", func() bool {
+		return budget.Used() == 0
+	})
+	if peak > 3*mib {
+		t.Errorf("peak %d above the shared budget", peak)
+	}
+}

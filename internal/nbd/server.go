@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -82,8 +83,13 @@ type Options struct {
 	// together (reads being answered, writes being applied), in bytes. A
 	// connection that would exceed it stops reading requests until others
 	// release theirs (back-pressure, not memory). Default 256 MiB, and
-	// never less than MaxBufferBytes.
+	// never less than MaxBufferBytes. Ignored when Budget is set.
 	MaxQueuedBytes int64
+	// Budget, if set, is the payload budget this server draws from instead
+	// of one of its own, so that several servers of one process (an
+	// agent's machines, each with a server of its own) share one bound
+	// rather than holding one each.
+	Budget *Budget
 	// ReplyTimeout is how long sending one reply may block because the
 	// client does not read: after it (at least 7/8 of it, see
 	// replyWriter.arm) the connection is closed and its buffers are
@@ -99,7 +105,7 @@ type Options struct {
 type Stats struct {
 	Conns          int   // connections open (handshake or transmission)
 	RefusedConns   int64 // connections closed at accept because of MaxConns
-	QueuedBytes    int64 // payload buffer bytes held by all connections
+	QueuedBytes    int64 // payload buffer bytes held by all connections (of every server sharing its Budget)
 	MaxQueuedBytes int64 // the bound on QueuedBytes
 }
 
@@ -112,10 +118,9 @@ type Server struct {
 	pool   *bufPool
 	nextID atomic.Uint64 // connection ids for logs
 
-	// queued bounds payload buffers over all connections; queuedN mirrors
-	// its use for Stats (the semaphore does not expose it).
-	queued  *semaphore.Weighted
-	queuedN atomic.Int64
+	// queued bounds payload buffers over all connections (and over other
+	// servers sharing Options.Budget).
+	queued *Budget
 	// open counts connections accepted by Serve and not yet closed.
 	open    atomic.Int64
 	refused atomic.Int64
@@ -173,6 +178,9 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.MaxConns < 1 {
 		return nil, fmt.Errorf("nbd: MaxConns %d: want at least 1", opts.MaxConns)
 	}
+	if opts.Budget != nil {
+		opts.MaxQueuedBytes = opts.Budget.max
+	}
 	if opts.MaxQueuedBytes == 0 {
 		opts.MaxQueuedBytes = max(DefaultMaxQueuedBytes, opts.MaxBufferBytes)
 	}
@@ -201,11 +209,14 @@ func NewServer(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if opts.Budget == nil {
+		opts.Budget = NewBudget(opts.MaxQueuedBytes)
+	}
 	s := &Server{
 		opts:      opts,
 		log:       log,
 		pool:      newBufPool(opts.MaxPayload),
-		queued:    semaphore.NewWeighted(opts.MaxQueuedBytes),
+		queued:    opts.Budget,
 		exports:   make(map[string]*exportEntry),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
@@ -416,19 +427,37 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// acquireQueued takes n bytes of the server-wide payload budget, waiting
-// for other connections to release theirs.
+// Budget bounds the payload buffer bytes held by the connections of every
+// server that shares it. Create it with NewBudget.
+type Budget struct {
+	sem  *semaphore.Weighted
+	used atomic.Int64 // mirrors sem's use for Stats (it does not expose it)
+	max  int64
+}
+
+// NewBudget returns a budget of max bytes (at least 1).
+func NewBudget(max int64) *Budget {
+	max = cmp.Or(max, 1) // a zero budget would block every READ forever
+	return &Budget{sem: semaphore.NewWeighted(max), max: max}
+}
+
+// Used returns the bytes held now.
+func (b *Budget) Used() int64 { return b.used.Load() }
+
+// acquireQueued takes n bytes of the payload budget, waiting for other
+// connections (of this server or of servers sharing the budget) to release
+// theirs.
 func (s *Server) acquireQueued(ctx context.Context, n int64) error {
-	if err := s.queued.Acquire(ctx, n); err != nil {
+	if err := s.queued.sem.Acquire(ctx, n); err != nil {
 		return err
 	}
-	s.queuedN.Add(n)
+	s.queued.used.Add(n)
 	return nil
 }
 
 func (s *Server) releaseQueued(n int64) {
-	s.queuedN.Add(-n)
-	s.queued.Release(n)
+	s.queued.used.Add(-n)
+	s.queued.sem.Release(n)
 }
 
 // Stats returns the server's current resource use.
@@ -436,7 +465,7 @@ func (s *Server) Stats() Stats {
 	return Stats{
 		Conns:          int(s.open.Load()),
 		RefusedConns:   s.refused.Load(),
-		QueuedBytes:    s.queuedN.Load(),
+		QueuedBytes:    s.queued.Used(),
 		MaxQueuedBytes: s.opts.MaxQueuedBytes,
 	}
 }

@@ -147,15 +147,33 @@ func (cn *Conn) handshake(name string) error {
 // Size is the export's size in bytes.
 func (cn *Conn) Size() uint64 { return cn.size }
 
-func (cn *Conn) request(op string, cmd uint16, off uint64, length uint32, payload []byte, into []byte) error {
+// header appends a request header with the next handle to b.
+func (cn *Conn) header(b []byte, cmd uint16, off uint64, length uint32) []byte {
 	cn.handle++
-	req := make([]byte, 28, 28+len(payload))
-	binary.BigEndian.PutUint32(req[0:], magicRequest)
-	binary.BigEndian.PutUint16(req[6:], cmd)
-	binary.BigEndian.PutUint64(req[8:], cn.handle)
-	binary.BigEndian.PutUint64(req[16:], off)
-	binary.BigEndian.PutUint32(req[24:], length)
-	req = append(req, payload...)
+	b = binary.BigEndian.AppendUint32(b, magicRequest)
+	b = binary.BigEndian.AppendUint16(b, 0) // flags
+	b = binary.BigEndian.AppendUint16(b, cmd)
+	b = binary.BigEndian.AppendUint64(b, cn.handle)
+	b = binary.BigEndian.AppendUint64(b, off)
+	return binary.BigEndian.AppendUint32(b, length)
+}
+
+// SendReads sends n READs of length bytes each (from offset 0) at once and
+// reads no reply, as a client that stalls the server's replies does. The
+// connection is good only for Close afterwards.
+func (cn *Conn) SendReads(n int, length uint32) error {
+	var b []byte
+	for range n {
+		b = cn.header(b, cmdRead, 0, length)
+	}
+	if _, err := cn.c.Write(b); err != nil {
+		return fmt.Errorf("nbd send reads: %w", err)
+	}
+	return nil
+}
+
+func (cn *Conn) request(op string, cmd uint16, off uint64, length uint32, payload []byte, into []byte) error {
+	req := append(cn.header(nil, cmd, off, length), payload...)
 	if _, err := cn.c.Write(req); err != nil {
 		return fmt.Errorf("nbd %s: %w", op, err)
 	}
