@@ -286,6 +286,11 @@ func BenchmarkFleetSim(b *testing.B) {
 		return out
 	}
 	onDrained := versions(drained.id)
+	if len(onDrained) == 0 {
+		// Only a failover moves them: the scheduler saw the host dead, its
+		// heartbeats late (a saturated cluster or simulator).
+		b.Fatalf("the host to drain, %s, runs none of its %d machines before the drain: they were failed over (%.2f rounds per host per interval)", drained.id, *simDrain, perInterval)
+	}
 	t0 = time.Now()
 	if _, err := (&fleet.Ops{Fleet: s.admin, By: "sim", DefaultTimeout: *simTimeout}).Drain(ctx, drained.id); err != nil {
 		b.Fatal(err)
