@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -56,7 +57,18 @@ type serveOptions struct {
 	// ReadaheadFillBytes); planServe parses them.
 	readahead     string
 	readaheadFill string
+	// memoryLimit is --memory-limit, a size; planServe parses it.
+	memoryLimit string
 }
+
+// defaultMemoryLimit is serve's Go soft memory limit when neither
+// --memory-limit nor GOMEMLIMIT sets one. Without a limit the heap grows to
+// twice what was live at the last GC (GOGC=100): a sequential writer keeps
+// ~100 MiB live (the 64 MiB write buffer plus NBD payloads waiting for it),
+// so serve peaked at 230-263 MiB; a lower GOGC bounds that too but doubled
+// the GC's CPU on a sequential write, while the limit only adds collections
+// when the heap nears it. Measured in BENCHMARKS.md.
+const defaultMemoryLimit = 192 << 20
 
 // parseNonNegSize parses flag's size value (units.ParseSize refuses a
 // negative one) into an int64; 0 is allowed and means the default.
@@ -151,6 +163,7 @@ any other error.`
 	registerStallFlags(f, &o.storeTimeout, &o.flushTimeout)
 	f.StringVar(&o.readahead, "readahead", "0", "memory bound of all sequential readers' readahead windows in flight (0: the default, 64M)")
 	f.StringVar(&o.readaheadFill, "readahead-fill", "0", "how far into one sequential stream readahead fills the cache; beyond it a long pass does not evict the working set (0: the default, a quarter of --cache-size, at least 64M)")
+	f.StringVar(&o.memoryLimit, "memory-limit", "", "Go soft memory limit: the GC works harder near it instead of letting the heap grow to twice the live data (default 192M unless $GOMEMLIMIT is set; 0: none)")
 	f.DurationVar(&o.follow, "follow", 0, "with --read-only: poll the log this often and serve new flushed data (a read replica)")
 	return cmd
 }
@@ -174,6 +187,10 @@ func runServe(ctx context.Context, out io.Writer, g *globals, o *serveOptions, a
 	ln, maxConns, err := serveListen(log, o, plan)
 	if err != nil {
 		return err
+	}
+	if plan.memoryLimit > 0 {
+		// Restored on return: serve also runs inside the cli tests' process.
+		defer debug.SetMemoryLimit(debug.SetMemoryLimit(plan.memoryLimit))
 	}
 	c, err := openServeCache(log, o)
 	if err != nil {
@@ -247,6 +264,9 @@ type servePlan struct {
 	// readahead and readaheadFill: --readahead and --readahead-fill in
 	// bytes, 0 for the volume's default.
 	readahead, readaheadFill int64
+	// memoryLimit: the soft memory limit to set in bytes, 0 to leave the
+	// runtime's (GOMEMLIMIT, or none).
+	memoryLimit int64
 }
 
 // planServe checks the flags and the URLs before anything is touched:
@@ -284,6 +304,14 @@ func planServe(o *serveOptions, args []string) (*servePlan, error) {
 	}
 	if plan.readaheadFill, err = parseNonNegSize("--readahead-fill", o.readaheadFill); err != nil {
 		return nil, fmt.Errorf("serve: %w", err)
+	}
+	switch {
+	case o.memoryLimit != "":
+		if plan.memoryLimit, err = parseNonNegSize("--memory-limit", o.memoryLimit); err != nil {
+			return nil, fmt.Errorf("serve: %w", err)
+		}
+	case os.Getenv("GOMEMLIMIT") == "":
+		plan.memoryLimit = defaultMemoryLimit
 	}
 	if plan.tls, err = tlsfiles.Server(o.tlsCert, o.tlsKey, o.tlsClientCA); err != nil {
 		return nil, fmt.Errorf("serve: %w", err)

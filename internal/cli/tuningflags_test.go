@@ -51,3 +51,37 @@ func TestServeReadaheadFlagsValidated(t *testing.T) {
 		t.Fatalf("planServe --readahead 8M --readahead-fill 0: %+v, %v; want 8 MiB and 0", plan, err)
 	}
 }
+
+// --memory-limit: a bad size is refused naming the flag before attaching;
+// unset it is serve's default unless GOMEMLIMIT chose one (then serve
+// leaves the runtime's limit alone); 0 sets none.
+func TestServeMemoryLimitFlag(t *testing.T) {
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	vol := "file://" + filepath.Join(t.TempDir(), "p", "a")
+	if _, err := runCLI(t, "create", vol, "--size", "1M"); err != nil {
+		t.Fatal(err)
+	}
+	sock := "unix:" + filepath.Join(t.TempDir(), "s.sock")
+	for _, val := range []string{"-1M", "lots"} {
+		_, err := runCLI(t, "serve", "--no-cache", "--listen", sock, "--memory-limit", val, vol)
+		if err == nil || !strings.Contains(err.Error(), "--memory-limit:") {
+			t.Errorf("serve --memory-limit %s: %v, want an error naming the flag", val, err)
+		}
+	}
+	if epoch, _ := volumeEpoch(t, vol); epoch != 0 {
+		t.Errorf("a refused serve attached the volume read-write (epoch %d, want 0)", epoch)
+	}
+	for _, c := range []struct {
+		flag, env string
+		want      int64
+	}{
+		{"", "", defaultMemoryLimit}, {"", "300MiB", 0}, {"256M", "300MiB", 256 << 20}, {"0", "", 0},
+	} {
+		t.Setenv("GOMEMLIMIT", c.env)
+		o := &serveOptions{maxConns: 1, handshake: 1, storeTimeout: 1, readahead: "0", readaheadFill: "0", memoryLimit: c.flag}
+		plan, err := planServe(o, []string{vol})
+		if err != nil || plan.memoryLimit != c.want {
+			t.Errorf("planServe --memory-limit %q with GOMEMLIMIT=%q: %v, %v; want %d", c.flag, c.env, plan, err, c.want)
+		}
+	}
+}
