@@ -24,9 +24,22 @@ run() { # backend hosts
 	local drain=$DRAIN
 	if ((drain > machines / 2)); then drain=$((machines / 2)); fi
 	echo "== $1: $2 hosts, $machines machines, drain $drain"
-	/tmp/fleetsim.test -test.run '^$' -test.bench BenchmarkFleetSim -test.benchtime 1x -test.timeout 30m \
-		-fleetsim.backend "$1" -fleetsim.hosts "$2" -fleetsim.machines "$machines" -fleetsim.drain "$drain" 2>&1 |
-		grep -E 'BenchmarkFleetSim|fleetsim_bench_test' | grep -v '^{'
+	local out=/tmp/fleetsim-$1-$2.log
+	# One size failing (a timeout, a saturated machine) must not cost the
+	# others: report it with the end of its output and go on.
+	if ! /tmp/fleetsim.test -test.run '^$' -test.bench BenchmarkFleetSim -test.benchtime 1x -test.timeout 30m \
+		-fleetsim.backend "$1" -fleetsim.hosts "$2" -fleetsim.machines "$machines" -fleetsim.drain "$drain" >"$out" 2>&1; then
+		echo "FAILED: $1 $2 hosts (full output: $out):"
+		grep -v '^{' "$out" | tail -20
+		failed+=("$1/$2")
+		return
+	fi
+	grep -E 'BenchmarkFleetSim|fleetsim_bench_test' "$out" | grep -v '^{'
 }
+failed=()
 for h in $FILE_HOSTS; do run file "$h"; done
 for h in $ETCD_HOSTS; do run etcd "$h"; done
+if ((${#failed[@]})); then
+	echo "failed sizes: ${failed[*]}"
+	exit 1
+fi

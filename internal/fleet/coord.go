@@ -83,6 +83,12 @@ var _ Coord = (*Fleet)(nil)
 // winning.
 const maxUpdateAttempts = 16
 
+// movesInFlight bounds the placement writes a failover or a drain keeps in
+// flight: each is still one compare-and-swap on its machine's version, so
+// running them together changes how long a move of many machines takes,
+// not what wins.
+const movesInFlight = 32
+
 // Update writes the next version of machine name through c. It reads the
 // newest placement (nil if none), asks next for the following one, and
 // compare-and-swaps it in. If another writer took that version first,
@@ -128,7 +134,8 @@ func Update(ctx context.Context, c Coord, name, by string, next func(cur *Placem
 // Scheduler is implemented by a Coord that elects one host to fail over
 // dead hosts' machines (etcd). With it, Member fails over only while its
 // host leads, and then watches every host (one read of the fleet's
-// heartbeats per round, for one host); without it (the object store) every
+// heartbeats per round, for one host); the other hosts read no peers'
+// heartbeats (only those they Track); without it (the object store) every
 // host fails over the peers it watches on the ring and the placement's
 // compare-and-swap picks one winner per machine.
 type Scheduler interface {

@@ -7,13 +7,16 @@ import (
 	"sort"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // Member is one host's side of the coordination: every round it watches a
 // bounded set of peers (Coord.WatchPeers), fails over the machines of the
 // ones it holds dead, and reads the placements concerning itself. On a
 // Coord that is a Scheduler (etcd) only the elected host fails over, and it
-// watches every host. The agent
+// watches every host; the others watch no peers, only the hosts they Track
+// (their leases are what fails them over). The agent
 // drives it; so does the fleet simulation test, with a fake runtime. Its
 // requests per round do not grow with the fleet (with the object-store
 // Coord: see Fleet). Safe for concurrent use.
@@ -87,9 +90,16 @@ func (m *Member) Round(ctx context.Context, load int) (*Round, error) {
 	}
 	var hbs []*Heartbeat
 	var err error
-	if _, elected := m.c.(Scheduler); elected && schedules {
+	_, elected := m.c.(Scheduler)
+	switch {
+	case elected && schedules:
 		hbs, err = m.c.Heartbeats(ctx) // the scheduler watches every host
-	} else {
+	case elected:
+		// Liveness is the lease and only the scheduler fails hosts over:
+		// reading ring peers would cost every host requests each round
+		// (half of them, at 500 hosts) for a result nothing acts on. The
+		// hosts it Tracks (a previous host it waits on) are still read.
+	default:
 		hbs, err = m.c.WatchPeers(ctx, m.self, m.Dead)
 	}
 	if err != nil {
@@ -179,36 +189,65 @@ func (m *Member) failover(ctx context.Context, now time.Time, load int, r *Round
 		}
 	}
 	sort.Strings(live)
-	for _, d := range dead {
-		ps, err := m.c.Assigned(ctx, d)
-		if err != nil {
+
+	// Reads and moves run movesInFlight at a time: one at a time, the
+	// failover of 10% of a fleet took as long as the machines to move.
+	assigned := make([]map[string]*Placement, len(dead))
+	var g errgroup.Group
+	g.SetLimit(movesInFlight)
+	for i, d := range dead {
+		g.Go(func() error {
+			var err error
+			assigned[i], err = m.c.Assigned(ctx, d)
 			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	type move struct {
+		Move
+		dead int // index in dead
+	}
+	var moves []move
+	for i, d := range dead {
+		for _, mv := range FailoverMovesLoaded(assigned[i], func(h string) bool { return h == d }, live, loads) {
+			loads[mv.To]++ // planned: the next dead host's machines spread past it
+			moves = append(moves, move{mv, i})
 		}
-		ok := true
-		for _, mv := range FailoverMovesLoaded(ps, func(h string) bool { return h == d }, live, loads) {
+	}
+	failed := make([]bool, len(dead))
+	var mu sync.Mutex // guards failed and r.Failovers
+	for _, mv := range moves {
+		g.Go(func() error {
 			p, err := Update(ctx, m.c, mv.Name, m.by, func(cur *Placement) (*Placement, error) {
 				if cur == nil || cur.State != Running || cur.Host != mv.From || !m.Dead(cur.Host) {
 					return nil, ErrNoChange // someone else moved it, or the host is back
 				}
 				return NextMove(cur, mv.Name, mv.To, ReasonFailover, now)
 			})
+			mu.Lock()
+			defer mu.Unlock()
 			switch {
 			case errors.Is(err, ErrNoChange):
 			case err != nil:
-				ok = false
+				failed[mv.dead] = true
 				m.log.Warn("failover failed", "machine", mv.Name, "from", mv.From, "to", mv.To, "err", err)
 			default:
-				loads[mv.To]++
 				m.log.Warn("FAILOVER: host stopped heartbeating; machine reassigned", "machine", mv.Name, "dead_host", mv.From, "to", mv.To, "version", p.Version)
 				r.Failovers = append(r.Failovers, p)
 			}
-		}
-		if ok {
-			m.mu.Lock()
+			return nil
+		})
+	}
+	g.Wait() // the moves report their errors themselves
+	m.mu.Lock()
+	for i, d := range dead {
+		if !failed[i] {
 			m.handled[d] = now
-			m.mu.Unlock()
 		}
 	}
+	m.mu.Unlock()
 	return nil
 }
 

@@ -113,7 +113,7 @@ func etcdRequests(t *testing.T, c *etcdcluster.Cluster, prefix string, hosts, wa
 
 // TestEtcdRequestsPerHostConstant: on etcd too, a host's RPCs per interval
 // do not grow with the fleet (5 vs 20 hosts): its assignments come from
-// its watch, not from reads.
+// its watch, not from reads, and only the scheduler reads heartbeats.
 func TestEtcdRequestsPerHostConstant(t *testing.T) {
 	c := etcdcluster.Start(t)
 	small := etcdRequests(t, c, "small", 5, 12, 20)
@@ -122,7 +122,10 @@ func TestEtcdRequestsPerHostConstant(t *testing.T) {
 	if large > small*1.1 {
 		t.Fatalf("RPCs per host per interval grow with the fleet: %.2f at 5 hosts, %.2f at 20", small, large)
 	}
-	if large > 6 {
-		t.Fatalf("%.2f RPCs per host per interval, want at most 6", large)
+	// A heartbeat transaction and its lease's keep-alive; the scheduler's
+	// read of every heartbeat is one host's. Reading three ring peers'
+	// heartbeats, as the object store's hosts do, made it about 5.
+	if large > 3 {
+		t.Fatalf("%.2f RPCs per host per interval, want at most 3 (hosts other than the scheduler read no peers' heartbeats)", large)
 	}
 }
