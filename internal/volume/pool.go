@@ -44,6 +44,8 @@ type Pool struct {
 	key   *format.KEK
 	// frames: the frame tables of packed records (compressed volumes).
 	frames *frameTables
+	// fetch recycles the read path's GET buffers across the pool's volumes.
+	fetch *fetchBufs
 }
 
 // DefaultRetention is the default point-in-time window.
@@ -110,7 +112,7 @@ func InitPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Poo
 // OpenPool opens an initialised pool; ErrNoPool if the marker is missing.
 func OpenPool(ctx context.Context, store objstore.Store, opts PoolOptions) (*Pool, error) {
 	opts = opts.withDefaults()
-	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention, keys: opts.Key, frames: newFrameTables()}
+	p := &Pool{store: store, clock: opts.Clock, log: opts.Logger, retention: opts.Retention, keys: opts.Key, frames: newFrameTables(), fetch: newFetchBufs()}
 	switch err := getDoc(ctx, store, format.PoolMarkerKey, format.KindPool, &p.marker); {
 	case errors.Is(err, objstore.ErrNotFound):
 		return nil, ErrNoPool

@@ -367,10 +367,27 @@ const (
 // shorter, and at most fetchTail when the record is longer than the window.
 const fetchTail = 16 << 10
 
-var (
-	smallFetchBufs = sync.Pool{New: func() any { b := make([]byte, smallFetch); return &b }}
-	largeFetchBufs = sync.Pool{New: func() any { b := make([]byte, largeFetch); return &b }}
-)
+// fetchBufs recycles fetch buffers of the two sizes.
+type fetchBufs struct{ small, large sync.Pool }
+
+func newFetchBufs() *fetchBufs {
+	b := &fetchBufs{}
+	b.small.New = func() any { b := make([]byte, smallFetch); return &b }
+	b.large.New = func() any { b := make([]byte, largeFetch); return &b }
+	return b
+}
+
+// of returns the pool of the smallest buffers that hold n bytes, nil if
+// none does.
+func (b *fetchBufs) of(n int) *sync.Pool {
+	switch {
+	case n <= smallFetch:
+		return &b.small
+	case n <= largeFetch:
+		return &b.large
+	}
+	return nil
+}
 
 // fetchChunk returns a fetch holding chunk key.Chunk: one in progress that
 // covers it, or a new GET of chunks first .. first+count-1 (first <=
@@ -548,12 +565,7 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 		outSize = (end - int(key.Chunk)) * format.ChunkSize
 	}
 	var buf []byte
-	switch {
-	case size <= smallFetch:
-		c.pool = &smallFetchBufs
-	case size <= largeFetch:
-		c.pool = &largeFetchBufs
-	}
+	c.pool = v.pool.fetch.of(size)
 	get := size // bytes asked of the store: the frames, or up to fetchTail more
 	if pos == 0 && c.count > 1 {
 		get += fetchTail
@@ -569,12 +581,8 @@ func (v *Volume) fetchFrames(ctx context.Context, key cache.Key, c *fetchCall) e
 	if packed {
 		// Sized by the frames the record has, not by the window asked
 		// for: a readahead window over a small record is one frame.
-		switch {
-		case c.pool == nil:
-		case outSize <= smallFetch:
-			c.outPool = &smallFetchBufs
-		case outSize <= largeFetch:
-			c.outPool = &largeFetchBufs
+		if c.pool != nil {
+			c.outPool = v.pool.fetch.of(outSize)
 		}
 		if c.outPool != nil {
 			c.out = c.outPool.Get().(*[]byte)
