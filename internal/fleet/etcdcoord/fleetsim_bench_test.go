@@ -56,8 +56,12 @@ type fleetSim struct {
 	newHost func(id string, n *atomic.Int64) (fleet.Coord, func())
 }
 
-// start runs h's agent loop after delay: hosts start spread over an
+// start runs h's agent loops after delay: hosts start spread over an
 // interval, as agents started independently would, not in lockstep.
+// Heartbeats have their own loop, as the agent's do (heartbeatLoop): in
+// one loop with the rounds, a host whose first round read its machines
+// slowly (the 1,000-host start-up) let its lease expire and was failed
+// over though alive.
 func (s *fleetSim) start(h *simHost, delay time.Duration) {
 	h.stop, h.done = make(chan struct{}), make(chan struct{})
 	go func() {
@@ -68,15 +72,26 @@ func (s *fleetSim) start(h *simHost, delay time.Duration) {
 		case <-time.After(delay):
 		}
 		ctx := context.Background()
-		var seq uint64
+		var beats sync.WaitGroup
+		defer beats.Wait()
+		beats.Go(func() {
+			t := time.NewTicker(*simInterval)
+			defer t.Stop()
+			for seq := uint64(1); ; seq++ {
+				now := time.Now()
+				if err := h.co.PutHeartbeat(ctx, &fleet.Heartbeat{Host: h.id, Seq: seq, Started: now, Time: now, Timeout: *simTimeout}); err != nil && !h.killed() {
+					s.b.Logf("%s heartbeat: %v", h.id, err)
+				}
+				select {
+				case <-h.stop:
+					return
+				case <-t.C:
+				}
+			}
+		})
 		t := time.NewTicker(*simInterval)
 		defer t.Stop()
 		for {
-			seq++
-			now := time.Now()
-			if err := h.co.PutHeartbeat(ctx, &fleet.Heartbeat{Host: h.id, Seq: seq, Started: now, Time: now, Timeout: *simTimeout}); err != nil && !h.killed() {
-				s.b.Logf("%s heartbeat: %v", h.id, err)
-			}
 			h.mu.Lock()
 			load := len(h.ver)
 			h.mu.Unlock()
