@@ -41,12 +41,16 @@ type simHost struct {
 	m      *fleet.Member
 	n      atomic.Int64
 	rounds atomic.Int64 // rounds completed: the loop keeps up if about one per interval
+	beats  atomic.Int64 // heartbeats written: the heartbeat loop keeps up if about one per interval
 	stop   chan struct{}
 	done   chan struct{}
 
 	mu   sync.Mutex
 	seen map[string]time.Time // machine -> first round it was assigned here (by version)
 	ver  map[string]uint64
+	// beatLat is every heartbeat's PutHeartbeat latency, in order: the
+	// steady window reads its slice from the counts at its ends.
+	beatLat []time.Duration
 }
 
 type fleetSim struct {
@@ -79,8 +83,16 @@ func (s *fleetSim) start(h *simHost, delay time.Duration) {
 			defer t.Stop()
 			for seq := uint64(1); ; seq++ {
 				now := time.Now()
-				if err := h.co.PutHeartbeat(ctx, &fleet.Heartbeat{Host: h.id, Seq: seq, Started: now, Time: now, Timeout: *simTimeout}); err != nil && !h.killed() {
-					s.b.Logf("%s heartbeat: %v", h.id, err)
+				if err := h.co.PutHeartbeat(ctx, &fleet.Heartbeat{Host: h.id, Seq: seq, Started: now, Time: now, Timeout: *simTimeout}); err != nil {
+					if !h.killed() {
+						s.b.Logf("%s heartbeat: %v", h.id, err)
+					}
+				} else {
+					took := time.Since(now)
+					h.mu.Lock()
+					h.beatLat = append(h.beatLat, took)
+					h.mu.Unlock()
+					h.beats.Add(1)
 				}
 				select {
 				case <-h.stop:
@@ -173,8 +185,13 @@ func (s *fleetSim) waitRunning(names map[string]uint64, notOn map[string]bool, t
 	}
 }
 
+// pct is the p quantile of sorted d, to 10 ms (failovers and drains).
 func pct(d []time.Duration, p float64) time.Duration {
-	return d[min(len(d)-1, int(float64(len(d))*p))].Round(10 * time.Millisecond)
+	return quantile(d, p).Round(10 * time.Millisecond)
+}
+
+func quantile(d []time.Duration, p float64) time.Duration {
+	return d[min(len(d)-1, int(float64(len(d))*p))]
 }
 
 // BenchmarkFleetSim simulates a fleet of in-process agents with a fake
@@ -268,15 +285,26 @@ func BenchmarkFleetSim(b *testing.B) {
 	// Steady state: requests per host per second.
 	before := make([]int64, len(s.hosts))
 	beforeRounds := make([]int64, len(s.hosts))
+	beforeBeats := make([]int, len(s.hosts))
 	for i, h := range s.hosts {
 		before[i], beforeRounds[i] = h.n.Load(), h.rounds.Load()
+		h.mu.Lock()
+		beforeBeats[i] = len(h.beatLat)
+		h.mu.Unlock()
 	}
 	steady := 10 * *simInterval
 	time.Sleep(steady)
 	var sum, rounds int64
+	var beatRates []float64
+	var beatLat []time.Duration
 	for i, h := range s.hosts {
 		sum += h.n.Load() - before[i]
 		rounds += h.rounds.Load() - beforeRounds[i]
+		h.mu.Lock()
+		lat := h.beatLat[beforeBeats[i]:]
+		beatLat = append(beatLat, lat...)
+		h.mu.Unlock()
+		beatRates = append(beatRates, float64(len(lat))/(float64(steady)/float64(*simInterval)))
 	}
 	rps := float64(sum) / float64(len(s.hosts)) / steady.Seconds()
 	// Rounds per interval below one mean the simulator (or the cluster)
@@ -285,6 +313,22 @@ func BenchmarkFleetSim(b *testing.B) {
 	b.ReportMetric(rps, "req/host/s")
 	b.ReportMetric(perInterval, "rounds/interval")
 	b.Logf("steady: %.2f coordination requests per host per second, %.2f rounds per host per interval (interval %v)", rps, perInterval, *simInterval)
+	// A heartbeat loop that falls behind renews its lease late: a host
+	// below one per interval looks dead to the scheduler sooner than its
+	// timeout says. Rounds per interval do not show it (their own loop).
+	slices.Sort(beatRates)
+	slices.Sort(beatLat)
+	b.ReportMetric(beatRates[len(beatRates)/2], "beats/interval-p50")
+	b.ReportMetric(beatRates[0], "beats/interval-min")
+	if len(beatLat) == 0 {
+		b.Fatalf("no heartbeat completed in the %v steady window", steady)
+	}
+	// Heartbeats take milliseconds when they keep up: to 1 ms, not 10.
+	p50, p99 := quantile(beatLat, 0.5).Round(time.Millisecond), quantile(beatLat, 0.99).Round(time.Millisecond)
+	b.ReportMetric(p50.Seconds(), "beat-p50-s")
+	b.ReportMetric(p99.Seconds(), "beat-p99-s")
+	b.Logf("steady: heartbeats per host per interval p50 %.2f min %.2f; heartbeat latency (PutHeartbeat) p50 %v p99 %v max %v",
+		beatRates[len(beatRates)/2], beatRates[0], p50, p99, beatLat[len(beatLat)-1].Round(time.Millisecond))
 
 	// Drain the loaded host.
 	versions := func(host string) map[string]uint64 {
