@@ -149,39 +149,55 @@ func (c *Coord) CheckWritable(ctx context.Context) error {
 
 // PutHeartbeat implements fleet.Coord: one transaction writes the
 // heartbeat and the host's alive key on its lease, which it renews (a
-// stopping agent's last heartbeat deletes the alive key instead).
+// stopping agent's last heartbeat deletes the alive key instead). The
+// renewal goes alongside the write, not before it: a keep-alive is a
+// round trip of its own to the leader (a follower forwards it, and the
+// leader confirms its leadership with a quorum first), so in sequence
+// the two made a heartbeat twice as long on a loaded cluster. A write
+// naming a lease that expired fails; so does its renewal, and the host
+// then grants a new lease and writes again.
 func (c *Coord) PutHeartbeat(ctx context.Context, h *fleet.Heartbeat) error {
 	b, err := fleet.EncodeHeartbeat(h)
 	if err != nil {
 		return err
 	}
-	alive := clientv3.OpDelete(c.aliveKey(h.Host))
-	if !h.Down {
-		lease, err := c.renewLease(ctx)
-		if err != nil {
+	write := func(alive clientv3.Op) error {
+		if _, err := c.cli.Txn(ctx).Then(clientv3.OpPut(c.agentKey(h.Host), string(b)), alive).Commit(); err != nil {
 			return fmt.Errorf("write heartbeat of %s: %w", h.Host, err)
 		}
-		alive = clientv3.OpPut(c.aliveKey(h.Host), "", clientv3.WithLease(lease))
+		return nil
 	}
-	if _, err := c.cli.Txn(ctx).Then(clientv3.OpPut(c.agentKey(h.Host), string(b)), alive).Commit(); err != nil {
-		return fmt.Errorf("write heartbeat of %s: %w", h.Host, err)
+	if h.Down {
+		return write(clientv3.OpDelete(c.aliveKey(h.Host)))
 	}
-	return nil
-}
-
-// renewLease keeps this process's heartbeat lease alive, granting a new one
-// if it expired (the agent was paused past its TTL).
-func (c *Coord) renewLease(ctx context.Context) (clientv3.LeaseID, error) {
 	c.mu.Lock()
 	id := c.lease
 	c.mu.Unlock()
 	if id != 0 {
-		if _, err := c.cli.KeepAliveOnce(ctx, id); err == nil {
-			return id, nil
-		} else if ctx.Err() != nil {
-			return 0, err
+		renewed := make(chan error, 1)
+		go func() {
+			_, err := c.cli.KeepAliveOnce(ctx, id)
+			renewed <- err
+		}()
+		werr := write(clientv3.OpPut(c.aliveKey(h.Host), "", clientv3.WithLease(id)))
+		rerr := <-renewed
+		if rerr == nil {
+			return werr
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("write heartbeat of %s: renew lease: %w", h.Host, rerr)
 		}
 	}
+	id, err = c.grantLease(ctx)
+	if err != nil {
+		return fmt.Errorf("write heartbeat of %s: %w", h.Host, err)
+	}
+	return write(clientv3.OpPut(c.aliveKey(h.Host), "", clientv3.WithLease(id)))
+}
+
+// grantLease grants this process a new heartbeat lease: the first, or
+// after the last expired (the agent was paused past its TTL).
+func (c *Coord) grantLease(ctx context.Context) (clientv3.LeaseID, error) {
 	ttl := max(int64((c.opts.LeaseTTL+time.Second-1)/time.Second), 2)
 	g, err := c.cli.Grant(ctx, ttl)
 	if err != nil {
