@@ -152,8 +152,9 @@ func (c *Coord) CheckWritable(ctx context.Context) error {
 // stopping agent's last heartbeat deletes the alive key instead). The
 // renewal goes alongside the write, not before it: a keep-alive is a
 // round trip of its own to the leader (a follower forwards it, and the
-// leader confirms its leadership with a quorum first), so in sequence
-// the two made a heartbeat twice as long on a loaded cluster. A write
+// leader confirms its leadership with a quorum first), and in sequence
+// a heartbeat waited for both (at 1,000 simulated hosts the write's wait
+// dominates: BENCHMARKS.md, fleet simulator). A write
 // naming a lease that expired fails; so does its renewal, and the host
 // then grants a new lease and writes again.
 func (c *Coord) PutHeartbeat(ctx context.Context, h *fleet.Heartbeat) error {
