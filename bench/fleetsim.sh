@@ -6,9 +6,11 @@
 # Per run: coordination requests per host per second (steady), drain time
 # of a host carrying DRAIN machines (drain call -> every machine seen by its new host),
 # failover time p50/p99 (kill -> the new host sees the machine) after
-# killing 1 host and 10% of hosts, and rounds per host per interval (below
+# killing 1 host and 10% of hosts, rounds per host per interval (below
 # 1: the simulator or the cluster did not keep up, the other figures are
-# the saturated machine's). internal/fleet/etcdcoord BenchmarkFleetSim.
+# the saturated machine's), and the same for heartbeats (per interval
+# p50/min over hosts, their latency p50/p99: late ones renew leases late).
+# internal/fleet/etcdcoord BenchmarkFleetSim.
 #
 # Usage: flock /tmp/urldisk-bench.lock ./bench/fleetsim.sh
 # Knobs: ETCD_HOSTS="10 100 1000" FILE_HOSTS="10 50" PER_HOST=10 DRAIN=100
