@@ -92,7 +92,7 @@ func TestServeNonReadingClientsBoundedRSS(t *testing.T) {
 	if err := good.WriteAt(bytes.Repeat([]byte{0x5a}, mib), 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := flushWithin(t, good, 30*time.Second); err != nil {
+	if _, err := good.FlushWithin(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	base := procMemKiB(t, s, "VmRSS") << 10
@@ -122,7 +122,7 @@ func TestServeNonReadingClientsBoundedRSS(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		// A FLUSH needs no payload buffer: answered while the bound is reached.
-		if took, err := flushWithin(t, good, 30*time.Second); err != nil || took > 5*time.Second {
+		if took, err := good.FlushWithin(30 * time.Second); err != nil || took > 5*time.Second {
 			t.Errorf("wave %d: FLUSH with the buffer bound reached: %v after %s", wave, err, took)
 		}
 		for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
@@ -199,7 +199,7 @@ func TestServeReservesFDsForTheStore(t *testing.T) {
 		if err := good.WriteAt(bytes.Repeat([]byte{byte(0x40 + i)}, mib), int64(i)*mib); err != nil {
 			t.Fatalf("write MiB %d with %d idle connections: %v", i, idle, err)
 		}
-		if took, err := flushWithin(t, good, time.Minute); err != nil {
+		if took, err := good.FlushWithin(time.Minute); err != nil {
 			t.Fatalf("FLUSH of MiB %d with %d idle connections: %v after %s\n%s", i, idle, err, took, s.Stderr())
 		}
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -14,23 +13,6 @@ import (
 
 // nbdEIO is the NBD error value of EIO.
 const nbdEIO = 5
-
-// flushWithin runs cn.Flush, failing t if it has not returned after d (a
-// stalled flush would otherwise hang the test), and returns how long it
-// took and its error.
-func flushWithin(t *testing.T, cn *nbdclient.Conn, d time.Duration) (time.Duration, error) {
-	t.Helper()
-	start := time.Now()
-	done := make(chan error, 1)
-	go func() { done <- cn.Flush() }()
-	select {
-	case err := <-done:
-		return time.Since(start), err
-	case <-time.After(d):
-		t.Fatalf("NBD FLUSH has not returned after %s", d)
-		return 0, nil
-	}
-}
 
 // TestStalledStoreFlushEIO stops a real S3 server (versitygw, SIGSTOP: it
 // accepts connections and never answers) under a real `urldisk serve`
@@ -53,21 +35,13 @@ func TestStalledStoreFlushEIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cn.Close()
-	if err := srv.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	defer func() {
-		if stopped {
-			srv.Signal(syscall.SIGCONT)
-		}
-	}()
+	resume := srv.Stall(t)
 	stalledAt := time.Now()
 	b2 := bytes.Repeat([]byte{0xb2}, 1<<20)
 	if err := cn.WriteAt(b2, 1<<20); err != nil {
 		t.Fatalf("write while the store is stopped (buffered): %v", err)
 	}
-	took, err := flushWithin(t, cn, flushTimeout+30*time.Second)
+	took, err := cn.FlushWithin(flushTimeout + 30*time.Second)
 	var nerr *nbdclient.Error
 	if !errors.As(err, &nerr) || nerr.Errno != nbdEIO {
 		t.Fatalf("FLUSH on a stopped store after %s: %v, want EIO", took, err)
@@ -93,11 +67,10 @@ func TestStalledStoreFlushEIO(t *testing.T) {
 		t.Errorf("serve logged no WARN for the stalled flush:\n%s", s.Stderr())
 	}
 
-	if err := srv.Signal(syscall.SIGCONT); err != nil {
+	if err := resume(); err != nil {
 		t.Fatal(err)
 	}
-	stopped = false
-	if took, err := flushWithin(t, cn, 60*time.Second); err != nil {
+	if took, err := cn.FlushWithin(60 * time.Second); err != nil {
 		t.Fatalf("FLUSH after the store resumed (%s): %v", took, err)
 	}
 	if !s.StderrHas("object store recovered") {
@@ -139,15 +112,7 @@ func TestStalledStoreReadEIO(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cn.Close()
-	if err := srv.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	defer func() {
-		if stopped {
-			srv.Signal(syscall.SIGCONT)
-		}
-	}()
+	resume := srv.Stall(t)
 	got := make([]byte, 1<<20)
 	start := time.Now()
 	done := make(chan error, 1)
@@ -171,10 +136,9 @@ func TestStalledStoreReadEIO(t *testing.T) {
 		}
 	}
 
-	if err := srv.Signal(syscall.SIGCONT); err != nil {
+	if err := resume(); err != nil {
 		t.Fatal(err)
 	}
-	stopped = false
 	if err := cn.ReadAt(got, 0); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0xc3}, 1<<20)) {
 		t.Fatalf("READ after the store resumed: %v (data ok %v)", err, bytes.Equal(got, bytes.Repeat([]byte{0xc3}, 1<<20)))
 	}

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -33,21 +32,6 @@ func (e *env) machineMetric(a *agentProc, metric, name string) (float64, bool) {
 		}
 	}
 	return 0, false
-}
-
-// flushTimed runs cn.Flush, failing t if it has not returned within d.
-func flushTimed(t *testing.T, cn *nbdclient.Conn, d time.Duration) (time.Duration, error) {
-	t.Helper()
-	start := time.Now()
-	done := make(chan error, 1)
-	go func() { done <- cn.Flush() }()
-	select {
-	case err := <-done:
-		return time.Since(start), err
-	case <-time.After(d):
-		t.Fatalf("NBD FLUSH has not returned after %s", d)
-		return 0, nil
-	}
 }
 
 // TestFleetStalledStoreMetrics is issue 15's finding 6 on a real agent: its
@@ -83,27 +67,19 @@ func TestFleetStalledStoreMetrics(t *testing.T) {
 	if err := cn.WriteAt(b1, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := flushTimed(t, cn, time.Minute); err != nil {
+	if _, err := cn.FlushWithin(time.Minute); err != nil {
 		t.Fatalf("FLUSH on a healthy store: %v", err)
 	}
 	if v, ok := e.machineMetric(a, stalled, "m"); !ok || v != 0 {
 		t.Fatalf("%s of m = %v (present %v) on a healthy store, want 0", stalled, v, ok)
 	}
 
-	if err := e.s3.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	stopped := true
-	defer func() {
-		if stopped {
-			e.s3.Signal(syscall.SIGCONT)
-		}
-	}()
+	resume := e.s3.Stall(t)
 	stalledAt := time.Now()
 	if err := cn.WriteAt(b2, mib); err != nil {
 		t.Fatalf("write while the store is stopped (buffered): %v", err)
 	}
-	took, err := flushTimed(t, cn, flushTimeout+30*time.Second)
+	took, err := cn.FlushWithin(flushTimeout + 30*time.Second)
 	var nerr *nbdclient.Error
 	if !errors.As(err, &nerr) || nerr.Errno != 5 {
 		t.Fatalf("FLUSH on a stopped store after %s: %v, want EIO", took, err)
@@ -124,11 +100,10 @@ func TestFleetStalledStoreMetrics(t *testing.T) {
 		t.Errorf("agent logged no stall WARN naming the request:\n%s", out)
 	}
 
-	if err := e.s3.Signal(syscall.SIGCONT); err != nil {
+	if err := resume(); err != nil {
 		t.Fatal(err)
 	}
-	stopped = false
-	if took, err := flushTimed(t, cn, time.Minute); err != nil {
+	if took, err := cn.FlushWithin(time.Minute); err != nil {
 		t.Fatalf("FLUSH after the store resumed (%s): %v", took, err)
 	}
 	e.waitFor("m's stalled uploads back to 0", 30*time.Second, func() bool {

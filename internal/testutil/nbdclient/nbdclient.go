@@ -211,6 +211,21 @@ func (cn *Conn) WriteAt(p []byte, off int64) error {
 // Flush makes every acknowledged write durable.
 func (cn *Conn) Flush() error { return cn.request("flush", cmdFlush, 0, 0, nil, nil) }
 
+// FlushWithin flushes and returns how long it took, or an error once d
+// has passed without an answer (a stalled flush would otherwise hang the
+// caller; the connection is then good only for Close).
+func (cn *Conn) FlushWithin(d time.Duration) (time.Duration, error) {
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- cn.Flush() }()
+	select {
+	case err := <-done:
+		return time.Since(start), err
+	case <-time.After(d):
+		return d, fmt.Errorf("nbd flush: no answer after %s", d)
+	}
+}
+
 // Close disconnects (NBD_CMD_DISC) and closes the socket.
 func (cn *Conn) Close() error {
 	cn.request("disconnect", cmdDisc, 0, 0, nil, nil)

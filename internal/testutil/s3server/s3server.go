@@ -20,6 +20,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -172,6 +174,26 @@ func (s *Server) Signal(sig os.Signal) error {
 		return fmt.Errorf("signal versitygw: %w", err)
 	}
 	return nil
+}
+
+// Stall stops the server (SIGSTOP) and returns resume, which continues it
+// (SIGCONT) the first time it is called. A cleanup registered now resumes
+// it if the test did not: cleanups run last-registered first, so a store
+// stalled after its clients started is running again before their
+// cleanups stop them (and they flush).
+func (s *Server) Stall(t testing.TB) (resume func() error) {
+	t.Helper()
+	if err := s.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	var err error
+	resume = func() error {
+		once.Do(func() { err = s.Signal(syscall.SIGCONT) })
+		return err
+	}
+	t.Cleanup(func() { resume() })
+	return resume
 }
 
 // WaitReady polls endpoint until it answers HTTP (any status), the server
