@@ -143,3 +143,23 @@ type Scheduler interface {
 	// call enters self in the election.
 	Leads(ctx context.Context, self string) (bool, error)
 }
+
+// Leased is implemented by a Coord whose heartbeats carry their own
+// liveness: each host renews a lease that the service itself expires,
+// and a host whose lease expired reads as Down (etcd). Observers then
+// hold a host dead by Down alone, never because they saw its heartbeat
+// unchanged for a timeout: while the service elects a new leader, every
+// host's heartbeat stalls (a renewal waits on the dead member until its
+// deadline) although no host failed, and etcd extends every lease when a
+// new leader takes over for exactly that reason. Failing hosts over on
+// the stall moved machines off live hosts after each etcd election.
+type Leased interface {
+	// LeasedLiveness reports whether liveness is the lease.
+	LeasedLiveness() bool
+}
+
+// leased reports whether c's liveness is its lease (Leased).
+func leased(c Coord) bool {
+	l, ok := c.(Leased)
+	return ok && l.LeasedLiveness()
+}

@@ -83,7 +83,10 @@
 // for the timeout while the observer was watching. An observer that was itself paused forgets what it
 // saw, so a resumed agent does not declare everybody else dead. One-shot
 // readers (the CLI) judge by the heartbeat's age instead (AgeState), which
-// assumes roughly synchronised clocks.
+// assumes roughly synchronised clocks. On a coordination service whose
+// heartbeats carry a lease the service expires (Leased: etcd), the lease
+// is the whole of liveness for both: a host is dead when its heartbeat
+// reads Down.
 //
 // The decisions (NextRun, NextMove, FailoverMoves, LeastLoaded, Liveness,
 // WatchSet) are pure functions of their inputs; Fleet, Member and Ops do the

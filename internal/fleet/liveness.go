@@ -43,8 +43,10 @@ func (s HostState) String() string {
 // declares live hosts dead because of its own pause.
 type Liveness struct {
 	timeout time.Duration
-	last    time.Time // time of the last Observe
-	hosts   map[string]*observed
+	// leased: a host is dead by its Down mark alone (Leased).
+	leased bool
+	last   time.Time // time of the last Observe
+	hosts  map[string]*observed
 }
 
 type observed struct {
@@ -56,6 +58,15 @@ type observed struct {
 // NewLiveness returns a tracker declaring hosts dead after timeout.
 func NewLiveness(timeout time.Duration) *Liveness {
 	return &Liveness{timeout: timeout, hosts: map[string]*observed{}}
+}
+
+// NewLeasedLiveness returns a tracker for a Leased coordination service:
+// a host is dead when its heartbeat reads Down (its lease expired or its
+// agent stopped), however long its heartbeat stays unchanged.
+func NewLeasedLiveness(timeout time.Duration) *Liveness {
+	l := NewLiveness(timeout)
+	l.leased = true
+	return l
 }
 
 // Timeout returns the tracker's timeout.
@@ -94,7 +105,7 @@ func (l *Liveness) State(host string, now time.Time) HostState {
 	switch {
 	case !ok:
 		return HostUnknown
-	case o.hb.Down || now.Sub(o.since) > l.timeout:
+	case o.hb.Down || (!l.leased && now.Sub(o.since) > l.timeout):
 		return HostDead
 	}
 	return HostLive
@@ -116,8 +127,18 @@ func (l *Liveness) Hosts() []string { return slices.Sorted(maps.Keys(l.hosts)) }
 // one-shot readers; it trusts the clocks of the agent and the reader to
 // agree within a fraction of the timeout.
 func AgeState(h *Heartbeat, now time.Time, defaultTimeout time.Duration) HostState {
-	if h == nil {
+	return ageState(h, now, defaultTimeout, false)
+}
+
+// ageState is AgeState, or with leased (Leased) the Down mark alone.
+func ageState(h *Heartbeat, now time.Time, defaultTimeout time.Duration, leased bool) HostState {
+	switch {
+	case h == nil:
 		return HostUnknown
+	case leased && h.Down:
+		return HostDead
+	case leased:
+		return HostLive
 	}
 	timeout := h.Timeout
 	if timeout <= 0 {

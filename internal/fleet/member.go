@@ -64,8 +64,12 @@ func NewMember(c Coord, cfg MemberConfig) *Member {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	live := NewLiveness(cfg.Timeout)
+	if leased(c) {
+		live = NewLeasedLiveness(cfg.Timeout)
+	}
 	return &Member{c: c, self: cfg.Self, by: cfg.By, now: cfg.Now, log: cfg.Logger, recheck: 6 * cfg.Timeout,
-		live: NewLiveness(cfg.Timeout), extra: map[string]int{}, handled: map[string]time.Time{}}
+		live: live, extra: map[string]int{}, handled: map[string]time.Time{}}
 }
 
 // Round is what one round found and did.

@@ -44,13 +44,15 @@ func (o *Ops) now() time.Time {
 }
 
 // View is a one-shot picture of the fleet, with liveness judged by
-// heartbeat age (AgeState).
+// heartbeat age (AgeState), or by the lease on a Leased coordination
+// service.
 type View struct {
 	Now        time.Time
 	Heartbeats map[string]*Heartbeat
 	Draining   map[string]bool
 	Placements map[string]*Placement
 	timeout    time.Duration
+	leased     bool
 }
 
 // View reads heartbeats, drain marks and placements.
@@ -67,7 +69,7 @@ func (o *Ops) View(ctx context.Context) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	v := &View{Now: o.now(), Heartbeats: map[string]*Heartbeat{}, Draining: drain, Placements: ps, timeout: o.DefaultTimeout}
+	v := &View{Now: o.now(), Heartbeats: map[string]*Heartbeat{}, Draining: drain, Placements: ps, timeout: o.DefaultTimeout, leased: leased(o.Fleet)}
 	if v.timeout <= 0 {
 		v.timeout = 10 * time.Second
 	}
@@ -77,9 +79,9 @@ func (o *Ops) View(ctx context.Context) (*View, error) {
 	return v, nil
 }
 
-// State returns a host's state by its heartbeat's age.
+// State returns a host's state by its heartbeat's age (or lease).
 func (v *View) State(host string) HostState {
-	return AgeState(v.Heartbeats[host], v.Now, v.timeout)
+	return ageState(v.Heartbeats[host], v.Now, v.timeout, v.leased)
 }
 
 // Hosts returns every host with a heartbeat, sorted.

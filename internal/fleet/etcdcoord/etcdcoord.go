@@ -85,7 +85,10 @@ type Coord struct {
 	elect   election
 }
 
-var _ fleet.Coord = (*Coord)(nil)
+var (
+	_ fleet.Coord  = (*Coord)(nil)
+	_ fleet.Leased = (*Coord)(nil)
+)
 
 // New returns a Coord over an etcd client; keys live under prefix (""
 // or ending with "/"). Close closes cli.
@@ -195,6 +198,12 @@ func (c *Coord) PutHeartbeat(ctx context.Context, h *fleet.Heartbeat) error {
 	}
 	return write(clientv3.OpPut(c.aliveKey(h.Host), "", clientv3.WithLease(id)))
 }
+
+// LeasedLiveness implements fleet.Leased: a host is dead when its lease
+// expired (Heartbeat and Heartbeats read it Down), by the cluster's clock;
+// a heartbeat that stalls while the cluster elects a leader is not a
+// failure (a new leader extends every lease).
+func (c *Coord) LeasedLiveness() bool { return true }
 
 // grantLease grants this process a new heartbeat lease: the first, or
 // after the last expired (the agent was paused past its TTL).
