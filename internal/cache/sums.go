@@ -28,11 +28,11 @@ func CombineSums(s *Sums, n int) uint32 {
 	crc := s[0]
 	for i := 1; i < subBlocksFor(n); i++ {
 		l := min(SubBlockSize, n-i*SubBlockSize)
-		op := shiftFull
 		if l != SubBlockSize {
-			op = x2nmodp(uint64(l), 3)
+			crc = multmodp(x2nmodp(uint64(l), 3), crc) ^ s[i]
+			continue
 		}
-		crc = multmodp(op, crc) ^ s[i]
+		crc = shiftFullTable.mul(crc) ^ s[i]
 	}
 	return crc
 }
@@ -99,3 +99,29 @@ func x2nmodp(n uint64, k uint) uint32 {
 
 // shiftFull appends one full sub-block: x^(8·SubBlockSize).
 var shiftFull = x2nmodp(SubBlockSize, 3)
+
+// shiftFullTable is multmodp(shiftFull, ·) a byte at a time. multmodp
+// walks the 32 bits of its operand with a data-dependent branch each;
+// CombineSums does it 15 times per 64 KiB chunk, for every chunk a writer
+// seals or a read fetches: 2.5 % of serve's CPU under a sequential write.
+var shiftFullTable = newMulTable(shiftFull)
+
+// mulTable multiplies by a constant a modulo p(x): the product is linear
+// in the other operand, so it is the XOR of the products of its 4 bytes,
+// each looked up.
+type mulTable [4][256]uint32
+
+func newMulTable(a uint32) *mulTable {
+	t := new(mulTable)
+	for k := range t {
+		for b := range t[k] {
+			t[k][b] = multmodp(a, uint32(b)<<(8*k))
+		}
+	}
+	return t
+}
+
+// mul returns multmodp(a, b) for the table's a.
+func (t *mulTable) mul(b uint32) uint32 {
+	return t[0][b&0xff] ^ t[1][b>>8&0xff] ^ t[2][b>>16&0xff] ^ t[3][b>>24]
+}

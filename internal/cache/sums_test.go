@@ -100,3 +100,35 @@ func TestHasCountsNothing(t *testing.T) {
 		t.Fatalf("Has counted hits %d misses %d", st.Hits, st.Misses)
 	}
 }
+
+// TestMulTable: the byte-table product is multmodp's, for random operands
+// and the single-bit ones that span each table.
+func TestMulTable(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	ops := []uint32{0, 1, 0xffffffff}
+	for k := range 32 {
+		ops = append(ops, 1<<k)
+	}
+	for range 1000 {
+		ops = append(ops, rng.Uint32())
+	}
+	for _, b := range ops {
+		if got, want := shiftFullTable.mul(b), multmodp(shiftFull, b); got != want {
+			t.Fatalf("mul(%#x) = %#x, multmodp gives %#x", b, got, want)
+		}
+	}
+}
+
+// BenchmarkCombineSums is the combine of one full chunk's sub-block sums
+// into its frame checksum, as every sealed and fetched chunk needs.
+func BenchmarkCombineSums(b *testing.B) {
+	data := make([]byte, ChunkSize)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	var s Sums
+	SubBlockSums(data, &s)
+	for b.Loop() {
+		CombineSums(&s, ChunkSize)
+	}
+}
