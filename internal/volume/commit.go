@@ -328,10 +328,22 @@ func objectSum(seg *segment, obj []byte) uint32 {
 	return cache.Combine(seg.dataSum, format.Checksum(obj[data:]), len(obj)-int(data))
 }
 
-// maxSpareBuilders bounds Volume.spare: enough for a stream of records to
-// reuse buffers (one retires as one opens), few enough that an idle volume
-// keeps little (each holds up to a segment's data, 4 MiB by default).
-const maxSpareBuilders = 2
+// idleSpareBuilders bounds Volume.spare once writes pause (idleSeal): few
+// enough that an idle volume keeps little (each holds up to a segment's
+// data, 4 MiB by default).
+const idleSpareBuilders = 2
+
+// maxBuildersLocked bounds the builders the volume holds, spares included,
+// while it is written: as many as a full write buffer holds (its segments,
+// the open one and one being sealed), so keeping spares never raises the
+// memory a full buffer takes. Spares up to that bound matter: uploads land
+// in bursts (Options.Uploads in flight), and a stream that kept only two
+// of a burst's retired builders allocated (and zeroed) a new multi-MiB
+// buffer for about every third record, with the garbage collection that
+// goes with it.
+func (v *Volume) maxBuildersLocked() int {
+	return max(int(v.opts.BufferBytes/int64(v.opts.SegmentBytes))+2, idleSpareBuilders)
+}
 
 // progressLocked retires durable segments and wakes waiters.
 func (v *Volume) progressLocked() {
@@ -346,7 +358,7 @@ func (v *Volume) progressLocked() {
 				delete(v.pending, seg.seq)
 			}
 			v.buffered -= seg.bytes
-			if seg.reuse && len(v.spare) < maxSpareBuilders {
+			if seg.reuse && len(v.segs)+len(v.spare) < v.maxBuildersLocked() {
 				seg.b.Reset()
 				v.spare = append(v.spare, seg.b)
 			}

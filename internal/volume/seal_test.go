@@ -2,11 +2,15 @@ package volume
 
 import (
 	"bytes"
+	"context"
 	"math/rand/v2"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/format"
+	"github.com/urldisk/urldisk/internal/objstore/faultstore"
 )
 
 // TestSealSummed: the checksums derived from the one CRC pass at seal are
@@ -130,5 +134,101 @@ func TestReusedBuffersKeepBytes(t *testing.T) {
 				t.Fatalf("after reattach the volume differs from what was written")
 			}
 		})
+	}
+}
+
+// TestSpareBuildersKeepBurstsAndTrimWhenIdle: uploads that land together
+// (bursts of Options.Uploads, held at the store and let go at once) leave
+// their builders as spares up to the bound a full write buffer sets, never
+// beyond it, so the records after them reuse buffers instead of allocating
+// new ones; once writes pause, idleSeal lets all but idleSpareBuilders go.
+// Every write keeps its bytes.
+func TestSpareBuildersKeepBurstsAndTrimWhenIdle(t *testing.T) {
+	ctx := t.Context()
+	const chunk = 64 << 10
+	const uploads = 8
+	const n = 8 * uploads // one record per write: every burst is full
+	var (
+		mu      sync.Mutex
+		armed   bool
+		arrived int
+		gate    = make(chan struct{})
+	)
+	store := faultstore.New(openStore(t, "mem://"+t.Name()), faultstore.Hooks{BeforeCtx: func(ctx context.Context, op faultstore.Op, key string) error {
+		if op != faultstore.OpPutIfAbsent || !isLogKey(key) {
+			return nil
+		}
+		mu.Lock()
+		if !armed { // the fence
+			mu.Unlock()
+			return nil
+		}
+		g := gate
+		if arrived++; arrived == uploads {
+			close(gate)
+			arrived, gate = 0, make(chan struct{})
+		}
+		mu.Unlock()
+		select {
+		case <-g:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}})
+	p := initPool(t, store)
+	if _, err := p.Create(ctx, "spares", CreateOptions{Size: n * chunk}); err != nil {
+		t.Fatal(err)
+	}
+	v, err := p.Open(ctx, "spares", Options{SegmentBytes: chunk, BufferBytes: 2 * uploads * chunk, Uploads: uploads, IdleFlush: time.Hour, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close(ctx)
+	mu.Lock()
+	armed = true
+	mu.Unlock()
+	want := make([]byte, n*chunk)
+	rng := rand.New(rand.NewPCG(15, 16))
+	for i := range want {
+		want[i] = byte(rng.Uint32())
+	}
+	builders := func() (live, spare, bound int) {
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return len(v.segs), len(v.spare), v.maxBuildersLocked()
+	}
+	for i := range n {
+		if err := v.WriteAt(ctx, want[i*chunk:(i+1)*chunk], int64(i)*chunk); err != nil {
+			t.Fatal(err)
+		}
+		if live, spare, bound := builders(); spare > 0 && live+spare > bound {
+			t.Fatalf("after write %d: %d segments and %d spare builders, over the bound %d", i, live, spare, bound)
+		}
+	}
+	if err := v.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The last burst's segments retire once their (no-op) cache fill is
+	// done, just after the flush returns.
+	deadline := time.Now().Add(10 * time.Second)
+	for live, _, _ := builders(); live > 0; live, _, _ = builders() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d segments still in memory 10 s after the flush", live)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, spare, bound := builders(); spare <= idleSpareBuilders || spare > bound {
+		t.Fatalf("%d spare builders kept after a burst of %d uploads landed, want more than %d and at most %d", spare, uploads, idleSpareBuilders, bound)
+	}
+	if got := readAll(t, v); !bytes.Equal(got, want) {
+		t.Fatalf("the volume differs from what was written")
+	}
+	v.mu.Lock()
+	v.lastWrite = v.opts.Clock.Now().Add(-2 * v.opts.IdleFlush)
+	v.mu.Unlock()
+	v.idleSeal()
+	if _, spare, _ := builders(); spare != idleSpareBuilders {
+		t.Fatalf("%d spare builders kept after writes paused, want %d", spare, idleSpareBuilders)
 	}
 }

@@ -265,9 +265,10 @@ type Volume struct {
 	// uploadTurn is closed once the newest started upload holds an upload
 	// slot; the next one waits for it (see startUpload). Nil: none yet.
 	uploadTurn chan struct{}
-	// spare holds builders of retired segments for new ones (at most
-	// maxSpareBuilders): a fresh multi-MiB buffer per record costs its
-	// zeroing and garbage collection, a tenth of a sequential writer's CPU.
+	// spare holds builders of retired segments for new ones (with the
+	// segments' own, at most maxBuildersLocked; idleSpareBuilders once
+	// writes pause): a fresh multi-MiB buffer per record costs its zeroing
+	// and garbage collection, a tenth of a sequential writer's CPU.
 	spare []*format.Builder
 
 	// Counters for Stats, updated without mu.

@@ -282,12 +282,21 @@ func (v *Volume) describeWaitLocked() string {
 	return fmt.Sprintf("%d record uploads (oldest: %s %s, %d attempts)", len(v.uploads), o.op, o.key, o.attempts)
 }
 
-// idleSeal seals the open segment once writes have paused for IdleFlush;
-// it runs every IdleFlush/4 on the volume's clock (see tick).
+// idleSeal seals the open segment once writes have paused for IdleFlush,
+// and lets go of the spare builders a write stream kept beyond
+// idleSpareBuilders; it runs every IdleFlush/4 on the volume's clock (see
+// tick).
 func (v *Volume) idleSeal() {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if v.open != nil && v.opts.Clock.Now().Sub(v.lastWrite) >= v.opts.IdleFlush {
+	if v.opts.Clock.Now().Sub(v.lastWrite) < v.opts.IdleFlush {
+		return
+	}
+	if v.open != nil {
 		v.sealLocked()
+	}
+	if len(v.spare) > idleSpareBuilders {
+		clear(v.spare[idleSpareBuilders:])
+		v.spare = v.spare[:idleSpareBuilders]
 	}
 }
