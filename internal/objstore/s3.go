@@ -31,10 +31,12 @@ import (
 const s3ResponseTimeout = 60 * time.Second
 
 // newS3HTTPClient is the SDK's default HTTP client with a response-header
-// timeout per attempt.
+// timeout per attempt, whose plain-HTTP connections send request bodies
+// without an extra copy (writeToDialer).
 func newS3HTTPClient(responseTimeout time.Duration) *awshttp.BuildableClient {
 	return awshttp.NewBuildableClient().WithTransportOptions(func(tr *http.Transport) {
 		tr.ResponseHeaderTimeout = responseTimeout
+		tr.DialContext = writeToDialer(tr.DialContext)
 	})
 }
 
