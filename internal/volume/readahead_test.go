@@ -230,9 +230,11 @@ func TestReadaheadFillsPipe(t *testing.T) {
 	// The old fixed readahead never had more than 3 GETs in flight; the
 	// budget allows 16 windows, but how many of them overlap at the store
 	// depends on how fast a loaded machine (-race, 2 shared vCPUs) issues
-	// them against the GETs: 11 was seen there at 80 ms, so ask for 8.
-	if got := rs.peak.Load(); got < 8 {
-		t.Errorf("at most %d record GETs in flight during a sequential read; want >= 8", got)
+	// them against the GETs: 11 was seen there at 80 ms, and 7 (with 10
+	// windows in flight in the volume) at load average 8 in CI, so ask for
+	// twice the old depth.
+	if got := rs.peak.Load(); got < 6 {
+		t.Errorf("at most %d record GETs in flight during a sequential read; want >= 6", got)
 	}
 	if st.DeepestStream != budget/(4<<20) {
 		t.Errorf("readahead depth reached %d windows; want the budget's %d", st.DeepestStream, budget/(4<<20))
