@@ -75,7 +75,7 @@ func (v *Volume) Prefetch(ctx context.Context, ranges []Range, parallel int) (Pr
 		// fetchChunk may hand back a GET already in flight that covers
 		// only the start of ours (a demand read's): go on after it.
 		for end := uint64(g.key.Chunk) + uint64(g.count); uint64(g.key.Chunk) < end; {
-			c, err := v.fetchChunk(v.ctx, g.key, g.key.Chunk, int(end-uint64(g.key.Chunk)), nil, false)
+			c, err := v.fetchChunk(v.ctx, g.key, g.key.Chunk, int(end-uint64(g.key.Chunk)), nil, fetchFill)
 			if err != nil {
 				errOnce.Do(func() { firstErr = err })
 				return

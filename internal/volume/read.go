@@ -195,17 +195,35 @@ func (d *seqDetector) follows(off, end int64) bool {
 // maxParallelFetches bounds the concurrent fetches of one read.
 const maxParallelFetches = 8
 
-// readCached fills the leading chunks of pc.dst that the cache holds and
-// returns the rest of the piece (from its first missing chunk).
+// readCached fills the leading chunks of pc.dst that a finished fetch still
+// holds in memory (see fetched) or the cache holds, and returns the rest of
+// the piece (from its first missing chunk).
 func (v *Volume) readCached(pc piece) piece {
 	if v.cache == nil {
-		return pc
+		return pc // nothing stays registered after its GET without a cache
 	}
+	var fc *fetchCall
+	defer func() {
+		if fc != nil {
+			fc.release()
+		}
+	}()
 	for len(pc.dst) > 0 {
 		within := int(pc.off % format.ChunkSize)
 		n := min(len(pc.dst), format.ChunkSize-within)
 		key := cache.Key{Vol: pc.vol, Seq: pc.seq, Chunk: uint32(pc.off / format.ChunkSize)}
-		if hit, err := v.cache.ReadAt(key, pc.dst[:n], within); err != nil || !hit {
+		if fc != nil && !fc.holds(key.Chunk) {
+			fc.release()
+			fc = nil
+		}
+		if fc == nil {
+			fc = v.fetched(key)
+		}
+		if fc != nil {
+			if !fc.copyOut(pc.dst[:n], key.Chunk, within) {
+				return pc // a short frame: readPiece reports it
+			}
+		} else if hit, err := v.cache.ReadAt(key, pc.dst[:n], within); err != nil || !hit {
 			return pc
 		}
 		pc.dst = pc.dst[n:]
@@ -233,10 +251,18 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int, waited *ato
 		within := int(off % format.ChunkSize)
 		n := min(len(dst), format.ChunkSize-within)
 		var data []byte
-		if fc != nil && chunk-fcFirst < uint64(len(fc.frames)) {
+		key := cache.Key{Vol: pc.vol, Seq: pc.seq, Chunk: uint32(chunk)}
+		if fc == nil || !fc.holds(key.Chunk) {
+			if c := v.fetched(key); c != nil {
+				if fc != nil {
+					fc.release()
+				}
+				fc, fcFirst = c, uint64(c.first)
+			}
+		}
+		if fc != nil && fc.holds(key.Chunk) {
 			data = fc.frames[chunk-fcFirst]
 		} else {
-			key := cache.Key{Vol: pc.vol, Seq: pc.seq, Chunk: uint32(chunk)}
 			hit := false
 			if v.cache != nil {
 				var err error
@@ -255,7 +281,7 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int, waited *ato
 					first = uint32(chunk - chunk%uint64(ahead))
 					count = max(ahead, int(uint64(chunk)-uint64(first))+need)
 				}
-				c, err := v.fetchChunk(ctx, key, first, count, waited, false)
+				c, err := v.fetchChunk(ctx, key, first, count, waited, fetchFill)
 				if err != nil {
 					return err
 				}
@@ -294,10 +320,13 @@ type recKey struct {
 // fetchChunk returned the call to must release it once done with the
 // frames, and the last release recycles the buffer.
 type fetchCall struct {
-	first  uint32
-	count  int
-	done   chan struct{}
-	filled chan struct{} // closed once the frames are in the cache (or will not be)
+	first uint32
+	count int
+	done  chan struct{}
+	// filled is closed once the call needs no readahead budget slot: its
+	// frames are in the cache (or will not be), and a handoff's readers
+	// are done with it (a parked call is counted in readahead.parked).
+	filled chan struct{}
 	frames [][]byte
 	sums   []cache.Sums // per frame, for the cache
 	err    error
@@ -308,23 +337,90 @@ type fetchCall struct {
 	out     *[]byte
 	outPool *sync.Pool
 	refs    atomic.Int32
-	// consumed, if not nil, marks a handoff fetch: its frames are not put
-	// in the cache (see Options.ReadaheadFillBytes), and the call stays
-	// registered, for the readers to share, until consumed is closed (a
-	// reader read its last frame to the end: the stream has passed it)
-	// or handoffHold has passed.
+	mode    fetchMode
+	// consumed, if not nil (a fetchHandoff or fetchPark call), is closed
+	// when a reader read the call's last frame to the end (the stream has
+	// passed it) or, for a parked call, when the readahead evicts it; the
+	// call stays registered, for the readers to share, until then or
+	// until handoffHold has passed.
 	consumed     chan struct{}
 	consumedOnce sync.Once
 }
 
-// handoffHold bounds how long a handoff fetch waits for its readers (and
-// holds its readahead budget slot) when they never read its last frame: a
-// stream that stopped, or a window whose tail maps other volume ranges.
+// fetchMode says what a fetch does with its frames besides handing them to
+// the readers waiting for it.
+type fetchMode uint8
+
+const (
+	// fetchFill puts the frames in the cache; the call is unregistered
+	// once they are there, and later reads use the cache.
+	fetchFill fetchMode = iota
+	// fetchHandoff keeps the frames out of the cache (a long stream past
+	// Options.ReadaheadFillBytes): the call stays registered, holding its
+	// readahead budget slot, until its stream has read it.
+	fetchHandoff
+	// fetchPark is a readahead fill window: the frames go to the cache,
+	// then the call stays registered (parked) until its stream has read
+	// it, so the stream's reads copy the frames already verified instead
+	// of reading them back from the cache (a pread and a checksum of every
+	// byte). A parked call gives its budget slot back once filled: the
+	// readahead evicts the oldest parked call whenever it needs the room,
+	// since the cache has its bytes.
+	fetchPark
+)
+
+// handoffHold bounds how long a handoff or parked fetch waits for its
+// readers (a handoff holds its readahead budget slot meanwhile) when they
+// never read its last frame: a stream that stopped, or a window whose tail
+// maps other volume ranges.
 const handoffHold = 2 * time.Second
 
+// holds reports whether c's frames include chunk. Only for a finished call
+// the caller holds a reference to.
+func (c *fetchCall) holds(chunk uint32) bool {
+	return chunk >= c.first && uint64(chunk-c.first) < uint64(len(c.frames))
+}
+
+// copyOut copies frame chunk (c.holds it) from byte within into dst and
+// notes the read (readTo). False if the frame is too short for that, which
+// only a corrupt record can cause: the caller reports it.
+func (c *fetchCall) copyOut(dst []byte, chunk uint32, within int) bool {
+	data := c.frames[chunk-c.first]
+	if len(data) < within+len(dst) {
+		return false
+	}
+	copy(dst, data[within:])
+	c.readTo(uint64(chunk-c.first), within+len(dst))
+	return true
+}
+
+// fetched returns a finished fetch, still registered, whose verified frames
+// hold chunk key.Chunk (a parked or handoff readahead window, or a fetch
+// whose cache fill is under way), referenced for the caller to release;
+// nil if there is none. Copying from it spares the read back from the
+// cache (a pread, and a checksum of bytes checked when they were fetched).
+func (v *Volume) fetched(key cache.Key) *fetchCall {
+	v.fmu.Lock()
+	defer v.fmu.Unlock()
+	for _, c := range v.inflight[recKey{key.Vol, key.Seq}] {
+		select {
+		case <-c.done:
+		default:
+			continue // a miss waits for it in fetchChunk
+		}
+		// frames is set before done is closed, and a registered call
+		// holds a reference (its fill's), so it is not recycled meanwhile.
+		if c.holds(key.Chunk) {
+			c.refs.Add(1)
+			return c
+		}
+	}
+	return nil
+}
+
 // readTo notes that a reader read frame i of c up to byte end. Reading the
-// last frame to its end releases a handoff fetch: a sequential stream
-// reads a window's frames in order, so it is done with the window.
+// last frame to its end releases a handoff or parked fetch: a sequential
+// stream reads a window's frames in order, so it is done with the window.
 func (c *fetchCall) readTo(i uint64, end int) {
 	if c == nil || c.consumed == nil || i != uint64(len(c.frames)-1) || end < len(c.frames[i]) {
 		return
@@ -396,10 +492,9 @@ func (b *fetchBufs) of(n int) *sync.Pool {
 // waited, if not nil, is set when the caller had to wait for the store (a
 // new GET, or one still in progress), which is what grows the readahead.
 //
-// handoff asks for a fetch whose frames are only shared with the readers,
-// not put in the cache (a long sequential stream's readahead); it applies
-// only if this call starts the GET.
-func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, count int, waited *atomic.Bool, handoff bool) (*fetchCall, error) {
+// mode says what becomes of the frames (see fetchMode); it applies only if
+// this call starts the GET.
+func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, count int, waited *atomic.Bool, mode fetchMode) (*fetchCall, error) {
 	rk := recKey{key.Vol, key.Seq}
 	v.fmu.Lock()
 	for _, c := range v.inflight[rk] {
@@ -434,7 +529,11 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 		break
 	}
 	c := &fetchCall{first: first, count: count, done: make(chan struct{}), filled: make(chan struct{})}
-	if handoff && v.cache != nil {
+	if v.cache == nil {
+		mode = fetchFill // nothing to hold the frames for: no readahead without a cache
+	}
+	c.mode = mode
+	if mode != fetchFill {
 		c.consumed = make(chan struct{})
 	}
 	c.refs.Store(1)
@@ -461,38 +560,49 @@ func (v *Volume) fetchChunk(ctx context.Context, key cache.Key, first uint32, co
 		if c.err != nil {
 			c.release()
 			if first != key.Chunk {
-				return v.fetchChunk(ctx, key, key.Chunk, count-int(key.Chunk-first), waited, handoff)
+				return v.fetchChunk(ctx, key, key.Chunk, count-int(key.Chunk-first), waited, mode)
 			}
 			return nil, c.err
 		}
 		return c, nil
 	}
 	// Fill the cache off the readers' path. The call stays registered (and
-	// referenced) until its frames are in the cache, so a miss meanwhile
-	// shares its frames instead of fetching them again.
+	// referenced) until its frames are in the cache, and a handoff or
+	// parked one until its stream has read them, so a read meanwhile
+	// shares its frames instead of fetching or reading them back.
 	c.refs.Add(1)
-	if c.consumed != nil {
-		go func() {
-			defer c.release()
-			t := time.NewTimer(handoffHold)
-			defer t.Stop()
-			select {
-			case <-c.consumed:
-			case <-t.C:
-			case <-v.ctx.Done():
-			}
-			v.unregister(rk, c)
-			close(c.filled)
-		}()
-		return c, nil
-	}
 	go func() {
 		defer c.release()
-		v.cacheFrames(key, c)
+		if c.mode != fetchHandoff {
+			v.cacheFrames(key, c)
+		}
+		if c.mode == fetchPark {
+			v.ra.park(c)
+			close(c.filled) // the budget counts it among the parked now
+			v.awaitReaders(c)
+			v.ra.unpark(c)
+			v.unregister(rk, c)
+			return
+		}
+		if c.mode == fetchHandoff {
+			v.awaitReaders(c)
+		}
 		v.unregister(rk, c)
 		close(c.filled)
 	}()
 	return c, nil
+}
+
+// awaitReaders waits until c's stream has read it (or, parked, it was
+// evicted), for at most handoffHold on the volume's clock.
+func (v *Volume) awaitReaders(c *fetchCall) {
+	t := v.opts.Clock.NewTicker(handoffHold)
+	defer t.Stop()
+	select {
+	case <-c.consumed:
+	case <-t.C():
+	case <-v.ctx.Done():
+	}
 }
 
 // unregister removes c from the fetches in progress.

@@ -24,8 +24,15 @@ import (
 // depth stops growing. Random reads start no readahead: each stays one GET.
 //
 // Every window in flight holds one slot of the volume's budget from its
-// GET until its frames are in the cache (the pooled buffer is reused
-// then), so the readahead's memory is bounded whatever the streams do.
+// GET until its frames are in the cache. A window then stays in memory,
+// parked, until its stream has read it, so the stream copies the verified
+// frames instead of reading them back from the cache; a parked window
+// counts in the budget too, but never blocks the readahead: when the
+// budget is spent, the oldest parked window is evicted (its bytes are in
+// the cache) and its room goes to the new one. So the readahead's memory
+// is bounded whatever the streams do, and a window that is read only in
+// part (a record holding several streams' data, a stream that stopped)
+// costs nothing but its place among the parked.
 const (
 	raInitialWindows = 4
 	// raStreams is how many sequential streams are tracked at once (nbdcopy
@@ -52,12 +59,19 @@ type readahead struct {
 	// window is started before its fetch registers, and the volume steps
 	// of a stream overlap at records' edges, so this keeps a window from
 	// being started twice.
-	recent   []cache.Key
-	nrecent  int
-	slots    chan struct{} // one per window in flight: the memory budget
+	recent  []cache.Key
+	nrecent int
+	// slots holds one token per window in flight (GET to cache fill), and
+	// parked the filled windows waiting for their streams, oldest first.
+	// Invariant (checked when a window is started): len(slots) +
+	// len(parked) <= maxDepth, the memory budget; a window moving from
+	// in flight to parked counts twice for a moment, never zero times.
+	slots    chan struct{}
+	parked   []*fetchCall
 	maxDepth int
 
 	issued   atomic.Uint64 // windows started
+	evicted  atomic.Uint64 // parked windows evicted before their streams read them
 	inflight atomic.Int32
 	peak     atomic.Int32 // most windows in flight at once
 	deepest  atomic.Int32 // largest depth any stream reached
@@ -171,17 +185,21 @@ func (v *Volume) readWaited(off, end int64) {
 	v.readAhead(off, end)
 }
 
-// started reports whether window k (its first chunk) was started lately,
-// and records it if not. Called with ra.mu held.
-func (ra *readahead) started(k cache.Key) bool {
+// startedLately reports whether window k (its first chunk) was started
+// lately. Called with ra.mu held.
+func (ra *readahead) startedLately(k cache.Key) bool {
 	for _, r := range ra.recent {
 		if r == k {
 			return true
 		}
 	}
+	return false
+}
+
+// noteStarted records that window k was started. Called with ra.mu held.
+func (ra *readahead) noteStarted(k cache.Key) {
 	ra.recent[ra.nrecent%len(ra.recent)] = k
 	ra.nrecent++
-	return false
 }
 
 // issueWindows starts the GETs of the record windows (Readahead chunks,
@@ -232,31 +250,71 @@ func (v *Volume) issueWindows(from, to int64, fill bool) bool {
 		if v.fetching(k) {
 			continue
 		}
+		wk := cache.Key{Vol: k.Vol, Seq: k.Seq, Chunk: first}
+		if ra.startedLately(wk) {
+			continue
+		}
+		if len(ra.slots)+len(ra.parked) >= ra.maxDepth {
+			ra.evictLocked() // its bytes are in the cache: the room is worth more ahead
+		}
 		select {
 		case ra.slots <- struct{}{}:
 		default:
-			return false
+			return false // every slot is a window in flight
 		}
-		if ra.started(cache.Key{Vol: k.Vol, Seq: k.Seq, Chunk: first}) {
-			<-ra.slots
-			continue
-		}
+		ra.noteStarted(wk)
 		ra.issued.Add(1)
 		if n := ra.inflight.Add(1); n > ra.peak.Load() {
 			for p := ra.peak.Load(); n > p && !ra.peak.CompareAndSwap(p, n); p = ra.peak.Load() {
 			}
 		}
+		mode := fetchPark
+		if !fill {
+			mode = fetchHandoff
+		}
 		go func() {
 			defer func() { ra.inflight.Add(-1); <-ra.slots }()
-			c, err := v.fetchChunk(v.ctx, k, first, int(ahead), nil, !fill)
+			c, err := v.fetchChunk(v.ctx, k, first, int(ahead), nil, mode)
 			if err != nil {
 				return // best effort: a reader that needs it fetches it and reports
 			}
-			<-c.filled // the buffer is the budget's until the cache (or, for a handoff, the stream) has the frames
+			<-c.filled // the buffer is the slot's until the cache (or, for a handoff, the stream) has the frames
 			c.release()
 		}()
 	}
 	return true
+}
+
+// park adds a filled window to the parked ones (see readahead.slots).
+func (ra *readahead) park(c *fetchCall) {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	ra.parked = append(ra.parked, c)
+}
+
+// unpark removes c from the parked windows, if it is still there.
+func (ra *readahead) unpark(c *fetchCall) {
+	ra.mu.Lock()
+	defer ra.mu.Unlock()
+	for i, p := range ra.parked {
+		if p == c {
+			ra.parked = append(ra.parked[:i], ra.parked[i+1:]...)
+			return
+		}
+	}
+}
+
+// evictLocked ends the oldest parked window's wait for its stream: its
+// reads go to the cache from now on, and its buffer is recycled once the
+// reads in progress release it. Called with ra.mu held.
+func (ra *readahead) evictLocked() {
+	if len(ra.parked) == 0 {
+		return
+	}
+	c := ra.parked[0]
+	ra.parked = append(ra.parked[:0], ra.parked[1:]...)
+	ra.evicted.Add(1)
+	c.consumedOnce.Do(func() { close(c.consumed) })
 }
 
 // fetching reports whether a fetch in progress covers the chunk.

@@ -64,6 +64,17 @@ func (s *remoteStore) GetRange(ctx context.Context, key string, off int64, p []b
 // 256 KiB at hole unwritten, and returns the bytes it must read back.
 func writeModel(t testing.TB, p *Pool, name string, size int64, shuffle bool, hole int64) []byte {
 	t.Helper()
+	return writeModelOrdered(t, p, name, size, hole, func(offs []int64, rng *rand.Rand) {
+		if shuffle {
+			rng.Shuffle(len(offs), func(i, j int) { offs[i], offs[j] = offs[j], offs[i] })
+		}
+	})
+}
+
+// writeModelOrdered is writeModel with the order of the 256 KiB writes
+// (ascending offsets) set by order.
+func writeModelOrdered(t testing.TB, p *Pool, name string, size int64, hole int64, order func(offs []int64, rng *rand.Rand)) []byte {
+	t.Helper()
 	ctx := context.Background()
 	if _, err := p.Create(ctx, name, CreateOptions{Size: uint64(size)}); err != nil {
 		t.Fatal(err)
@@ -88,9 +99,7 @@ func writeModel(t testing.TB, p *Pool, name string, size int64, shuffle bool, ho
 		}
 		offs = append(offs, off)
 	}
-	if shuffle {
-		rng.Shuffle(len(offs), func(i, j int) { offs[i], offs[j] = offs[j], offs[i] })
-	}
+	order(offs, rng)
 	for _, off := range offs {
 		if err := w.WriteAt(ctx, model[off:off+256<<10], off); err != nil {
 			t.Fatal(err)
@@ -301,19 +310,7 @@ func TestSeqReadFillBound(t *testing.T) {
 	rs.reset(5 * time.Millisecond)
 	readSeq(t, v, model, 0, size, 1<<20, 2)
 	firstGets := rs.gets.Load()
-	// Cache fills and handoffs end after the reads return: wait until no
-	// fetch is registered and no readahead window is in flight.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		v.fmu.Lock()
-		idle := len(v.inflight) == 0
-		v.fmu.Unlock()
-		if idle && v.ra.inflight.Load() == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("fetches still in progress 10 s after the reads")
-		}
-	}
+	waitFetchesIdle(t, v)
 	st := c.Stats().Bytes
 	// The bound, plus the windows started just before it and the demand
 	// fetch of the first (not yet sequential) read.

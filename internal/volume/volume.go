@@ -56,9 +56,11 @@ type Options struct {
 	// a record in any order, and concurrent readers, share one GET.
 	Readahead int
 	// ReadaheadBytes bounds the readahead windows in flight (fetched and
-	// not yet in the cache) of all sequential streams together: their
-	// memory. A stream's depth grows while its reads still wait for the
-	// store, up to this. Default 64 MiB (16 default windows).
+	// not yet in the cache) or parked (in the cache, and kept in memory
+	// for their stream until it has read them, or evicted to make room)
+	// of all sequential streams together: their memory. A stream's depth
+	// grows while its reads still wait for the store, up to this.
+	// Default 64 MiB (16 default windows).
 	ReadaheadBytes int64
 	// ReadaheadFillBytes is how far into one sequential stream readahead
 	// windows are put in the cache. Beyond it a window's frames are only
