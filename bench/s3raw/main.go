@@ -1,6 +1,8 @@
 // Command s3raw measures what an S3 endpoint itself can do, with the same
 // AWS SDK client configuration urldisk uses (standard credential chain,
-// endpoint, region, path-style, default response checksum validation) and
+// endpoint, region, path-style, default response checksum validation, and
+// urldisk's HTTP client: objstore.S3HTTPClient, which sends a PUT body to a
+// plain-HTTP socket in one write) and
 // the same PutObject integrity as urldisk's record uploads (a CRC-32C
 // header and UNSIGNED-PAYLOAD instead of the body's SHA-256: see putIntegrity
 // in internal/objstore/s3.go), so that bench/suite.sh compares like with
@@ -94,7 +96,8 @@ func main() {
 }
 
 func client(ctx context.Context, endpoint string) (*s3.Client, error) {
-	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(envOr("AWS_REGION", "us-east-1")))
+	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion(envOr("AWS_REGION", "us-east-1")),
+		config.WithHTTPClient(objstore.S3HTTPClient()))
 	if err != nil {
 		return nil, err
 	}

@@ -40,6 +40,11 @@ func newS3HTTPClient(responseTimeout time.Duration) *awshttp.BuildableClient {
 	})
 }
 
+// S3HTTPClient is the HTTP client s3:// stores use unless
+// Opener.HTTPClient is set; exported so that bench/s3raw's raw S3
+// reference sends its requests exactly as urldisk does.
+func S3HTTPClient() *awshttp.BuildableClient { return newS3HTTPClient(s3ResponseTimeout) }
+
 // openS3 opens an s3:// pool root. The AWS configuration (credentials,
 // default region, retries) comes from the SDK's standard chain; the URL only
 // adds endpoint, region and path-style addressing.
@@ -58,7 +63,7 @@ func (o *Opener) openS3(ctx context.Context, u *url.URL, q url.Values) (Store, e
 	if o.HTTPClient != nil {
 		opts = append(opts, config.WithHTTPClient(o.HTTPClient))
 	} else {
-		opts = append(opts, config.WithHTTPClient(newS3HTTPClient(s3ResponseTimeout)))
+		opts = append(opts, config.WithHTTPClient(S3HTTPClient()))
 	}
 	cfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
