@@ -81,8 +81,12 @@ func TestSeqReadFromFetchedWindows(t *testing.T) {
 	rs.reset(2 * time.Millisecond) // the readahead runs ahead of the reader
 	readSeq(t, v, model, 0, size, 1<<20, 1)
 	// Each 4 MiB record once; the first read, not yet sequential,
-	// fetched its 1 MiB on its own.
-	if got, want := rs.gets.Load(), int64(size/(4<<20))+1; got > want {
+	// fetched its 1 MiB on its own. Under -race about one run in three
+	// made one GET more (10: a read that reached its record before the
+	// window for it was started fetched on its own), so allow two; reads
+	// that went to the cache would refetch every window (22 before the
+	// change).
+	if got, want := rs.gets.Load(), int64(size/(4<<20))+1+2; got > want {
 		t.Errorf("a cold pass whose cache never answers made %d record GETs for %d records: reads went to the cache instead of the fetched windows", got, size/(4<<20))
 	}
 	if st := v.ReadaheadStats(); st.Windows == 0 {
