@@ -13,8 +13,16 @@ var castagnoliTable = castagnoli()
 // the whole of data and prepares PutSummed in a single pass over the bytes.
 func SubBlockSums(data []byte, s *Sums) {
 	*s = Sums{}
-	for i := range subBlocksFor(len(data)) {
-		s[i] = crc32.Checksum(data[i*SubBlockSize:min((i+1)*SubBlockSize, len(data))], castagnoliTable)
+	SubBlockSumsRange(data, s, 0, subBlocksFor(len(data)))
+}
+
+// SubBlockSumsRange sets s[from:to] to the sums of those sub-blocks of
+// chunk (the last one may be partial) and leaves the rest of s as it is:
+// for a chunk that grows by appends, whose sub-blocks are summed as each
+// is completed, while its bytes are still in the CPU's cache.
+func SubBlockSumsRange(chunk []byte, s *Sums, from, to int) {
+	for i := from; i < to; i++ {
+		s[i] = crc32.Checksum(chunk[i*SubBlockSize:min((i+1)*SubBlockSize, len(chunk))], castagnoliTable)
 	}
 }
 

@@ -280,16 +280,16 @@ func (v *Volume) fillSlotLocked(seq uint64, t int64) {
 // (a compressed volume) the record is packed the same way, compressed
 // before it is sealed.
 func sealSummed(seg *segment, rec *format.Record, b *format.Builder, key *format.DataKey, nonces *format.Nonces, packer *format.Packer) ([]byte, error) {
-	seg.sums, seg.dataSum = nil, 0
+	seg.dataSum = 0
 	if b == nil {
 		return format.EncodeRecord(rec, nil)
 	}
 	n := b.DataLen()
-	chunks := (n + format.ChunkSize - 1) / format.ChunkSize
-	sums := make([]cache.Sums, chunks)
+	seg.sumTo(n)
+	sums := seg.sums
+	chunks := uint64(len(sums))
 	frame := make([]uint32, chunks)
 	for i := range chunks {
-		cache.SubBlockSums(b.Chunk(i), &sums[i])
 		frame[i] = cache.CombineSums(&sums[i], format.ChunkLen(n, i))
 	}
 	if key != nil || packer != nil {
@@ -303,7 +303,7 @@ func sealSummed(seg *segment, rec *format.Record, b *format.Builder, key *format
 		if err != nil {
 			return nil, err
 		}
-		seg.sums, seg.dataSum = sums, format.Checksum(obj[:rec.DataSectionBytes()])
+		seg.dataSum = format.Checksum(obj[:rec.DataSectionBytes()])
 		return obj, nil
 	}
 	obj, err := b.SealSummed(rec, func(i uint64) uint32 { return frame[i] })
@@ -316,7 +316,7 @@ func sealSummed(seg *segment, rec *format.Record, b *format.Builder, key *format
 		crc = cache.Combine(crc, format.Checksum(obj[pos:pos+format.FrameHeader]), format.FrameHeader)
 		crc = cache.Combine(crc, frame[i], format.ChunkLen(n, i))
 	}
-	seg.sums, seg.dataSum = sums, crc
+	seg.dataSum = crc
 	return obj, nil
 }
 

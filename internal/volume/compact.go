@@ -218,7 +218,7 @@ func (v *Volume) rewrite(ctx context.Context, e extmap.Extent, buf []byte) (copi
 			return copied, skipped, err
 		}
 		p := buf[x.Start-e.Start : x.End()-e.Start]
-		d := seg.b.Append(p)
+		d := seg.appendData(p)
 		seg.exts = append(seg.exts, format.Extent{Off: x.Start, Len: x.Len, DataOff: d})
 		seg.bytes += int64(x.Len)
 		v.buffered += int64(x.Len)

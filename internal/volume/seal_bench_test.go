@@ -44,7 +44,7 @@ func BenchmarkSealSummed(b *testing.B) {
 				for i := 0; b.Loop(); i++ {
 					rec := &format.Record{Type: format.RecordData, Seq: uint64(i + 2), Epoch: 1, Time: 1, Volume: "v", Durable: 1,
 						Extents: []format.Extent{{Off: 0, Len: uint64(len(data.b))}}}
-					if _, err := sealSummed(&segment{}, rec, bld, m.key, nonces, m.packer); err != nil {
+					if _, err := sealSummed(&segment{b: bld}, rec, bld, m.key, nonces, m.packer); err != nil {
 						b.Fatal(err)
 					}
 				}

@@ -26,14 +26,15 @@ func TestSealSummed(t *testing.T) {
 		for i := range data {
 			data[i] = byte(rng.Uint32())
 		}
-		// Two appends, so a chunk is built from pieces.
-		b.Append(data[:n/3])
-		b.Append(data[n/3:])
+		// Two appends, so a chunk is built from pieces, summed in part
+		// as they are appended.
+		seg := &segment{b: b}
+		seg.appendData(data[:n/3])
+		seg.appendData(data[n/3:])
 		rec := &format.Record{Type: format.RecordData, Seq: 7, Epoch: 2, Time: 1, Volume: "v", Durable: 6}
 		if n > 0 {
 			rec.Extents = []format.Extent{{Off: 0, Len: uint64(n)}}
 		}
-		seg := &segment{}
 		var bb *format.Builder
 		if n > 0 {
 			bb = b
@@ -67,6 +68,64 @@ func TestSealSummed(t *testing.T) {
 		seg.rec = &moved
 		if got, want := objectSum(seg, obj2), format.Checksum(obj2); got != want {
 			t.Fatalf("%d bytes: resealed object sum %08x, want %08x", n, got, want)
+		}
+	}
+}
+
+// TestAppendDataSums: the sub-block sums appendData takes as the data
+// comes in, completed at seal, are those of the finished chunks, for any
+// split of the data into appends (pieces that end mid-sub-block and
+// mid-chunk, pieces of one byte, pieces larger than a chunk), also with a
+// reused builder, and a second seal (a reseal after a move) sums nothing
+// again.
+func TestAppendDataSums(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	b := format.NewBuilder(1 << 20)
+	for round := range 200 {
+		b.Reset()
+		seg := &segment{b: b}
+		n := rng.IntN(1<<20) + 1
+		data := make([]byte, n)
+		for i := range data {
+			data[i] = byte(rng.Uint32())
+		}
+		for p := data; len(p) > 0; {
+			var k int
+			switch rng.IntN(4) {
+			case 0:
+				k = 1 + rng.IntN(16)
+			case 1:
+				k = cache.SubBlockSize * (1 + rng.IntN(4))
+			case 2:
+				k = 1 + rng.IntN(3*format.ChunkSize)
+			default:
+				k = 1 + rng.IntN(cache.SubBlockSize)
+			}
+			k = min(k, len(p))
+			if off := seg.appendData(p[:k]); off != uint64(n-len(p)) {
+				t.Fatalf("round %d: append at %d returned offset %d", round, n-len(p), off)
+			}
+			p = p[k:]
+			if seg.summed%cache.SubBlockSize != 0 || seg.summed > b.DataLen() || b.DataLen()-seg.summed >= cache.SubBlockSize {
+				t.Fatalf("round %d: %d of %d bytes summed while open", round, seg.summed, b.DataLen())
+			}
+		}
+		for range 2 {
+			seg.sumTo(b.DataLen())
+			if seg.summed != uint64(n) {
+				t.Fatalf("round %d: %d of %d bytes summed at seal", round, seg.summed, n)
+			}
+			chunks := (n + format.ChunkSize - 1) / format.ChunkSize
+			if len(seg.sums) != chunks {
+				t.Fatalf("round %d: sums for %d chunks, want %d", round, len(seg.sums), chunks)
+			}
+			for i := range chunks {
+				var want cache.Sums
+				cache.SubBlockSums(data[i*format.ChunkSize:min(n, (i+1)*format.ChunkSize)], &want)
+				if seg.sums[i] != want {
+					t.Fatalf("round %d (%d bytes): chunk %d sums differ from a direct computation", round, n, i)
+				}
+			}
 		}
 	}
 }

@@ -176,11 +176,14 @@ type segment struct {
 	// rec and obj are set when sealed; obj is the encoded record.
 	rec *format.Record
 	obj []byte
-	// sums and dataSum are set when sealed, from one CRC pass over the
-	// data (sealSummed): each chunk's sub-block CRC-32Cs (the cache takes
-	// them as they are) and the CRC-32C of the encoded data section (the
-	// upload's whole-object checksum is combined from it).
+	// sums holds each chunk's sub-block CRC-32Cs (the cache takes them as
+	// they are), taken as the data is appended (appendData: the first
+	// summed bytes, whole sub-blocks) and completed when sealed; dataSum,
+	// set when sealed, is the CRC-32C of the encoded data section (the
+	// upload's whole-object checksum is combined from it). One CRC pass
+	// over the data serves the frames, the cache and the upload.
 	sums    []cache.Sums
+	summed  uint64
 	dataSum uint32
 	bytes   int64 // accounted in Volume.buffered
 	// cached: its chunks are in the host cache (or there is none), so once

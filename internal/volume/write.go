@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/urldisk/urldisk/internal/blockdev"
+	"github.com/urldisk/urldisk/internal/cache"
 	"github.com/urldisk/urldisk/internal/extmap"
 	"github.com/urldisk/urldisk/internal/format"
 )
@@ -50,7 +51,7 @@ func (v *Volume) WriteAt(ctx context.Context, p []byte, off int64) error {
 			return err
 		}
 		n = min(n, max(v.opts.SegmentBytes-int(seg.b.DataLen()), 1))
-		d := seg.b.Append(p[:n])
+		d := seg.appendData(p[:n])
 		seg.exts = append(seg.exts, format.Extent{Off: uint64(off), Len: uint64(n), DataOff: d})
 		seg.bytes += int64(n)
 		v.buffered += int64(n)
@@ -148,6 +149,43 @@ func (v *Volume) openLocked(n int) (*segment, error) {
 	v.segs[seg.id] = seg
 	v.pending[seq] = seg
 	return seg, nil
+}
+
+// appendStep is how many bytes appendData copies before it checksums
+// them: small enough that they are still in the CPU's L1 cache.
+const appendStep = 16 << 10
+
+// appendData appends p to the segment's data and returns its offset in
+// the data section, summing each sub-block it completes right after
+// copying it. Summing at seal instead read every byte of the multi-MiB
+// builder back from memory: ~12 % of serve's CPU on a sequential write.
+func (seg *segment) appendData(p []byte) uint64 {
+	off := seg.b.DataLen()
+	for len(p) > 0 {
+		k := min(len(p), appendStep)
+		seg.b.Append(p[:k])
+		p = p[k:]
+		seg.sumTo(seg.b.DataLen() / cache.SubBlockSize * cache.SubBlockSize)
+	}
+	return off
+}
+
+// sumTo extends seg.sums over the data bytes up to end: whole sub-blocks
+// while the segment is open, the partial last one only when it is sealed
+// (end = DataLen), as no append may follow.
+func (seg *segment) sumTo(end uint64) {
+	for seg.summed < end {
+		c := seg.summed / format.ChunkSize
+		if c >= uint64(len(seg.sums)) {
+			seg.sums = append(seg.sums, cache.Sums{})
+		}
+		chunk := seg.b.Chunk(c)
+		stop := min(end-c*format.ChunkSize, uint64(len(chunk)))
+		cache.SubBlockSumsRange(chunk, &seg.sums[c],
+			int(seg.summed%format.ChunkSize/cache.SubBlockSize),
+			int((stop+cache.SubBlockSize-1)/cache.SubBlockSize))
+		seg.summed = c*format.ChunkSize + stop
+	}
 }
 
 func (v *Volume) afterWriteLocked(seg *segment) {
