@@ -11,6 +11,10 @@
 # same load. One line per run: serve's and versitygw's CPU-ms per MiB
 # (utime+stime), MiB/s (wall clock, load-dependent) and the load average.
 #
+# JOB=read measures the suite's cold 1M sequential read QD8 instead: each
+# binary's volume is written once (fio, as above), then every run starts
+# serve with an empty cache and reads the whole volume.
+#
 # Usage: flock /tmp/urldisk-bench.lock ./bench/cpu-ab.sh OLD-BIN NEW-BIN N
 #   (build a revision's binary with: git archive REV | tar -x -C DIR &&
 #    (cd DIR && go build -o BIN ./cmd/urldisk))
@@ -19,6 +23,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/.." && pwd)
 [[ $# == 3 ]] || { echo "usage: $0 OLD-BIN NEW-BIN N" >&2; exit 2; }
 OLD=$1 NEW=$2 N=$3
+JOB=${JOB:-write}
+case $JOB in
+write) job=(--name=seqwrite --rw=write --end_fsync=1) ;;
+read) job=(--name=seqread --rw=read) ;;
+*) echo "$0: JOB=$JOB: want write or read" >&2; exit 2 ;;
+esac
 [[ -x $OLD && -x $NEW ]] || { echo "$0: $OLD or $NEW is not an executable" >&2; exit 2; }
 LOGTAG=cpu-ab
 # shellcheck source=bench/lib.sh
@@ -40,6 +50,9 @@ for tag in old new; do
 	cache=$WORKDIR/cache-$tag
 	ud_url="s3://bench/ab-$tag/vol?endpoint=$endpoint&region=us-east-1&use_path_style=true"
 	start_urldisk --create --size "$bytes"
+	if [[ $JOB == read ]]; then
+		fio --name=fill --ioengine=nbd --uri="$uri" --size="$bytes" --rw=write --bs=1M --iodepth=8 --end_fsync=1 --output-format=json >/dev/null
+	fi
 	stop_urldisk
 done
 for ((i = 1; i <= N; i++)); do
@@ -47,11 +60,12 @@ for ((i = 1; i <= N; i++)); do
 		bin=$OLD; [[ $tag == new ]] && bin=$NEW
 		cache=$WORKDIR/cache-$tag
 		ud_url="s3://bench/ab-$tag/vol?endpoint=$endpoint&region=us-east-1&use_path_style=true"
+		[[ $JOB == read ]] && rm -rf "$cache"
 		start_urldisk
 		s0=$(cpu_ticks "$ud_pid") g0=$(cpu_ticks "$gw_pid") t0=$(date +%s%N)
-		fio --name=seqwrite --ioengine=nbd --uri="$uri" --size="$bytes" --rw=write --bs=1M --iodepth=8 --end_fsync=1 --runtime=3 --output-format=json --output="$WORKDIR/f.json" >/dev/null
+		fio "${job[@]}" --ioengine=nbd --uri="$uri" --size="$bytes" --bs=1M --iodepth=8 --runtime=3 --output-format=json --output="$WORKDIR/f.json" >/dev/null
 		t1=$(date +%s%N) s1=$(cpu_ticks "$ud_pid") g1=$(cpu_ticks "$gw_pid")
-		moved=$(python3 -c "import json;print(json.load(open('$WORKDIR/f.json'))['jobs'][0]['write']['io_bytes'])")
+		moved=$(python3 -c "import json;print(json.load(open('$WORKDIR/f.json'))['jobs'][0]['$JOB']['io_bytes'])")
 		stop_urldisk
 		python3 -c "
 m=$moved/2**20

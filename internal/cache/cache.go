@@ -148,6 +148,11 @@ type Cache struct {
 
 	hits, misses, corrupt, evictions, writeErrors atomic.Uint64
 
+	// reserved is how many bytes from the slab's start have disk blocks
+	// allocated (reserveTo); reserveMu serialises its growth.
+	reserveMu sync.Mutex
+	reserved  atomic.Int64
+
 	// lastWriteWarn is when the last "cache write failed" WARN was logged
 	// (UnixNano; 0 = never); writeErrors at that moment is warnedErrors, so
 	// the next WARN can say how many failures it stands for.
@@ -460,6 +465,7 @@ func (c *Cache) put(key Key, data []byte, sums *Sums) error {
 			crcs[i] = crc32.Checksum(data[i*SubBlockSize:min((i+1)*SubBlockSize, len(data))], c.table)
 		}
 	}
+	c.reserveTo(int64(si+1) * ChunkSize)
 	_, werr := c.slab.WriteAt(data, int64(si)*ChunkSize)
 
 	c.mu.Lock()
@@ -530,6 +536,40 @@ func (c *Cache) claimLocked() (int32, bool) {
 		}
 	}
 	return 0, false
+}
+
+// reserveStep is how far ahead of the slot being filled reserveTo
+// allocates the slab's blocks.
+const reserveStep = 64 << 20
+
+// reserveTo makes sure the slab's blocks up to end are allocated, reserving
+// up to reserveStep more. The slab is sparse (a generous --cache-size costs
+// no disk up front), but a write into a hole makes ext4 reserve and map
+// blocks page by page (delayed allocation), and concurrent fills contend on
+// it: 0.6 CPU-ms per MiB filled against 0.3-0.45 into allocated blocks,
+// about a tenth of serve's CPU on a cold sequential read. The CLOCK hand
+// claims slots in order, so the reservation runs just ahead of what is
+// cached: the disk used grows as before, at most reserveStep early. A
+// filesystem that cannot (or a disk too full to) allocate ends the
+// reservations; writes then go into holes as before, and fail as before
+// when the disk is full.
+func (c *Cache) reserveTo(end int64) {
+	if c.reserved.Load() >= end {
+		return
+	}
+	c.reserveMu.Lock()
+	defer c.reserveMu.Unlock()
+	r := c.reserved.Load()
+	if r >= end {
+		return
+	}
+	n := min(max(end-r, reserveStep), c.capacity-r)
+	if err := allocate(c.slab, r, n); err != nil {
+		c.reserved.Store(c.capacity)
+		c.log.Debug("cache slab: no block preallocation; filling holes", "err", err)
+		return
+	}
+	c.reserved.Store(r + n)
 }
 
 // Stats returns a snapshot of the counters.

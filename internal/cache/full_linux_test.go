@@ -166,3 +166,49 @@ func TestOpenUnusableDir(t *testing.T) {
 		t.Errorf("Open with 1 byte: %v, want a size error not wrapping ErrUnusable", err)
 	}
 }
+
+// TestSlabReservedAheadOfFills: the slab's disk blocks are allocated one
+// reserveStep ahead of the chunks filled, not for the whole capacity up
+// front (a 1 GiB cache on a 100 MiB filesystem); a reservation the disk
+// cannot make ends the reservations without failing a Put, and chunks are
+// then written into holes as before, readable.
+func TestSlabReservedAheadOfFills(t *testing.T) {
+	dir := filepath.Join(mountSmallTmpfs(t, "100M"), "cache")
+	c, err := Open(dir, 1<<30, Options{IndexSyncInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	allocated := func() int64 {
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(dir, slabFileName), &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Blocks * 512
+	}
+	put := func(from, to int) {
+		for i := from; i < to; i++ {
+			k := key("vol", 1, uint32(i))
+			if err := c.Put(k, chunkData(k, ChunkSize)); err != nil {
+				t.Fatalf("Put chunk %d: %v", i, err)
+			}
+		}
+	}
+	put(0, 10)
+	if got := allocated(); got < reserveStep || got > reserveStep+(1<<20) {
+		t.Fatalf("after 10 chunks the slab has %d bytes allocated, want one reservation of %d", got, reserveStep)
+	}
+	// Chunk 1024 needs the next step, which does not fit in what is left.
+	const n = 1100
+	put(10, n)
+	if got, want := allocated(), int64(n*ChunkSize); got < want || got > want+(1<<20) {
+		t.Fatalf("after %d chunks (%d bytes) the slab has %d bytes allocated", n, want, got)
+	}
+	p := make([]byte, ChunkSize)
+	for _, i := range []int{0, 1023, 1024, n - 1} {
+		k := key("vol", 1, uint32(i))
+		if hit, err := c.ReadAt(k, p, 0); !hit || err != nil || string(p) != string(chunkData(k, ChunkSize)) {
+			t.Fatalf("ReadAt chunk %d: hit=%v err=%v", i, hit, err)
+		}
+	}
+}
