@@ -146,6 +146,11 @@ func (s *bucketStore) Get(ctx context.Context, key string) ([]byte, error) {
 }
 
 func (s *bucketStore) GetRange(ctx context.Context, key string, off int64, p []byte) (int, error) {
+	return s.GetRangeProgress(ctx, key, off, p, nil)
+}
+
+// GetRangeProgress implements ProgressGetter.
+func (s *bucketStore) GetRangeProgress(ctx context.Context, key string, off int64, p []byte, progress func(n int)) (int, error) {
 	if err := s.check(ctx, "get range", key); err != nil {
 		return 0, err
 	}
@@ -178,9 +183,32 @@ func (s *bucketStore) GetRange(ctx context.Context, key string, off int64, p []b
 	if rest := r.Size() - off; rest < want {
 		want = max(rest, 0)
 	}
-	n, err := io.ReadFull(r, p[:want])
+	n, err := readFull(r, p[:want], progress)
 	if err != nil {
 		return n, fmt.Errorf("get range %s [%d, +%d): read %d of %d bytes: %w", key, off, len(p), n, want, s.translate("read", key, err, false))
+	}
+	return n, nil
+}
+
+// readFull is io.ReadFull calling progress(n), if set, each time the first
+// n bytes of p have been read.
+func readFull(r io.Reader, p []byte, progress func(n int)) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := r.Read(p[n:])
+		n += m
+		if m > 0 && progress != nil {
+			progress(n)
+		}
+		if err != nil {
+			if n == len(p) {
+				return n, nil
+			}
+			if err == io.EOF && n > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			return n, err
+		}
 	}
 	return n, nil
 }

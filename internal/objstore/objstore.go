@@ -57,6 +57,15 @@ func ListAfter(ctx context.Context, s Store, prefix, after string, fn func(Objec
 	})
 }
 
+// ProgressGetter is implemented by stores whose GetRange receives the bytes
+// over time (over the network): GetRangeProgress is GetRange, also calling
+// progress(n) each time the first n bytes of p have arrived, so a caller
+// can check them while they are still in the CPU's cache rather than read
+// the whole range back from memory afterwards.
+type ProgressGetter interface {
+	GetRangeProgress(ctx context.Context, key string, off int64, p []byte, progress func(n int)) (int, error)
+}
+
 // ObjectInfo describes one object as returned by List and Stat.
 type ObjectInfo struct {
 	Key     string // relative to the store's root prefix

@@ -370,3 +370,41 @@ func TestS3GetRangeLeavesChecksumsToTheCaller(t *testing.T) {
 		t.Errorf("Get sent x-amz-checksum-mode %q; want ENABLED, as before", modes)
 	}
 }
+
+// TestS3GetRangeProgress: GetRangeProgress of a 4 MiB range from versitygw
+// reads the bytes GetRange reads and reports them as they arrive: more
+// than once, in increasing prefixes, the last the whole of what was read;
+// a range cut by the object's end reports only what the object holds.
+func TestS3GetRangeProgress(t *testing.T) {
+	srv := s3server.Start(t)
+	s := open(t, &objstore.Opener{}, srv.URL)
+	defer s.Close()
+	body := make([]byte, 4<<20)
+	for i := range body {
+		body[i] = byte(i * 7 / 5)
+	}
+	if err := s.Put(t.Context(), "k", body); err != nil {
+		t.Fatal(err)
+	}
+	pg, ok := s.(objstore.ProgressGetter)
+	if !ok {
+		t.Fatalf("the S3 store (%T) does not implement ProgressGetter", s)
+	}
+	for _, c := range []struct{ off, len int }{{0, len(body)}, {1000, len(body)}} {
+		p := make([]byte, c.len)
+		var seen []int
+		n, err := pg.GetRangeProgress(t.Context(), "k", int64(c.off), p, func(n int) {
+			if len(seen) > 0 && n <= seen[len(seen)-1] {
+				t.Errorf("progress %d after %d", n, seen[len(seen)-1])
+			}
+			seen = append(seen, n)
+		})
+		want := body[c.off:]
+		if err != nil || n != len(want) || !bytes.Equal(p[:n], want) {
+			t.Fatalf("GetRangeProgress at %d: %d bytes, %v; want the object's %d", c.off, n, err, len(want))
+		}
+		if len(seen) < 2 || seen[len(seen)-1] != n {
+			t.Fatalf("GetRangeProgress at %d reported %d times (last %v) for %d bytes", c.off, len(seen), seen[len(seen)-1:], n)
+		}
+	}
+}

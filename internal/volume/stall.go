@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync/atomic"
 	"time"
+
+	"github.com/urldisk/urldisk/internal/objstore"
 )
 
 // ErrFlushTimeout: Flush waited Options.FlushTimeout for the object store
@@ -171,10 +173,18 @@ func (v *Volume) oldestUploadLocked() *upload {
 // attempts, so a store that accepts connections and never answers fails
 // the read with an error within about four deadlines, instead of holding
 // it for the store client's own timeouts (minutes for S3) without a word.
-func (v *Volume) readRequest(ctx context.Context, key string, off int64, p []byte) (int, error) {
+// progress, if set, is called as the bytes arrive (objstore.ProgressGetter)
+// by a store that can.
+func (v *Volume) readRequest(ctx context.Context, key string, off int64, p []byte, progress func(n int)) (int, error) {
 	rctx, cancel := context.WithTimeout(ctx, v.requestTimeout(len(p)))
 	defer cancel()
-	n, err := v.pool.store.GetRange(rctx, key, off, p)
+	var n int
+	var err error
+	if pg, ok := v.pool.store.(objstore.ProgressGetter); ok && progress != nil {
+		n, err = pg.GetRangeProgress(rctx, key, off, p, progress)
+	} else {
+		n, err = v.pool.store.GetRange(rctx, key, off, p)
+	}
 	if err != nil && errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		v.requestTimeouts.Add(1)
 	}
