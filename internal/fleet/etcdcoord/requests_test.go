@@ -129,3 +129,58 @@ func TestEtcdRequestsPerHostConstant(t *testing.T) {
 		t.Fatalf("%.2f RPCs per host per interval, want at most 3 (hosts other than the scheduler read no peers' heartbeats)", large)
 	}
 }
+
+// TestEtcdAssignedReadsPlacementsInBatches: a host's first Assigned after a
+// start reads the placements of the 300 machines it runs in transactions
+// of txnReads reads (3), not one read each, and returns each one's newest
+// version (a moved machine's too); the next Assigned reads none (cached).
+func TestEtcdAssignedReadsPlacementsInBatches(t *testing.T) {
+	c := etcdcluster.Start(t)
+	ctx := context.Background()
+	admin := open(t, c, "batch", Options{})
+	const n = 300
+	for i := range n {
+		name := fmt.Sprintf("m%03d", i)
+		if _, err := fleet.Update(ctx, admin, name, "test", func(cur *fleet.Placement) (*fleet.Placement, error) {
+			return fleet.NextRun(cur, name, spec(name), "h1", time.Now())
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// One machine gets a second version, so the index names version 2.
+	moved, err := fleet.Update(ctx, admin, "m007", "test", func(cur *fleet.Placement) (*fleet.Placement, error) {
+		return fleet.NextStop(cur, "m007", time.Now())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reqs atomic.Int64
+	co := New(countingClient(t, c, &reqs), "batch/", Options{Self: "h1"})
+	defer co.Close()
+	got, err := co.Assigned(ctx, "h1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := reqs.Load()
+	if len(got) != n {
+		t.Fatalf("Assigned: %d machines, want %d", len(got), n)
+	}
+	for name, p := range got {
+		if p.Host != "h1" || p.Name != name {
+			t.Fatalf("Assigned[%s] = %s on %s", name, p.Name, p.Host)
+		}
+	}
+	if p := got["m007"]; p.Version != moved.Version || p.State != moved.State {
+		t.Fatalf("m007: version %d state %v, want the newest (%d, %v)", p.Version, p.State, moved.Version, moved.State)
+	}
+	// The index read, the watch, 3 transactions of 128 reads.
+	if first > 5 {
+		t.Fatalf("the first Assigned sent %d etcd requests for %d machines", first, n)
+	}
+	if _, err := co.Assigned(ctx, "h1"); err != nil {
+		t.Fatal(err)
+	}
+	if again := reqs.Load() - first; again != 0 {
+		t.Fatalf("a second Assigned sent %d requests; want none (index watched, placements cached)", again)
+	}
+}
