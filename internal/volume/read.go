@@ -223,8 +223,11 @@ func (v *Volume) readCached(pc piece) piece {
 			if !fc.copyOut(pc.dst[:n], key.Chunk, within) {
 				return pc // a short frame: readPiece reports it
 			}
+			v.ra.fromWindow.Add(1)
 		} else if hit, err := v.cache.ReadAt(key, pc.dst[:n], within); err != nil || !hit {
 			return pc
+		} else {
+			v.ra.fromCache.Add(1)
 		}
 		pc.dst = pc.dst[n:]
 		pc.off += uint64(n)
@@ -262,12 +265,16 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int, waited *ato
 		}
 		if fc != nil && fc.holds(key.Chunk) {
 			data = fc.frames[chunk-fcFirst]
+			v.ra.fromWindow.Add(1)
 		} else {
 			hit := false
 			if v.cache != nil {
 				var err error
 				if hit, err = v.cache.ReadAt(key, dst[:n], within); err != nil {
 					hit = false
+				}
+				if hit {
+					v.ra.fromCache.Add(1)
 				}
 			}
 			if !hit {
@@ -290,6 +297,7 @@ func (v *Volume) readPiece(ctx context.Context, pc piece, ahead int, waited *ato
 				}
 				fc, fcFirst = c, uint64(c.first)
 				data = c.frames[chunk-fcFirst]
+				v.ra.fromWindow.Add(1)
 			}
 		}
 		if data != nil {

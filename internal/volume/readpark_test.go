@@ -232,3 +232,35 @@ func TestSeqReadCorruptFrameInWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestSeqReadWindowsStayAhead: a cold sequential read with the readahead
+// at full depth reads nearly every chunk from the windows it fetched, not
+// back from the cache: the stream's depth leaves room in the budget for
+// the windows its reads are still in, so a new window does not evict the
+// one about to be read.
+func TestSeqReadWindowsStayAhead(t *testing.T) {
+	const size = 96 << 20
+	rs := &remoteStore{Store: openStore(t, "mem://windows-ahead")}
+	p := initPool(t, rs)
+	model := writeModel(t, p, "v", size, false, -1)
+	const budget = 32 << 20 // 8 windows of 4 MiB
+	v := openCold(t, p, "v", Options{ReadaheadBytes: budget})
+	rs.reset(50 * time.Millisecond)
+	readSeq(t, v, model, 0, size, 1<<20, 1)
+	st := v.ReadaheadStats()
+	t.Logf("readahead %+v", st)
+	if st.DeepestStream < 2 {
+		t.Fatalf("the stream reached depth %d; the test needs the readahead deep", st.DeepestStream)
+	}
+	total := st.ChunkReadsFromWindows + st.ChunkReadsFromCache
+	if total < size/(64<<10) {
+		t.Fatalf("%d chunk reads counted for %d chunks", total, size/(64<<10))
+	}
+	// With the stream's depth at the whole budget, 176-256 chunk reads
+	// (3-4 windows' worth) came back from the cache; now 0-64, under -race
+	// too. A window evicted in full is 64.
+	if st.ChunkReadsFromCache > 2*64 {
+		t.Errorf("%d of %d chunk reads came back from the cache (%d windows evicted before their stream read them); want at most two windows' worth",
+			st.ChunkReadsFromCache, total, st.Evicted)
+	}
+}
