@@ -84,19 +84,11 @@ start_relay() {
 	"$WORKDIR/relay" -listen "unix:$rl_sock" -store "$rl_url" -size "$bytes" -name vol \
 		>"$WORKDIR/relay.out" 2>>"$WORKDIR/relay.log" &
 	rl_pid=$!
-	local i
-	for ((i = 0; i < 300; i++)); do
-		grep -qx ready "$WORKDIR/relay.out" && return 0
-		kill -0 "$rl_pid" 2>/dev/null || { tail -20 "$WORKDIR/relay.log" >&2; die "relay exited"; }
-		sleep 0.1
-	done
-	die "relay not ready after 30s"
+	wait_ready relay "$rl_pid" "$WORKDIR/relay.out" "$WORKDIR/relay.log" 300
 }
 stop_relay() {
-	local rc=0
-	stop_pid "$rl_pid" || rc=$?
+	stop_server relay "$rl_pid" "$WORKDIR/relay.log"
 	rl_pid=
-	((rc == 0)) || { tail -20 "$WORKDIR/relay.log" >&2; die "relay exited $rc on SIGTERM"; }
 }
 
 # fio_account CASE REP SOCK PID ARGS...: one fio run through the server

@@ -72,19 +72,29 @@ start_urldisk() { # [extra serve flags]: serve $ud_url on $ud_sock with cache $c
 	"$bin" serve "$ud_url" --listen "unix:$ud_sock" --cache "$cache" --cache-size 2G "$@" \
 		>"$WORKDIR/serve.out" 2>>"$WORKDIR/urldisk.log" &
 	ud_pid=$!
-	local i
-	for ((i = 0; i < 600; i++)); do
-		grep -qx ready "$WORKDIR/serve.out" && return 0
-		kill -0 "$ud_pid" 2>/dev/null || { tail -20 "$WORKDIR/urldisk.log" >&2; die "urldisk serve exited"; }
-		sleep 0.1
-	done
-	die "urldisk serve not ready after 60s"
+	wait_ready "urldisk serve" "$ud_pid" "$WORKDIR/serve.out" "$WORKDIR/urldisk.log" 600
 }
 stop_urldisk() {
-	local rc=0
-	stop_pid "$ud_pid" || rc=$?
+	stop_server "urldisk serve" "$ud_pid" "$WORKDIR/urldisk.log"
 	ud_pid=
-	((rc == 0)) || { tail -20 "$WORKDIR/urldisk.log" >&2; die "urldisk serve exited $rc on SIGTERM"; }
+}
+# wait_ready WHAT PID OUT LOG TRIES: wait (TRIES x 0.1 s) until the server
+# PID prints "ready" on its stdout (OUT); dies with LOG's tail if it exits.
+wait_ready() {
+	local what=$1 pid=$2 out=$3 errlog=$4 tries=$5 i
+	for ((i = 0; i < tries; i++)); do
+		grep -qx ready "$out" && return 0
+		kill -0 "$pid" 2>/dev/null || { tail -20 "$errlog" >&2; die "$what exited"; }
+		sleep 0.1
+	done
+	die "$what not ready after $((tries / 10))s"
+}
+# stop_server WHAT PID LOG: SIGTERM and wait; dies with LOG's tail unless
+# it exits 0.
+stop_server() {
+	local what=$1 pid=$2 errlog=$3 rc=0
+	stop_pid "$pid" || rc=$?
+	((rc == 0)) || { tail -20 "$errlog" >&2; die "$what exited $rc on SIGTERM"; }
 }
 start_nbdkit() {
 	rm -f "$nk_sock"

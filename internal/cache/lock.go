@@ -81,20 +81,25 @@ func (l *dirLock) release() error {
 
 // flock applies how to f's descriptor.
 func flock(f *os.File, how int) error {
+	return onFD(f, func(fd int) error { return unix.Flock(fd, how) })
+}
+
+// onFD runs op on f's descriptor, again while it is interrupted (EINTR).
+func onFD(f *os.File, op func(fd int) error) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
 	}
-	var ferr error
+	var operr error
 	if err := rc.Control(func(fd uintptr) {
 		for {
-			ferr = unix.Flock(int(fd), how)
-			if ferr != unix.EINTR {
+			operr = op(int(fd))
+			if operr != unix.EINTR {
 				return
 			}
 		}
 	}); err != nil {
 		return err
 	}
-	return ferr
+	return operr
 }
