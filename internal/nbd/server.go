@@ -404,9 +404,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		backoff = 0
 		if s.open.Load() >= int64(s.opts.MaxConns) {
 			// Close at once: holding the socket would cost the fd the
-			// limit protects. One warning per period, with a count.
-			nc.Close()
+			// limit protects. One warning per period, with a count
+			// (counted first: a refused client that saw the close must
+			// find it in Stats).
 			s.refused.Add(1)
+			nc.Close()
 			refusedSinceLog++
 			if now := time.Now(); now.Sub(lastRefusedLog) >= refusedLogEvery {
 				s.log.Warn("nbd: connection limit reached; refusing new connections",
