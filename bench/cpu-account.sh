@@ -44,8 +44,7 @@ mkdir -p "$WORKDIR" "$OUT"
 cleanup() {
 	stop_pid "$ud_pid" || true
 	stop_pid "$gw_pid" || true
-	cp "$WORKDIR"/*.log "$OUT"/ 2>/dev/null || true
-	if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORKDIR"; else rm -rf "$WORKDIR"; fi
+	finish_workdir
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -38,6 +38,12 @@ check_fio_nbd() {
 	nbdkit file --version >/dev/null 2>&1 || die "nbdkit has no file plugin (apt-get install nbdkit)"
 }
 
+# finish_workdir, at exit: the servers' logs go to $OUT, and $WORKDIR is
+# removed unless KEEP=1.
+finish_workdir() {
+	cp "$WORKDIR"/*.log "$OUT"/ 2>/dev/null || true
+	if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORKDIR"; else rm -rf "$WORKDIR"; fi
+}
 stop_pid() { # pid: SIGTERM, wait; returns the exit status
 	local pid=$1 rc=0
 	[[ -n $pid ]] || return 0

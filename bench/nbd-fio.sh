@@ -67,8 +67,7 @@ mkdir -p "$WORKDIR" "$OUT/json"
 cleanup() {
 	stop_pid "$ud_pid" || true
 	stop_pid "$nk_pid" || true
-	cp "$WORKDIR"/*.log "$OUT"/ 2>/dev/null || true
-	if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORKDIR"; else rm -rf "$WORKDIR"; fi
+	finish_workdir
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
