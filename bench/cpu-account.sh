@@ -69,26 +69,17 @@ tck=$(getconf CLK_TCK)
 # "NAME bytes gw_ms serve_ms fio_ms wall_s" to $OUT/accounts.txt. fio's own
 # CPU is its rusage as the shell's `times` reports it for the subshell.
 fio_account() {
-	local name=$1 rep=$2 g0 s0 g1 s1 t0 t1 f=$OUT/$1.$2.json fiocpu
+	local name=$1 rep=$2 g0 s0 g1 s1 t0 t1 f=$OUT/$1.$2.json
 	shift 2
 	g0=$(cpu_ticks "$gw_pid") s0=$(cpu_ticks "$ud_pid") t0=$(date +%s%N)
-	# shellcheck disable=SC2086 # word lists
-	fiocpu=$(
-		timeout 600 fio --name="$name" --ioengine=nbd --uri="$uri" --size="$bytes" \
-			--output-format=json --output="$f" "$@" >>"$WORKDIR/fio.log" 2>&1 ||
-			{ tail -5 "$WORKDIR/fio.log" >&2; exit 1; }
-		times # no pipe: a pipeline would run it in a fork with no children
-	) || die "fio $name failed"
-	fiocpu=${fiocpu##*$'\n'} # the second line: the children's user and system time
+	fio_cpu "$f" "$uri" --name="$name" "$@"
 	t1=$(date +%s%N) g1=$(cpu_ticks "$gw_pid") s1=$(cpu_ticks "$ud_pid")
-	python3 - "$f" "$name" "$fiocpu" $(((g1 - g0) * 1000 / tck)) $(((s1 - s0) * 1000 / tck)) $((t1 - t0)) >>"$OUT/accounts.txt" <<'EOF'
-import json, re, sys
-f, name, times, gw, serve, ns = sys.argv[1:]
+	python3 - "$f" "$name" "$fio_ms" $(((g1 - g0) * 1000 / tck)) $(((s1 - s0) * 1000 / tck)) $((t1 - t0)) >>"$OUT/accounts.txt" <<'EOF'
+import json, sys
+f, name, ms, gw, serve, ns = sys.argv[1:]
 job = json.load(open(f))["jobs"][0]
 moved = job["read" if name == "seqread" else "write"]["io_bytes"]
-# `times` prints the children's "UmS.SSSs SmS.SSSs".
-ms = sum(int(m) * 60000 + float(s) * 1000 for m, s in re.findall(r"(\d+)m([\d.]+)s", times))
-print(name, moved, gw, serve, round(ms), int(ns) / 1e9)
+print(name, moved, gw, serve, ms, int(ns) / 1e9)
 EOF
 }
 

@@ -92,33 +92,24 @@ stop_relay() {
 
 # fio_account CASE REP SOCK PID ARGS...: one fio run through the server
 # with pid PID on SOCK; appends "CASE REP bytes gw_ms server_ms fio_ms
-# wall_s bw_bytes" to $OUT/accounts.txt. fio's own CPU is its rusage as
-# the shell's `times` reports it for the subshell (as in cpu-account.sh).
+# wall_s bw_bytes" to $OUT/accounts.txt.
 fio_account() {
-	local name=$1 rep=$2 sock=$3 pid=$4 g0 s0 g1 s1 t0 t1 f fiocpu
+	local name=$1 rep=$2 sock=$3 pid=$4 g0 s0 g1 s1 t0 t1 f
 	shift 4
 	f=$OUT/${name// /-}.$rep.json
 	g0=$(cpu_ticks "$gw_pid") s0=$(cpu_ticks "$pid") t0=$(date +%s%N)
-	fiocpu=$(
-		timeout 600 fio --name="${name// /-}" --ioengine=nbd --uri="nbd+unix:///vol?socket=$sock" --size="$bytes" \
-			--output-format=json --output="$f" "$@" >>"$WORKDIR/fio.log" 2>&1 ||
-			{ tail -5 "$WORKDIR/fio.log" >&2; exit 1; }
-		times # no pipe: a pipeline would run it in a fork with no children
-	) || die "fio $name failed"
-	fiocpu=${fiocpu##*$'\n'} # the second line: the children's user and system time
+	fio_cpu "$f" "nbd+unix:///vol?socket=$sock" --name="${name// /-}" "$@"
 	t1=$(date +%s%N) g1=$(cpu_ticks "$gw_pid") s1=$(cpu_ticks "$pid")
-	python3 - "$f" "$name" "$rep" "$fiocpu" $(((g1 - g0) * 1000 / tck)) $(((s1 - s0) * 1000 / tck)) $((t1 - t0)) "$bytes" \
+	python3 - "$f" "$name" "$rep" "$fio_ms" $(((g1 - g0) * 1000 / tck)) $(((s1 - s0) * 1000 / tck)) $((t1 - t0)) "$bytes" \
 		>>"$OUT/accounts.txt" <<'EOF'
-import json, re, sys
-f, name, rep, times, gw, server, ns, size = sys.argv[1:]
+import json, sys
+f, name, rep, ms, gw, server, ns, size = sys.argv[1:]
 job = json.load(open(f))["jobs"][0]
 io = job["read" if name.endswith("read") else "write"]
-# `times` prints the children's "UmS.SSSs SmS.SSSs".
-ms = sum(int(m) * 60000 + float(s) * 1000 for m, s in re.findall(r"(\d+)m([\d.]+)s", times))
 if io["io_bytes"] < int(size):
     # A read past what the write reached would read zeros, which costs less.
     print(f"floor: {name} run {rep} moved {io['io_bytes']} of {size} bytes in the runtime", file=sys.stderr)
-print(name.replace(" ", "_"), rep, io["io_bytes"], gw, server, round(ms), int(ns) / 1e9, io["bw_bytes"])
+print(name.replace(" ", "_"), rep, io["io_bytes"], gw, server, ms, int(ns) / 1e9, io["bw_bytes"])
 EOF
 }
 

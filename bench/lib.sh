@@ -44,6 +44,21 @@ finish_workdir() {
 	cp "$WORKDIR"/*.log "$OUT"/ 2>/dev/null || true
 	if [[ ${KEEP:-0} == 1 ]]; then log "kept $WORKDIR"; else rm -rf "$WORKDIR"; fi
 }
+# fio_cpu JSON URI FIO-ARGS...: one fio run (nbd engine, URI, $bytes) with
+# its JSON report in JSON; sets fio_ms to fio's CPU time (user + system,
+# ms), its rusage as the shell's `times` reports it for the subshell.
+fio_cpu() {
+	local json=$1 uri=$2 t
+	shift 2
+	t=$(
+		timeout 600 fio --ioengine=nbd --uri="$uri" --size="$bytes" \
+			--output-format=json --output="$json" "$@" >>"$WORKDIR/fio.log" 2>&1 ||
+			{ tail -5 "$WORKDIR/fio.log" >&2; exit 1; }
+		times # no pipe: a pipeline would run it in a fork with no children
+	) || die "fio $json failed"
+	t=${t##*$'\n'} # the second line: the children's "UmS.SSSs SmS.SSSs"
+	fio_ms=$(python3 -c 'import re, sys; print(round(sum(int(m) * 60000 + float(s) * 1000 for m, s in re.findall(r"(\d+)m([\d.]+)s", sys.argv[1]))))' "$t")
+}
 stop_pid() { # pid: SIGTERM, wait; returns the exit status
 	local pid=$1 rc=0
 	[[ -n $pid ]] || return 0
